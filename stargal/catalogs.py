@@ -1,0 +1,215 @@
+"""Object tables: SDSS ``calibObj`` star/galaxy catalogs and user coordinate lists.
+
+``calibObj-RRRRRR-C-{star,gal}.fits.gz`` sweeps cover a whole run+camcol; we keep the
+rows of the requested field (``FIELD`` column) and, optionally, only objects whose
+position falls on all five band frames. Only the columns named below are read, by
+name, so real SDSS sweeps (many more columns) work as well.
+
+Labels follow SDSS's ``OBJC_TYPE`` (6 = star, 3 = galaxy). The flux columns define
+those labels, so ``psfmag_r``/``modelmag_r`` are kept for *reporting* (magnitude bins)
+and must never be used as model features.
+
+Magnitudes: Pogson, ``m = 22.5 - 2.5 log10(flux / nanomaggy)``; NaN for flux <= 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from astropy.io import fits
+
+from .fetch import get_fetcher
+from .sdss import FieldID, calibobj_path
+
+__all__ = [
+    "LABELS",
+    "LABEL_NAMES",
+    "CoordinateError",
+    "nmgy_to_mag",
+    "read_calibobj",
+    "load_catalog",
+    "read_coordinates",
+    "labels_to_y",
+]
+
+#: Integer class codes used for ``y`` everywhere: 0 = star, 1 = galaxy.
+LABELS = {"star": 0, "galaxy": 1}
+#: Inverse of :data:`LABELS`.
+LABEL_NAMES = np.array(["star", "galaxy"])
+
+_OBJC_TYPE = {6: "star", 3: "galaxy"}
+_R = 2  # index of r in u,g,r,i,z flux vectors
+
+
+class CoordinateError(ValueError):
+    """A coordinate list is malformed; the message names the bad rows/columns."""
+
+
+def nmgy_to_mag(flux) -> np.ndarray:
+    """Nanomaggies -> Pogson AB magnitude (NaN where flux <= 0 or not finite)."""
+    flux = np.asarray(flux, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mag = 22.5 - 2.5 * np.log10(flux)
+    mag[~np.isfinite(mag)] = np.nan
+    return mag
+
+
+def labels_to_y(labels) -> np.ndarray:
+    """``'star'``/``'galaxy'`` strings -> int array (0/1); unknown labels raise."""
+    labels = pd.Series(labels, dtype="object")
+    bad = ~labels.isin(list(LABELS))
+    if bad.any():
+        raise ValueError(f"unknown labels {sorted(set(labels[bad].astype(str)))[:5]}; expected 'star'/'galaxy'")
+    return labels.map(LABELS).to_numpy(dtype=np.int64)
+
+
+def _read_sweep(path: Path, kind: str, fid: FieldID) -> pd.DataFrame:
+    with fits.open(path, memmap=False) as hdul:
+        data = hdul[1].data
+        names = {n.upper() for n in data.columns.names}
+        need = {"RUN", "CAMCOL", "FIELD", "ID", "OBJC_TYPE", "RA", "DEC", "PSFFLUX", "MODELFLUX"}
+        missing = need - names
+        if missing:
+            raise ValueError(f"{path}: not a calibObj sweep, missing columns {sorted(missing)}")
+        sel = (data["RUN"] == fid.run) & (data["CAMCOL"] == fid.camcol) & (data["FIELD"] == fid.field)
+        d = data[sel]
+        types = np.asarray(d["OBJC_TYPE"]).astype(int)
+        label = np.array([_OBJC_TYPE.get(t, "") for t in types], dtype=object)
+        table = pd.DataFrame(
+            {
+                # star and gal sweeps may number objects independently: keep the kind in the id
+                "objid": [f"{fid.padded}-{kind}-{int(i):05d}" for i in d["ID"]],
+                "run": np.asarray(d["RUN"], dtype=np.int64),
+                "camcol": np.asarray(d["CAMCOL"], dtype=np.int64),
+                "field": np.asarray(d["FIELD"], dtype=np.int64),
+                "field_id": str(fid),
+                "ra": np.asarray(d["RA"], dtype=float),
+                "dec": np.asarray(d["DEC"], dtype=float),
+                "label": label,
+                "psfmag_r": nmgy_to_mag(np.asarray(d["PSFFLUX"])[:, _R]),
+                "modelmag_r": nmgy_to_mag(np.asarray(d["MODELFLUX"])[:, _R]),
+            }
+        )
+    # A star file holds stars and a gal file galaxies; anything else is not labelled.
+    expected = "star" if kind == "star" else "galaxy"
+    return table[table["label"] == expected]
+
+
+def read_calibobj(fid, fetcher=None, *, on_frames: bool = True, margin_pix: float = 0.0,
+                  sas_url=None, cache_dir=None) -> pd.DataFrame:
+    """Read one field's stars and galaxies from its run+camcol ``calibObj`` sweeps.
+
+    Parameters
+    ----------
+    fid : str or FieldID
+        Field, e.g. ``'8162-6-80'``.
+    fetcher : Fetcher, optional
+        Data source; default from ``sas_url`` / ``cache_dir`` / environment.
+    on_frames : bool, default=True
+        Keep only objects that fall inside every band's frame of this field
+        (at least ``margin_pix`` pixels from the edges).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``objid, run, camcol, field, field_id, ra, dec, label, psfmag_r, modelmag_r``,
+        sorted by ``objid``, with a fresh ``RangeIndex``.
+    """
+    fid = FieldID.parse(fid)
+    fetcher = get_fetcher(fetcher, sas_url=sas_url, cache_dir=cache_dir)
+    parts = [_read_sweep(fetcher.fetch(calibobj_path(fid, k)), k, fid) for k in ("star", "gal")]
+    table = pd.concat(parts, ignore_index=True).sort_values("objid", kind="stable")
+    table = table.reset_index(drop=True)
+    if on_frames and len(table):
+        from .frames import Field  # local import: frames is heavier and optional here
+
+        field = Field(fid, fetcher)
+        keep = field.contains(table["ra"].to_numpy(), table["dec"].to_numpy(), margin_pix)
+        field.release()
+        table = table[keep].reset_index(drop=True)
+    return table
+
+
+def load_catalog(fields, fetcher=None, *, on_frames: bool = True, margin_pix: float = 0.0,
+                 sas_url=None, cache_dir=None) -> pd.DataFrame:
+    """Concatenate :func:`read_calibobj` over several fields (one row per object)."""
+    fetcher = get_fetcher(fetcher, sas_url=sas_url, cache_dir=cache_dir)
+    tables = [read_calibobj(f, fetcher, on_frames=on_frames, margin_pix=margin_pix) for f in fields]
+    if not tables:
+        raise ValueError("load_catalog needs at least one field")
+    return pd.concat(tables, ignore_index=True)
+
+
+def read_coordinates(source, *, ra: str = "ra", dec: str = "dec") -> pd.DataFrame:
+    """Read and validate a user's coordinate list.
+
+    Parameters
+    ----------
+    source : path, DataFrame, dict or (n, 2) array
+        A CSV file with ``ra`` and ``dec`` columns (degrees, ICRS), a DataFrame, a
+        mapping of columns, or an array of ``(ra, dec)`` rows. Other columns are kept.
+    ra, dec : str
+        Column names to use (case-insensitive), renamed to ``ra``/``dec``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy with float ``ra`` in [0, 360) and ``dec`` in [-90, 90]; the index is kept.
+
+    Raises
+    ------
+    CoordinateError
+        Missing columns, non-numeric values, NaN/inf, or values out of range; the
+        message lists the offending rows (first 10) and columns.
+
+    Examples
+    --------
+    >>> read_coordinates({"ra": [331.7], "dec": [26.9]})
+         ra   dec
+    0  331.7  26.9
+    """
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise CoordinateError(f"coordinate file {path} does not exist")
+        try:
+            table = pd.read_csv(path)
+        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+            raise CoordinateError(f"cannot read {path} as CSV: {exc}") from exc
+    elif isinstance(source, pd.DataFrame):
+        table = source.copy()
+    elif isinstance(source, dict):
+        table = pd.DataFrame(source)
+    else:
+        arr = np.asarray(source)
+        if arr.ndim != 2 or arr.shape[1] != 2:
+            raise CoordinateError(f"expected an (n, 2) array of (ra, dec), got shape {arr.shape}")
+        table = pd.DataFrame({ra: arr[:, 0], dec: arr[:, 1]})
+    lower = {str(c).strip().lower(): c for c in table.columns}
+    missing = [c for c in (ra, dec) if c.lower() not in lower]
+    if missing:
+        raise CoordinateError(
+            f"coordinate list lacks column(s) {missing}; found {list(table.columns)} "
+            "(expected 'ra' and 'dec' in degrees)"
+        )
+    table = table.rename(columns={lower[ra.lower()]: "ra", lower[dec.lower()]: "dec"})
+    problems = []
+    for col, lo, hi, closed in (("ra", 0.0, 360.0, False), ("dec", -90.0, 90.0, True)):
+        values = pd.to_numeric(table[col], errors="coerce")
+        nonnum = values.isna() & table[col].notna()
+        nan = table[col].isna() | ~np.isfinite(values.fillna(0.0))
+        with np.errstate(invalid="ignore"):
+            out = (values < lo) | ((values > hi) if closed else (values >= hi))
+        for what, mask in (("not a number", nonnum), ("NaN/missing/inf", nan & ~nonnum), (
+                f"outside [{lo:g}, {hi:g}{']' if closed else ')'}", out & ~nan & ~nonnum)):
+            if mask.any():
+                rows = list(table.index[mask.to_numpy()])
+                problems.append(f"{col} {what} in {len(rows)} row(s): {rows[:10]}{' ...' if len(rows) > 10 else ''}")
+        table[col] = values.astype(float)
+    if problems:
+        raise CoordinateError("invalid coordinates: " + "; ".join(problems))
+    if len(table) == 0:
+        raise CoordinateError("coordinate list is empty")
+    return table
