@@ -58,7 +58,8 @@ Examples
 --------
 >>> from stargal.fetch import Fetcher
 >>> f = Fetcher("/data/sdss-mirror", cache_dir="/tmp/stargal-cache")  # doctest: +SKIP
->>> path = f.fetch("dr17/eboss/photoObj/frames/301/8162/6/frame-r-008162-6-0080.fits.bz2")  # doctest: +SKIP
+>>> from stargal.sdss import frame_path
+>>> path = f.fetch(frame_path("8162-6-80", "r"))  # doctest: +SKIP
 >>> paths = fetch_field("8162-6-80", fetcher=f)  # doctest: +SKIP
 """
 
@@ -70,7 +71,6 @@ import http.client
 import logging
 import os
 import re
-import socket
 import tempfile
 import time
 import urllib.error
@@ -105,6 +105,7 @@ _FITS_BLOCK = 2880
 _FITS_MAX_HEADER_BLOCKS = 36  # the primary header's END must appear within ~100 kB
 _MAX_RETRY_AFTER = 60.0
 _USER_AGENT = "stargal-fetch (python urllib)"
+_FITS_SUFFIXES = (".fits", ".fits.bz2", ".fits.gz", ".fit", ".fit.gz", ".fit.bz2")
 
 
 # --------------------------------------------------------------------------- errors
@@ -168,7 +169,7 @@ class _Validator:
     def __init__(self, name: str):
         self.name = name
         lower = name.lower()
-        self.fits = lower.endswith((".fits", ".fits.bz2", ".fits.gz", ".fit", ".fit.gz", ".fit.bz2"))
+        self.fits = lower.endswith(_FITS_SUFFIXES)
         if lower.endswith(".bz2"):
             self.kind = "bz2"
         elif lower.endswith(".gz"):
@@ -249,7 +250,7 @@ class _Validator:
             fmt = "bzip2" if self.kind == "bz2" else "gzip"
             if not self._trailing_zeros:
                 if not self._dec.eof:
-                    raise _Corrupt(f"{fmt} stream is truncated (ends before its end-of-stream marker)")
+                    raise _Corrupt(f"{fmt} stream is truncated (no end-of-stream marker)")
             if self._nout == 0:
                 raise _Corrupt(f"{fmt} stream decompresses to nothing")
         if self.kind == "jpg":
@@ -401,7 +402,9 @@ class Fetcher:
     '/tmp/cache/dr17/a/b.fits.bz2'
     """
 
-    def __init__(self, base_url=None, cache_dir=None, retries=3, backoff=0.5, timeout=60.0, quiet=False):
+    def __init__(
+        self, base_url=None, cache_dir=None, retries=3, backoff=0.5, timeout=60.0, quiet=False
+    ):
         if base_url is None:
             base_url = os.environ.get(ENV_SAS_URL, "").strip() or DEFAULT_SAS_URL
         self.base_url = _normalise_base_url(base_url)
@@ -410,10 +413,11 @@ class Fetcher:
         self.cache_dir = Path(os.fspath(cache_dir)).expanduser().absolute()
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
-        for name, value, ok in (("backoff", backoff, lambda v: v >= 0), ("timeout", timeout, lambda v: v > 0)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
-                raise ValueError(f"{name} must be a {'positive' if name == 'timeout' else 'non-negative'} "
-                                 f"number of seconds, got {value!r}")
+        for name, value, positive in (("backoff", backoff, False), ("timeout", timeout, True)):
+            number = not isinstance(value, bool) and isinstance(value, (int, float))
+            if not number or value < 0 or (positive and value == 0):
+                kind = "positive" if positive else "non-negative"
+                raise ValueError(f"{name} must be a {kind} number of seconds, got {value!r}")
         self.retries = retries
         self.backoff = float(backoff)
         self.timeout = float(timeout)
@@ -509,7 +513,7 @@ class Fetcher:
             Cached paths, in the order of ``relpaths``.
         """
         if isinstance(relpaths, (str, os.PathLike)):
-            raise TypeError("fetch_many expects a list of relative paths, not a single path; use fetch()")
+            raise TypeError("fetch_many expects a list of relative paths; use fetch() for one")
         rels = [_check_relpath(r) for r in relpaths]
         todo = [r for r in dict.fromkeys(rels) if not self.is_cached(r)]
         from tqdm.auto import tqdm
@@ -565,7 +569,8 @@ class Fetcher:
             try:
                 chunk = read(_CHUNK)
             except (http.client.HTTPException, OSError) as exc:  # dropped, reset, timeout
-                raise _Transient(f"{type(exc).__name__} while reading after {n} bytes: {exc}") from None
+                why = f"{type(exc).__name__} while reading after {n} bytes: {exc}"
+                raise _Transient(why) from None
             if not chunk:
                 break
             n += len(chunk)
@@ -579,7 +584,8 @@ class Fetcher:
         return n
 
     def _stream_http(self, url: str, out, validator: _Validator) -> None:
-        req = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"})
+        headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
+        req = urllib.request.Request(url, headers=headers)
         try:
             resp = urllib.request.urlopen(req, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
@@ -651,7 +657,9 @@ def get_fetcher(fetcher=None, *, sas_url=None, cache_dir=None, quiet=True) -> Fe
     """
     if fetcher is not None:
         if not isinstance(fetcher, Fetcher):
-            raise TypeError(f"fetcher must be a stargal.fetch.Fetcher or None, got {type(fetcher).__name__}")
+            raise TypeError(
+                f"fetcher must be a stargal.fetch.Fetcher or None, got {type(fetcher).__name__}"
+            )
         return fetcher
     return Fetcher(base_url=sas_url, cache_dir=cache_dir, quiet=quiet)
 

@@ -1,0 +1,148 @@
+"""Command line: ``stargal fetch | train | predict | evaluate``.
+
+Examples
+--------
+::
+
+    export STARGAL_SAS_URL=file:///path/to/sdss-mirror     # default: https://data.sdss.org/sas/
+    stargal fetch 8162-6-80 1035-6-17
+    stargal train --model-type cnn -o model.stargal          # default study, test field excluded
+    stargal predict --model model.stargal coords.csv -o out.csv
+    stargal evaluate --model model.stargal 8162-6-80
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+def _add_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sas-url", default=None,
+                   help="SAS base URL (https://, http:// or file://); default $STARGAL_SAS_URL or the real SAS")
+    p.add_argument("--cache-dir", default=None, help="cache directory; default $STARGAL_CACHE or the user cache")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stargal", description="Star/galaxy classification of SDSS objects.")
+    parser.add_argument("--version", action="version", version=f"stargal {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fetch", help="download frames and catalogs of SDSS fields into the cache")
+    p.add_argument("fields", nargs="+", help="fields as RUN-CAMCOL-FIELD, e.g. 8162-6-80")
+    p.add_argument("--bands", default="ugriz", help="bands to fetch (default ugriz)")
+    p.add_argument("--no-catalogs", action="store_true", help="skip the calibObj star/gal catalogs")
+    p.add_argument("--preview", action="store_true", help="also fetch the irg colour JPEG")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_source(p)
+
+    p = sub.add_parser("train", help="fit a model on the study's train fields (test fields excluded)")
+    p.add_argument("--config", default=None, help="study TOML (default: the packaged study)")
+    p.add_argument("--model-type", choices=["cnn", "forest", "majority"], default="cnn")
+    p.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE",
+                   help="pipeline parameter, e.g. net__max_epochs=10 or cut__size=21 (repeatable)")
+    p.add_argument("-o", "--output", default="model.stargal", help="model file to write")
+    _add_source(p)
+
+    p = sub.add_parser("predict", help="galaxy probabilities for a CSV of ra,dec")
+    p.add_argument("coords", help="CSV with ra, dec columns (degrees)")
+    p.add_argument("--model", required=True, help="model file from `stargal train`")
+    p.add_argument("-o", "--output", default="-", help="output CSV (default stdout)")
+    p.add_argument("--fields", nargs="*", default=None, help="candidate fields (default: the model's study)")
+    p.add_argument("--n-jobs", type=int, default=1, help="fields processed in parallel")
+    p.add_argument("--scheduler", default=None, help="Dask scheduler address tcp://host:port")
+    p.add_argument("--strict", action="store_true", help="error on NaN/out-of-range coordinates instead of flag")
+    _add_source(p)
+
+    p = sub.add_parser("evaluate", help="metrics of a model on labelled objects")
+    p.add_argument("catalog", nargs="+",
+                   help="fields (RUN-CAMCOL-FIELD: their calibObj labels) or a CSV with ra, dec, label")
+    p.add_argument("--model", required=True, help="model file from `stargal train`")
+    p.add_argument("--by-magnitude", action="store_true", help="also print metrics per r-magnitude bin")
+    _add_source(p)
+    return parser
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("stargal")
+    except Exception:  # pragma: no cover - not installed
+        return "unknown"
+
+
+def _cmd_fetch(args) -> int:
+    from .fetch import Fetcher, fetch_field
+    from .sdss import FieldID
+
+    fids = [FieldID.parse(f) for f in args.fields]
+    fetcher = Fetcher(args.sas_url, args.cache_dir, quiet=args.quiet)
+    for fid in fids:
+        paths = fetch_field(fid, fetcher, bands=tuple(args.bands), catalogs=not args.no_catalogs,
+                            preview=args.preview)
+        if not args.quiet:
+            print(f"{fid}: {len(paths)} files in {fetcher.cache_dir}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .training import parse_param_overrides, train_model
+
+    params = parse_param_overrides(args.set)
+    model, info = train_model(args.model_type, config=args.config, params=params,
+                              sas_url=args.sas_url, cache_dir=args.cache_dir, model_path=args.output)
+    print(info["summary"])
+    print(f"model written to {args.output}")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from .persist import load_model
+    from .predict import predict_coordinates
+
+    model = load_model(args.model)
+    out = predict_coordinates(model, args.coords, fields=args.fields, strict=args.strict, n_jobs=args.n_jobs,
+                              scheduler=args.scheduler, sas_url=args.sas_url, cache_dir=args.cache_dir,
+                              progress=sys.stderr.isatty())
+    if args.output == "-":
+        out.to_csv(sys.stdout, index=False)
+    else:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(args.output).with_name(Path(args.output).name + ".part")
+        out.to_csv(tmp, index=False)
+        tmp.replace(args.output)
+        n_flag = int((out["flag"] != "").sum())
+        print(f"{len(out)} objects -> {args.output} ({n_flag} flagged: no data)", file=sys.stderr)
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from .training import evaluate_model
+
+    report = evaluate_model(args.model, args.catalog, sas_url=args.sas_url, cache_dir=args.cache_dir,
+                            by_magnitude=args.by_magnitude)
+    print(report)
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``stargal`` console script."""
+    args = build_parser().parse_args(argv)
+    handlers = {"fetch": _cmd_fetch, "train": _cmd_train, "predict": _cmd_predict, "evaluate": _cmd_evaluate}
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, LookupError, TypeError) as exc:
+        # Bad input and missing data: a clear one-line message, not a traceback.
+        print(f"stargal {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The convolutional network that classifies multi-band cutouts.
+
+:class:`StarGalaxyCNN` is a small, plain PyTorch module: a stack of
+``Conv3x3 -> BatchNorm -> ReLU [-> MaxPool]`` blocks, global average pooling,
+dropout and a linear layer producing one logit per class.  It is wrapped for
+scikit-learn by :func:`stargal.models.make_cnn_net` (skorch).
+
+Design notes
+------------
+* Inputs are ``(n, in_channels, H, W)`` float tensors: by default the five SDSS
+  bands in the order ``u, g, r, i, z`` (``stargal.sdss.BANDS``), usually after
+  :class:`stargal.scale.AsinhScaler`.  The object sits on the central pixel
+  ``((W - 1) / 2, (H - 1) / 2)`` (0-based) of an odd-sized cutout.
+* Max pooling uses ``ceil_mode=True`` and the head uses global average pooling,
+  so the same module works for any cutout size: odd sizes ``>= 7`` are the
+  intended range (``input_size`` is the nominal size and only used to check
+  the architecture at construction; other sizes are accepted in ``forward``).
+* Every activation is a separate, non in-place :class:`torch.nn.ReLU` module and
+  no operation is in place: this is what SHAP's ``DeepExplainer`` and
+  gradient-based attributions (:mod:`stargal.explain`) need.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["StarGalaxyCNN"]
+
+
+class StarGalaxyCNN(nn.Module):
+    """Small CNN mapping ``(n, C, H, W)`` cutouts to ``(n, n_classes)`` logits.
+
+    Block ``k`` (``k = 0 .. depth - 1``) is ``Conv2d(3x3, padding=1) ->
+    BatchNorm2d -> ReLU`` with ``width * 2**k`` output channels, followed by
+    ``MaxPool2d(2, ceil_mode=True)`` for every block except the last.  The head
+    is ``AdaptiveAvgPool2d(1) -> Flatten -> Dropout(dropout) -> Linear``.
+
+    Parameters
+    ----------
+    in_channels : int, default=5
+        Number of input bands (``u, g, r, i, z``).
+    width : int, default=32
+        Channels of the first block; doubled after every block.
+    depth : int, default=2
+        Number of convolutional blocks (``>= 1``).
+    dropout : float, default=0.3
+        Dropout probability before the linear layer, in ``[0, 1)``.
+    n_classes : int, default=2
+        Number of output logits (``0 = star``, ``1 = galaxy``).
+    input_size : int, default=15
+        Nominal cutout side in pixels (odd, ``>= 7``).  The network itself is
+        size-agnostic; this value is validated and reported by
+        :meth:`feature_map_size`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = StarGalaxyCNN(width=8, depth=2)
+    >>> net(torch.zeros(4, 5, 15, 15)).shape
+    torch.Size([4, 2])
+    >>> net(torch.zeros(1, 5, 7, 7)).shape
+    torch.Size([1, 2])
+    """
+
+    def __init__(self, in_channels=5, width=32, depth=2, dropout=0.3, n_classes=2,
+                 input_size=15):
+        super().__init__()
+        for name, value, low in (("in_channels", in_channels, 1), ("width", width, 1),
+                                 ("depth", depth, 1), ("n_classes", n_classes, 2),
+                                 ("input_size", input_size, 7)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if input_size % 2 != 1:
+            raise ValueError(f"input_size must be odd (the object sits on the central pixel), "
+                             f"got {input_size}")
+        if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
+            raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
+        self.in_channels = in_channels
+        self.width = width
+        self.depth = depth
+        self.dropout = float(dropout)
+        self.n_classes = n_classes
+        self.input_size = input_size
+
+        layers = []
+        channels = in_channels
+        for k in range(depth):
+            out = width * 2 ** k
+            layers += [
+                nn.Conv2d(channels, out, kernel_size=3, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=False),
+            ]
+            if k < depth - 1:
+                layers.append(nn.MaxPool2d(kernel_size=2, ceil_mode=True))
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.drop = nn.Dropout(p=self.dropout, inplace=False)
+        self.classifier = nn.Linear(channels, n_classes)
+        self.n_features = channels
+
+    def feature_map_size(self, size=None):
+        """Spatial side of the last feature map for a ``size x size`` input.
+
+        Parameters
+        ----------
+        size : int, optional
+            Cutout side in pixels; defaults to ``input_size``.
+
+        Returns
+        -------
+        int
+        """
+        size = self.input_size if size is None else int(size)
+        for _ in range(self.depth - 1):
+            size = -(-size // 2)  # ceil_mode pooling
+        return size
+
+    def forward(self, X):
+        """Return class logits.
+
+        Parameters
+        ----------
+        X : torch.Tensor of shape (n, in_channels, H, W)
+            Float cutouts.
+
+        Returns
+        -------
+        torch.Tensor of shape (n, n_classes)
+            Unnormalised logits (apply ``softmax`` for probabilities).
+        """
+        if X.ndim != 4 or X.shape[1] != self.in_channels:
+            raise ValueError(
+                f"expected cutouts of shape (n, {self.in_channels}, H, W), got {tuple(X.shape)}")
+        h = self.features(X)
+        h = self.flatten(self.pool(h))
+        return self.classifier(self.drop(h))

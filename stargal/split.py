@@ -1,0 +1,842 @@
+"""Leakage-free data splits: sky-region groups, test-field exclusion, split reports.
+
+Objects that are close on the sky share seeing, depth, calibration and neighbours, so random
+row-wise splits leak. This module provides
+
+* :func:`sky_groups` / :func:`make_groups` -- group ids from a fixed sky grid (or whole fields),
+  to be used with group-aware cross-validation (:func:`make_cv`) and validation hold-outs
+  (:func:`group_train_valid_indices`);
+* :func:`exclude_fields` -- a *keep* mask that removes every object lying inside (or within a
+  margin of) any footprint polygon, e.g. the test field's r frame, so the test field never leaks
+  into train/validation even when fields overlap;
+* :func:`distance_to_footprint`, :func:`footprint_overlap`, :func:`min_separation_arcsec` --
+  the spherical geometry behind it, exposed for checks;
+* :func:`assign_splits` -- the study's ``'test'``/``'train'``/``'valid'``/``'excluded'`` column;
+* :func:`split_report` and :func:`magnitude_ks` -- per-split counts, class balance, magnitude
+  distributions and KS tests for the report.
+
+Geometry conventions
+--------------------
+RA/Dec are ICRS degrees. A *footprint* is an ``(N, 2)`` array of ``(ra, dec)`` corners
+(``N >= 3``; e.g. ``stargal.frames.Field.footprint()``, or anything with a ``footprint()`` method
+returning one). Corners are joined by great-circle arcs, which is exact for the edges of a
+tangent-plane (TAN) frame WCS; the *convex hull* of the corners is used, which is exact for frame
+footprints (convex quadrilaterals) and conservative (excludes more) otherwise. Point-in-polygon
+uses a gnomonic projection centred on the polygon (great circles project to straight lines, so
+the test is exact and immune to the RA = 0/360 wrap); distances to edges are exact spherical
+point-to-arc distances. A footprint must fit within 60 degrees of its centre.
+
+Examples
+--------
+>>> import numpy as np, pandas as pd
+>>> square = np.array([[359.9, -0.1], [0.1, -0.1], [0.1, 0.1], [359.9, 0.1]])  # straddles RA 0
+>>> table = pd.DataFrame({"ra": [0.0, 0.105, 10.0], "dec": [0.0, 0.0, 0.0]})
+>>> exclude_fields(table, [square], margin_arcsec=20.0)   # 0.105 deg is 18" from the edge
+array([False, False,  True])
+>>> groups = sky_groups(table["ra"], table["dec"], cell_arcmin=3.0)
+>>> bool(groups[0] == groups[1]), bool(groups[0] == groups[2])
+(False, False)
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import numpy as np
+import pandas as pd
+
+from stargal.sdss import FieldID
+
+__all__ = [
+    "sky_groups",
+    "make_groups",
+    "field_group_ids",
+    "distance_to_footprint",
+    "in_footprints",
+    "exclude_fields",
+    "footprint_overlap",
+    "min_separation_arcsec",
+    "group_train_valid_indices",
+    "make_cv",
+    "assign_splits",
+    "split_report",
+    "magnitude_ks",
+    "SPLIT_ORDER",
+]
+
+_DEG = np.pi / 180.0
+_ARCSEC = _DEG / 3600.0
+_MAX_POLY_RADIUS_DEG = 60.0
+
+#: Order in which split names are reported (others follow alphabetically).
+SPLIT_ORDER: tuple[str, ...] = ("train", "valid", "validation", "test", "excluded")
+
+
+# ==============================================================================================
+# input helpers
+# ==============================================================================================
+def _coords(ra, dec, what="coordinates"):
+    ra = np.asarray(ra, dtype=float)
+    dec = np.asarray(dec, dtype=float)
+    if ra.shape != dec.shape or ra.ndim != 1:
+        raise ValueError(f"{what}: ra and dec must be 1-d arrays of the same length, got shapes {ra.shape} and {dec.shape}")
+    bad = ~(np.isfinite(ra) & np.isfinite(dec))
+    if bad.any():
+        raise ValueError(f"{what}: {int(bad.sum())} row(s) have non-finite ra/dec (first at position {int(np.argmax(bad))})")
+    if (np.abs(dec) > 90).any():
+        raise ValueError(f"{what}: dec must lie in [-90, 90] degrees; got values up to {np.abs(dec).max():.6g}")
+    return ra, dec
+
+
+def _table_coords(table, ra_col="ra", dec_col="dec"):
+    try:
+        ra, dec = table[ra_col], table[dec_col]
+    except (KeyError, TypeError, IndexError):
+        raise ValueError(f"table must have columns {ra_col!r} and {dec_col!r} (degrees)") from None
+    return _coords(ra, dec, what="table")
+
+
+def _unit(ra, dec):
+    """Unit vectors (..., 3) for RA/Dec in degrees."""
+    ra = np.asarray(ra, dtype=float) * _DEG
+    dec = np.asarray(dec, dtype=float) * _DEG
+    cd = np.cos(dec)
+    return np.stack([cd * np.cos(ra), cd * np.sin(ra), np.sin(dec)], axis=-1)
+
+
+def _angle(a, b):
+    """Angle (radians) between unit vectors, accurate at small and large angles."""
+    cross = np.linalg.norm(np.cross(a, b), axis=-1)
+    dot = np.sum(a * b, axis=-1)
+    return np.arctan2(cross, dot)
+
+
+def _tangent_basis(centre):
+    """East and north unit vectors of the tangent plane at unit vector ``centre``."""
+    x, y, z = centre
+    ra0 = np.arctan2(y, x)
+    dec0 = np.arcsin(np.clip(z, -1, 1))
+    east = np.array([-np.sin(ra0), np.cos(ra0), 0.0])
+    north = np.array([-np.sin(dec0) * np.cos(ra0), -np.sin(dec0) * np.sin(ra0), np.cos(dec0)])
+    return east, north
+
+
+def _gnomonic(vec, centre, east, north):
+    """Gnomonic (TAN) projection of unit vectors; returns (xy, valid) with valid = near hemisphere."""
+    cosc = vec @ centre
+    valid = cosc > 1e-12
+    safe = np.where(valid, cosc, 1.0)
+    xy = np.stack([(vec @ east) / safe, (vec @ north) / safe], axis=-1)
+    return xy, valid
+
+
+class _Polygon:
+    """A convex spherical polygon (convex hull of the given corners)."""
+
+    def __init__(self, corners):
+        corners = np.asarray(corners, dtype=float)
+        if corners.ndim != 2 or corners.shape[1] != 2 or corners.shape[0] < 3:
+            raise ValueError(f"a footprint must be an (N, 2) array of (ra, dec) corners with N >= 3, got shape {corners.shape}")
+        _coords(corners[:, 0], corners[:, 1], what="footprint corners")
+        vec = _unit(corners[:, 0], corners[:, 1])
+        centre = vec.sum(axis=0)
+        norm = np.linalg.norm(centre)
+        if norm < 1e-9:
+            raise ValueError("footprint corners are spread over the whole sphere; cannot define a polygon")
+        centre = centre / norm
+        radius = _angle(vec, centre[None, :]).max()
+        if radius > _MAX_POLY_RADIUS_DEG * _DEG:
+            raise ValueError(
+                f"footprint extends {radius / _DEG:.1f} deg from its centre; at most {_MAX_POLY_RADIUS_DEG} deg is supported"
+            )
+        east, north = _tangent_basis(centre)
+        xy, _ = _gnomonic(vec, centre, east, north)
+        from scipy.spatial import ConvexHull, QhullError
+
+        try:
+            hull = ConvexHull(xy)
+        except QhullError:
+            raise ValueError(f"footprint corners are degenerate (collinear or repeated): {corners.tolist()}") from None
+        order = hull.vertices  # counter-clockwise in (east, north)
+        self.corners = corners[order]
+        self.vec = vec[order]
+        self.xy = xy[order]
+        self.centre, self.east, self.north = centre, east, north
+        self.radius = radius  # radians; every point of the polygon is within this of the centre
+
+    # -- geometry ---------------------------------------------------------------------------
+    def contains(self, vec):
+        """Strict point-in-polygon for unit vectors (boundary counts as inside)."""
+        xy, valid = _gnomonic(vec, self.centre, self.east, self.north)
+        a = self.xy
+        b = np.roll(self.xy, -1, axis=0)
+        edge = b - a  # (m, 2)
+        rel = xy[:, None, :] - a[None, :, :]  # (n, m, 2)
+        cross = edge[None, :, 0] * rel[..., 1] - edge[None, :, 1] * rel[..., 0]
+        scale = np.linalg.norm(edge, axis=1)[None, :]
+        return valid & np.all(cross >= -1e-15 * scale, axis=1)
+
+    def edge_distance(self, vec):
+        """Angular distance (radians) from unit vectors to the polygon's boundary arcs."""
+        a = self.vec
+        b = np.roll(self.vec, -1, axis=0)
+        return _arc_distance(vec, a, b).min(axis=1)
+
+    def distance(self, vec):
+        """0 inside, else the angular distance (radians) to the polygon."""
+        d = self.edge_distance(vec)
+        return np.where(self.contains(vec), 0.0, d)
+
+
+def _arc_distance(p, a, b):
+    """Angular distances (n, m) from points p (n, 3) to great-circle arcs a[j] -> b[j] (m, 3)."""
+    n = np.cross(a, b)
+    n = n / np.linalg.norm(n, axis=1, keepdims=True)
+    pn = p @ n.T  # (n, m) sine of distance to the full great circle
+    q = p[:, None, :] - pn[..., None] * n[None, :, :]  # projection onto the circle's plane
+    within = (np.einsum("nmk,mk->nm", np.cross(a[None, :, :], q), n) >= 0) & (
+        np.einsum("nmk,mk->nm", np.cross(q, b[None, :, :]), n) >= 0
+    )
+    d_circle = np.arcsin(np.clip(np.abs(pn), 0, 1))
+    d_ends = np.minimum(_angle(p[:, None, :], a[None, :, :]), _angle(p[:, None, :], b[None, :, :]))
+    return np.where(within, d_circle, d_ends)
+
+
+def _as_polygons(footprints):
+    """Normalise footprints to a list of _Polygon.
+
+    Accepts one ``(N, 2)`` array, an ``(K, N, 2)`` array, an object with a ``footprint()``
+    method (``stargal.frames.Field``), a mapping (its values are used) or a sequence of these.
+    """
+    if isinstance(footprints, _Polygon):
+        return [footprints]
+    if hasattr(footprints, "footprint") and callable(footprints.footprint):
+        return [_Polygon(footprints.footprint())]
+    if isinstance(footprints, dict):
+        footprints = list(footprints.values())
+    if isinstance(footprints, np.ndarray) or (
+        isinstance(footprints, (list, tuple)) and footprints and np.ndim(footprints[0]) == 1
+    ):
+        arr = np.asarray(footprints, dtype=float)
+        if arr.ndim == 2:
+            return [_Polygon(arr)]
+        if arr.ndim == 3:
+            return [_Polygon(p) for p in arr]
+        raise ValueError(f"footprints array must have shape (N, 2) or (K, N, 2), got {arr.shape}")
+    if isinstance(footprints, (list, tuple)):
+        out = []
+        for item in footprints:
+            out.extend(_as_polygons(item))
+        return out
+    raise TypeError(
+        "footprints must be an (N, 2) array of (ra, dec) corners, a sequence of them, or objects "
+        f"with a footprint() method; got {type(footprints).__name__}"
+    )
+
+
+def _check_margin(margin_arcsec):
+    if isinstance(margin_arcsec, bool) or not isinstance(margin_arcsec, Real) or not np.isfinite(margin_arcsec) or margin_arcsec < 0:
+        raise ValueError(f"margin_arcsec must be a finite number >= 0, got {margin_arcsec!r}")
+    return float(margin_arcsec)
+
+
+# ==============================================================================================
+# groups
+# ==============================================================================================
+def sky_groups(ra, dec, cell_arcmin=3.0):
+    """Group ids from a fixed, nearly equal-area sky grid.
+
+    The sky is cut into Dec bands of height ``cell_arcmin``; band ``j`` (starting at Dec -90)
+    is cut into ``n_j = max(1, floor(360 cos(dec_j) / h))`` equal RA cells, where ``dec_j`` is the
+    band's central Dec and ``h`` the cell size in degrees, so every cell is about ``h x h`` on the
+    sky. RA wraps: cells tile 0..360 exactly. The id is ``j * n_max + i`` with ``i`` the RA cell
+    and ``n_max = max(1, floor(360 / h))``: it depends only on the position and ``cell_arcmin``,
+    never on the other rows, so ids are deterministic and comparable between tables.
+
+    Parameters
+    ----------
+    ra, dec : array-like of float, shape (n,)
+        ICRS coordinates in degrees.
+    cell_arcmin : float, default=3.0
+        Cell side in arcmin (an SDSS field is about 13.5' x 9.8').
+
+    Returns
+    -------
+    groups : ndarray of int64, shape (n,)
+
+    Examples
+    --------
+    >>> g = sky_groups([10.0, 10.0 + 1 / 3600, 20.0], [0.5, 0.5, 0.5])
+    >>> bool(g[0] == g[1]), bool(g[0] == g[2])
+    (True, False)
+    """
+    if isinstance(cell_arcmin, bool) or not isinstance(cell_arcmin, Real) or not np.isfinite(cell_arcmin) or cell_arcmin <= 0:
+        raise ValueError(f"cell_arcmin must be a positive number, got {cell_arcmin!r}")
+    ra, dec = _coords(ra, dec)
+    h = float(cell_arcmin) / 60.0
+    n_bands = int(np.ceil(180.0 / h))
+    n_max = max(1, int(np.floor(360.0 / h)))
+    j = np.clip(np.floor((dec + 90.0) / h).astype(np.int64), 0, n_bands - 1)
+    dec_c = np.clip(-90.0 + (j + 0.5) * h, -90.0, 90.0)
+    n_ra = np.maximum(1, np.floor(360.0 * np.cos(dec_c * _DEG) / h).astype(np.int64))
+    n_ra = np.minimum(n_ra, n_max)
+    i = np.floor(np.mod(ra, 360.0) / 360.0 * n_ra).astype(np.int64) % n_ra
+    return j * n_max + i
+
+
+def field_group_ids(field_ids):
+    """Integer group ids for SDSS field strings: ``run * 100000 + camcol * 10000 + field``.
+
+    Parameters
+    ----------
+    field_ids : array-like of str
+        ``'8162-6-80'``-style strings (anything :meth:`FieldID.parse` accepts).
+
+    Returns
+    -------
+    ndarray of int64
+
+    Examples
+    --------
+    >>> field_group_ids(["8162-6-80", "1035-6-17"]).tolist()
+    [816260080, 103560017]
+    """
+    values = np.asarray(field_ids, dtype=object).astype(str)
+    uniq, inverse = np.unique(values, return_inverse=True)
+    codes = np.empty(len(uniq), dtype=np.int64)
+    for k, text in enumerate(uniq):
+        if text.strip() in ("", "nan", "None", "<NA>"):
+            raise ValueError("cannot group by field: some rows have no field id (empty or missing 'field_id')")
+        fid = FieldID.parse(text)
+        codes[k] = fid.run * 100000 + fid.camcol * 10000 + fid.field
+    return codes[inverse.reshape(-1)]
+
+
+def make_groups(table, by="cell", cell_arcmin=3.0):
+    """Group ids for an objects table.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        With ``ra``, ``dec`` (``by='cell'``) or ``field_id`` / ``run``, ``camcol``, ``field``
+        (``by='field'``).
+    by : {'cell', 'field'}, default='cell'
+        ``'cell'``: :func:`sky_groups`; ``'field'``: one group per SDSS field
+        (:func:`field_group_ids`).
+    cell_arcmin : float, default=3.0
+        Cell size for ``by='cell'``.
+
+    Returns
+    -------
+    groups : ndarray of int64, shape (len(table),)
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"ra": [1.0, 2.0], "dec": [0.0, 0.0], "field_id": ["8162-6-80"] * 2})
+    >>> make_groups(t, by="field").tolist()
+    [816260080, 816260080]
+    """
+    if by == "cell":
+        ra, dec = _table_coords(table)
+        return sky_groups(ra, dec, cell_arcmin=cell_arcmin)
+    if by == "field":
+        if "field_id" in table:
+            return field_group_ids(table["field_id"])
+        if all(c in table for c in ("run", "camcol", "field")):
+            ids = [f"{r}-{c}-{f}" for r, c, f in zip(table["run"], table["camcol"], table["field"])]
+            return field_group_ids(ids)
+        raise ValueError("by='field' needs a 'field_id' column or 'run', 'camcol' and 'field' columns")
+    raise ValueError(f"by must be 'cell' or 'field', got {by!r}")
+
+
+# ==============================================================================================
+# footprints
+# ==============================================================================================
+def distance_to_footprint(ra, dec, footprint):
+    """Angular distance (arcsec) from each point to a footprint polygon; 0 inside.
+
+    Parameters
+    ----------
+    ra, dec : array-like of float, shape (n,)
+        Degrees.
+    footprint : array-like, shape (N, 2)
+        ``(ra, dec)`` corners in degrees (convex hull used; see module notes).
+
+    Returns
+    -------
+    ndarray of float, shape (n,)
+
+    Examples
+    --------
+    >>> sq = [[-0.1, -0.1], [0.1, -0.1], [0.1, 0.1], [-0.1, 0.1]]
+    >>> np.round(distance_to_footprint([0.0, 0.2], [0.0, 0.0], sq), 3).tolist()
+    [0.0, 360.0]
+    """
+    ra, dec = _coords(ra, dec)
+    (poly,) = _as_polygons(np.asarray(footprint, dtype=float))
+    return poly.distance(_unit(ra, dec)) / _ARCSEC
+
+
+def in_footprints(ra, dec, footprints, margin_arcsec=0.0):
+    """True for points inside any footprint or within ``margin_arcsec`` of one.
+
+    See :func:`exclude_fields` (which returns the complement for a table).
+
+    Examples
+    --------
+    >>> sq = [[9.9, 1.9], [10.1, 1.9], [10.1, 2.1], [9.9, 2.1]]
+    >>> in_footprints([10.0, 11.0], [2.0, 2.0], [sq]).tolist()
+    [True, False]
+    """
+    ra, dec = _coords(ra, dec)
+    margin = _check_margin(margin_arcsec) * _ARCSEC
+    polys = _as_polygons(footprints)
+    vec = _unit(ra, dec)
+    hit = np.zeros(len(ra), dtype=bool)
+    for poly in polys:
+        # only points within the polygon's bounding cap (+ margin) can be inside or near it
+        near = _angle(vec, poly.centre[None, :]) <= poly.radius + margin + 1e-12
+        if not near.any():
+            continue
+        idx = np.flatnonzero(near)
+        hit[idx] |= poly.distance(vec[idx]) <= margin
+    return hit
+
+
+def exclude_fields(table, footprints, margin_arcsec=20.0, ra_col="ra", dec_col="dec"):
+    """Mask of rows to KEEP: objects outside every footprint expanded by ``margin_arcsec``.
+
+    Use it with the test field's footprint(s) to remove from train/validation every object that
+    lies on the test field, including objects catalogued in another, overlapping field.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Objects table with ``ra``/``dec`` in degrees (non-finite values are an error).
+    footprints : array-like or object or sequence
+        One ``(N, 2)`` array of ``(ra, dec)`` corners, a ``(K, N, 2)`` array, objects with a
+        ``footprint()`` method (``stargal.frames.Field``), or a sequence/mapping of these.
+    margin_arcsec : float, default=20.0
+        Objects within this angular distance (arcsec) of a footprint are removed too.
+    ra_col, dec_col : str
+        Column names.
+
+    Returns
+    -------
+    keep : ndarray of bool, shape (len(table),)
+        ``True`` where the object is safe to use for training/validation.
+
+    Examples
+    --------
+    >>> sq = np.array([[9.9, 1.9], [10.1, 1.9], [10.1, 2.1], [9.9, 2.1]])
+    >>> t = pd.DataFrame({"ra": [10.0, 10.104, 12.0], "dec": [2.0, 2.0, 2.0]})
+    >>> exclude_fields(t, sq, margin_arcsec=20.0).tolist()
+    [False, False, True]
+    """
+    ra, dec = _table_coords(table, ra_col, dec_col)
+    return ~in_footprints(ra, dec, footprints, margin_arcsec=margin_arcsec)
+
+
+def _segments_intersect(p1, p2, q1, q2):
+    """Whether planar segments p1p2 and q1q2 intersect (touching counts)."""
+
+    def orient(a, b, c):
+        return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+
+    def on_segment(a, b, c):
+        return min(a[0], b[0]) <= c[0] <= max(a[0], b[0]) and min(a[1], b[1]) <= c[1] <= max(a[1], b[1])
+
+    d1, d2 = orient(q1, q2, p1), orient(q1, q2, p2)
+    d3, d4 = orient(p1, p2, q1), orient(p1, p2, q2)
+    if ((d1 > 0) != (d2 > 0)) and ((d3 > 0) != (d4 > 0)) and d1 != 0 and d2 != 0 and d3 != 0 and d4 != 0:
+        return True
+    return (
+        (d1 == 0 and on_segment(q1, q2, p1))
+        or (d2 == 0 and on_segment(q1, q2, p2))
+        or (d3 == 0 and on_segment(p1, p2, q1))
+        or (d4 == 0 and on_segment(p1, p2, q2))
+    )
+
+
+def footprint_overlap(poly_a, poly_b, margin_arcsec=0.0):
+    """Whether two footprints overlap, or come within ``margin_arcsec`` of each other.
+
+    Parameters
+    ----------
+    poly_a, poly_b : array-like, shape (N, 2)
+        ``(ra, dec)`` corners in degrees (or objects with a ``footprint()`` method).
+    margin_arcsec : float, default=0.0
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> a = [[0, 0], [0.2, 0], [0.2, 0.2], [0, 0.2]]
+    >>> b = [[0.1, 0.1], [0.3, 0.1], [0.3, 0.3], [0.1, 0.3]]
+    >>> c = [[0.21, 0], [0.3, 0], [0.3, 0.2], [0.21, 0.2]]
+    >>> footprint_overlap(a, b), footprint_overlap(a, c), footprint_overlap(a, c, margin_arcsec=40)
+    (True, False, True)
+    """
+    margin = _check_margin(margin_arcsec) * _ARCSEC
+    (pa,) = _as_polygons(poly_a)
+    (pb,) = _as_polygons(poly_b)
+    if _angle(pa.centre, pb.centre) > pa.radius + pb.radius + margin + 1e-12:
+        return False
+    if pa.contains(pb.vec).any() or pb.contains(pa.vec).any():
+        return True
+    # edges crossing: project both onto the tangent plane at the midpoint (exact for great circles)
+    mid = pa.centre + pb.centre
+    mid = mid / np.linalg.norm(mid)
+    east, north = _tangent_basis(mid)
+    xa, va = _gnomonic(pa.vec, mid, east, north)
+    xb, vb = _gnomonic(pb.vec, mid, east, north)
+    if va.all() and vb.all():
+        for i in range(len(xa)):
+            for j in range(len(xb)):
+                if _segments_intersect(xa[i], xa[(i + 1) % len(xa)], xb[j], xb[(j + 1) % len(xb)]):
+                    return True
+    if margin == 0:
+        return False
+    # disjoint convex polygons: the closest pair involves a vertex of one and an edge of the other
+    d = min(pb.edge_distance(pa.vec).min(), pa.edge_distance(pb.vec).min())
+    return bool(d <= margin)
+
+
+def min_separation_arcsec(ra1, dec1, ra2, dec2):
+    """Smallest angular separation (arcsec) between any object of set 1 and any of set 2.
+
+    Uses astropy's ``match_coordinates_sky`` (a KD-tree): an independent check that two
+    splits share no object. Returns ``inf`` when either set is empty.
+
+    Examples
+    --------
+    >>> round(float(min_separation_arcsec([0.0], [0.0], [0.0, 1.0], [1 / 3600, 0.0])), 6)
+    1.0
+    """
+    ra1, dec1 = _coords(ra1, dec1)
+    ra2, dec2 = _coords(ra2, dec2)
+    if len(ra1) == 0 or len(ra2) == 0:
+        return float("inf")
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord, match_coordinates_sky
+
+    c1 = SkyCoord(ra1 * u.deg, dec1 * u.deg)
+    c2 = SkyCoord(ra2 * u.deg, dec2 * u.deg)
+    if len(ra2) == 1:
+        return float(c1.separation(c2[0]).arcsec.min())
+    _, sep, _ = match_coordinates_sky(c1, c2)
+    return float(sep.arcsec.min())
+
+
+# ==============================================================================================
+# train / validation / CV
+# ==============================================================================================
+def _check_random_state(random_state):
+    if random_state is None or isinstance(random_state, np.random.RandomState):
+        return random_state
+    if isinstance(random_state, Integral) and not isinstance(random_state, bool):
+        return int(random_state)
+    raise ValueError(f"random_state must be None, an int or a RandomState, got {random_state!r}")
+
+
+def make_cv(n_splits=5, stratified=True, shuffle=True, random_state=0):
+    """A group-aware CV splitter.
+
+    Parameters
+    ----------
+    n_splits : int, default=5
+    stratified : bool, default=True
+        ``StratifiedGroupKFold`` (class balance kept per fold) or ``GroupKFold``.
+    shuffle : bool, default=True
+        Shuffle groups before splitting (with ``random_state``).
+    random_state : int, default=0
+
+    Returns
+    -------
+    sklearn splitter; call ``.split(X, y, groups)``.
+
+    Examples
+    --------
+    >>> make_cv(3)
+    StratifiedGroupKFold(n_splits=3, random_state=0, shuffle=True)
+    """
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+    if isinstance(n_splits, bool) or not isinstance(n_splits, Integral) or n_splits < 2:
+        raise ValueError(f"n_splits must be an integer >= 2, got {n_splits!r}")
+    rs = _check_random_state(random_state) if shuffle else None
+    cls = StratifiedGroupKFold if stratified else GroupKFold
+    return cls(n_splits=int(n_splits), shuffle=bool(shuffle), random_state=rs)
+
+
+def group_train_valid_indices(groups, y=None, valid_fraction=0.2, random_state=0):
+    """Hold out whole groups for validation, keeping class balance where possible.
+
+    Runs ``StratifiedGroupKFold(n_splits=round(1 / valid_fraction), shuffle=True)`` (or
+    ``GroupKFold`` when ``y`` is None) and returns the fold whose size is closest to
+    ``valid_fraction`` of the rows. No group appears in both outputs.
+
+    Parameters
+    ----------
+    groups : array-like, shape (n,)
+        Group labels (e.g. from :func:`make_groups`).
+    y : array-like, shape (n,), optional
+        Class labels for stratification.
+    valid_fraction : float, default=0.2
+        In (0, 0.5].
+    random_state : int, default=0
+
+    Returns
+    -------
+    train_idx, valid_idx : ndarray of int64
+        Sorted positional indices.
+
+    Examples
+    --------
+    >>> g = np.repeat(np.arange(10), 5)
+    >>> y = np.tile([0, 1, 0, 1, 1], 10)
+    >>> tr, va = group_train_valid_indices(g, y, valid_fraction=0.2)
+    >>> len(va), set(g[tr]) & set(g[va])
+    (10, set())
+    """
+    groups = np.asarray(groups)
+    if groups.ndim != 1 or len(groups) == 0:
+        raise ValueError(f"groups must be a non-empty 1-d array, got shape {groups.shape}")
+    if y is not None:
+        y = np.asarray(y)
+        if y.shape != groups.shape:
+            raise ValueError(f"y and groups must have the same length, got {len(y)} and {len(groups)}")
+    if isinstance(valid_fraction, bool) or not isinstance(valid_fraction, Real) or not 0 < valid_fraction <= 0.5:
+        raise ValueError(f"valid_fraction must be in (0, 0.5], got {valid_fraction!r}")
+    n_splits = max(2, int(round(1.0 / valid_fraction)))
+    n_groups = len(np.unique(groups))
+    if n_groups < n_splits:
+        raise ValueError(
+            f"cannot hold out {valid_fraction:.0%} of the data as whole groups: only {n_groups} group(s), "
+            f"need at least {n_splits}; use smaller sky cells or more fields"
+        )
+    cv = make_cv(n_splits, stratified=y is not None, shuffle=True, random_state=random_state)
+    X = np.zeros((len(groups), 1))
+    import warnings
+
+    with warnings.catch_warnings():
+        # "The least populated class in y has only k members" is expected for small group counts
+        warnings.filterwarnings("ignore", message=".*least populated class.*", category=UserWarning)
+        folds = list(cv.split(X, y, groups))
+    target = valid_fraction * len(groups)
+    best = min(range(len(folds)), key=lambda k: (abs(len(folds[k][1]) - target), k))
+    train_idx, valid_idx = folds[best]
+    return np.sort(train_idx).astype(np.int64), np.sort(valid_idx).astype(np.int64)
+
+
+def assign_splits(
+    table,
+    test_fields,
+    test_footprints,
+    *,
+    margin_arcsec=20.0,
+    groups=None,
+    by="cell",
+    cell_arcmin=3.0,
+    valid_fraction=0.2,
+    random_state=0,
+    label_col="label",
+):
+    """The study's split column: ``'test'``, ``'excluded'``, ``'train'`` or ``'valid'``.
+
+    * rows whose ``field_id`` is a test field -> ``'test'``;
+    * other rows inside a test footprint (+ ``margin_arcsec``) -> ``'excluded'``
+      (they would leak: same sky as the test field);
+    * remaining rows -> whole groups to ``'valid'`` (about ``valid_fraction``) or ``'train'``.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Objects table with ``ra``, ``dec``, ``field_id`` and (for stratification) ``label_col``.
+    test_fields : sequence of str
+        Test field ids (``'8162-6-80'``).
+    test_footprints : see :func:`exclude_fields`
+    margin_arcsec : float, default=20.0
+    groups : array-like, optional
+        Precomputed groups; otherwise :func:`make_groups` with ``by`` and ``cell_arcmin``.
+    by, cell_arcmin, valid_fraction, random_state
+        See :func:`make_groups` and :func:`group_train_valid_indices`.
+    label_col : str or None, default='label'
+        Column used to stratify the validation groups (ignored if absent or None).
+
+    Returns
+    -------
+    pandas.Series of str, indexed like ``table``, named ``'split'``.
+
+    Examples
+    --------
+    >>> sq = np.array([[9.9, 1.9], [10.1, 1.9], [10.1, 2.1], [9.9, 2.1]])
+    >>> t = pd.DataFrame({"ra": [10.0, 10.05] + [20.0 + k for k in range(10)],
+    ...                   "dec": [2.0] * 12,
+    ...                   "field_id": ["8162-6-80", "1035-6-17"] + ["1035-6-17"] * 10})
+    >>> s = assign_splits(t, ["8162-6-80"], sq, valid_fraction=0.2)
+    >>> s.value_counts().to_dict()
+    {'train': 8, 'valid': 2, 'test': 1, 'excluded': 1}
+    """
+    if "field_id" not in table:
+        raise ValueError("assign_splits needs a 'field_id' column to recognise test-field rows")
+    test_ids = {str(FieldID.parse(f)) for f in test_fields}
+    fid = table["field_id"].astype(str)
+    is_test = fid.isin(test_ids).to_numpy()
+    keep = exclude_fields(table, test_footprints, margin_arcsec=margin_arcsec)
+    split = np.where(is_test, "test", np.where(keep, "train", "excluded")).astype(object)
+    pool = np.flatnonzero(split == "train")
+    if len(pool):
+        g = np.asarray(groups) if groups is not None else make_groups(table, by=by, cell_arcmin=cell_arcmin)
+        if len(g) != len(table):
+            raise ValueError(f"groups has {len(g)} entries for {len(table)} rows")
+        y = None
+        if label_col is not None and label_col in table:
+            y = table[label_col].to_numpy()[pool]
+            if pd.isna(y).any():
+                y = None
+        _, valid = group_train_valid_indices(g[pool], y, valid_fraction=valid_fraction, random_state=random_state)
+        split[pool[valid]] = "valid"
+    return pd.Series(split, index=table.index, name="split", dtype=object)
+
+
+# ==============================================================================================
+# reports
+# ==============================================================================================
+def _split_names(values):
+    uniq = list(pd.unique(values))
+    known = [s for s in SPLIT_ORDER if s in uniq]
+    others = sorted((s for s in uniq if s not in SPLIT_ORDER), key=str)
+    return known + others
+
+
+def _is_galaxy(labels):
+    """Labels ('galaxy'/'star' or 1/0) -> float array 1/0, NaN for missing."""
+    s = pd.Series(labels)
+    out = np.full(len(s), np.nan)
+    low = s.astype(str).str.strip().str.lower()
+    gal = low.isin(["galaxy", "1", "1.0", "true"])
+    star = low.isin(["star", "0", "0.0", "false"])
+    missing = s.isna().to_numpy()
+    bad = ~(gal | star).to_numpy() & ~missing
+    if bad.any():
+        examples = sorted(set(s[bad].astype(str)))[:5]
+        raise ValueError(f"labels must be 'star'/'galaxy' or 0/1; got {examples}")
+    out[gal.to_numpy()] = 1.0
+    out[star.to_numpy()] = 0.0
+    return out
+
+
+def _field_strings(table):
+    if "field_id" in table:
+        return table["field_id"].astype(str).to_numpy()
+    if all(c in table for c in ("run", "camcol", "field")):
+        return np.array([f"{r}-{c}-{f}" for r, c, f in zip(table["run"], table["camcol"], table["field"])], dtype=object)
+    return None
+
+
+def split_report(table, split_col="split", label_col="label", mag_col="psfmag_r"):
+    """Per-split summary: counts, class balance, r magnitudes and fields.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Objects with ``split_col``, ``label_col`` (``'star'``/``'galaxy'`` or 0/1; missing
+        labels are counted in ``n_objects`` only) and optionally ``mag_col`` and ``field_id``
+        (or ``run``/``camcol``/``field``).
+    split_col, label_col, mag_col : str
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by split (train, valid, test, excluded first), columns ``n_objects``,
+        ``n_stars``, ``n_galaxies``, ``galaxy_fraction``, ``{mag_col}_median``,
+        ``{mag_col}_q10``, ``{mag_col}_q90`` (NaN without ``mag_col``), ``n_fields``, ``fields``
+        (comma-separated, sorted; empty when the table has no field columns).
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"split": ["train", "train", "test"], "label": ["star", "galaxy", "star"],
+    ...                   "psfmag_r": [18.0, 20.0, 19.0], "field_id": ["1035-6-17"] * 2 + ["8162-6-80"]})
+    >>> split_report(t)[["n_objects", "n_galaxies", "galaxy_fraction", "fields"]]  # doctest: +NORMALIZE_WHITESPACE
+           n_objects  n_galaxies  galaxy_fraction     fields
+    split
+    train          2           1              0.5  1035-6-17
+    test           1           0              0.0  8162-6-80
+    """
+    for col in (split_col, label_col):
+        if col not in table:
+            raise ValueError(f"split_report needs a {col!r} column")
+    gal = _is_galaxy(table[label_col].to_numpy())
+    mags = pd.to_numeric(table[mag_col], errors="coerce").to_numpy(dtype=float) if mag_col in table else None
+    fields_ = _field_strings(table)
+    splits = table[split_col].to_numpy()
+    rows = {}
+    for name in _split_names(splits):
+        m = splits == name
+        g = gal[m]
+        n_gal = int(np.nansum(g == 1))
+        n_star = int(np.nansum(g == 0))
+        row = {
+            "n_objects": int(m.sum()),
+            "n_stars": n_star,
+            "n_galaxies": n_gal,
+            "galaxy_fraction": n_gal / (n_gal + n_star) if n_gal + n_star else np.nan,
+        }
+        mm = mags[m] if mags is not None else np.array([])
+        mm = mm[np.isfinite(mm)]
+        q = np.quantile(mm, [0.5, 0.1, 0.9]) if len(mm) else [np.nan] * 3
+        row[f"{mag_col}_median"], row[f"{mag_col}_q10"], row[f"{mag_col}_q90"] = (float(v) for v in q)
+        fs = sorted(set(fields_[m])) if fields_ is not None else []
+        row["n_fields"] = len(fs)
+        row["fields"] = ", ".join(fs)
+        rows[name] = row
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "split"
+    return out
+
+
+def magnitude_ks(table, split_col="split", mag_col="psfmag_r"):
+    """Two-sample Kolmogorov-Smirnov tests of ``mag_col`` between every pair of splits.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+    split_col, mag_col : str
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per pair: ``split_a``, ``split_b``, ``n_a``, ``n_b``, ``ks_statistic``,
+        ``p_value`` (NaN when a split has no finite magnitude).
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"split": ["train"] * 50 + ["test"] * 50,
+    ...                   "psfmag_r": np.r_[np.linspace(16, 22, 50), np.linspace(16, 22, 50)]})
+    >>> magnitude_ks(t)[["split_a", "split_b", "ks_statistic"]]
+      split_a split_b  ks_statistic
+    0   train    test           0.0
+    """
+    from scipy.stats import ks_2samp
+
+    for col in (split_col, mag_col):
+        if col not in table:
+            raise ValueError(f"magnitude_ks needs a {col!r} column")
+    splits = table[split_col].to_numpy()
+    mags = pd.to_numeric(table[mag_col], errors="coerce").to_numpy(dtype=float)
+    names = _split_names(splits)
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            ma = mags[(splits == a) & np.isfinite(mags)]
+            mb = mags[(splits == b) & np.isfinite(mags)]
+            if len(ma) and len(mb):
+                res = ks_2samp(ma, mb)
+                stat, p = float(res.statistic), float(res.pvalue)
+            else:
+                stat = p = np.nan
+            rows.append({"split_a": a, "split_b": b, "n_a": len(ma), "n_b": len(mb), "ks_statistic": stat, "p_value": p})
+    return pd.DataFrame(rows, columns=["split_a", "split_b", "n_a", "n_b", "ks_statistic", "p_value"])

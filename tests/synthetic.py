@@ -1,0 +1,322 @@
+"""Small synthetic SDSS-like fields in the SAS layout, for fast unit tests.
+
+:func:`make_synthetic_sas` writes, under ``root``, exactly what the real archive
+(or the ``../shared/sdss`` mirror) holds for one field, only much smaller::
+
+    dr17/eboss/photoObj/frames/301/RUN/CAMCOL/frame-BAND-RRRRRR-C-FFFF.fits.bz2   (5 bands)
+    dr17/eboss/sweeps/dr13_final/301/calibObj-RRRRRR-C-{star,gal}.fits.gz
+
+Frames are float32 images in nanomaggies with **real SDSS TAN WCS keywords** (copied
+from ``frame-r-008162-6-0080``: same ``CTYPE``/``CD`` matrix, 0.396"/px, rotated), shrunk
+to ``shape`` pixels. Like real SDSS frames the five bands are **not** pixel-aligned: each
+band has its own ``CRPIX``/``CRVAL``, chosen so that a source at r-frame pixel ``(x, y)``
+lies at ``(x + dx_b, y + dy_b)`` in band ``b`` (``offsets``, several pixels, non-integer).
+Stars (circular Gaussians, sigma 1.5 px ~ SDSS seeing) and galaxies (elliptical Gaussians)
+are injected at known RA/Dec, rendered in each band at the position that band's own WCS
+gives; the true 0-based pixel positions are returned. A sweep file for the run+camcol
+(``calibObj``) lists them with the columns stargal reads; calling the function again for
+another field of the same run+camcol appends to the sweep.
+
+Examples
+--------
+>>> info = make_synthetic_sas(tmp_path, fid="1000-1-10", n_stars=5, n_gal=3)   # doctest: +SKIP
+>>> Aligner(sas_url=info["sas_url"], cache_dir=str(tmp_path / "cache"))       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import bz2
+import io
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from stargal.sdss import BANDS, FieldID, calibobj_path, frame_path
+
+__all__ = [
+    "REAL_WCS_R",
+    "DEFAULT_OFFSETS",
+    "PIXEL_SCALE_DEG",
+    "synthetic_header",
+    "make_synthetic_sas",
+]
+
+#: WCS keywords of the real r frame of 8162-6-80 (CRPIX/CRVAL are replaced per field/band).
+REAL_WCS_R = {
+    "RADESYS": "ICRS",  # real SDSS headers spell it RADECSYS (deprecated; same meaning)
+    "EQUINOX": 2000.0,
+    "CTYPE1": "RA---TAN",
+    "CTYPE2": "DEC--TAN",
+    "CUNIT1": "deg",
+    "CUNIT2": "deg",
+    "CRPIX1": 1025.0,
+    "CRPIX2": 745.0,
+    "CRVAL1": 331.709414401,
+    "CRVAL2": 26.9626508189,
+    "CD1_1": -3.01982932672e-05,
+    "CD1_2": 0.000105743143543,
+    "CD2_1": 0.000105764935177,
+    "CD2_2": 3.01923666993e-05,
+}
+#: Pixel scale of SDSS frames (0.396 arcsec) in degrees.
+PIXEL_SCALE_DEG = 0.396 / 3600.0
+
+#: Default per-band pixel offsets ``(dx, dy)`` relative to r: a source at r pixel
+#: ``(x, y)`` sits at ``(x + dx, y + dy)`` in that band (real SDSS offsets are of this size).
+DEFAULT_OFFSETS = {
+    "u": (3.37, -2.61),
+    "g": (5.72, 1.28),
+    "r": (0.0, 0.0),
+    "i": (-2.29, 4.16),
+    "z": (-4.63, -3.34),
+}
+
+# Small extra reference-pixel shifts per band, so CRPIX differs between bands too.
+_CRPIX_JITTER = {"u": (1.0, -2.0), "g": (0.0, 3.0), "r": (0.0, 0.0), "i": (-2.0, 1.0), "z": (2.0, 2.0)}
+
+# Relative flux of the injected sources per band (a plausible stellar colour).
+_SED = {"u": 0.35, "g": 0.8, "r": 1.0, "i": 1.15, "z": 1.25}
+
+
+def _default_crval(fid: FieldID) -> tuple[float, float]:
+    """A sky position unique to each field, so synthetic fields never overlap by accident."""
+    ra = 20.0 + (fid.run % 300) + 0.05 * fid.field
+    dec = -30.0 + 8.0 * fid.camcol + 0.01 * (fid.field % 7)
+    return ra, dec
+
+
+def synthetic_header(band: str, shape=(150, 200), crval=None, offset=(0.0, 0.0),
+                     crpix_jitter=(0.0, 0.0)) -> fits.Header:
+    """FITS header of a synthetic frame with a real SDSS TAN WCS.
+
+    Parameters
+    ----------
+    band : str
+        SDSS band (goes to ``FILTER``).
+    shape : (ny, nx)
+        Image shape (NAXIS2, NAXIS1).
+    crval : (ra, dec), optional
+        Sky position of the r frame's reference pixel (the image centre).
+    offset : (dx, dy)
+        Pixel offset of this band relative to r (see :data:`DEFAULT_OFFSETS`).
+    crpix_jitter : (dx, dy)
+        Extra shift of this band's ``CRPIX`` (its ``CRVAL`` is adjusted to match).
+    """
+    ny, nx = shape
+    if crval is None:
+        crval = (REAL_WCS_R["CRVAL1"], REAL_WCS_R["CRVAL2"])
+    base = fits.Header()
+    for key, value in REAL_WCS_R.items():
+        base[key] = value
+    base["CRPIX1"], base["CRPIX2"] = (nx + 1) / 2.0, (ny + 1) / 2.0  # 1-based image centre
+    base["CRVAL1"], base["CRVAL2"] = float(crval[0]), float(crval[1])
+    wcs_r = WCS(base)
+    crpix = np.array([base["CRPIX1"] + crpix_jitter[0], base["CRPIX2"] + crpix_jitter[1]])
+    # This band's reference pixel (0-based crpix - 1) shows the sky that r shows at crpix - 1 - offset.
+    ra, dec = wcs_r.all_pix2world(crpix[0] - 1 - offset[0], crpix[1] - 1 - offset[1], 0)
+    header = fits.Header()
+    header["NAXIS"] = 2
+    header["NAXIS1"] = nx
+    header["NAXIS2"] = ny
+    header["BUNIT"] = ("nanomaggy", "1 nanomaggy = 3.631e-6 Jy")
+    header["FILTER"] = band
+    for key, value in REAL_WCS_R.items():
+        header[key] = value
+    header["CRPIX1"], header["CRPIX2"] = float(crpix[0]), float(crpix[1])
+    header["CRVAL1"], header["CRVAL2"] = float(ra), float(dec)
+    header["COMMENT"] = "synthetic stargal test frame (WCS keywords from frame-r-008162-6-0080)"
+    return header
+
+
+def _place(rng, n, shape, offsets, margin, min_sep, max_tries=20000):
+    """r-frame positions at least ``margin`` px inside every band and ``min_sep`` px apart."""
+    ny, nx = shape
+    dxs = np.array([o[0] for o in offsets.values()])
+    dys = np.array([o[1] for o in offsets.values()])
+    xlo, xhi = margin - dxs.min(), nx - 1 - margin - dxs.max()
+    ylo, yhi = margin - dys.min(), ny - 1 - margin - dys.max()
+    if xlo >= xhi or ylo >= yhi:
+        raise ValueError(f"frame {shape} too small for margin {margin} and offsets {offsets}")
+    pts: list[tuple[float, float]] = []
+    for _ in range(max_tries):
+        if len(pts) == n:
+            break
+        p = (rng.uniform(xlo, xhi), rng.uniform(ylo, yhi))
+        if all((p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2 >= min_sep**2 for q in pts):
+            pts.append(p)
+    if len(pts) < n:
+        raise ValueError(f"cannot place {n} sources {min_sep} px apart in a {shape} frame; "
+                         "use fewer sources, a larger shape or a smaller min_sep")
+    return np.array(pts, dtype=float).reshape(n, 2)
+
+
+def _render(shape, x0, y0, flux, sigma_x, sigma_y, theta):
+    """Elliptical Gaussian (total ``flux``) sampled at pixel centres (0-based) of a ``shape`` image."""
+    ny, nx = shape
+    img = np.zeros(shape, dtype=np.float64)
+    r = int(np.ceil(6 * max(sigma_x, sigma_y)))
+    ix, iy = int(round(x0)), int(round(y0))
+    xs = np.arange(max(ix - r, 0), min(ix + r + 1, nx))
+    ys = np.arange(max(iy - r, 0), min(iy + r + 1, ny))
+    xx, yy = np.meshgrid(xs - x0, ys - y0)
+    c, s = np.cos(theta), np.sin(theta)
+    u = (c * xx + s * yy) / sigma_x
+    v = (-s * xx + c * yy) / sigma_y
+    img[np.ix_(ys, xs)] = flux * np.exp(-0.5 * (u**2 + v**2)) / (2 * np.pi * sigma_x * sigma_y)
+    return img
+
+
+def _write_bz2_frame(path: Path, image: np.ndarray, header: fits.Header) -> None:
+    hdus = fits.HDUList([
+        fits.PrimaryHDU(image.astype(np.float32), header=header),
+        fits.ImageHDU(np.ones(image.shape[1], dtype=np.float32)),  # calibration vector (unused)
+    ])
+    buf = io.BytesIO()
+    hdus.writeto(buf)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bz2.compress(buf.getvalue(), compresslevel=1))
+
+
+def _write_sweep(path: Path, rows: pd.DataFrame) -> None:
+    """Write (or append to) a ``calibObj`` sweep with the columns stargal reads."""
+    cols = {
+        "RUN": ("I", rows["run"].to_numpy(np.int16)),
+        "RERUN": ("3A", np.array(["301"] * len(rows))),
+        "CAMCOL": ("B", rows["camcol"].to_numpy(np.uint8)),
+        "FIELD": ("I", rows["field"].to_numpy(np.int16)),
+        "ID": ("J", rows["id"].to_numpy(np.int32)),
+        "OBJC_TYPE": ("J", rows["objc_type"].to_numpy(np.int32)),
+        "OBJC_ROWC": ("E", rows["y_r"].to_numpy(np.float32)),
+        "OBJC_COLC": ("E", rows["x_r"].to_numpy(np.float32)),
+        "RA": ("D", rows["ra"].to_numpy(np.float64)),
+        "DEC": ("D", rows["dec"].to_numpy(np.float64)),
+        "PSFFLUX": ("5E", np.stack([rows[f"psfflux_{b}"] for b in BANDS], axis=1).astype(np.float32)),
+        "MODELFLUX": ("5E", np.stack([rows[f"flux_{b}"] for b in BANDS], axis=1).astype(np.float32)),
+    }
+    new = fits.BinTableHDU.from_columns([fits.Column(name=k, format=f, array=a) for k, (f, a) in cols.items()])
+    if path.exists():
+        with fits.open(path) as old:
+            old_data = old[1].data
+            n_old = len(old_data)
+            merged = fits.BinTableHDU.from_columns(old[1].columns, nrows=n_old + len(rows))
+            for name in cols:
+                merged.data[name][n_old:] = new.data[name]
+        new = merged
+    new.header["LABELSRC"] = "synthetic"
+    buf = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), new]).writeto(buf)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    comp = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip container
+    path.write_bytes(comp.compress(buf.getvalue()) + comp.flush())
+
+
+def make_synthetic_sas(root, fid="1000-1-10", n_stars: int = 6, n_gal: int = 4, offsets=None,
+                       missing_bands=(), shape=(150, 200), crval=None, noise: float = 0.01,
+                       star_sigma: float = 1.5, flux_range=(20.0, 200.0), margin: float = 14.0,
+                       min_sep: float = 22.0, seed: int = 0) -> dict:
+    """Write one synthetic SDSS field (5 bz2 frames + calibObj sweeps) under ``root``.
+
+    Parameters
+    ----------
+    root : path
+        Root of the synthetic SAS tree (created). Use ``info['sas_url']`` as ``sas_url``.
+    fid : str
+        Field ``'RUN-CAMCOL-FIELD'``.
+    n_stars, n_gal : int
+        Number of injected stars (circular Gaussians, sigma ``star_sigma`` px) and galaxies
+        (elliptical Gaussians, sigma 2.2-3.5 px, axis ratio 0.5-0.9).
+    offsets : dict band -> (dx, dy), optional
+        Pixel offset of each band relative to r (default :data:`DEFAULT_OFFSETS`).
+    missing_bands : sequence of str
+        Bands whose frame is *not* written (like the real incomplete field 1006-6-11).
+    shape : (ny, nx)
+        Frame shape in pixels.
+    crval : (ra, dec), optional
+        Sky position (deg) of the r frame's centre; default unique per field.
+    noise : float
+        Standard deviation of the Gaussian pixel noise, nanomaggies.
+    flux_range : (lo, hi)
+        r-band total fluxes (nanomaggies) drawn log-uniformly.
+    margin : float
+        Minimum distance (px) of every source from every band's frame edge.
+    min_sep : float
+        Minimum separation (px) between sources.
+    seed : int
+        Random seed.
+
+    Returns
+    -------
+    dict
+        ``root`` (Path), ``sas_url`` (``'file://...'``), ``fid`` (str), ``shape``, ``offsets``,
+        ``headers`` (band -> fits.Header, all five even for missing bands), ``noise`` and
+        ``objects``: a DataFrame with one row per source: ``objid, run, camcol, field, ra, dec,
+        label`` (``'star'``/``'galaxy'``), ``flux_<band>`` (nanomaggies) and the true 0-based
+        pixel positions ``x_<band>, y_<band>`` in each band's own frame.
+    """
+    root = Path(root)
+    fidp = FieldID.parse(fid)
+    offsets = dict(DEFAULT_OFFSETS if offsets is None else offsets)
+    for b in BANDS:
+        offsets.setdefault(b, (0.0, 0.0))
+    offsets["r"] = tuple(offsets["r"])
+    bad = set(missing_bands) - set(BANDS)
+    if bad:
+        raise ValueError(f"unknown bands in missing_bands: {sorted(bad)}")
+    rng = np.random.default_rng(seed)
+    crval = _default_crval(fidp) if crval is None else crval
+    headers = {b: synthetic_header(b, shape, crval, offsets[b], _CRPIX_JITTER[b]) for b in BANDS}
+    wcss = {b: WCS(headers[b]) for b in BANDS}
+
+    n = n_stars + n_gal
+    pos_r = _place(rng, n, shape, offsets, margin, min_sep)
+    # r-frame positions -> sky through r's WCS (sources are *defined* on the sky).
+    ra, dec = wcss["r"].all_pix2world(pos_r[:, 0], pos_r[:, 1], 0) if n else (np.zeros(0), np.zeros(0))
+    labels = np.array(["star"] * n_stars + ["galaxy"] * n_gal, dtype=object)
+    order = rng.permutation(n)
+    labels = labels[order]
+    flux_r = np.exp(rng.uniform(np.log(flux_range[0]), np.log(flux_range[1]), n))
+    sig_major = np.where(labels == "star", star_sigma, rng.uniform(2.2, 3.5, n))
+    axis_ratio = np.where(labels == "star", 1.0, rng.uniform(0.5, 0.9, n))
+    theta = rng.uniform(0, np.pi, n)
+
+    table = pd.DataFrame({
+        "objid": [f"{fidp.padded}-{i + 1:04d}" for i in range(n)],
+        "run": fidp.run, "camcol": fidp.camcol, "field": fidp.field,
+        "ra": np.asarray(ra, float), "dec": np.asarray(dec, float), "label": labels,
+    })
+    for b in BANDS:
+        table[f"flux_{b}"] = flux_r * _SED[b]
+    for b in BANDS:
+        x, y = wcss[b].all_world2pix(table["ra"].to_numpy(), table["dec"].to_numpy(), 0)
+        table[f"x_{b}"], table[f"y_{b}"] = np.asarray(x, float), np.asarray(y, float)
+
+    for b in BANDS:
+        if b in missing_bands:
+            continue
+        img = rng.normal(0.0, noise, shape)
+        for k in range(n):
+            img += _render(shape, table[f"x_{b}"][k], table[f"y_{b}"][k], table[f"flux_{b}"][k],
+                           sig_major[k], sig_major[k] * axis_ratio[k], theta[k])
+        _write_bz2_frame(root / frame_path(fidp, b), img, headers[b])
+
+    sweep = table.assign(id=np.arange(1, n + 1), objc_type=np.where(labels == "star", 6, 3))
+    for b in BANDS:
+        # PSF flux: what a PSF fit recovers (all of a star's flux, less of a galaxy's).
+        sweep[f"psfflux_{b}"] = sweep[f"flux_{b}"] * np.where(labels == "star", 1.0, 0.6)
+    for kind, lab in (("star", "star"), ("gal", "galaxy")):
+        _write_sweep(root / calibobj_path(fidp, kind), sweep[sweep["label"] == lab])
+
+    return {
+        "root": root,
+        "sas_url": root.resolve().as_uri(),
+        "fid": str(fidp),
+        "shape": tuple(shape),
+        "offsets": offsets,
+        "headers": headers,
+        "noise": noise,
+        "objects": table,
+    }

@@ -1,0 +1,430 @@
+"""Tests for stargal.augment (CutoutAugmenter, sky_noise, single_technique)."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from imblearn.over_sampling import RandomOverSampler
+from imblearn.pipeline import Pipeline
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import FunctionTransformer
+
+from stargal.augment import (
+    DEFAULT_STRENGTHS,
+    TECHNIQUES,
+    CutoutAugmenter,
+    _affine,
+    augmentation_names,
+    single_technique,
+    sky_noise,
+)
+from stargal.scale import AsinhScaler
+
+SIZE = 15
+C = (SIZE - 1) / 2
+SKY = np.array([0.05, 0.02, 0.02, 0.03, 0.08])  # nanomaggies, u g r i z
+
+
+def gaussian_sources(n, *, sigma=1.5, flux=(10.0, 20.0, 30.0, 40.0, 50.0), centre=(C, C), noise=None, seed=0):
+    """(n, 5, SIZE, SIZE) float32 circular Gaussians (total flux per band) plus optional sky noise."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)
+    prof = np.exp(-((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) / (2 * sigma**2)) / (2 * np.pi * sigma**2)
+    X = np.asarray(flux, dtype=np.float64)[None, :, None, None] * prof[None, None] * np.ones((n, 1, 1, 1))
+    if noise is not None:
+        rng = np.random.default_rng(seed)
+        X = X + rng.normal(0.0, 1.0, X.shape) * np.asarray(noise)[None, :, None, None]
+    return X.astype(np.float32)
+
+
+def sky(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(0.0, 1.0, (n, 5, SIZE, SIZE)) * SKY[None, :, None, None]).astype(np.float32)
+
+
+def labels(n, n_pos):
+    y = np.zeros(n, dtype=int)
+    y[:n_pos] = 1
+    return y
+
+
+def centroid(img):
+    """(row, col) first-moment centroid of 2-D images (..., H, W)."""
+    yy, xx = np.mgrid[0 : img.shape[-2], 0 : img.shape[-1]]
+    tot = img.sum(axis=(-2, -1))
+    return (img * yy).sum(axis=(-2, -1)) / tot, (img * xx).sum(axis=(-2, -1)) / tot
+
+
+def second_moment(img):
+    r, c = centroid(img)
+    yy, xx = np.mgrid[0 : img.shape[-2], 0 : img.shape[-1]]
+    d2 = (yy - r[..., None, None]) ** 2 + (xx - c[..., None, None]) ** 2
+    return (img * d2).sum(axis=(-2, -1)) / img.sum(axis=(-2, -1))
+
+
+def dihedral_images(img):
+    """The 8 dihedral transforms of a (..., H, W) array."""
+    out = []
+    for flip in (False, True):
+        base = img[..., ::-1] if flip else img
+        out.extend(np.rot90(base, k, axes=(-2, -1)) for k in range(4))
+    return out
+
+
+OFF = dict(dihedral=False, shift=0.0, noise=0.0, zoom=0.0, shear=0.0, blur=0.0)
+
+
+# ---------------------------------------------------------------- row layout
+@pytest.mark.parametrize("n_copies", [0, 1, 3])
+def test_row_counts_and_labels(n_copies):
+    X, y = sky(10), labels(10, 4)
+    X_res, y_res = CutoutAugmenter(n_copies, random_state=0).fit_resample(X, y)
+    assert X_res.shape == (10 * (1 + n_copies), 5, SIZE, SIZE)
+    assert X_res.dtype == np.float32
+    np.testing.assert_array_equal(y_res, np.tile(y, 1 + n_copies))
+
+
+def test_originals_first_in_order_and_input_untouched():
+    X, y = sky(12), labels(12, 5)
+    X_before = X.copy()
+    X_res, y_res = CutoutAugmenter(2, random_state=1).fit_resample(X, y)
+    np.testing.assert_array_equal(X_res[:12], X)
+    np.testing.assert_array_equal(y_res[:12], y)
+    np.testing.assert_array_equal(X, X_before)
+    assert not np.shares_memory(X_res, X)
+    # the copies are actually perturbed
+    assert not np.allclose(X_res[12:24], X)
+
+
+def test_float64_input_gives_float32():
+    X = sky(4).astype(np.float64)
+    X_res, _ = CutoutAugmenter(random_state=0).fit_resample(X, labels(4, 2))
+    assert X_res.dtype == np.float32
+
+
+def test_deterministic_with_random_state():
+    X, y = gaussian_sources(8, noise=SKY), labels(8, 3)
+    kw = dict(n_copies=2, zoom=0.1, shear=0.1, blur=0.5)
+    a = CutoutAugmenter(random_state=42, **kw).fit_resample(X, y)[0]
+    b = CutoutAugmenter(random_state=42, **kw).fit_resample(X, y)[0]
+    c = CutoutAugmenter(random_state=43, **kw).fit_resample(X, y)[0]
+    d = clone(CutoutAugmenter(random_state=42, **kw)).fit_resample(X, y)[0]
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, d)
+    assert not np.array_equal(a[8:], c[8:])
+
+
+def test_techniques_draw_from_independent_streams():
+    """Switching noise on must not change the dihedral choice of each copy."""
+    X, y = gaussian_sources(20, noise=SKY), labels(20, 10)
+    geo = CutoutAugmenter(**{**OFF, "dihedral": True}, random_state=5).fit_resample(X, y)[0]
+    both = CutoutAugmenter(**{**OFF, "dihedral": True, "noise": 1.0}, random_state=5).fit_resample(X, y)[0]
+    diff = (both - geo)[20:]
+    measured = sky_noise(X)
+    np.testing.assert_allclose(diff.std(axis=(0, 2, 3)), measured, rtol=0.1)
+
+
+# ------------------------------------------------------------------ dihedral
+def test_dihedral_exact_flux_centre_and_same_op_for_all_bands():
+    rng = np.random.default_rng(3)
+    X = gaussian_sources(40, noise=SKY, seed=3)
+    X[:, :, 2, 9] += rng.uniform(1, 3, size=(40, 5)).astype(np.float32)  # an asymmetric neighbour
+    y = labels(40, 20)
+    X_res, _ = CutoutAugmenter(n_copies=3, **{**OFF, "dihedral": True}, random_state=0).fit_resample(X, y)
+    copies = X_res[40:].reshape(3, 40, 5, SIZE, SIZE)
+    used = set()
+    for j in range(3):
+        # a pixel permutation: same multiset of pixel values per band, so the flux is exact
+        np.testing.assert_array_equal(
+            np.sort(copies[j].reshape(40, 5, -1), axis=2), np.sort(X.reshape(40, 5, -1), axis=2)
+        )
+        np.testing.assert_array_equal(
+            copies[j].astype(np.float64).sum(axis=(2, 3)), X.astype(np.float64).sum(axis=(2, 3))
+        )
+        for i in range(40):
+            matches = [k for k, t in enumerate(dihedral_images(X[i])) if np.array_equal(t, copies[j, i])]
+            assert matches, "copy is not a dihedral transform of its source (same op on every band)"
+            used.add(matches[0])
+    assert len(used) == 8  # all 8 group elements occur in 120 draws
+    # a centred point source stays centred
+    P = gaussian_sources(16)
+    P_res, _ = CutoutAugmenter(n_copies=2, **{**OFF, "dihedral": True}, random_state=0).fit_resample(P, labels(16, 8))
+    peak = P_res.reshape(len(P_res), 5, -1).argmax(axis=2)
+    assert (peak == int(C) * SIZE + int(C)).all()
+
+
+# --------------------------------------------------------------------- shift
+@pytest.mark.parametrize("d", [(0.3, -0.2), (-0.5, 0.45), (0.0, 0.25)])
+def test_affine_shift_moves_centroid_by_d(d):
+    X = gaussian_sources(1)
+    out = _affine(X, np.array([d]), np.ones(1), np.zeros(1), np.zeros(1))
+    r, c = centroid(out[0].astype(np.float64))
+    np.testing.assert_allclose(r - C, d[0], atol=0.05)
+    np.testing.assert_allclose(c - C, d[1], atol=0.05)
+    np.testing.assert_allclose(out.sum(axis=(2, 3)), X.sum(axis=(2, 3)), rtol=1e-3)
+
+
+def test_shift_range_and_identical_across_bands():
+    shift = 0.5
+    X = gaussian_sources(300)
+    X_res, _ = CutoutAugmenter(**{**OFF, "shift": shift}, random_state=0).fit_resample(X, labels(300, 150))
+    r, c = centroid(X_res[300:].astype(np.float64))  # (300, 5)
+    dr, dc = r - C, c - C
+    # the same shift on every band
+    assert np.ptp(dr, axis=1).max() < 0.01 and np.ptp(dc, axis=1).max() < 0.01
+    for delta in (dr[:, 0], dc[:, 0]):
+        assert np.abs(delta).max() <= shift + 0.05
+        assert np.abs(delta).max() > 0.9 * shift  # uses the whole range
+        np.testing.assert_allclose(delta.std(), shift / np.sqrt(3), rtol=0.15)  # uniform
+    assert abs(np.corrcoef(dr[:, 0], dc[:, 0])[0, 1]) < 0.2  # independent axes
+
+
+# --------------------------------------------------------------------- noise
+def test_sky_noise_estimate_is_robust():
+    X = sky(300)
+    np.testing.assert_allclose(sky_noise(X), SKY, rtol=0.05)
+    # bright sources, offsets and some border contamination do not bias it much
+    Y = gaussian_sources(300, noise=SKY) + np.linspace(-0.1, 0.1, 300, dtype=np.float32)[:, None, None, None]
+    Y[::10, :, 0, :4] += 5.0
+    np.testing.assert_allclose(sky_noise(Y), SKY, rtol=0.08)
+
+
+@pytest.mark.parametrize("level", [1.0, 2.5])
+def test_noise_std_matches_sky_noise(level):
+    X = gaussian_sources(200, noise=SKY)
+    aug = CutoutAugmenter(n_copies=1, **{**OFF, "noise": level}, random_state=0)
+    X_res, _ = aug.fit_resample(X, labels(200, 100))
+    np.testing.assert_allclose(aug.sky_noise_, SKY, rtol=0.06)
+    added = X_res[200:] - X
+    np.testing.assert_allclose(added.std(axis=(0, 2, 3)), level * aug.sky_noise_, rtol=0.1)
+    np.testing.assert_allclose(added.mean(axis=(0, 2, 3)), 0.0, atol=0.02 * level * SKY.max())
+
+
+# ----------------------------------------------------- zoom / shear / blur
+def test_everything_off_gives_identical_copies():
+    X = gaussian_sources(10, noise=SKY)
+    X_res, _ = CutoutAugmenter(n_copies=2, **OFF, random_state=0).fit_resample(X, labels(10, 5))
+    np.testing.assert_array_equal(X_res[10:20], X)
+    np.testing.assert_array_equal(X_res[20:], X)
+
+
+@pytest.mark.parametrize("name", ["zoom", "shear", "blur", "shift", "noise"])
+def test_switching_a_technique_on_changes_copies_off_leaves_dihedral_only(name):
+    X = gaussian_sources(10, noise=SKY)
+    y = labels(10, 5)
+    base = dict(OFF, dihedral=True)
+    off = CutoutAugmenter(**base, random_state=0).fit_resample(X, y)[0][10:]
+    for i in range(10):
+        assert any(np.array_equal(t, off[i]) for t in dihedral_images(X[i]))
+    on = CutoutAugmenter(**{**base, name: DEFAULT_STRENGTHS[name]}, random_state=0).fit_resample(X, y)[0][10:]
+    for i in range(10):
+        assert not any(np.allclose(t, on[i], atol=1e-6) for t in dihedral_images(X[i]))
+
+
+def test_zoom_scales_size_and_conserves_flux():
+    zoom = 0.2
+    X = gaussian_sources(200, sigma=1.2)
+    X_res, _ = CutoutAugmenter(**{**OFF, "zoom": zoom}, random_state=0).fit_resample(X, labels(200, 100))
+    copies = X_res[200:].astype(np.float64)
+    np.testing.assert_allclose(copies.sum(axis=(2, 3)), X.sum(axis=(2, 3)), rtol=0.01)
+    s = np.sqrt(second_moment(copies)[:, 2] / second_moment(X.astype(np.float64))[:, 2])
+    assert s.min() >= 1 - zoom - 0.02 and s.max() <= 1 + zoom + 0.02
+    assert s.min() < 1 - zoom / 2 and s.max() > 1 + zoom / 2
+    r, c = centroid(copies)
+    np.testing.assert_allclose(r, C, atol=0.02)
+    np.testing.assert_allclose(c, C, atol=0.02)
+
+
+def test_shear_elongates_keeps_flux_and_centre():
+    X = gaussian_sources(100, sigma=1.5)
+    X_res, _ = CutoutAugmenter(**{**OFF, "shear": 0.3}, random_state=0).fit_resample(X, labels(100, 50))
+    copies = X_res[100:].astype(np.float64)
+    np.testing.assert_allclose(copies.sum(axis=(2, 3)), X.sum(axis=(2, 3)), rtol=0.01)
+    r, c = centroid(copies)
+    np.testing.assert_allclose(r, C, atol=0.02)
+    np.testing.assert_allclose(c, C, atol=0.02)
+    # ellipticity from second moments: a round source becomes elongated
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] - C
+    img = copies[:, 2]
+    q = [(img * a * b).sum(axis=(1, 2)) / img.sum(axis=(1, 2)) for a, b in ((xx, xx), (yy, yy), (xx, yy))]
+    e = np.hypot(q[0] - q[1], 2 * q[2]) / (q[0] + q[1])
+    assert e.max() > 0.1 and np.median(e) > 0.02
+
+
+def test_blur_widens_and_conserves_flux():
+    blur = 1.0
+    X = gaussian_sources(100, sigma=1.0)
+    X_res, _ = CutoutAugmenter(**{**OFF, "blur": blur}, random_state=0).fit_resample(X, labels(100, 50))
+    copies = X_res[100:].astype(np.float64)
+    np.testing.assert_allclose(copies.sum(axis=(2, 3)), X.sum(axis=(2, 3)), rtol=0.01)
+    extra = (second_moment(copies) - second_moment(X.astype(np.float64))) / 2  # sigma^2 added per axis
+    assert extra.min() > -1e-3 and extra.max() < blur**2 * 1.1
+    assert extra.max() > 0.5 * blur**2
+    np.testing.assert_allclose(np.ptp(extra, axis=1), 0, atol=1e-3)  # same PSF for all bands
+
+
+# ------------------------------------------------------------------- balance
+def test_balance_true_equalises_classes():
+    X, y = gaussian_sources(30, noise=SKY), labels(30, 7)
+    X_res, y_res = CutoutAugmenter(n_copies=1, balance=True, random_state=0).fit_resample(X, y)
+    counts = np.bincount(y_res)
+    assert counts[0] == counts[1] == 2 * 23
+    np.testing.assert_array_equal(X_res[:30], X)
+    # the extra galaxy rows are augmented (not verbatim duplicates of originals)
+    extra = X_res[60:]
+    assert (y_res[60:] == 1).all()
+    assert not any(np.array_equal(e, x) for e in extra for x in X[:7])
+    X0, y0 = CutoutAugmenter(n_copies=0, balance=True, random_state=0).fit_resample(X, y)
+    assert np.bincount(y0).tolist() == [23, 23]
+
+
+@pytest.mark.parametrize("n_copies", [0, 1])
+def test_balance_with_imblearn_sampler_on_4d(n_copies):
+    X, y = gaussian_sources(30, noise=SKY), labels(30, 7)
+    aug = CutoutAugmenter(n_copies=n_copies, balance=RandomOverSampler(), random_state=0)
+    X_res, y_res = aug.fit_resample(X, y)
+    assert X_res.ndim == 4 and X_res.shape[1:] == (5, SIZE, SIZE) and X_res.dtype == np.float32
+    assert np.bincount(y_res).tolist() == [23 * (1 + n_copies)] * 2
+    np.testing.assert_array_equal(X_res[:30], X)
+    # every sampler-added row is a verbatim copy of a galaxy cutout
+    for row in X_res[30:46]:
+        assert any(np.array_equal(row, x) for x in X[:7])
+    assert aug.balance.random_state is None  # parameter not mutated; fitted clone seeded
+    assert aug.sampler_ is not aug.balance and aug.sampler_.random_state is not None
+    again = CutoutAugmenter(n_copies=n_copies, balance=RandomOverSampler(), random_state=0).fit_resample(X, y)[0]
+    np.testing.assert_array_equal(X_res, again)
+
+
+def test_balance_smote():
+    X, y = gaussian_sources(30, noise=SKY), labels(30, 8)
+    X_res, y_res = CutoutAugmenter(n_copies=0, balance="smote", random_state=0).fit_resample(X, y)
+    assert X_res.shape == (44, 5, SIZE, SIZE) and np.bincount(y_res).tolist() == [22, 22]
+
+
+# ------------------------------------------------------------------ pipeline
+class RowCounter(ClassifierMixin, BaseEstimator):
+    """Tiny real classifier (majority class) that records how many rows it sees."""
+
+    def fit(self, X, y):
+        self.fit_rows_ = len(X)
+        self.classes_, counts = np.unique(y, return_counts=True)
+        self.majority_ = self.classes_[counts.argmax()]
+        return self
+
+    def predict(self, X):
+        self.predict_rows_ = len(X)
+        return np.full(len(X), self.majority_)
+
+
+def _flatten(X):
+    return X.reshape(len(X), -1)
+
+
+def test_inside_imblearn_pipeline_only_at_fit():
+    X, y = gaussian_sources(24, noise=SKY), labels(24, 10)
+    pipe = Pipeline([("aug", CutoutAugmenter(n_copies=3, random_state=0)), ("clf", RowCounter())])
+    pipe.fit(X, y)
+    assert pipe.named_steps["clf"].fit_rows_ == 24 * 4
+    assert pipe.named_steps["aug"].sky_noise_.shape == (5,)
+    X_test = gaussian_sources(7, noise=SKY, seed=9)
+    assert pipe.predict(X_test).shape == (7,)
+    assert pipe.named_steps["clf"].predict_rows_ == 7
+
+
+def test_pipeline_with_scaler_and_real_classifier():
+    X = np.concatenate([gaussian_sources(20, sigma=0.8, noise=SKY, seed=1), gaussian_sources(20, sigma=2.5, noise=SKY, seed=2)])
+    y = labels(40, 20)[::-1].copy()  # galaxies (wide) are the second half
+    pipe = Pipeline(
+        [
+            ("aug", CutoutAugmenter(n_copies=1, random_state=0)),
+            ("scale", AsinhScaler()),
+            ("flat", FunctionTransformer(_flatten)),
+            ("clf", LogisticRegression(max_iter=500)),
+        ]
+    )
+    pipe.fit(X, y)
+    assert pipe.predict_proba(X).shape == (40, 2)
+    assert pipe.score(X, y) > 0.9
+    pickle.loads(pickle.dumps(pipe)).predict(X)
+
+
+# ------------------------------------------------------- clone / pickle / api
+def test_clone_pickle_and_sampler_api():
+    aug = CutoutAugmenter(n_copies=2, zoom=0.1, balance=RandomOverSampler(), random_state=3)
+    assert clone(aug).get_params()["zoom"] == 0.1
+    X, y = gaussian_sources(12, noise=SKY), labels(12, 4)
+    assert aug.fit(X, y) is aug and aug.sky_noise_.shape == (5,)
+    restored = pickle.loads(pickle.dumps(aug))
+    np.testing.assert_array_equal(restored.sky_noise_, aug.sky_noise_)
+    np.testing.assert_array_equal(restored.fit_resample(X, y)[0], aug.fit_resample(X, y)[0])
+    assert not hasattr(aug, "transform")  # a sampler, so imblearn skips it at predict time
+    assert aug._sampling_type == "over-sampling"
+    from imblearn.base import is_sampler
+
+    assert is_sampler(aug)
+
+
+def test_single_technique_and_names():
+    assert augmentation_names() == TECHNIQUES
+    for name in TECHNIQUES:
+        aug = single_technique(name, n_copies=2, random_state=0)
+        params = aug.get_params()
+        on = [t for t in TECHNIQUES if params[t]]
+        assert on == [name]
+        assert params["n_copies"] == 2
+    assert single_technique("shift", shift=1.5).shift == 1.5
+    assert not any(single_technique("none").get_params()[t] for t in TECHNIQUES)
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        single_technique("rotate")
+    with pytest.raises(ValueError, match="other techniques"):
+        single_technique("shift", noise=1.0)
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "X, y, match",
+    [
+        (np.zeros((4, 5 * SIZE * SIZE), np.float32), labels(4, 2), "4-D"),
+        (np.zeros((4, 5, SIZE), np.float32), labels(4, 2), "4-D"),
+        (np.zeros((4, 5, 14, 14), np.float32), labels(4, 2), "odd"),
+        (np.zeros((4, 5, 15, 13), np.float32), labels(4, 2), "square"),
+        (np.zeros((4, 5, SIZE, SIZE), np.float32), labels(3, 2), "3 labels"),
+        (np.zeros((4, 5, SIZE, SIZE), np.float32), np.array([0, 1, 2, 1]), "binary"),
+        (np.zeros((4, 5, SIZE, SIZE), np.float32), np.array([0.5, 1.0, 0.2, 0.1]), "binary"),
+        (np.zeros((4, 5, SIZE, SIZE), np.float32), np.zeros((4, 2)), "1-D"),
+        (np.full((4, 5, SIZE, SIZE), "a"), labels(4, 2), "real numbers"),
+        (np.zeros((0, 5, SIZE, SIZE), np.float32), labels(0, 0), "0 cutouts"),
+    ],
+)
+def test_bad_input_raises(X, y, match):
+    with pytest.raises(ValueError, match=match):
+        CutoutAugmenter().fit_resample(X, y)
+
+
+def test_nan_rows_are_named():
+    X = sky(6)
+    X[4, 2, 3, 3] = np.nan
+    X[5, 0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match=r"2 of 6 cutouts .*rows \[4, 5\]"):
+        CutoutAugmenter().fit_resample(X, labels(6, 3))
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        (dict(n_copies=-1), "n_copies"),
+        (dict(n_copies=1.5), "n_copies"),
+        (dict(shift=-0.1), "shift"),
+        (dict(noise=float("nan")), "noise"),
+        (dict(zoom=1.0), "zoom"),
+        (dict(blur="big"), "blur"),
+        (dict(dihedral="yes"), "dihedral"),
+        (dict(balance="adasyn"), "balance"),
+    ],
+)
+def test_bad_params_raise_at_fit(params, match):
+    aug = CutoutAugmenter(**params)  # __init__ only stores
+    with pytest.raises(ValueError, match=match):
+        aug.fit_resample(sky(4), labels(4, 2))

@@ -1,0 +1,72 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from stargal.catalogs import (CoordinateError, labels_to_y, load_catalog, nmgy_to_mag,
+                              read_calibobj, read_coordinates)
+
+
+def test_nmgy_to_mag():
+    np.testing.assert_allclose(nmgy_to_mag([1.0, 100.0]), [22.5, 17.5])
+    assert np.isnan(nmgy_to_mag([0.0, -1.0])).all()
+
+
+def test_labels_to_y():
+    np.testing.assert_array_equal(labels_to_y(["star", "galaxy", "star"]), [0, 1, 0])
+    with pytest.raises(ValueError, match="qso"):
+        labels_to_y(["star", "qso"])
+
+
+def test_read_coordinates_dataframe_keeps_index_and_extra_columns():
+    df = pd.DataFrame({"RA": [10.0, 20.0], "Dec": [-5.0, 5.0], "name": ["a", "b"]}, index=[7, 9])
+    out = read_coordinates(df)
+    assert list(out.index) == [7, 9] and list(out.columns) == ["ra", "dec", "name"]
+
+
+def test_read_coordinates_array_and_csv(tmp_path):
+    out = read_coordinates(np.array([[1.0, 2.0], [3.0, 4.0]]))
+    assert out["dec"].tolist() == [2.0, 4.0]
+    path = tmp_path / "c.csv"
+    path.write_text("ra,dec\n331.7,26.9\n0,-90\n")
+    assert len(read_coordinates(path)) == 2
+
+
+def test_read_coordinates_reports_bad_rows():
+    df = pd.DataFrame({"ra": [10.0, np.nan, 400.0, 5.0, "x"], "dec": [0.0, 0.0, 0.0, 95.0, 0.0]})
+    with pytest.raises(CoordinateError) as err:
+        read_coordinates(df)
+    msg = str(err.value)
+    assert "ra NaN/missing/inf in 1 row(s): [1]" in msg
+    assert "ra outside [0, 360) in 1 row(s): [2]" in msg
+    assert "dec outside [-90, 90] in 1 row(s): [3]" in msg
+    assert "ra not a number in 1 row(s): [4]" in msg
+
+
+@pytest.mark.parametrize("bad", [pd.DataFrame({"ra": [1.0]}), pd.DataFrame({"x": [1], "y": [2]})])
+def test_read_coordinates_missing_columns(bad):
+    with pytest.raises(CoordinateError, match="lacks column"):
+        read_coordinates(bad)
+
+
+def test_read_coordinates_bad_file(tmp_path):
+    with pytest.raises(CoordinateError, match="does not exist"):
+        read_coordinates(tmp_path / "nope.csv")
+    with pytest.raises(CoordinateError, match="empty"):
+        (tmp_path / "e.csv").write_text("ra,dec\n")
+        read_coordinates(tmp_path / "e.csv")
+
+
+@pytest.mark.integration
+def test_calibobj_test_field(mirror_fetcher):
+    table = read_calibobj("8162-6-80", mirror_fetcher, on_frames=False)
+    counts = table["label"].value_counts().to_dict()
+    # ../shared/sdss/README.md: test field 8162-6-80 has 811 stars and 336 galaxies
+    assert counts == {"star": 811, "galaxy": 336}
+    assert table["objid"].is_unique
+    assert set(table["field_id"]) == {"8162-6-80"}
+    on = read_calibobj("8162-6-80", mirror_fetcher)
+    assert 0.95 * len(table) < len(on) <= len(table)
+    both = load_catalog(["8162-6-80", "1035-6-17"], mirror_fetcher)
+    assert set(both["field_id"]) == {"8162-6-80", "1035-6-17"}
+    # magnitudes are reporting columns, finite for nearly all objects
+    assert np.isfinite(on["psfmag_r"]).mean() > 0.95
