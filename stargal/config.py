@@ -66,7 +66,13 @@ _STUDY_KEYS = (
     "valid_fraction",
 )
 _FIELD_LIST_KEYS = ("test_fields", "train_fields", "extra_fields")
-_TOP_LEVEL_KEYS = _FIELD_LIST_KEYS + ("extra_field_notes", "study", "cnn", "tuning_grid", "forest_grid")
+_TOP_LEVEL_KEYS = _FIELD_LIST_KEYS + (
+    "extra_field_notes",
+    "study",
+    "cnn",
+    "tuning_grid",
+    "forest_grid",
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,11 +121,16 @@ _CNN_CHECKS = {
 
 def _check_fields(name, values) -> tuple[str, ...]:
     if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
-        raise ValueError(f"config key {name!r} must be a list of field strings such as '8162-6-80', got {values!r}")
+        raise ValueError(
+            f"config key {name!r} must be a list of field strings such as '8162-6-80', got "
+            f"{values!r}"
+        )
     out = []
     for v in values:
         if not isinstance(v, (str, FieldID)):
-            raise ValueError(f"config key {name!r}: field {v!r} must be a string such as '8162-6-80'")
+            raise ValueError(
+                f"config key {name!r}: field {v!r} must be a string such as '8162-6-80'"
+            )
         try:
             out.append(str(FieldID.parse(v)))
         except ValueError as exc:
@@ -132,15 +143,20 @@ def _check_fields(name, values) -> tuple[str, ...]:
 
 def _check_grid(name, grid, value_check=None) -> dict:
     if not isinstance(grid, dict) or not grid:
-        raise ValueError(f"config key {name!r} must be a non-empty table of parameter -> list of values")
+        raise ValueError(
+            f"config key {name!r} must be a non-empty table of parameter -> list of values"
+        )
     out = {}
     for key, values in grid.items():
         if not isinstance(values, (list, tuple)) or len(values) == 0:
-            raise ValueError(f"config key '{name}.{key}' must be a non-empty list of values, got {values!r}")
+            raise ValueError(
+                f"config key '{name}.{key}' must be a non-empty list of values, got {values!r}"
+            )
         if value_check is not None:
             if key not in value_check:
                 raise ValueError(
-                    f"config key '{name}.{key}' is not a CNN setting; expected one of {', '.join(CNN_KEYS)}"
+                    f"config key '{name}.{key}' is not a CNN setting; "
+                    f"expected one of {', '.join(CNN_KEYS)}"
                 )
             values = [value_check[key](f"{name}.{key}", v) for v in values]
         out[str(key)] = list(values)
@@ -220,7 +236,9 @@ class StudyConfig:
                      ("train_fields", "extra_fields")):
             common = sorted(set(getattr(self, a)) & set(getattr(self, b)))
             if common:
-                raise ValueError(f"config keys {a!r} and {b!r} must be disjoint; both list {', '.join(common)}")
+                raise ValueError(
+                    f"config keys {a!r} and {b!r} must be disjoint; both list {', '.join(common)}"
+                )
 
         if not isinstance(self.extra_field_notes, dict):
             raise ValueError("config key 'extra_field_notes' must be a table of field -> note")
@@ -238,19 +256,33 @@ class StudyConfig:
         self.seed = _check_int("seed", self.seed, 0)
         self.cutout_size = _check_int("cutout_size", self.cutout_size, 1)
         if self.cutout_size % 2 == 0:
-            raise ValueError(f"config key 'cutout_size' must be odd (object on the central pixel), got {self.cutout_size}")
-        self.exclusion_margin_arcsec = _check_real("exclusion_margin_arcsec", self.exclusion_margin_arcsec, 0.0)
-        self.group_cell_arcmin = _check_real("group_cell_arcmin", self.group_cell_arcmin, 0.0, lo_open=True)
+            raise ValueError(
+                "config key 'cutout_size' must be odd (object on the central pixel), got "
+                f"{self.cutout_size}"
+            )
+        self.exclusion_margin_arcsec = _check_real(
+            "exclusion_margin_arcsec", self.exclusion_margin_arcsec, 0.0
+        )
+        self.group_cell_arcmin = _check_real(
+            "group_cell_arcmin", self.group_cell_arcmin, 0.0, lo_open=True
+        )
         if self.group_by not in ("cell", "field"):
-            raise ValueError(f"config key 'group_by' must be 'cell' or 'field', got {self.group_by!r}")
+            raise ValueError(
+                f"config key 'group_by' must be 'cell' or 'field', got {self.group_by!r}"
+            )
         self.cv_folds = _check_int("cv_folds", self.cv_folds, 2)
-        self.valid_fraction = _check_real("valid_fraction", self.valid_fraction, 0.0, 0.5, lo_open=True)
+        self.valid_fraction = _check_real(
+            "valid_fraction", self.valid_fraction, 0.0, 0.5, lo_open=True
+        )
 
         if not isinstance(self.cnn, dict):
             raise ValueError("config key 'cnn' must be a table")
         unknown = sorted(set(self.cnn) - set(CNN_KEYS))
         if unknown:
-            raise ValueError(f"unknown config key(s) in 'cnn': {', '.join(unknown)}; expected {', '.join(CNN_KEYS)}")
+            raise ValueError(
+                f"unknown config key(s) in 'cnn': {', '.join(unknown)}; expected "
+                f"{', '.join(CNN_KEYS)}"
+            )
         missing = [k for k in CNN_KEYS if k not in self.cnn]
         if missing:
             raise ValueError(f"config table 'cnn' is missing: {', '.join(missing)}")
@@ -276,7 +308,9 @@ class StudyConfig:
     def param_grid(self, mode: str = "quick") -> dict:
         """A copy of the CNN tuning grid of ``mode`` (keys are :data:`CNN_KEYS` names)."""
         if mode not in self.tuning_grid:
-            raise ValueError(f"unknown tuning mode {mode!r}; configured: {', '.join(sorted(self.tuning_grid))}")
+            raise ValueError(
+                f"unknown tuning mode {mode!r}; configured: {', '.join(sorted(self.tuning_grid))}"
+            )
         return copy.deepcopy(self.tuning_grid[mode])
 
     def to_dict(self) -> dict:
@@ -292,7 +326,8 @@ class StudyConfig:
 # ----------------------------------------------------------------------------------------------
 def default_config_text() -> str:
     """The text of the packaged ``study.toml`` (handy as a template for a user study)."""
-    return resources.files(_DEFAULT_RESOURCE[0]).joinpath(_DEFAULT_RESOURCE[1]).read_text(encoding="utf-8")
+    package, name = _DEFAULT_RESOURCE
+    return resources.files(package).joinpath(name).read_text(encoding="utf-8")
 
 
 def _flatten_toml(doc: dict, source: str) -> dict:
@@ -327,16 +362,20 @@ def _layer(base: dict, update: dict, source: str) -> dict:
         out.setdefault("cnn", {})
         sub = key[len("cnn__"):]
         if sub not in CNN_KEYS:
-            raise ValueError(f"unknown config key {key!r} in {source}; CNN settings are {', '.join(CNN_KEYS)}")
+            raise ValueError(
+                f"unknown config key {key!r} in {source}; CNN settings are {', '.join(CNN_KEYS)}"
+            )
         update.setdefault("cnn", {})
         update["cnn"] = {**update["cnn"], sub: update.pop(key)}
     unknown = sorted(set(update) - valid)
     if unknown:
         raise ValueError(
-            f"unknown config key(s) in {source}: {', '.join(unknown)}; valid keys are {', '.join(sorted(valid))}"
+            f"unknown config key(s) in {source}: {', '.join(unknown)}; "
+            f"valid keys are {', '.join(sorted(valid))}"
         )
     for key, value in update.items():
-        if key in ("cnn", "tuning_grid") and isinstance(value, dict) and isinstance(out.get(key), dict):
+        mergeable = key in ("cnn", "tuning_grid")
+        if mergeable and isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = {**out[key], **copy.deepcopy(value)}
         else:
             out[key] = copy.deepcopy(value)
@@ -378,13 +417,15 @@ def load_config(path=None, **overrides) -> StudyConfig:
     >>> load_config(train_fields=["1035-6-17"]).train_fields
     ('1035-6-17',)
     """
-    base = _flatten_toml(_read_toml(default_config_text(), "the packaged study.toml"), "the packaged study.toml")
+    default = "the packaged study.toml"
+    base = _flatten_toml(_read_toml(default_config_text(), default), default)
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"study configuration file not found: {p}")
         source = str(p)
-        base = _layer(base, _flatten_toml(_read_toml(p.read_text(encoding="utf-8"), source), source), source)
+        user = _flatten_toml(_read_toml(p.read_text(encoding="utf-8"), source), source)
+        base = _layer(base, user, source)
     if overrides:
         base = _layer(base, overrides, "load_config() overrides")
     return StudyConfig(**base)

@@ -117,9 +117,13 @@ def _check_inputs(inputs, name: str = "inputs") -> np.ndarray:
     try:
         arr = np.asarray(inputs, dtype=np.float32)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be a numeric array of shape (n, C, H, W); got {type(inputs)!r}") from exc
+        raise TypeError(
+            f"{name} must be a numeric array of shape (n, C, H, W); got {type(inputs)!r}"
+        ) from exc
     if arr.ndim != 4:
-        raise ValueError(f"{name} must have shape (n, C, H, W) (4 dimensions); got shape {arr.shape}")
+        raise ValueError(
+            f"{name} must have shape (n, C, H, W) (4 dimensions); got shape {arr.shape}"
+        )
     if arr.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {arr.shape})")
     if not np.isfinite(arr).all():
@@ -223,9 +227,14 @@ def _target_head(module, target: int, output: str, keepdim: bool):
         def forward(self, x):
             z = self.inner(x)
             if z.ndim != 2:
-                raise ValueError(f"the module must return logits of shape (n, n_classes); got {tuple(z.shape)}")
+                raise ValueError(
+                    "the module must return logits of shape (n, n_classes); "
+                    f"got {tuple(z.shape)}"
+                )
             if not 0 <= target < z.shape[1]:
-                raise ValueError(f"target={target} is not a valid class index for {z.shape[1]} outputs")
+                raise ValueError(
+                    f"target={target} is not a valid class index for {z.shape[1]} outputs"
+                )
             if output == "logit":
                 s = z[:, target]
             elif output == "probability":
@@ -242,7 +251,9 @@ def _target_head(module, target: int, output: str, keepdim: bool):
     return _TargetOutput(module)
 
 
-def _forward_scalar(module, x: np.ndarray, target: int, output: str, batch_size: int = 256) -> np.ndarray:
+def _forward_scalar(
+    module, x: np.ndarray, target: int, output: str, batch_size: int = 256
+) -> np.ndarray:
     """The attributed scalar for each row of ``x`` (float64, eval mode, no grad)."""
     torch = _torch()
     head = _target_head(module, target, output, keepdim=False)
@@ -286,7 +297,8 @@ def get_module(estimator):
         if isinstance(final, torch.nn.Module):
             return final
         raise ValueError(
-            f"{type(final).__name__} has no fitted torch module (no 'module_'); fit the pipeline first"
+            f"{type(final).__name__} has no fitted torch module (no 'module_'); "
+            "fit the pipeline first"
         )
     return module
 
@@ -338,7 +350,10 @@ def net_inputs(pipeline, X) -> np.ndarray:
         Xt = Xt.detach().cpu().numpy()
     Xt = np.asarray(Xt, dtype=np.float32)
     if Xt.ndim != 4:
-        raise ValueError(f"the network's input should have shape (n, C, H, W); the front steps gave {Xt.shape}")
+        raise ValueError(
+            "the network's input should have shape (n, C, H, W); "
+            f"the front steps gave {Xt.shape}"
+        )
     return Xt
 
 
@@ -381,16 +396,21 @@ def make_baseline(inputs, baseline="zeros", blur_sigma: float = 3.0) -> np.ndarr
             from scipy.ndimage import gaussian_filter
 
             if not (isinstance(blur_sigma, numbers.Real) and blur_sigma > 0):
-                raise ValueError(f"blur_sigma must be a positive number of pixels; got {blur_sigma!r}")
-            return gaussian_filter(x, sigma=(0, 0, float(blur_sigma), float(blur_sigma)), mode="nearest").astype(
-                np.float32
-            )
-        raise ValueError(f"baseline must be one of {_BASELINES}, a number or an array; got {baseline!r}")
+                raise ValueError(
+                    f"blur_sigma must be a positive number of pixels; got {blur_sigma!r}"
+                )
+            sigma = (0, 0, float(blur_sigma), float(blur_sigma))
+            return gaussian_filter(x, sigma=sigma, mode="nearest").astype(np.float32)
+        raise ValueError(
+            f"baseline must be one of {_BASELINES}, a number or an array; got {baseline!r}"
+        )
     b = np.asarray(baseline, dtype=np.float32)
     try:
         b = np.broadcast_to(b, x.shape)
     except ValueError as exc:
-        raise ValueError(f"baseline of shape {b.shape} does not broadcast to the inputs' shape {x.shape}") from exc
+        raise ValueError(
+            f"baseline of shape {b.shape} does not broadcast to the inputs' shape {x.shape}"
+        ) from exc
     if not np.isfinite(b).all():
         raise ValueError("baseline contains NaN or infinite values")
     return np.ascontiguousarray(b)
@@ -473,7 +493,8 @@ def integrated_gradients(
             points = torch.from_numpy(b[obj] + a * delta[obj]).to(device).requires_grad_(True)
             scores = head(points)
             (grads,) = torch.autograd.grad(scores.sum(), points)
-            np.add.at(grad_sum, obj, grads.detach().double().cpu().numpy() * weights[step][:, None, None, None])
+            g = grads.detach().double().cpu().numpy()
+            np.add.at(grad_sum, obj, g * weights[step][:, None, None, None])
     return (delta.astype(np.float64) * grad_sum).astype(np.float32)
 
 
@@ -551,7 +572,9 @@ def _normalise_shap_values(values, shape) -> np.ndarray:
     elif arr.shape == (1,) + tuple(shape):
         arr = arr[0]
     if arr.shape != tuple(shape):
-        raise RuntimeError(f"unexpected SHAP output shape {arr.shape} for inputs of shape {tuple(shape)}")
+        raise RuntimeError(
+            f"unexpected SHAP output shape {arr.shape} for inputs of shape {tuple(shape)}"
+        )
     return arr
 
 
@@ -609,8 +632,8 @@ def shap_maps(
     >>> from sklearn.utils import check_random_state
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
     <torch._C.Generator object at ...>
-    >>> net = torch.nn.Sequential(torch.nn.Conv2d(5, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
-    ...                           torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 2))
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(5, 4, 3), torch.nn.BatchNorm2d(4),
+    ...                           torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(100, 2))
     >>> rng = np.random.default_rng(0)
     >>> x, bg = rng.normal(size=(2, 5, 7, 7)), rng.normal(size=(10, 5, 7, 7))
     >>> sv = shap_maps(net, x, bg, nsamples=20)
@@ -645,9 +668,14 @@ def shap_maps(
     ):
         torch.manual_seed(seed)
         explainer = shap.GradientExplainer(
-            head, torch.from_numpy(bg).to(device), batch_size=batch_size, local_smoothing=float(local_smoothing)
+            head,
+            torch.from_numpy(bg).to(device),
+            batch_size=batch_size,
+            local_smoothing=float(local_smoothing),
         )
-        values = explainer.shap_values(torch.from_numpy(x).to(device), nsamples=nsamples, rseed=seed)
+        values = explainer.shap_values(
+            torch.from_numpy(x).to(device), nsamples=nsamples, rseed=seed
+        )
     return _normalise_shap_values(values, x.shape)
 
 
@@ -689,8 +717,10 @@ def band_importance(attributions, bands=None) -> pd.DataFrame:
         importance = (per_band[keep] / totals[keep, None]).mean(axis=0)
     else:
         importance = np.full(attr.shape[1], np.nan)
-    df = pd.DataFrame({"importance": importance, "mean_abs": attr.mean(axis=(0, 2, 3))}, index=pd.Index(names, name="band"))
-    return df
+    return pd.DataFrame(
+        {"importance": importance, "mean_abs": attr.mean(axis=(0, 2, 3))},
+        index=pd.Index(names, name="band"),
+    )
 
 
 def _radii(shape_hw, center=None) -> np.ndarray:
@@ -747,7 +777,8 @@ def radial_profile(attributions, center=None, bands=None) -> pd.DataFrame:
         row = {"radius": int(rb), "n_pixels": int(m.sum()), "mean_abs": ring.mean()}
         for k, name in enumerate(names):
             row[f"mean_abs_{name}"] = ring[:, k].mean()
-        row["fraction"] = (ring[keep].sum(axis=(1, 2)) / totals[keep]).mean() if keep.any() else np.nan
+        share = ring[keep].sum(axis=(1, 2)) / totals[keep]
+        row["fraction"] = share.mean() if keep.any() else np.nan
         rows.append(row)
     df = pd.DataFrame(rows).set_index("radius")
     df["cumulative_fraction"] = df["fraction"].cumsum()
@@ -801,7 +832,9 @@ def _asinh_stretch(img: np.ndarray) -> np.ndarray:
     return np.arcsinh((img - med) / noise)
 
 
-def plot_attributions(cutouts, attributions, titles=None, path="attributions.png", bands=None, cmap="RdBu_r", dpi=100):
+def plot_attributions(
+    cutouts, attributions, titles=None, path="attributions.png", bands=None, cmap="RdBu_r", dpi=100
+):
     """Save a grid of images and their attribution maps to a PNG.
 
     Rows are objects. The first ``C`` columns show each band of the image
@@ -865,9 +898,13 @@ def plot_attributions(cutouts, attributions, titles=None, path="attributions.png
             s = _asinh_stretch(imgs[i, k])
             lo, hi = np.percentile(s, [0.5, 99.5])
             ax = axes[i, k]
-            ax.imshow(s, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, origin="upper", interpolation="nearest")
+            hi = hi if hi > lo else lo + 1
+            ax.imshow(s, cmap="gray", vmin=lo, vmax=hi, origin="upper", interpolation="nearest")
             ax = axes[i, c + k]
-            ax.imshow(attr[i, k], cmap=cmap, vmin=-vmax, vmax=vmax, origin="upper", interpolation="nearest")
+            ax.imshow(
+                attr[i, k], cmap=cmap, vmin=-vmax, vmax=vmax, origin="upper",
+                interpolation="nearest",
+            )
         axes[i, 0].set_ylabel(f"{titles[i]}\n|a|max={vmax:.2g}", fontsize=7)
     for k in range(c):
         axes[0, k].set_title(f"image {names[k]}", fontsize=8)
@@ -875,6 +912,7 @@ def plot_attributions(cutouts, attributions, titles=None, path="attributions.png
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.subplots_adjust(left=0.08, right=0.99, top=1 - 0.35 / (1.3 * n + 0.5), bottom=0.02, wspace=0.05, hspace=0.08)
+    top = 1 - 0.35 / (1.3 * n + 0.5)
+    fig.subplots_adjust(left=0.08, right=0.99, top=top, bottom=0.02, wspace=0.05, hspace=0.08)
     fig.savefig(path, format="png")
     return path

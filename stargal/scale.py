@@ -122,10 +122,12 @@ class AsinhScaler(TransformerMixin, BaseEstimator):
         return tags
 
     # ------------------------------------------------------------ validation
-    def _validate_params(self):
+    def _check_params(self):
         who = type(self).__name__
         if self.nan_policy not in _NAN_POLICIES:
-            raise ValueError(f"{who}: nan_policy must be one of {_NAN_POLICIES}, got {self.nan_policy!r}")
+            raise ValueError(
+                f"{who}: nan_policy must be one of {_NAN_POLICIES}, got {self.nan_policy!r}"
+            )
         if not isinstance(self.standardize, (bool, np.bool_)):
             raise ValueError(f"{who}: standardize must be True or False, got {self.standardize!r}")
         if self.clip is not None and not (
@@ -138,7 +140,8 @@ class AsinhScaler(TransformerMixin, BaseEstimator):
         if isinstance(self.softening, str):
             if self.softening != "auto":
                 raise ValueError(
-                    f"{who}: softening must be 'auto', a number or one number per band, got {self.softening!r}"
+                    f"{who}: softening must be 'auto', a number or one number per band, "
+                    f"got {self.softening!r}"
                 )
 
     def _check_X(self, X):
@@ -153,7 +156,9 @@ class AsinhScaler(TransformerMixin, BaseEstimator):
         try:
             soft = np.asarray(self.softening, dtype=np.float64)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{who}: softening must be 'auto' or numeric, got {self.softening!r}") from exc
+            raise ValueError(
+                f"{who}: softening must be 'auto' or numeric, got {self.softening!r}"
+            ) from exc
         if soft.ndim == 0:
             soft = np.full(n_bands, float(soft))
         if soft.shape != (n_bands,):
@@ -162,7 +167,9 @@ class AsinhScaler(TransformerMixin, BaseEstimator):
                 f"({n_bands} bands)"
             )
         if not (np.isfinite(soft).all() and (soft > 0).all()):
-            raise ValueError(f"{who}: softening must be finite and > 0 nanomaggies, got {soft.tolist()}")
+            raise ValueError(
+                f"{who}: softening must be finite and > 0 nanomaggies, got {soft.tolist()}"
+            )
         return soft
 
     # ------------------------------------------------------------- public API
@@ -180,7 +187,7 @@ class AsinhScaler(TransformerMixin, BaseEstimator):
         -------
         self : AsinhScaler
         """
-        self._validate_params()
+        self._check_params()
         X = self._check_X(X)
         n_bands = X.shape[1]
         softening = self._resolve_softening(X, n_bands)
@@ -191,10 +198,13 @@ class AsinhScaler(TransformerMixin, BaseEstimator):
                 z = np.arcsinh(X[:, k].astype(np.float64) / (2.0 * softening[k]))
                 z = z[np.isfinite(z)]
                 if z.size == 0:
-                    raise ValueError(f"{type(self).__name__}: band {k} has no finite pixel to fit on")
+                    raise ValueError(
+                        f"{type(self).__name__}: band {k} has no finite pixel to fit on"
+                    )
                 mean[k] = z.mean()
                 std = z.std()
-                scale[k] = std if std > 10 * np.finfo(np.float64).eps * max(1.0, abs(mean[k])) else 1.0
+                tiny = 10 * np.finfo(np.float64).eps * max(1.0, abs(mean[k]))
+                scale[k] = std if std > tiny else 1.0  # constant band: no division by ~0
         self.softening_ = softening
         self.mean_ = mean
         self.scale_ = scale
@@ -214,7 +224,7 @@ class AsinhScaler(TransformerMixin, BaseEstimator):
         ndarray of shape (n, n_bands, H, W), float32
         """
         check_is_fitted(self, "softening_")
-        self._validate_params()
+        self._check_params()
         X = self._check_X(X)
         self._check_bands(X)
         X = np.where(np.isfinite(X), X, np.float32(0.0)) if self.nan_policy == "zero" else X
@@ -244,8 +254,9 @@ class AsinhScaler(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "softening_")
         X = _check_cutouts(X, who=type(self).__name__)
         self._check_bands(X)
-        z = X.astype(np.float64) * self.scale_[None, :, None, None] + self.mean_[None, :, None, None]
-        return (2.0 * self.softening_[None, :, None, None] * np.sinh(z)).astype(np.float32)
+        bands = (None, slice(None), None, None)
+        z = X.astype(np.float64) * self.scale_[bands] + self.mean_[bands]
+        return (2.0 * self.softening_[bands] * np.sinh(z)).astype(np.float32)
 
     def _check_bands(self, X):
         if X.shape[1] != self.n_bands_in_:

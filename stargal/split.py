@@ -79,12 +79,20 @@ def _coords(ra, dec, what="coordinates"):
     ra = np.asarray(ra, dtype=float)
     dec = np.asarray(dec, dtype=float)
     if ra.shape != dec.shape or ra.ndim != 1:
-        raise ValueError(f"{what}: ra and dec must be 1-d arrays of the same length, got shapes {ra.shape} and {dec.shape}")
+        raise ValueError(
+            f"{what}: ra and dec must be 1-d arrays of the same length, got shapes {ra.shape} and "
+            f"{dec.shape}"
+        )
     bad = ~(np.isfinite(ra) & np.isfinite(dec))
     if bad.any():
-        raise ValueError(f"{what}: {int(bad.sum())} row(s) have non-finite ra/dec (first at position {int(np.argmax(bad))})")
+        raise ValueError(
+            f"{what}: {int(bad.sum())} row(s) have non-finite ra/dec (first at position "
+            f"{int(np.argmax(bad))})"
+        )
     if (np.abs(dec) > 90).any():
-        raise ValueError(f"{what}: dec must lie in [-90, 90] degrees; got values up to {np.abs(dec).max():.6g}")
+        raise ValueError(
+            f"{what}: dec must lie in [-90, 90] degrees; got values up to {np.abs(dec).max():.6g}"
+        )
     return ra, dec
 
 
@@ -122,7 +130,10 @@ def _tangent_basis(centre):
 
 
 def _gnomonic(vec, centre, east, north):
-    """Gnomonic (TAN) projection of unit vectors; returns (xy, valid) with valid = near hemisphere."""
+    """Gnomonic (TAN) projection of unit vectors.
+
+    Returns ``(xy, valid)``; ``valid`` is False on the far hemisphere (not projectable).
+    """
     cosc = vec @ centre
     valid = cosc > 1e-12
     safe = np.where(valid, cosc, 1.0)
@@ -136,18 +147,24 @@ class _Polygon:
     def __init__(self, corners):
         corners = np.asarray(corners, dtype=float)
         if corners.ndim != 2 or corners.shape[1] != 2 or corners.shape[0] < 3:
-            raise ValueError(f"a footprint must be an (N, 2) array of (ra, dec) corners with N >= 3, got shape {corners.shape}")
+            raise ValueError(
+                "a footprint must be an (N, 2) array of (ra, dec) corners with N >= 3, got shape "
+                f"{corners.shape}"
+            )
         _coords(corners[:, 0], corners[:, 1], what="footprint corners")
         vec = _unit(corners[:, 0], corners[:, 1])
         centre = vec.sum(axis=0)
         norm = np.linalg.norm(centre)
         if norm < 1e-9:
-            raise ValueError("footprint corners are spread over the whole sphere; cannot define a polygon")
+            raise ValueError(
+                "footprint corners are spread over the whole sphere; cannot define a polygon"
+            )
         centre = centre / norm
         radius = _angle(vec, centre[None, :]).max()
         if radius > _MAX_POLY_RADIUS_DEG * _DEG:
             raise ValueError(
-                f"footprint extends {radius / _DEG:.1f} deg from its centre; at most {_MAX_POLY_RADIUS_DEG} deg is supported"
+                f"footprint extends {radius / _DEG:.1f} deg from its centre; "
+                f"at most {_MAX_POLY_RADIUS_DEG} deg is supported"
             )
         east, north = _tangent_basis(centre)
         xy, _ = _gnomonic(vec, centre, east, north)
@@ -156,7 +173,9 @@ class _Polygon:
         try:
             hull = ConvexHull(xy)
         except QhullError:
-            raise ValueError(f"footprint corners are degenerate (collinear or repeated): {corners.tolist()}") from None
+            raise ValueError(
+                f"footprint corners are degenerate (collinear or repeated): {corners.tolist()}"
+            ) from None
         order = hull.vertices  # counter-clockwise in (east, north)
         self.corners = corners[order]
         self.vec = vec[order]
@@ -234,8 +253,12 @@ def _as_polygons(footprints):
     )
 
 
+def _is_real(value):
+    return isinstance(value, Real) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
 def _check_margin(margin_arcsec):
-    if isinstance(margin_arcsec, bool) or not isinstance(margin_arcsec, Real) or not np.isfinite(margin_arcsec) or margin_arcsec < 0:
+    if not _is_real(margin_arcsec) or margin_arcsec < 0:
         raise ValueError(f"margin_arcsec must be a finite number >= 0, got {margin_arcsec!r}")
     return float(margin_arcsec)
 
@@ -270,7 +293,7 @@ def sky_groups(ra, dec, cell_arcmin=3.0):
     >>> bool(g[0] == g[1]), bool(g[0] == g[2])
     (True, False)
     """
-    if isinstance(cell_arcmin, bool) or not isinstance(cell_arcmin, Real) or not np.isfinite(cell_arcmin) or cell_arcmin <= 0:
+    if not _is_real(cell_arcmin) or cell_arcmin <= 0:
         raise ValueError(f"cell_arcmin must be a positive number, got {cell_arcmin!r}")
     ra, dec = _coords(ra, dec)
     h = float(cell_arcmin) / 60.0
@@ -306,7 +329,9 @@ def field_group_ids(field_ids):
     codes = np.empty(len(uniq), dtype=np.int64)
     for k, text in enumerate(uniq):
         if text.strip() in ("", "nan", "None", "<NA>"):
-            raise ValueError("cannot group by field: some rows have no field id (empty or missing 'field_id')")
+            raise ValueError(
+                "cannot group by field: some rows have no field id (empty or missing 'field_id')"
+            )
         fid = FieldID.parse(text)
         codes[k] = fid.run * 100000 + fid.camcol * 10000 + fid.field
     return codes[inverse.reshape(-1)]
@@ -345,7 +370,9 @@ def make_groups(table, by="cell", cell_arcmin=3.0):
         if all(c in table for c in ("run", "camcol", "field")):
             ids = [f"{r}-{c}-{f}" for r, c, f in zip(table["run"], table["camcol"], table["field"])]
             return field_group_ids(ids)
-        raise ValueError("by='field' needs a 'field_id' column or 'run', 'camcol' and 'field' columns")
+        raise ValueError(
+            "by='field' needs a 'field_id' column or 'run', 'camcol' and 'field' columns"
+        )
     raise ValueError(f"by must be 'cell' or 'field', got {by!r}")
 
 
@@ -444,11 +471,12 @@ def _segments_intersect(p1, p2, q1, q2):
         return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
 
     def on_segment(a, b, c):
-        return min(a[0], b[0]) <= c[0] <= max(a[0], b[0]) and min(a[1], b[1]) <= c[1] <= max(a[1], b[1])
+        return (min(a[0], b[0]) <= c[0] <= max(a[0], b[0])
+                and min(a[1], b[1]) <= c[1] <= max(a[1], b[1]))
 
     d1, d2 = orient(q1, q2, p1), orient(q1, q2, p2)
     d3, d4 = orient(p1, p2, q1), orient(p1, p2, q2)
-    if ((d1 > 0) != (d2 > 0)) and ((d3 > 0) != (d4 > 0)) and d1 != 0 and d2 != 0 and d3 != 0 and d4 != 0:
+    if 0 not in (d1, d2, d3, d4) and ((d1 > 0) != (d2 > 0)) and ((d3 > 0) != (d4 > 0)):
         return True
     return (
         (d1 == 0 and on_segment(q1, q2, p1))
@@ -607,14 +635,17 @@ def group_train_valid_indices(groups, y=None, valid_fraction=0.2, random_state=0
     if y is not None:
         y = np.asarray(y)
         if y.shape != groups.shape:
-            raise ValueError(f"y and groups must have the same length, got {len(y)} and {len(groups)}")
-    if isinstance(valid_fraction, bool) or not isinstance(valid_fraction, Real) or not 0 < valid_fraction <= 0.5:
+            raise ValueError(
+                f"y and groups must have the same length, got {len(y)} and {len(groups)}"
+            )
+    if not _is_real(valid_fraction) or not 0 < valid_fraction <= 0.5:
         raise ValueError(f"valid_fraction must be in (0, 0.5], got {valid_fraction!r}")
     n_splits = max(2, int(round(1.0 / valid_fraction)))
     n_groups = len(np.unique(groups))
     if n_groups < n_splits:
         raise ValueError(
-            f"cannot hold out {valid_fraction:.0%} of the data as whole groups: only {n_groups} group(s), "
+            f"cannot hold out {valid_fraction:.0%} of the data as whole groups: "
+            f"only {n_groups} group(s), "
             f"need at least {n_splits}; use smaller sky cells or more fields"
         )
     cv = make_cv(n_splits, stratified=y is not None, shuffle=True, random_state=random_state)
@@ -689,7 +720,10 @@ def assign_splits(
     split = np.where(is_test, "test", np.where(keep, "train", "excluded")).astype(object)
     pool = np.flatnonzero(split == "train")
     if len(pool):
-        g = np.asarray(groups) if groups is not None else make_groups(table, by=by, cell_arcmin=cell_arcmin)
+        if groups is None:
+            g = make_groups(table, by=by, cell_arcmin=cell_arcmin)
+        else:
+            g = np.asarray(groups)
         if len(g) != len(table):
             raise ValueError(f"groups has {len(g)} entries for {len(table)} rows")
         y = None
@@ -697,7 +731,9 @@ def assign_splits(
             y = table[label_col].to_numpy()[pool]
             if pd.isna(y).any():
                 y = None
-        _, valid = group_train_valid_indices(g[pool], y, valid_fraction=valid_fraction, random_state=random_state)
+        _, valid = group_train_valid_indices(
+            g[pool], y, valid_fraction=valid_fraction, random_state=random_state
+        )
         split[pool[valid]] = "valid"
     return pd.Series(split, index=table.index, name="split", dtype=object)
 
@@ -733,7 +769,8 @@ def _field_strings(table):
     if "field_id" in table:
         return table["field_id"].astype(str).to_numpy()
     if all(c in table for c in ("run", "camcol", "field")):
-        return np.array([f"{r}-{c}-{f}" for r, c, f in zip(table["run"], table["camcol"], table["field"])], dtype=object)
+        triples = zip(table["run"], table["camcol"], table["field"])
+        return np.array([f"{r}-{c}-{f}" for r, c, f in triples], dtype=object)
     return None
 
 
@@ -758,9 +795,12 @@ def split_report(table, split_col="split", label_col="label", mag_col="psfmag_r"
 
     Examples
     --------
-    >>> t = pd.DataFrame({"split": ["train", "train", "test"], "label": ["star", "galaxy", "star"],
-    ...                   "psfmag_r": [18.0, 20.0, 19.0], "field_id": ["1035-6-17"] * 2 + ["8162-6-80"]})
-    >>> split_report(t)[["n_objects", "n_galaxies", "galaxy_fraction", "fields"]]  # doctest: +NORMALIZE_WHITESPACE
+    >>> t = pd.DataFrame({"split": ["train", "train", "test"],
+    ...                   "label": ["star", "galaxy", "star"],
+    ...                   "psfmag_r": [18.0, 20.0, 19.0],
+    ...                   "field_id": ["1035-6-17"] * 2 + ["8162-6-80"]})
+    >>> cols = ["n_objects", "n_galaxies", "galaxy_fraction", "fields"]
+    >>> split_report(t)[cols]  # doctest: +NORMALIZE_WHITESPACE
            n_objects  n_galaxies  galaxy_fraction     fields
     split
     train          2           1              0.5  1035-6-17
@@ -770,7 +810,9 @@ def split_report(table, split_col="split", label_col="label", mag_col="psfmag_r"
         if col not in table:
             raise ValueError(f"split_report needs a {col!r} column")
     gal = _is_galaxy(table[label_col].to_numpy())
-    mags = pd.to_numeric(table[mag_col], errors="coerce").to_numpy(dtype=float) if mag_col in table else None
+    mags = None
+    if mag_col in table:
+        mags = pd.to_numeric(table[mag_col], errors="coerce").to_numpy(dtype=float)
     fields_ = _field_strings(table)
     splits = table[split_col].to_numpy()
     rows = {}
@@ -788,7 +830,8 @@ def split_report(table, split_col="split", label_col="label", mag_col="psfmag_r"
         mm = mags[m] if mags is not None else np.array([])
         mm = mm[np.isfinite(mm)]
         q = np.quantile(mm, [0.5, 0.1, 0.9]) if len(mm) else [np.nan] * 3
-        row[f"{mag_col}_median"], row[f"{mag_col}_q10"], row[f"{mag_col}_q90"] = (float(v) for v in q)
+        for suffix, value in zip(("median", "q10", "q90"), q):
+            row[f"{mag_col}_{suffix}"] = float(value)
         fs = sorted(set(fields_[m])) if fields_ is not None else []
         row["n_fields"] = len(fs)
         row["fields"] = ", ".join(fs)
@@ -838,5 +881,6 @@ def magnitude_ks(table, split_col="split", mag_col="psfmag_r"):
                 stat, p = float(res.statistic), float(res.pvalue)
             else:
                 stat = p = np.nan
-            rows.append({"split_a": a, "split_b": b, "n_a": len(ma), "n_b": len(mb), "ks_statistic": stat, "p_value": p})
-    return pd.DataFrame(rows, columns=["split_a", "split_b", "n_a", "n_b", "ks_statistic", "p_value"])
+            rows.append((a, b, len(ma), len(mb), stat, p))
+    columns = ["split_a", "split_b", "n_a", "n_b", "ks_statistic", "p_value"]
+    return pd.DataFrame(rows, columns=columns)

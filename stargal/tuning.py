@@ -31,6 +31,10 @@ would then run ``k x cores`` threads. The backends here cap the threads of nativ
   caller's own process. Start such clusters with ``threads_per_worker=1``.
 * **sequential** (``n_jobs=1``): nothing is changed.
 
+Inside the loky and dask contexts the backend is set explicitly, so nested joblib calls made in
+the *calling* process (e.g. a random forest's ``n_jobs`` during the final refit) also use it
+rather than their preferred threads.
+
 Examples
 --------
 >>> import numpy as np
@@ -56,7 +60,13 @@ from numbers import Integral
 import numpy as np
 import pandas as pd
 
-__all__ = ["grid_search", "cv_results_frame", "parallel_backend_for", "resolve_scoring", "THREAD_ENV_VARS"]
+__all__ = [
+    "grid_search",
+    "cv_results_frame",
+    "parallel_backend_for",
+    "resolve_scoring",
+    "THREAD_ENV_VARS",
+]
 
 #: Environment variables that cap native thread pools (OpenMP/torch, MKL, OpenBLAS, ...).
 THREAD_ENV_VARS: tuple[str, ...] = (
@@ -193,7 +203,8 @@ def parallel_backend_for(scheduler=None, n_jobs=1, inner_max_num_threads=None):
         if n_eff == 1:
             info = {"backend": "sequential", "n_jobs": 1, "inner_max_num_threads": None,
                     "scheduler": None, "client": None}
-            with parallel_config(backend="sequential"):
+            # only n_jobs: estimators' own explicit n_jobs (a forest's threads) still apply
+            with parallel_config(n_jobs=1):
                 yield info
             return
         cap = inner if inner is not None else max(1, _cpu_count() // n_eff)
@@ -215,11 +226,14 @@ def parallel_backend_for(scheduler=None, n_jobs=1, inner_max_num_threads=None):
         try:
             client = Client(scheduler, set_as_default=False, timeout="20s")
         except OSError as exc:
-            raise ConnectionError(f"cannot connect to the Dask scheduler at {scheduler!r}: {exc}") from exc
+            raise ConnectionError(
+                f"cannot connect to the Dask scheduler at {scheduler!r}: {exc}"
+            ) from exc
         own_client = True
     else:
         raise TypeError(
-            f"scheduler must be an address string such as 'tcp://127.0.0.1:8786' or a distributed.Client, "
+            "scheduler must be an address string such as 'tcp://127.0.0.1:8786' or a "
+            "distributed.Client, "
             f"got {type(scheduler).__name__}"
         )
     try:
@@ -338,11 +352,16 @@ def grid_search(
     from stargal.split import make_cv
 
     if groups is None:
-        raise ValueError("groups is required: pass sky-region groups (stargal.split.make_groups) so folds never split a region")
+        raise ValueError(
+            "groups is required: pass sky-region groups (stargal.split.make_groups) so folds "
+            "never split a region"
+        )
     groups = np.asarray(groups)
     n = _n_samples(X)
     if groups.ndim != 1 or len(groups) != n:
-        raise ValueError(f"groups must be 1-d with one entry per sample ({n}), got shape {groups.shape}")
+        raise ValueError(
+            f"groups must be 1-d with one entry per sample ({n}), got shape {groups.shape}"
+        )
     if y is not None and len(y) != n:
         raise ValueError(f"X has {n} samples but y has {len(y)}")
     if fit_params is not None and not isinstance(fit_params, dict):
@@ -350,7 +369,10 @@ def grid_search(
     if isinstance(cv, Integral) and not isinstance(cv, bool):
         n_groups = len(np.unique(groups))
         if n_groups < cv:
-            raise ValueError(f"cv={cv} folds need at least {cv} groups, got {n_groups}; use smaller sky cells or fewer folds")
+            raise ValueError(
+                f"cv={cv} folds need at least {cv} groups, got {n_groups}; use smaller sky cells "
+                "or fewer folds"
+            )
         cv = make_cv(int(cv), stratified=True, shuffle=True, random_state=random_state)
     elif not hasattr(cv, "split"):
         raise TypeError(f"cv must be an int or a CV splitter with a split() method, got {cv!r}")
@@ -368,7 +390,9 @@ def grid_search(
     with parallel_backend_for(scheduler, n_jobs, inner_max_num_threads) as info:
         start = time.perf_counter()
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*least populated class.*", category=UserWarning)
+            warnings.filterwarnings(
+                "ignore", message=".*least populated class.*", category=UserWarning
+            )
             search.fit(X, y, groups=groups, **(fit_params or {}))
         wall = time.perf_counter() - start
     search.timing_ = {
@@ -415,7 +439,8 @@ def cv_results_frame(search):
     metric_cols = [k for k in res if k != "params" and not k.startswith("param_")]
 
     def order(col):
-        for rank, prefix in enumerate(("mean_test", "std_test", "rank_test", "split", "mean_train", "std_train")):
+        prefixes = ("mean_test", "std_test", "rank_test", "split", "mean_train", "std_train")
+        for rank, prefix in enumerate(prefixes):
             if col.startswith(prefix):
                 return (rank, col)
         return (9, col)
@@ -424,7 +449,9 @@ def cv_results_frame(search):
     metrics = pd.DataFrame({k: np.asarray(res[k]) for k in metric_cols})
     out = pd.concat([params, metrics], axis=1)
     refit = getattr(search, "refit", True)
-    rank_col = f"rank_test_{refit}" if isinstance(refit, str) and f"rank_test_{refit}" in out else "rank_test_score"
+    rank_col = "rank_test_score"
+    if isinstance(refit, str) and f"rank_test_{refit}" in out:
+        rank_col = f"rank_test_{refit}"
     if rank_col not in out:
         rank_col = next((c for c in out if c.startswith("rank_test_")), None)
     if rank_col is not None:

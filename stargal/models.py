@@ -1,0 +1,703 @@
+"""Model factories: the CNN (skorch), the random-forest baseline and a majority baseline.
+
+Every factory returns an :class:`imblearn.pipeline.Pipeline` with fixed step
+names, so hyper-parameters route the usual scikit-learn way::
+
+    front steps (e.g. 'align', 'cut')  ->  ['augment']  ->  ['scale']  ->  'net'
+    front steps                        ->  'features'   ->  'forest'
+    front steps                        ->  'flatten'    ->  'majority'
+
+e.g. ``net__module__width``, ``net__lr``, ``net__optimizer__weight_decay``,
+``cut__size``, ``forest__max_depth``.  With ``front=None`` the pipelines take
+float32 cutouts ``(n, 5, H, W)`` (bands ``u, g, r, i, z``, nanomaggies)
+directly; the caller adds ``[('align', Aligner()), ('cut', Cutter())]`` to start
+from an objects table.
+
+Group-aware internal validation
+-------------------------------
+skorch holds out part of the training data for early stopping.  Its default
+split is random, which leaks: neighbouring objects of one sky region would be
+in both the internal train and valid sets.  :class:`SkyValidSplit` holds out
+whole *groups* (sky regions, e.g. from ``stargal.split.sky_groups``) instead.
+The groups reach it as an ordinary fit parameter:
+
+* plain: ``pipe.fit(X, y, net__groups=groups)``; in :class:`~sklearn.model_selection.GridSearchCV`
+  (metadata routing off): ``search.fit(X, y, groups=groups, net__groups=groups)``
+  -- scikit-learn slices ``net__groups`` to each training fold;
+* with ``sklearn.set_config(enable_metadata_routing=True)``:
+  ``search.fit(X, y, groups=groups)`` sends ``groups`` both to the outer CV and,
+  because :class:`SkyValidSplit` requests it, to the net's internal split.
+
+skorch forwards fit parameters to the module's ``forward`` as well;
+:class:`StarGalaxyNet` drops ``groups`` there.  When an augmentation step adds
+rows during ``fit``, :class:`SkyPipeline` re-aligns ``groups`` with the new rows
+through the sampler's ``sample_indices_`` (the source row of every output row,
+the imbalanced-learn convention), so an augmented copy always stays in its
+source object's group.  Without groups the split falls back to a stratified
+random split and warns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+import warnings
+
+import numpy as np
+import torch
+from imblearn.pipeline import Pipeline
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.dummy import DummyClassifier
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.model_selection import BaseCrossValidator, StratifiedShuffleSplit, ShuffleSplit
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import _num_samples, check_is_fitted
+from skorch import NeuralNetClassifier
+from skorch.callbacks import EarlyStopping, EpochScoring
+from skorch.dataset import get_len
+from skorch.utils import is_dataset, to_numpy
+
+from stargal.features import PhotometricFeatures
+from stargal.nets import StarGalaxyCNN
+
+__all__ = [
+    "SkyValidSplit",
+    "StarGalaxyNet",
+    "SkyPipeline",
+    "Flatten",
+    "make_cnn_net",
+    "make_cnn_pipeline",
+    "make_forest_pipeline",
+    "make_majority_pipeline",
+    "valid_balanced_accuracy",
+    "valid_roc_auc",
+    "LeakyValidationWarning",
+]
+
+_RESERVED = ("augment", "scale", "net", "features", "forest", "flatten", "majority")
+
+
+class LeakyValidationWarning(UserWarning):
+    """The internal validation split had no sky groups and fell back to a random split."""
+
+
+# --------------------------------------------------------------------------- split
+class SkyValidSplit(BaseCrossValidator):
+    """Group-aware train/valid split for skorch (``train_split``) and one-fold CV splitter.
+
+    Whole groups (sky regions) are held out so that no group has rows in both
+    the internal training and validation sets.  Among ``n_trials`` random
+    orderings of the groups, the first groups of an ordering are taken until
+    they hold about ``fraction`` of the rows; the ordering whose validation set
+    is closest to ``fraction`` of the rows and to the overall class mix (and
+    has every class in both parts, when possible) wins.  Deterministic for a
+    given ``random_state``.
+
+    Without ``groups`` the split is a stratified random split of ``fraction``
+    and a :class:`LeakyValidationWarning` is issued.
+
+    Parameters
+    ----------
+    fraction : float, default=0.2
+        Target fraction of rows in the validation set, in ``(0, 1)``.
+    random_state : int or None, default=0
+        Seed of the group ordering.
+    n_trials : int, default=64
+        Number of random group orderings tried.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> split = SkyValidSplit(fraction=0.25)
+    >>> groups = np.repeat(np.arange(8), 10)
+    >>> y = np.tile([0, 1], 40)
+    >>> train, valid = next(split.split(np.zeros(80), y, groups))
+    >>> set(groups[train]).isdisjoint(groups[valid]), len(valid)
+    (True, 20)
+    """
+
+    __metadata_request__split = {"groups": True}
+
+    def __init__(self, fraction=0.2, random_state=0, n_trials=64):
+        self.fraction = fraction
+        self.random_state = random_state
+        self.n_trials = n_trials
+
+    @property
+    def cv(self):
+        """The splitter skorch registers for metadata routing (``self``)."""
+        return self
+
+    def get_n_splits(self, X=None, y=None, groups=None):
+        """Always 1: one train/valid split."""
+        return 1
+
+    def _check(self):
+        f = self.fraction
+        if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0 < f < 1:
+            raise ValueError(f"fraction must be a float in (0, 1), got {f!r}")
+        if (isinstance(self.n_trials, bool) or not isinstance(self.n_trials, numbers.Integral)
+                or self.n_trials < 1):
+            raise ValueError(f"n_trials must be a positive integer, got {self.n_trials!r}")
+
+    def split(self, X, y=None, groups=None):
+        """Yield one ``(train_indices, valid_indices)`` pair.
+
+        Parameters
+        ----------
+        X : array-like of length n
+            Only its length is used.
+        y : array-like of shape (n,), optional
+            Class labels, used to balance the class mix.
+        groups : array-like of shape (n,), optional
+            Group (sky region) of every row.
+
+        Yields
+        ------
+        train, valid : ndarray of int
+        """
+        self._check()
+        n = _num_samples(X)
+        y = None if y is None else np.asarray(to_numpy(y)).ravel()
+        if y is not None and y.shape[0] != n:
+            raise ValueError(f"y has {y.shape[0]} rows but X has {n}")
+        if groups is None:
+            warnings.warn(
+                "SkyValidSplit got no groups: falling back to a random stratified validation "
+                "split, which can leak neighbouring objects between internal train and valid "
+                "sets. Pass groups (e.g. pipe.fit(X, y, net__groups=g)).",
+                LeakyValidationWarning, stacklevel=3)
+            strat = y is not None and np.unique(y).size > 1 and np.bincount(
+                np.unique(y, return_inverse=True)[1]).min() >= 2
+            cls = StratifiedShuffleSplit if strat else ShuffleSplit
+            splitter = cls(n_splits=1, test_size=self.fraction, random_state=self.random_state)
+            yield next(splitter.split(np.zeros(n), y if strat else None))
+            return
+        groups = np.asarray(to_numpy(groups)).ravel()
+        if groups.shape[0] != n:
+            raise ValueError(
+                f"groups has {groups.shape[0]} entries but the data has {n} rows; if a sampler "
+                f"added rows, use stargal.models.SkyPipeline and a sampler with sample_indices_")
+        _, codes = np.unique(groups, return_inverse=True)
+        n_groups = int(codes.max()) + 1 if n else 0
+        if n_groups < 2:
+            raise ValueError(f"a group-aware validation split needs at least 2 groups, "
+                             f"got {n_groups}")
+        gsize = np.bincount(codes, minlength=n_groups).astype(np.float64)
+        if y is None:
+            counts = gsize[:, None]
+        else:
+            _, ycodes = np.unique(y, return_inverse=True)
+            k = int(ycodes.max()) + 1
+            counts = np.zeros((n_groups, k))
+            np.add.at(counts, (codes, ycodes), 1.0)
+        total = counts.sum(axis=0)
+        mix = total / n
+        rng = check_random_state(self.random_state)
+        target = self.fraction * n
+        best, best_score = None, np.inf
+        for _ in range(self.n_trials):
+            perm = rng.permutation(n_groups)
+            cum = np.cumsum(gsize[perm])
+            k = int(np.searchsorted(cum, target)) + 1
+            for kk in sorted({max(1, k - 1), min(k, n_groups - 1)}):
+                kk = min(max(kk, 1), n_groups - 1)
+                vc = counts[perm[:kk]].sum(axis=0)
+                nv = vc.sum()
+                missing = np.sum(vc == 0) + np.sum((total - vc) == 0)
+                score = (10.0 * missing + abs(nv / n - self.fraction)
+                         + 0.5 * np.abs(vc / nv - mix).sum())
+                if score < best_score:
+                    best, best_score = perm[:kk], score
+        is_valid = np.isin(codes, best)
+        yield np.flatnonzero(~is_valid), np.flatnonzero(is_valid)
+
+    def __call__(self, dataset, y=None, groups=None):
+        """skorch ``train_split`` protocol: return ``(dataset_train, dataset_valid)``.
+
+        Parameters
+        ----------
+        dataset : torch.utils.data.Dataset
+        y : array-like, optional
+        groups : array-like, optional
+
+        Returns
+        -------
+        dataset_train, dataset_valid : torch.utils.data.Subset
+        """
+        n = get_len(dataset)
+        train, valid = next(self.split(np.zeros(n), y, groups))
+        return (torch.utils.data.Subset(dataset, train),
+                torch.utils.data.Subset(dataset, valid))
+
+
+# --------------------------------------------------------------------------- scoring
+def valid_balanced_accuracy(net, X, y):
+    """Balanced accuracy of ``net`` on ``(X, y)``; NaN if ``y`` has one class.
+
+    An :class:`skorch.callbacks.EpochScoring` scorer (signature ``(net, X, y)``).
+    """
+    y = np.asarray(to_numpy(y)).ravel()
+    if np.unique(y).size < 2:
+        return float("nan")
+    return float(balanced_accuracy_score(y, net.predict(X)))
+
+
+def valid_roc_auc(net, X, y):
+    """ROC AUC of ``p(galaxy)`` on ``(X, y)``; NaN if ``y`` has one class.
+
+    An :class:`skorch.callbacks.EpochScoring` scorer (signature ``(net, X, y)``).
+    """
+    y = np.asarray(to_numpy(y)).ravel()
+    if np.unique(y).size != 2:
+        return float("nan")
+    return float(roc_auc_score(y, net.predict_proba(X)[:, 1]))
+
+
+# --------------------------------------------------------------------------- net
+@contextlib.contextmanager
+def _seeded(random_state, device):
+    """Seed torch inside, restoring the global RNG state afterwards."""
+    if random_state is None:
+        yield
+        return
+    devices = []
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        devices = [torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(random_state))
+        yield
+
+
+class StarGalaxyNet(NeuralNetClassifier):
+    """skorch classifier for cutouts with balanced class weights, seeding and sky split.
+
+    A :class:`skorch.NeuralNetClassifier` with these additions (all plain
+    constructor parameters, so ``clone``, pickling and ``GridSearchCV`` work):
+
+    * ``class_weight='balanced'``: in :meth:`fit` the weights
+      ``n / (n_classes_present * count_c)`` are computed from ``y`` and stored
+      as ``class_weight_``; the criterion (``CrossEntropyLoss``) is created with
+      ``weight=class_weight_``.  ``None`` disables weighting, a dict
+      ``{class: weight}`` fixes them.  An explicit ``criterion__weight`` wins.
+    * ``random_state``: torch is seeded (module initialisation, shuffling,
+      dropout) inside :meth:`initialize` and :meth:`fit`; the global torch RNG
+      state is restored afterwards.  ``None``: no seeding.
+    * ``patience``: early stopping on ``valid_loss`` restoring the best epoch's
+      weights, plus ``valid_bacc`` (balanced accuracy) and ``valid_auc`` (ROC
+      AUC) in the history; all only when ``train_split`` is not None.
+      ``patience=None`` or ``0`` disables early stopping.
+    * ``train_split`` defaults to :class:`SkyValidSplit`; pass groups with
+      ``fit(X, y, groups=g)`` (``net__groups`` in a pipeline).
+    * inputs are cast to float32 ``(n, C, H, W)``, targets to int64; and
+      :meth:`predict_proba` returns float64 ``(n, n_classes)``.
+
+    Parameters
+    ----------
+    module : type or torch.nn.Module, default=StarGalaxyCNN
+    criterion : type, default=torch.nn.CrossEntropyLoss
+    optimizer : type, default=torch.optim.AdamW
+    lr : float, default=1e-3
+    max_epochs : int, default=30
+    batch_size : int, default=128
+    train_split : callable or None, default=SkyValidSplit()
+    class_weight : {'balanced', None} or dict, default='balanced'
+    patience : int or None, default=5
+    random_state : int or None, default=0
+    device : str, default='cpu'
+    verbose : int, default=0
+    **kwargs
+        Other skorch parameters (``module__width``, ``optimizer__weight_decay``, ...).
+
+    Attributes
+    ----------
+    class_weight_ : ndarray of shape (n_classes,) or None
+        Class weights used by the loss.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).normal(size=(40, 5, 9, 9)).astype("float32")
+    >>> y = np.arange(40) % 2
+    >>> net = StarGalaxyNet(module__width=4, max_epochs=1, train_split=None)
+    >>> net.fit(X, y).predict_proba(X).shape
+    (40, 2)
+    """
+
+    def __init__(self, module=StarGalaxyCNN, *args, criterion=torch.nn.CrossEntropyLoss,
+                 optimizer=torch.optim.AdamW, lr=1e-3, max_epochs=30, batch_size=128,
+                 train_split=SkyValidSplit(), class_weight="balanced", patience=5,
+                 random_state=0, device="cpu", verbose=0, **kwargs):
+        # set before skorch's __init__: _default_callbacks reads them
+        self.class_weight = class_weight
+        self.patience = patience
+        self.random_state = random_state
+        super().__init__(module, *args, criterion=criterion, optimizer=optimizer, lr=lr,
+                         max_epochs=max_epochs, batch_size=batch_size, train_split=train_split,
+                         device=device, verbose=verbose, **kwargs)
+
+    # ---------------------------------------------------------------- callbacks
+    @property
+    def _default_callbacks(self):
+        callbacks = list(super()._default_callbacks)
+        if self.train_split is not None:
+            callbacks += [
+                ("valid_bacc", EpochScoring(valid_balanced_accuracy, name="valid_bacc",
+                                            lower_is_better=False)),
+                ("valid_auc", EpochScoring(valid_roc_auc, name="valid_auc",
+                                           lower_is_better=False)),
+            ]
+            if self.patience:
+                callbacks.append(("early_stopping", EarlyStopping(
+                    monitor="valid_loss", patience=int(self.patience), load_best=True)))
+        return callbacks
+
+    # ---------------------------------------------------------------- checks
+    def _check_own_params(self):
+        if self.class_weight not in (None, "balanced") and not isinstance(self.class_weight, dict):
+            raise ValueError(f"class_weight must be 'balanced', None or a dict, "
+                             f"got {self.class_weight!r}")
+        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(
+                self.patience, numbers.Integral) or self.patience < 0):
+            raise ValueError(f"patience must be a non-negative integer or None, "
+                             f"got {self.patience!r}")
+        if self.random_state is not None and (isinstance(self.random_state, bool) or not isinstance(
+                self.random_state, numbers.Integral)):
+            raise ValueError(f"random_state must be an int or None, got {self.random_state!r}")
+
+    def _n_classes(self):
+        return int(self.get_params_for("module").get("n_classes", 2))
+
+    def _check_y(self, y):
+        if y is None:
+            raise ValueError("StarGalaxyNet.fit needs labels y (0 = star, 1 = galaxy)")
+        y = np.asarray(to_numpy(y))
+        if y.ndim != 1:
+            raise ValueError(f"y must be one-dimensional, got shape {y.shape}")
+        if y.dtype.kind not in "biuf" or (y.dtype.kind == "f" and not np.all(y == np.round(y))):
+            raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+        y = y.astype(np.int64)
+        k = self._n_classes()
+        if y.size and (y.min() < 0 or y.max() >= k):
+            raise ValueError(f"y must hold labels in 0..{k - 1}, found {np.unique(y).tolist()}")
+        if np.unique(y).size < 2:
+            raise ValueError(f"y must contain at least two classes, found {np.unique(y).tolist()}")
+        return y
+
+    def _class_weight(self, y):
+        k = self._n_classes()
+        if self.class_weight is None:
+            return None
+        w = np.ones(k, dtype=np.float64)
+        if self.class_weight == "balanced":
+            counts = np.bincount(y, minlength=k)
+            present = counts > 0
+            w[present] = y.size / (present.sum() * counts[present])
+        else:
+            for c, v in self.class_weight.items():
+                if not 0 <= int(c) < k:
+                    raise ValueError(f"class_weight has unknown class {c!r}")
+                w[int(c)] = float(v)
+        return w
+
+    # ---------------------------------------------------------------- skorch hooks
+    def initialize(self):
+        """Initialise module, criterion and optimizer (seeded by ``random_state``)."""
+        self._check_own_params()
+        with _seeded(self.random_state, self.device):
+            return super().initialize()
+
+    def initialize_criterion(self):
+        """Create the criterion, with ``weight=class_weight_`` when available."""
+        kwargs = self.get_params_for("criterion")
+        cw = getattr(self, "class_weight_", None)
+        if cw is not None and "weight" not in kwargs:
+            kwargs["weight"] = torch.as_tensor(np.asarray(cw), dtype=torch.float32)
+        self.criterion_ = self.initialized_instance(self.criterion, kwargs)
+        return self
+
+    def fit(self, X, y=None, **fit_params):
+        """Fit the network.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, C, H, W)
+            Cutouts (cast to float32).
+        y : array-like of shape (n,)
+            Integer labels, ``0 = star``, ``1 = galaxy``.
+        **fit_params
+            ``groups`` (array of shape (n,)) for :class:`SkyValidSplit`; other
+            entries are passed on to skorch.
+
+        Returns
+        -------
+        self : StarGalaxyNet
+        """
+        self._check_own_params()
+        y = self._check_y(y)
+        if not (self.warm_start and getattr(self, "initialized_", False)):
+            self.class_weight_ = self._class_weight(y)
+        with _seeded(self.random_state, self.device):
+            return super().fit(X, y, **fit_params)
+
+    def infer(self, x, **fit_params):
+        """Forward pass; ``groups`` (meant for the split) is not passed to the module."""
+        fit_params.pop("groups", None)
+        return super().infer(x, **fit_params)
+
+    def get_dataset(self, X, y=None):
+        """Wrap ``X`` (cast to float32 ``(n, C, H, W)``) and ``y`` (int64) in a Dataset."""
+        if not is_dataset(X):
+            if isinstance(X, torch.Tensor):
+                X = X.float()
+            else:
+                X = np.asarray(X, dtype=np.float32)
+            if X.ndim != 4:
+                raise ValueError(f"StarGalaxyNet expects cutouts of shape (n, C, H, W), "
+                                 f"got shape {tuple(X.shape)}")
+            if y is not None:
+                y = np.asarray(to_numpy(y)).astype(np.int64)
+        return super().get_dataset(X, y)
+
+    def predict_proba(self, X):
+        """Class probabilities, float64 of shape ``(n, n_classes)`` (softmax of logits)."""
+        return np.asarray(super().predict_proba(X), dtype=np.float64)
+
+
+def make_cnn_net(width=32, depth=2, dropout=0.3, lr=1e-3, weight_decay=1e-4, max_epochs=30,
+                 batch_size=128, patience=5, valid_fraction=0.2, class_weight="balanced",
+                 random_state=0, device=None, verbose=0, in_channels=5, n_classes=2,
+                 input_size=15, **kwargs):
+    """The CNN as a scikit-learn classifier (:class:`StarGalaxyNet`).
+
+    Parameters
+    ----------
+    width, depth, dropout, in_channels, n_classes, input_size
+        :class:`~stargal.nets.StarGalaxyCNN` parameters (``module__*``).
+    lr : float, default=1e-3
+        AdamW learning rate.
+    weight_decay : float, default=1e-4
+        AdamW weight decay (``optimizer__weight_decay``).
+    max_epochs, batch_size : int
+        Training length and mini-batch size.
+    patience : int or None, default=5
+        Early-stopping patience in epochs on ``valid_loss`` (best weights restored).
+    valid_fraction : float, default=0.2
+        Fraction held out by :class:`SkyValidSplit` (``None``: no internal
+        validation, no early stopping).
+    class_weight : {'balanced', None} or dict, default='balanced'
+    random_state : int or None, default=0
+        Seeds torch and the validation split.
+    device : str, optional
+        Default ``'cuda'`` when available, else ``'cpu'``.
+    verbose : int, default=0
+    **kwargs
+        Further skorch parameters, e.g. ``iterator_train__num_workers``.
+
+    Returns
+    -------
+    StarGalaxyNet
+
+    Examples
+    --------
+    >>> net = make_cnn_net(width=8, max_epochs=3)
+    >>> net.module__width, type(net.train_split).__name__
+    (8, 'SkyValidSplit')
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    train_split = kwargs.pop("train_split", None if valid_fraction is None else SkyValidSplit(
+        fraction=valid_fraction, random_state=random_state))
+    return StarGalaxyNet(
+        module=StarGalaxyCNN,
+        module__in_channels=in_channels, module__width=width, module__depth=depth,
+        module__dropout=dropout, module__n_classes=n_classes, module__input_size=input_size,
+        criterion=torch.nn.CrossEntropyLoss,
+        optimizer=torch.optim.AdamW, lr=lr, optimizer__weight_decay=weight_decay,
+        max_epochs=max_epochs, batch_size=batch_size, train_split=train_split,
+        class_weight=class_weight, patience=patience, random_state=random_state,
+        device=device, verbose=verbose, **kwargs)
+
+
+# --------------------------------------------------------------------------- pipelines
+class SkyPipeline(Pipeline):
+    """:class:`imblearn.pipeline.Pipeline` that keeps the final step's ``groups`` aligned.
+
+    When samplers (steps with ``fit_resample``, e.g. a cutout augmenter) change
+    the rows during ``fit``, a ``groups`` fit parameter of the final step
+    (``net__groups``) is re-indexed with the samplers' ``sample_indices_``
+    (index of the source row of every output row), so that resampled copies
+    keep their source's group.  If a sampler changed the number of rows and has
+    no ``sample_indices_``, fitting fails with a clear error rather than leak.
+    Otherwise identical to the imbalanced-learn pipeline.
+
+    Examples
+    --------
+    >>> from imblearn.over_sampling import RandomOverSampler
+    >>> from sklearn.dummy import DummyClassifier
+    >>> pipe = SkyPipeline([('augment', RandomOverSampler()), ('clf', DummyClassifier())])
+    >>> pipe.steps[0][0]
+    'augment'
+    """
+
+    def _fit(self, X, y=None, routed_params=None, raw_params=None):
+        n_in = _num_samples(X)
+        Xt, yt = super()._fit(X, y, routed_params=routed_params, raw_params=raw_params)
+        if routed_params is not None and len(self.steps):
+            self._align_groups(routed_params, n_in, _num_samples(Xt))
+        return Xt, yt
+
+    def _align_groups(self, routed_params, n_in, n_out):
+        name = self.steps[-1][0]
+        if name not in routed_params:
+            return
+        index, blind = np.arange(n_in), []
+        for _, step_name, step in self._iter(with_final=False, filter_passthrough=True,
+                                             filter_resample=False):
+            is_sampler = hasattr(step, "fit_resample") and not (
+                hasattr(step, "transform") or hasattr(step, "fit_transform"))
+            if not is_sampler:
+                continue
+            sample_indices = getattr(step, "sample_indices_", None)
+            if sample_indices is None:
+                blind.append(step_name)
+            else:
+                index = index[np.asarray(sample_indices)]
+        for params in routed_params[name].values():
+            groups = params.get("groups") if hasattr(params, "get") else None
+            if groups is None:
+                continue
+            groups = np.asarray(to_numpy(groups))
+            if blind:
+                if groups.shape[0] != n_out:
+                    raise ValueError(
+                        f"step(s) {blind} changed the number of rows ({n_in} -> {n_out}) but "
+                        f"expose no sample_indices_, so groups cannot follow the new rows")
+                continue
+            if groups.shape[0] != n_in:
+                raise ValueError(f"groups has {groups.shape[0]} entries but X has {n_in} rows")
+            params["groups"] = groups[index]
+
+
+def _check_front(front):
+    if front is None:
+        return []
+    steps = list(front)
+    for item in steps:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+            raise ValueError(f"front must be a list of (name, estimator) tuples, got {item!r}")
+        if item[0] in _RESERVED:
+            raise ValueError(f"front step name {item[0]!r} is reserved for the factory's steps")
+    return steps
+
+
+def make_cnn_pipeline(front=None, augmenter=None, scaler=None, **net_params):
+    """CNN pipeline: ``front + ['augment'] + ['scale'] + 'net'``.
+
+    Parameters
+    ----------
+    front : list of (str, estimator), optional
+        Steps producing cutouts, e.g. ``[('align', Aligner()), ('cut', Cutter())]``.
+        ``None``: the pipeline takes ``(n, 5, H, W)`` cutouts.
+    augmenter : sampler, optional
+        Step ``'augment'`` (``fit_resample``; applied during ``fit`` only).
+    scaler : transformer, optional
+        Step ``'scale'``, e.g. ``AsinhScaler()``.
+    **net_params
+        Passed to :func:`make_cnn_net`.
+
+    Returns
+    -------
+    SkyPipeline
+        Fit with ``pipe.fit(X, y, net__groups=groups)`` for a leak-free
+        internal validation split.
+
+    Examples
+    --------
+    >>> pipe = make_cnn_pipeline(width=8)
+    >>> [name for name, _ in pipe.steps], pipe.get_params()['net__module__width']
+    (['net'], 8)
+    """
+    steps = _check_front(front)
+    if augmenter is not None:
+        steps.append(("augment", augmenter))
+    if scaler is not None:
+        steps.append(("scale", scaler))
+    steps.append(("net", make_cnn_net(**net_params)))
+    return SkyPipeline(steps)
+
+
+def make_forest_pipeline(front=None, **rf_params):
+    """Random-forest baseline: ``front + 'features' (PhotometricFeatures) + 'forest'``.
+
+    Parameters
+    ----------
+    front : list of (str, estimator), optional
+        Steps producing cutouts; ``None``: the pipeline takes cutouts.
+    **rf_params
+        :class:`~sklearn.ensemble.RandomForestClassifier` parameters; defaults
+        ``n_estimators=300, class_weight='balanced', random_state=0, n_jobs=1``.
+
+    Returns
+    -------
+    imblearn.pipeline.Pipeline
+
+    Examples
+    --------
+    >>> make_forest_pipeline(n_estimators=10).get_params()['forest__n_estimators']
+    10
+    """
+    params = dict(n_estimators=300, class_weight="balanced", random_state=0, n_jobs=1)
+    params.update(rf_params)
+    return Pipeline(_check_front(front) + [("features", PhotometricFeatures()),
+                                           ("forest", RandomForestClassifier(**params))])
+
+
+class Flatten(TransformerMixin, BaseEstimator):
+    """Reshape ``(n, ...)`` arrays to ``(n, n_features)`` (float32 view when possible).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Flatten().fit_transform(np.zeros((2, 5, 7, 7))).shape
+    (2, 245)
+    """
+
+    def fit(self, X, y=None):
+        """Record the per-row shape. Returns self."""
+        X = np.asarray(X)
+        if X.ndim < 2:
+            raise ValueError(f"expected an array of shape (n, ...), got shape {X.shape}")
+        self.input_shape_ = X.shape[1:]
+        return self
+
+    def transform(self, X):
+        """Return ``X.reshape(n, -1)``."""
+        check_is_fitted(self, "input_shape_")
+        X = np.asarray(X)
+        if X.shape[1:] != self.input_shape_:
+            raise ValueError(f"rows have shape {X.shape[1:]}, fitted on {self.input_shape_}")
+        return X.reshape(X.shape[0], -1)
+
+
+def make_majority_pipeline(front=None):
+    """Majority-class baseline: ``front + 'flatten' + 'majority'`` (most frequent class).
+
+    Parameters
+    ----------
+    front : list of (str, estimator), optional
+
+    Returns
+    -------
+    imblearn.pipeline.Pipeline
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> pipe = make_majority_pipeline().fit(np.zeros((3, 5, 7, 7)), [0, 0, 1])
+    >>> pipe.predict(np.zeros((2, 5, 7, 7))).tolist()
+    [0, 0]
+    """
+    return Pipeline(_check_front(front) + [("flatten", Flatten()),
+                                           ("majority", DummyClassifier(strategy="most_frequent"))])
