@@ -14,10 +14,11 @@ Flags (column ``flag``; ``''`` when the row is fine):
 ``'invalid_coord'``
     RA/Dec is NaN, infinite, not a number or out of range (RA in [0, 360), Dec in [-90, 90]).
 ``'outside'``
-    The object lies on none of the candidate fields (or not on its explicit field).
+    The object lies on no band's frame of any candidate field (or of its explicit field).
 ``'edge'``
     The object is on a field but closer than :attr:`Aligner.edge_margin_` pixels to the edge of
-    at least one band's frame, so a full cutout (plus the interpolation kernel) does not fit.
+    (or beyond) at least one band's frame, so a full cutout (plus the interpolation kernel)
+    does not fit in every band.
 ``'missing_band'``
     The object's field lacks at least one band's frame (e.g. the real field 1006-6-11 has no
     i frame); the positions of the bands that exist are still filled in.
@@ -370,7 +371,6 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         best_level = np.full(n, -1, dtype=int)  # 2 complete & clear of edges, 1 complete, 0 incomplete
         best_d = np.full(n, -np.inf)
         best_field = np.full(n, "", dtype=object)
-        best_complete = np.zeros(n, dtype=bool)
         missing_by_field: dict[str, tuple] = {}
 
         fetcher = get_fetcher(sas_url=self.sas_url, cache_dir=self.cache_dir)
@@ -396,16 +396,22 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                 warnings.warn(f"Aligner: field {fid} has no frames at all (bands "
                               f"{', '.join(missing)} not found); its objects cannot be aligned",
                               stacklevel=2)
+            # distance to the nearest frame edge, over bands: smallest (dist) and largest (on_any)
             xy = {}
             dist = np.full(rows.size, np.inf if frames else -np.inf)
+            on_any = np.full(rows.size, -np.inf)
             for band, frame in frames.items():
                 x, y = frame.world_to_pixel(ra[rows], dec[rows])
                 xy[band] = (x, y)
                 ny, nx = frame.shape
                 with np.errstate(invalid="ignore"):
                     d = np.minimum.reduce([x + 0.5, nx - 0.5 - x, y + 0.5, ny - 0.5 - y])
-                dist = np.minimum(dist, np.where(np.isfinite(d), d, -np.inf))
+                d = np.where(np.isfinite(d), d, -np.inf)
+                dist = np.minimum(dist, d)
+                on_any = np.maximum(on_any, d)
             field.release()
+            # -1 on no band's frame, 0 on an incomplete field, 1 near an edge, 2 fine
+            level = np.where(on_any < 0, -1, 0 if not complete else np.where(dist >= margin, 2, 1))
 
             # explicit rows: this is their field, whatever the distance
             sel_e = np.isin(rows, rows_e)
@@ -414,23 +420,18 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                 field_id[idx] = fid
                 for band, (x, y) in xy.items():
                     pos[band][0][idx], pos[band][1][idx] = x[sel_e], y[sel_e]
-                d = dist[sel_e]
-                f = np.where(d < 0, "outside", np.where(d < margin, "edge", ""))
-                if not complete:
-                    f = np.full(idx.size, "missing_band", dtype=object)
-                flag[idx] = f
+                flag[idx] = np.array(["outside", "missing_band", "edge", ""], dtype=object)[level[sel_e] + 1]
 
             # located rows: keep the best field so far
             sel_l = np.isin(rows, rows_l)
             if sel_l.any():
                 idx = rows[sel_l]
-                d = dist[sel_l]
-                level = np.where(d < 0, -1, 0 if not complete else np.where(d >= margin, 2, 1))
-                better = (level >= 0) & ((level > best_level[idx]) | ((level == best_level[idx]) & (d > best_d[idx])))
+                d, lev = dist[sel_l], level[sel_l]
+                better = (lev >= 0) & ((lev > best_level[idx]) | ((lev == best_level[idx]) & (d > best_d[idx])))
                 if better.any():
                     bi = idx[better]
-                    best_level[bi], best_d[bi] = level[better], d[better]
-                    best_field[bi], best_complete[bi] = fid, complete
+                    best_level[bi], best_d[bi] = lev[better], d[better]
+                    best_field[bi] = fid
                     for band in BANDS:
                         if band in xy:
                             pos[band][0][bi], pos[band][1][bi] = xy[band][0][sel_l][better], xy[band][1][sel_l][better]

@@ -67,6 +67,7 @@ __all__ = [
 _DEG = np.pi / 180.0
 _ARCSEC = _DEG / 3600.0
 _MAX_POLY_RADIUS_DEG = 60.0
+_CHUNK = 200_000  # points per vectorised geometry batch
 
 #: Order in which split names are reported (others follow alphabetically).
 SPLIT_ORDER: tuple[str, ...] = ("train", "valid", "validation", "test", "excluded")
@@ -407,7 +408,17 @@ def distance_to_footprint(ra, dec, footprint):
 def in_footprints(ra, dec, footprints, margin_arcsec=0.0):
     """True for points inside any footprint or within ``margin_arcsec`` of one.
 
-    See :func:`exclude_fields` (which returns the complement for a table).
+    Parameters
+    ----------
+    ra, dec : array-like of float, shape (n,)
+        Degrees; non-finite values are an error.
+    footprints : see :func:`exclude_fields`
+    margin_arcsec : float, default=0.0
+
+    Returns
+    -------
+    ndarray of bool, shape (n,)
+        :func:`exclude_fields` returns the complement for a table.
 
     Examples
     --------
@@ -425,8 +436,10 @@ def in_footprints(ra, dec, footprints, margin_arcsec=0.0):
         near = _angle(vec, poly.centre[None, :]) <= poly.radius + margin + 1e-12
         if not near.any():
             continue
-        idx = np.flatnonzero(near)
-        hit[idx] |= poly.distance(vec[idx]) <= margin
+        near_idx = np.flatnonzero(near)
+        for start in range(0, len(near_idx), _CHUNK):  # bounded memory for huge tables
+            idx = near_idx[start:start + _CHUNK]
+            hit[idx] |= poly.distance(vec[idx]) <= margin
     return hit
 
 

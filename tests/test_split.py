@@ -115,7 +115,9 @@ def test_make_groups_by_field_and_cell():
     })
     gf = make_groups(t, by="field")
     assert gf[0] == gf[1] and gf[2] == gf[3] and gf[0] != gf[2]
-    t2 = t.drop(columns="field_id").assign(run=[8162, 8162, 1035, 1035], camcol=[6, 6, 6, 6], field=[80, 80, 17, 17])
+    t2 = t.drop(columns="field_id").assign(
+        run=[8162, 8162, 1035, 1035], camcol=[6, 6, 6, 6], field=[80, 80, 17, 17]
+    )
     np.testing.assert_array_equal(make_groups(t2, by="field"), gf)
     gc = make_groups(t, by="cell", cell_arcmin=3.0)
     assert gc[0] != gc[1] and gc[2] == gc[3]
@@ -152,7 +154,8 @@ def test_exclude_fields_against_independent_offsets(ra0, dec0):
     assert 0 < keep.sum() < len(keep)
 
     # second independent check: kept objects are outside the inscribed circle of radius h + margin
-    sep = SkyCoord(ra0 * u.deg, dec0 * u.deg).separation(SkyCoord(ra[keep] * u.deg, dec[keep] * u.deg))
+    kept = SkyCoord(ra[keep] * u.deg, dec[keep] * u.deg)
+    sep = SkyCoord(ra0 * u.deg, dec0 * u.deg).separation(kept)
     assert sep.arcsec.min() >= h + margin - tol
 
 
@@ -187,7 +190,10 @@ def test_zero_overlap_after_exclusion():
 
 def test_exclude_fields_margin_and_inputs():
     poly = square(30.0, -5.0)
-    c = SkyCoord(30 * u.deg, -5 * u.deg).spherical_offsets_by((HALF_DEG * 3600 + 10) * u.arcsec, 0 * u.arcsec)
+    # 10" east of the east edge
+    c = SkyCoord(30 * u.deg, -5 * u.deg).spherical_offsets_by(
+        (HALF_DEG * 3600 + 10) * u.arcsec, 0 * u.arcsec
+    )
     t = pd.DataFrame({"ra": [c.ra.deg], "dec": [c.dec.deg]})
     assert exclude_fields(t, poly, margin_arcsec=5)[0]
     assert not exclude_fields(t, poly, margin_arcsec=15)[0]
@@ -295,7 +301,9 @@ def test_assign_splits_end_to_end():
         "field_id": ["8162-6-80"] * 200 + ["1035-6-17"] * 600,
         "label": rng.choice(["star", "galaxy"], 800),
     }, index=np.arange(800) + 1000)
-    split = assign_splits(table, ["008162-6-0080"], [poly], margin_arcsec=20, cell_arcmin=2.0, random_state=0)
+    split = assign_splits(
+        table, ["008162-6-0080"], [poly], margin_arcsec=20, cell_arcmin=2.0, random_state=0
+    )
     assert split.index.equals(table.index) and split.name == "split"
     assert (split.iloc[:200] == "test").all()
     assert {"train", "valid", "excluded"} <= set(split.iloc[200:])
@@ -315,7 +323,8 @@ def _report_table():
         "split": ["test", "train", "train", "train", "valid", "valid", "excluded"],
         "label": ["star", "galaxy", "star", "galaxy", "star", None, "star"],
         "psfmag_r": [18.0, 17.0, 19.0, 21.0, 20.0, 22.0, np.nan],
-        "field_id": ["8162-6-80", "1035-6-17", "1043-5-25", "1035-6-17", "1992-1-87", "1992-1-87", "1035-6-17"],
+        "field_id": ["8162-6-80", "1035-6-17", "1043-5-25", "1035-6-17",
+                     "1992-1-87", "1992-1-87", "1035-6-17"],
     })
 
 
@@ -395,7 +404,8 @@ def test_study_train_fields_do_not_overlap_test_field(mirror_dir):
     test = [r_footprint(f) for f in cfg.test_fields]
     for fid in cfg.train_fields:
         fp = r_footprint(fid)
-        assert not any(footprint_overlap(fp, t, margin_arcsec=cfg.exclusion_margin_arcsec) for t in test), fid
+        margin = cfg.exclusion_margin_arcsec
+        assert not any(footprint_overlap(fp, t, margin_arcsec=margin) for t in test), fid
     # sanity: a footprint is about 13.5' x 9.8' and contains its own centre
     fp = test[0]
     centre = fp.mean(axis=0)

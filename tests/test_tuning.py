@@ -14,7 +14,10 @@ from sklearn.preprocessing import StandardScaler
 
 from stargal.tuning import THREAD_ENV_VARS, cv_results_frame, grid_search, parallel_backend_for
 
-GRID = {"logisticregression__C": [0.01, 0.1, 1.0], "logisticregression__fit_intercept": [True, False]}
+GRID = {
+    "logisticregression__C": [0.01, 0.1, 1.0],
+    "logisticregression__fit_intercept": [True, False],
+}
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +92,8 @@ def _assert_same_search(a, b):
     for key in ("mean_test_score", "std_test_score", "rank_test_score"):
         np.testing.assert_allclose(a.cv_results_[key], b.cv_results_[key], rtol=1e-12, atol=0)
     for k in range(a.n_splits_):
-        np.testing.assert_allclose(a.cv_results_[f"split{k}_test_score"], b.cv_results_[f"split{k}_test_score"])
+        key = f"split{k}_test_score"
+        np.testing.assert_allclose(a.cv_results_[key], b.cv_results_[key], rtol=1e-12, atol=0)
 
 
 def test_loky_matches_sequential(reference, data):
@@ -129,7 +133,8 @@ def test_dask_client_object_and_thread_caps(data, cluster):
         # default cap: the host's cores shared by the cluster's 2 worker threads
         with parallel_backend_for(scheduler=client) as info:
             assert set(info["inner_max_num_threads"].values()) == {max(1, os.cpu_count() // 2)}
-        s = grid_search(pipeline(), {"logisticregression__C": [1.0]}, X, y, groups, cv=3, scheduler=client)
+        grid = {"logisticregression__C": [1.0]}
+        s = grid_search(pipeline(), grid, X, y, groups, cv=3, scheduler=client)
         assert s.timing_["backend"] == "dask"
 
 
@@ -156,7 +161,13 @@ def test_torch_threads_capped_in_workers(cluster):
 def test_loky_inner_threads_env():
     with parallel_backend_for(n_jobs=2, inner_max_num_threads=1) as info:
         out = Parallel()(delayed(_thread_state)() for _ in range(4))
-    assert info == {"backend": "loky", "n_jobs": 2, "inner_max_num_threads": 1, "scheduler": None, "client": None}
+    assert info == {
+        "backend": "loky",
+        "n_jobs": 2,
+        "inner_max_num_threads": 1,
+        "scheduler": None,
+        "client": None,
+    }
     assert {env for env, _ in out} == {"1"}
     assert os.getpid() not in {pid for _, pid in out}
 
@@ -174,7 +185,9 @@ def test_cv_results_frame(reference):
     df = cv_results_frame(reference)
     assert len(df) == 6
     assert list(df.columns[:2]) == ["logisticregression__C", "logisticregression__fit_intercept"]
-    assert {"mean_test_score", "std_test_score", "rank_test_score", "split0_test_score", "mean_fit_time"} <= set(df)
+    expected = {"mean_test_score", "std_test_score", "rank_test_score", "split0_test_score",
+                "mean_fit_time"}
+    assert expected <= set(df)
     assert df["rank_test_score"].is_monotonic_increasing
     best = df.iloc[0]
     assert {k: best[k] for k in GRID} == reference.best_params_

@@ -1,0 +1,386 @@
+"""Tests for stargal.nets and stargal.models (tiny synthetic cutouts, CPU)."""
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import sklearn
+import torch
+from imblearn.over_sampling import RandomOverSampler
+from imblearn.pipeline import Pipeline
+from scipy.ndimage import gaussian_filter
+from sklearn.base import BaseEstimator, clone
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.model_selection import GridSearchCV, GroupKFold
+from sklearn.preprocessing import FunctionTransformer
+from skorch.callbacks import Callback
+
+from stargal.models import (
+    Flatten,
+    LeakyValidationWarning,
+    SkyPipeline,
+    SkyValidSplit,
+    StarGalaxyNet,
+    make_cnn_net,
+    make_cnn_pipeline,
+    make_forest_pipeline,
+    make_majority_pipeline,
+)
+from stargal.nets import StarGalaxyCNN
+
+torch.set_num_threads(1)
+
+BAND_SCALE = np.array([0.4, 1.0, 1.4, 1.7, 1.9])  # u g r i z relative flux
+
+
+def synthetic_cutouts(n, size=15, galaxy_fraction=0.35, seed=0):
+    """Point sources (Gaussian PSF) vs extended exponential discs (PSF-convolved) + noise.
+
+    Returns X (n, 5, size, size) float32 nanomaggies, y (1 = galaxy) and sky groups
+    (blocks of 10 consecutive objects).
+    """
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < galaxy_fraction).astype(np.int64)
+    half = (size - 1) / 2
+    yy, xx = np.mgrid[0:size, 0:size] - half
+    X = np.empty((n, 5, size, size), dtype=np.float64)
+    for i in range(n):
+        dx, dy = rng.uniform(-0.3, 0.3, 2)
+        r2 = (xx - dx) ** 2 + (yy - dy) ** 2
+        psf = 1.1
+        if y[i]:
+            q, phi = rng.uniform(0.4, 1.0), rng.uniform(0, np.pi)
+            c, s = np.cos(phi), np.sin(phi)
+            u, v = c * (xx - dx) + s * (yy - dy), (-s * (xx - dx) + c * (yy - dy)) / q
+            img = np.exp(-np.hypot(u, v) / rng.uniform(1.3, 2.5))
+            img = gaussian_filter(img, psf)
+        else:
+            img = np.exp(-r2 / (2 * psf ** 2))
+        img /= img.sum()
+        flux = 10 ** rng.uniform(1.3, 2.3)
+        X[i] = flux * BAND_SCALE[:, None, None] * img[None]
+    X += rng.normal(0, 0.15, X.shape)
+    groups = np.arange(n) // 10
+    return X.astype(np.float32), y, groups
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_cutouts(300, seed=1)
+
+
+def tiny(**kw):
+    params = dict(width=8, max_epochs=4, batch_size=32, lr=3e-3, device="cpu")
+    params.update(kw)
+    return params
+
+
+class FlipAugmenter(BaseEstimator):
+    """Stand-in for the cutout augmenter: appends mirrored copies of random rows in fit.
+
+    Like imbalanced-learn samplers it records ``sample_indices_`` (source row of every
+    output row).
+    """
+
+    def __init__(self, fraction=0.5, random_state=0):
+        self.fraction = fraction
+        self.random_state = random_state
+
+    def fit_resample(self, X, y):
+        rng = np.random.default_rng(self.random_state)
+        extra = rng.choice(len(X), int(self.fraction * len(X)))
+        self.sample_indices_ = np.concatenate([np.arange(len(X)), extra])
+        return (np.concatenate([X, X[extra, :, :, ::-1]]), np.concatenate([y, y[extra]]))
+
+
+class RecordSplit(Callback):
+    """Observer: records the internal train/valid indices skorch actually used."""
+
+    seen = []
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        pass
+
+    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        RecordSplit.seen.append((np.asarray(dataset_train.indices),
+                                 np.asarray(dataset_valid.indices)))
+
+
+# --------------------------------------------------------------------------- nets
+@pytest.mark.parametrize("size", [7, 9, 15, 21])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_cnn_any_odd_size(size, depth):
+    net = StarGalaxyCNN(width=4, depth=depth).eval()
+    out = net(torch.randn(3, 5, size, size))
+    assert out.shape == (3, 2)
+    assert torch.isfinite(out).all()
+
+
+def test_cnn_architecture_is_attribution_friendly():
+    net = StarGalaxyCNN(width=4, depth=3)
+    relus = [m for m in net.modules() if isinstance(m, torch.nn.ReLU)]
+    assert len(relus) == 3 and len({id(m) for m in relus}) == 3
+    assert not any(m.inplace for m in relus)
+    pools = [m for m in net.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(pools) == 2
+    assert net.classifier.in_features == 16 and net.feature_map_size(15) == 4
+
+
+@pytest.mark.parametrize("kw", [dict(width=0), dict(depth=0), dict(dropout=1.0),
+                                dict(input_size=14), dict(input_size=5), dict(n_classes=1)])
+def test_cnn_bad_params(kw):
+    with pytest.raises(ValueError):
+        StarGalaxyCNN(**kw)
+
+
+def test_cnn_bad_input_shape():
+    with pytest.raises(ValueError, match="expected cutouts"):
+        StarGalaxyCNN()(torch.zeros(2, 4, 15, 15))
+
+
+# --------------------------------------------------------------------------- training
+def test_cnn_learns_synthetic_problem(data):
+    X, y, groups = data
+    pipe = make_cnn_pipeline(**tiny(max_epochs=5))
+    pipe.fit(X, y, net__groups=groups)
+    Xt, yt, _ = synthetic_cutouts(300, seed=2)
+    proba = pipe.predict_proba(Xt)
+    assert proba.shape == (300, 2) and proba.dtype == np.float64
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    assert balanced_accuracy_score(yt, pipe.predict(Xt)) > 0.9
+    hist = pipe.named_steps["net"].history
+    for key in ("valid_loss", "valid_bacc", "valid_auc"):
+        assert np.isfinite(hist[-1, key])
+
+
+def test_class_weights_balanced_and_in_criterion(data):
+    X, y, groups = data
+    net = make_cnn_net(**tiny(max_epochs=1)).fit(X, y, groups=groups)
+    counts = np.bincount(y)
+    expected = len(y) / (2 * counts)
+    np.testing.assert_allclose(net.class_weight_, expected)
+    assert net.class_weight_[1] > net.class_weight_[0]  # galaxies are the minority here
+    np.testing.assert_allclose(net.criterion_.weight.numpy(), expected, rtol=1e-6)
+
+    none = make_cnn_net(**tiny(max_epochs=1), class_weight=None).fit(X, y, groups=groups)
+    assert none.class_weight_ is None and none.criterion_.weight is None
+    fixed = make_cnn_net(**tiny(max_epochs=1), class_weight={0: 1.0, 1: 3.0})
+    fixed.fit(X, y, groups=groups)
+    np.testing.assert_allclose(fixed.criterion_.weight.numpy(), [1.0, 3.0])
+
+
+def test_class_weight_survives_clone_and_grid(data):
+    X, y, groups = data
+    net = make_cnn_net(**tiny(max_epochs=1))
+    cloned = clone(net)
+    assert cloned.class_weight == "balanced" and not hasattr(cloned, "class_weight_")
+    cloned.fit(X[:100], y[:100], groups=groups[:100])
+    np.testing.assert_allclose(cloned.class_weight_, 100 / (2 * np.bincount(y[:100])))
+
+
+def test_seeded_training_is_reproducible_and_leaves_global_rng(data):
+    X, y, groups = data
+    state = torch.get_rng_state()
+    net1 = make_cnn_net(**tiny(max_epochs=2)).fit(X, y, groups=groups)
+    net2 = make_cnn_net(**tiny(max_epochs=2)).fit(X, y, groups=groups)
+    assert torch.equal(state, torch.get_rng_state())  # fit does not touch the global RNG
+    p1, p2 = net1.predict_proba(X[:20]), net2.predict_proba(X[:20])
+    np.testing.assert_array_equal(p1, p2)
+    p3 = make_cnn_net(**tiny(max_epochs=2), random_state=7).fit(
+        X, y, groups=groups).predict_proba(X[:20])
+    assert not np.array_equal(p1, p3)
+
+
+def test_early_stopping_configured():
+    net = make_cnn_net(patience=3).initialize()
+    cbs = dict(net.callbacks_)
+    assert cbs["early_stopping"].patience == 3 and cbs["early_stopping"].load_best
+    assert cbs["early_stopping"].monitor == "valid_loss"
+    assert "valid_auc" in cbs and "valid_bacc" in cbs
+    no_valid = make_cnn_net(valid_fraction=None).initialize()
+    assert "early_stopping" not in dict(no_valid.callbacks_)
+
+
+def test_input_validation(data):
+    X, y, groups = data
+    net = make_cnn_net(**tiny(max_epochs=1))
+    with pytest.raises(ValueError, match="two classes"):
+        net.fit(X[:20], np.zeros(20, dtype=int), groups=groups[:20])
+    with pytest.raises(ValueError, match="labels in 0..1"):
+        net.fit(X[:20], np.arange(20) % 3, groups=groups[:20])
+    with pytest.raises(ValueError, match=r"\(n, C, H, W\)"):
+        net.fit(X[:20, 0], y[:20], groups=groups[:20])
+    with pytest.raises(ValueError, match="class_weight"):
+        make_cnn_net(class_weight="auto").fit(X[:20], y[:20])
+
+
+def test_float64_and_list_inputs_are_cast(data):
+    X, y, groups = data
+    net = make_cnn_net(**tiny(max_epochs=1)).fit(X.astype(np.float64), y.astype(float),
+                                                 groups=groups)
+    assert net.predict_proba(X[:5].astype(np.float64)).shape == (5, 2)
+    assert net.predict(X[:5]).dtype.kind == "i"
+
+
+# --------------------------------------------------------------------------- sky split
+def test_sky_valid_split_disjoint_groups_and_fraction():
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 40, 1000)
+    y = (rng.random(1000) < 0.3).astype(int)
+    split = SkyValidSplit(fraction=0.2, random_state=3)
+    train, valid = next(split.split(np.zeros(1000), y, groups))
+    assert set(groups[train]).isdisjoint(groups[valid])
+    assert len(train) + len(valid) == 1000 and len(np.intersect1d(train, valid)) == 0
+    assert 0.15 < len(valid) / 1000 < 0.25
+    assert set(y[valid]) == {0, 1} and abs(y[valid].mean() - y.mean()) < 0.1
+    again = next(SkyValidSplit(fraction=0.2, random_state=3).split(np.zeros(1000), y, groups))
+    np.testing.assert_array_equal(valid, again[1])
+
+
+def test_sky_valid_split_errors_and_fallback():
+    y = np.arange(50) % 2
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        next(SkyValidSplit().split(np.zeros(50), y, np.zeros(50)))
+    with pytest.raises(ValueError, match="groups has 10 entries"):
+        next(SkyValidSplit().split(np.zeros(50), y, np.arange(10)))
+    with pytest.raises(ValueError, match="fraction"):
+        next(SkyValidSplit(fraction=1.5).split(np.zeros(50), y, np.arange(50)))
+    with pytest.warns(LeakyValidationWarning):
+        train, valid = next(SkyValidSplit().split(np.zeros(50), y))
+    assert len(valid) == 10
+
+
+def test_net_internal_split_is_leak_free(data):
+    X, y, groups = data
+    RecordSplit.seen.clear()
+    pipe = make_cnn_pipeline(**tiny(max_epochs=1), callbacks=[("rec", RecordSplit())])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LeakyValidationWarning)
+        pipe.fit(X, y, net__groups=groups)
+    (train, valid), = RecordSplit.seen
+    assert len(train) + len(valid) == len(y) and len(valid) > 0
+    assert set(groups[train]).isdisjoint(groups[valid])
+
+
+def test_augmented_rows_stay_in_their_group(data):
+    """A sampler adding rows must not put copies of validation objects in training."""
+    X, y, groups = data
+    RecordSplit.seen.clear()
+    pipe = make_cnn_pipeline(augmenter=FlipAugmenter(), **tiny(max_epochs=1),
+                             callbacks=[("rec", RecordSplit())])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LeakyValidationWarning)
+        pipe.fit(X, y, net__groups=groups)
+    source = pipe.named_steps["augment"].sample_indices_  # source row of every resampled row
+    assert len(source) > len(y)
+    (train, valid), = RecordSplit.seen
+    assert len(train) + len(valid) == len(source)
+    assert set(groups[source[train]]).isdisjoint(groups[source[valid]])
+
+
+def test_sampler_without_indices_refuses_groups(data):
+    X, y, groups = data
+    from imblearn import FunctionSampler
+
+    def duplicate(X, y):
+        return np.concatenate([X, X[:5]]), np.concatenate([y, y[:5]])
+
+    pipe = make_cnn_pipeline(augmenter=FunctionSampler(func=duplicate, validate=False),
+                             **tiny(max_epochs=1))
+    with pytest.raises(ValueError, match="sample_indices_"):
+        pipe.fit(X, y, net__groups=groups)
+
+
+def test_no_groups_warns(data):
+    X, y, _ = data
+    with pytest.warns(LeakyValidationWarning):
+        make_cnn_net(**tiny(max_epochs=1)).fit(X[:100], y[:100])
+
+
+# --------------------------------------------------------------------------- sklearn API
+def test_clone_and_pickle(data):
+    X, y, groups = data
+    pipe = make_cnn_pipeline(**tiny(max_epochs=1), scaler=FunctionTransformer(np.arcsinh))
+    cloned = clone(pipe)
+    assert cloned.get_params()["net__module__width"] == 8
+    assert cloned.get_params()["net__class_weight"] == "balanced"
+    assert isinstance(cloned, SkyPipeline) and isinstance(cloned, Pipeline)
+    pipe.fit(X, y, net__groups=groups)
+    restored = pickle.loads(pickle.dumps(pipe))
+    np.testing.assert_array_equal(restored.predict_proba(X[:30]), pipe.predict_proba(X[:30]))
+
+
+def test_grid_search_group_kfold(data):
+    X, y, groups = data
+    pipe = make_cnn_pipeline(**tiny(max_epochs=1))
+    grid = {"net__module__width": [4, 8], "net__lr": [1e-3, 3e-3]}
+    search = GridSearchCV(pipe, grid, cv=GroupKFold(n_splits=2), scoring="balanced_accuracy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LeakyValidationWarning)
+        search.fit(X, y, groups=groups, net__groups=groups)
+    assert len(search.cv_results_["params"]) == 4
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+    assert search.best_params_["net__module__width"] in (4, 8)
+    assert search.best_estimator_.named_steps["net"].module_.width == \
+        search.best_params_["net__module__width"]
+
+
+def test_grid_search_with_metadata_routing(data):
+    X, y, groups = data
+    RecordSplit.seen.clear()
+    pipe = make_cnn_pipeline(**tiny(max_epochs=1), callbacks=[("rec", RecordSplit())])
+    cv = GroupKFold(n_splits=2)
+    with sklearn.config_context(enable_metadata_routing=True):
+        search = GridSearchCV(pipe, {"net__lr": [1e-3]}, cv=cv, scoring="balanced_accuracy")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", LeakyValidationWarning)
+            search.fit(X, y, groups=groups)
+    assert len(RecordSplit.seen) == 3  # 2 folds + refit, each got groups
+    for (train_idx, test_idx), (tr, va) in zip(cv.split(X, y, groups), RecordSplit.seen):
+        fold_groups = groups[train_idx]
+        assert set(fold_groups[tr]).isdisjoint(fold_groups[va])
+
+
+# --------------------------------------------------------------------------- baselines
+def test_forest_pipeline(data):
+    X, y, _ = data
+    pipe = make_forest_pipeline(n_estimators=50)
+    assert [n for n, _ in pipe.steps] == ["features", "forest"]
+    assert pipe.named_steps["forest"].class_weight == "balanced"
+    pipe.fit(X, y)
+    Xt, yt, _ = synthetic_cutouts(200, seed=5)
+    assert balanced_accuracy_score(yt, pipe.predict(Xt)) > 0.8
+    assert pipe.predict_proba(Xt).shape == (200, 2)
+    assert clone(pipe).get_params()["forest__n_estimators"] == 50
+
+
+def test_majority_pipeline(data):
+    X, y, _ = data
+    pipe = make_majority_pipeline().fit(X, y)
+    assert set(pipe.predict(X)) == {np.bincount(y).argmax()}
+    with pytest.raises(ValueError):
+        Flatten().fit(X).transform(X[:, :2])
+
+
+def test_front_steps(data):
+    X, y, _ = data
+    front = [("align", FunctionTransformer()), ("cut", FunctionTransformer())]
+    pipe = make_forest_pipeline(front=front, n_estimators=5)
+    assert [n for n, _ in pipe.steps] == ["align", "cut", "features", "forest"]
+    pipe.fit(X, y)
+    cnn = make_cnn_pipeline(front=front, augmenter=RandomOverSampler(),
+                            scaler=FunctionTransformer())
+    assert [n for n, _ in cnn.steps] == ["align", "cut", "augment", "scale", "net"]
+    with pytest.raises(ValueError, match="reserved"):
+        make_cnn_pipeline(front=[("net", FunctionTransformer())])
+    with pytest.raises(ValueError, match="tuples"):
+        make_forest_pipeline(front=[FunctionTransformer()])
+
+
+def test_net_params_route_through_pipeline():
+    pipe = make_cnn_pipeline(width=8)
+    pipe.set_params(net__module__width=16, net__lr=0.01, net__patience=2)
+    net = pipe.named_steps["net"]
+    assert (net.module__width, net.lr, net.patience) == (16, 0.01, 2)
+    assert isinstance(net, StarGalaxyNet)
