@@ -521,15 +521,39 @@ class CutoutAugmenter(BaseEstimator):
 
         X = X.copy()
         self.sampler_ = None
+        origin = np.arange(n)  # original row behind each row of X
         if not isinstance(self.balance, (bool, np.bool_)):
+            X_orig = X
             X, y = self._apply_sampler(X, y, streams["sampler"])
+            origin = self._sampler_origin(X_orig, X, n)
             n = X.shape[0]
 
         src = np.tile(np.arange(n), self.n_copies)
         if self.balance is True:
             src = np.concatenate([src, self._balance_sources(y, streams["balance"])])
         copies = self._augment(X[src], streams)
+        # imblearn convention: the input row behind every output row (used to carry
+        # sky-region groups onto augmented rows, so validation splits cannot leak).
+        self.sample_indices_ = np.concatenate([origin, origin[src]])
         return np.concatenate([X, copies]), np.concatenate([y, y[src]])
+
+    def _sampler_origin(self, X_orig, X_new, n):
+        """Input row behind each row a balance sampler returned.
+
+        Uses the sampler's ``sample_indices_`` when it has one (random over-sampling);
+        rows a sampler synthesised (SMOTE) are attributed to their nearest input row.
+        """
+        indices = getattr(self.sampler_, "sample_indices_", None)
+        if indices is not None and len(indices) == len(X_new):
+            return np.asarray(indices, dtype=np.intp)
+        from sklearn.neighbors import NearestNeighbors
+
+        origin = np.empty(len(X_new), dtype=np.intp)
+        origin[:n] = np.arange(n)  # imblearn samplers return the input rows first
+        if len(X_new) > n:
+            nn = NearestNeighbors(n_neighbors=1).fit(X_orig.reshape(n, -1))
+            origin[n:] = nn.kneighbors(X_new[n:].reshape(len(X_new) - n, -1), return_distance=False)[:, 0]
+        return origin
 
     def _streams(self):
         rs = check_random_state(self.random_state)

@@ -53,6 +53,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from .fetch import get_fetcher
@@ -84,11 +85,21 @@ def _keys_cubic(t: np.ndarray, a: float = -0.5) -> np.ndarray:
     return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
 
 
+def _taps(d: np.ndarray, interpolation: str) -> np.ndarray:
+    """Normalised kernel taps ``(n, 2k + 1)``: weight of pixel ``base + i`` (``i = -k..k``)."""
+    k = INTERPOLATIONS[interpolation]
+    t = np.arange(-k, k + 1, dtype=np.float64)[None, :] - d[:, None]
+    w = _lanczos3(t) if interpolation == "lanczos3" else _keys_cubic(t)
+    w /= w.sum(axis=1, keepdims=True)
+    return w.astype(np.float32)
+
+
 def kernel_weights(d, size: int, interpolation: str = "lanczos3") -> np.ndarray:
     """1-D resampling weights ``(n, size, size + 2k)`` for fractional offsets ``d``.
 
     Row ``j`` maps a stamp of ``size + 2k`` pixels (centred on the base pixel) to output pixel
-    ``j``, which samples position ``base + d + j - (size - 1) / 2``. Rows sum to 1.
+    ``j``, which samples position ``base + d + j - (size - 1) / 2``; the weight of stamp pixel
+    ``m`` is ``K(m - j - k - d)``. The matrix is banded (``2k + 1`` taps) and rows sum to 1.
 
     Parameters
     ----------
@@ -106,26 +117,43 @@ def kernel_weights(d, size: int, interpolation: str = "lanczos3") -> np.ndarray:
     >>> bool(np.allclose(w[0, 2], np.eye(11)[5]))   # d = 0: the centre pixel itself
     True
     """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {interpolation!r}")
     k = INTERPOLATIONS[interpolation]
     d = np.asarray(d, dtype=np.float64).reshape(-1)
+    taps = np.ones((d.size, 1), np.float32) if k == 0 else _taps(d, interpolation)
+    out = np.zeros((d.size, size, size + 2 * k), dtype=np.float32)
     j = np.arange(size)[:, None]
-    m = np.arange(size + 2 * k)[None, :]
-    if interpolation == "nearest":
-        w = np.broadcast_to((m == j).astype(np.float64), (d.size, size, size))
-        return np.ascontiguousarray(w, dtype=np.float32)
-    t = (m - j - k)[None, :, :] - d[:, None, None]
-    w = _lanczos3(t) if interpolation == "lanczos3" else _keys_cubic(t)
-    w /= w.sum(axis=-1, keepdims=True)
-    return w.astype(np.float32)
+    t = np.arange(2 * k + 1)[None, :]
+    out[:, j, j + t] = taps[:, None, :]
+    return out
+
+
+def _gather(image: np.ndarray, ix: np.ndarray, iy: np.ndarray, half: int) -> np.ndarray:
+    """Stamps ``(n, 2 half + 1, 2 half + 1)`` centred on integer pixels; edge indices clipped."""
+    ny, nx = image.shape
+    w = 2 * half + 1
+    out = np.empty((ix.size, w, w), dtype=np.float32)
+    inner = (ix >= half) & (ix < nx - half) & (iy >= half) & (iy < ny - half)
+    if ny >= w and nx >= w and inner.any():
+        windows = sliding_window_view(image, (w, w))  # a view: no copy of the frame
+        out[inner] = windows[iy[inner] - half, ix[inner] - half]
+    if not inner.all():
+        offs = np.arange(-half, half + 1)
+        rows = np.clip(iy[~inner, None] + offs, 0, ny - 1)
+        cols = np.clip(ix[~inner, None] + offs, 0, nx - 1)
+        out[~inner] = image[rows[:, :, None], cols[:, None, :]]
+    return out
 
 
 def resample_stamps(image: np.ndarray, x, y, size: int, interpolation: str = "lanczos3",
                     fill_value: float = np.nan) -> np.ndarray:
     """Cutouts ``(n, size, size)`` of one image, each centred on its 0-based ``(x, y)``.
 
-    Vectorised: stamps for all positions are gathered at once (indices clipped at the
-    frame edges) and resampled with two batched matrix products. Output pixels whose sample
-    position lies outside the image, and rows with non-finite positions, get ``fill_value``.
+    Vectorised: stamps for all positions are gathered at once (through a strided window
+    view of the frame; indices clipped at the frame edges) and resampled with two batched
+    matrix products ``Ky @ stamp @ Kx^T``. Output pixels whose sample position lies outside
+    the image, and rows with non-finite positions, get ``fill_value``.
 
     Parameters
     ----------
@@ -144,6 +172,10 @@ def resample_stamps(image: np.ndarray, x, y, size: int, interpolation: str = "la
         ``out[i, j, l]`` is the image at ``(x[i] + l - c, y[i] + j - c)``, ``c = (size - 1) / 2``
         (for ``'nearest'``: at the integer pixel ``(floor(x[i] + 0.5) + l - c, ...)``).
     """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {interpolation!r}")
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"size must be a positive odd integer, got {size!r}")
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     y = np.asarray(y, dtype=np.float64).reshape(-1)
     n = x.size
@@ -151,9 +183,7 @@ def resample_stamps(image: np.ndarray, x, y, size: int, interpolation: str = "la
     ny, nx = image.shape
     k = INTERPOLATIONS[interpolation]
     h = (size - 1) // 2
-    good = np.isfinite(x) & np.isfinite(y)
-    flat = image.reshape(-1)  # a view for contiguous images and memory maps
-    offs = np.arange(-(h + k), h + k + 1)
+    good = np.isfinite(x) & np.isfinite(y) & (np.abs(x) < 1e9) & (np.abs(y) < 1e9)
     jpos = np.arange(-h, h + 1, dtype=np.float64)
     for start in range(0, n, _CHUNK):
         sl = np.flatnonzero(good[start:start + _CHUNK]) + start
@@ -161,24 +191,21 @@ def resample_stamps(image: np.ndarray, x, y, size: int, interpolation: str = "la
             continue
         xs, ys = x[sl], y[sl]
         ix, iy = np.floor(xs + 0.5).astype(np.int64), np.floor(ys + 0.5).astype(np.int64)
-        dx, dy = xs - ix, ys - iy
-        cols = np.clip(ix[:, None] + offs, 0, nx - 1)
-        rows = np.clip(iy[:, None] + offs, 0, ny - 1)
-        stamps = flat[rows[:, :, None] * nx + cols[:, None, :]].astype(np.float32, copy=False)
-        if interpolation == "nearest":
+        stamps = _gather(image, ix, iy, h + k)
+        if k == 0:
             res = stamps
-            sx, sy = ix[:, None] + jpos, iy[:, None] + jpos
+            cx, cy = ix.astype(np.float64), iy.astype(np.float64)
         else:
-            kx = kernel_weights(dx, size, interpolation)
-            ky = kernel_weights(dy, size, interpolation)
+            kx = kernel_weights(xs - ix, size, interpolation)
+            ky = kernel_weights(ys - iy, size, interpolation)
             res = np.matmul(np.matmul(ky, stamps), kx.transpose(0, 2, 1))
-            sx, sy = xs[:, None] + jpos, ys[:, None] + jpos
+            cx, cy = xs, ys
         # sample positions outside the frame -> fill_value (edge rows should not get here)
-        okx = (sx >= -0.5) & (sx < nx - 0.5)
-        oky = (sy >= -0.5) & (sy < ny - 0.5)
-        inside = oky[:, :, None] & okx[:, None, :]
-        if not inside.all():
-            res = np.where(inside, res, np.float32(fill_value))
+        edge = (cx - h < -0.5) | (cx + h >= nx - 0.5) | (cy - h < -0.5) | (cy + h >= ny - 0.5)
+        if edge.any():
+            sx, sy = cx[edge, None] + jpos, cy[edge, None] + jpos
+            inside = ((sy >= -0.5) & (sy < ny - 0.5))[:, :, None] & ((sx >= -0.5) & (sx < nx - 0.5))[:, None, :]
+            res[edge] = np.where(inside, res[edge], np.float32(fill_value))
         out[sl] = res
     return out
 

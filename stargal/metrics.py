@@ -121,8 +121,8 @@ def metrics_table(metrics):
     Examples
     --------
     >>> t = metrics_table({"cnn": classification_metrics([0, 1], [0, 1])})
-    >>> t.loc["cnn", ["accuracy", "tp", "tn"]].tolist()
-    [1.0, 1, 1]
+    >>> float(t.loc["cnn", "accuracy"]), int(t.loc["cnn", "tp"]), int(t.loc["cnn", "tn"])
+    (1.0, 1, 1)
     """
     if not isinstance(metrics, dict):
         raise TypeError(f"metrics must be a dict name -> metrics, got {type(metrics).__name__}")

@@ -357,7 +357,12 @@ def save_model(model, path, metadata=None):
         "nets": nets,
     }
     buffer = io.BytesIO()
-    sio.dump(payload, buffer, compression=zipfile.ZIP_DEFLATED)
+    try:
+        sio.dump(payload, buffer, compression=zipfile.ZIP_DEFLATED)
+    except Exception as exc:  # skops raises various types for unsupported objects
+        raise TypeError(f"cannot save the model: skops could not serialise it ({exc!r}); torch "
+                        f"objects are supported only as skorch nets (the model itself or "
+                        f"pipeline steps)") from exc
     data = buffer.getvalue()
     leaked = [t for t in sio.get_untrusted_types(data=data) if t.startswith(("torch.", "skorch."))]
     if leaked:

@@ -441,3 +441,19 @@ def test_bad_params_raise_at_fit(params, match):
     aug = CutoutAugmenter(**params)  # __init__ only stores
     with pytest.raises(ValueError, match=match):
         aug.fit_resample(sky(4), labels(4, 2))
+
+
+@pytest.mark.parametrize("balance", [False, True, "smote"])
+def test_sample_indices_point_to_source_rows(balance):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(30, 5, 9, 9)).astype(np.float32)
+    y = np.r_[np.zeros(22, int), np.ones(8, int)]
+    aug = CutoutAugmenter(n_copies=2, balance=balance, noise=0.0, shift=0.0, dihedral=False,
+                          random_state=0)
+    Xr, yr = aug.fit_resample(X, y)
+    idx = aug.sample_indices_
+    assert idx.shape == (len(Xr),) and idx.min() >= 0 and idx.max() < len(X)
+    np.testing.assert_array_equal(yr, y[idx])  # every row keeps its source's label
+    if balance != "smote":
+        # with no perturbation switched on, copies equal their source row exactly
+        np.testing.assert_array_equal(Xr, X[idx])
