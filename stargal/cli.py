@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics of a model on labelled objects")
     p.add_argument("catalog", nargs="+",
                    help="fields (RUN-CAMCOL-FIELD: their calibObj labels) or a CSV with ra, dec, label")
-    p.add_argument("--model", required=True, help="model file from `stargal train`")
+    p.add_argument("--model", required=True, action="append",
+                   help="model file from `stargal train` (repeat to compare models side by side)")
     p.add_argument("--by-magnitude", action="store_true", help="also print metrics per r-magnitude bin")
     _add_source(p)
     return parser

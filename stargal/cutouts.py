@@ -119,14 +119,18 @@ def kernel_weights(d, size: int, interpolation: str = "lanczos3") -> np.ndarray:
     """
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {interpolation!r}")
+    return np.ascontiguousarray(_banded(np.asarray(d, dtype=np.float64).reshape(-1), size, interpolation))
+
+
+def _banded(d: np.ndarray, size: int, interpolation: str) -> np.ndarray:
+    """:func:`kernel_weights` as a read-only strided view (no copy)."""
     k = INTERPOLATIONS[interpolation]
-    d = np.asarray(d, dtype=np.float64).reshape(-1)
     taps = np.ones((d.size, 1), np.float32) if k == 0 else _taps(d, interpolation)
-    out = np.zeros((d.size, size, size + 2 * k), dtype=np.float32)
-    j = np.arange(size)[:, None]
-    t = np.arange(2 * k + 1)[None, :]
-    out[:, j, j + t] = taps[:, None, :]
-    return out
+    # Row j holds the taps at columns j .. j + 2k: windows of a zero-padded tap vector, read
+    # backwards (a strided view; no per-element scatter).
+    padded = np.zeros((d.size, 2 * (size - 1) + 2 * k + 1), dtype=np.float32)
+    padded[:, size - 1:size + 2 * k] = taps
+    return sliding_window_view(padded, size + 2 * k, axis=1)[:, ::-1]
 
 
 def _gather(image: np.ndarray, ix: np.ndarray, iy: np.ndarray, half: int) -> np.ndarray:
@@ -186,19 +190,23 @@ def resample_stamps(image: np.ndarray, x, y, size: int, interpolation: str = "la
     good = np.isfinite(x) & np.isfinite(y) & (np.abs(x) < 1e9) & (np.abs(y) < 1e9)
     jpos = np.arange(-h, h + 1, dtype=np.float64)
     for start in range(0, n, _CHUNK):
-        sl = np.flatnonzero(good[start:start + _CHUNK]) + start
+        stop = min(start + _CHUNK, n)
+        sl = np.flatnonzero(good[start:stop]) + start
         if sl.size == 0:
             continue
         xs, ys = x[sl], y[sl]
         ix, iy = np.floor(xs + 0.5).astype(np.int64), np.floor(ys + 0.5).astype(np.int64)
         stamps = _gather(image, ix, iy, h + k)
+        in_place = False
         if k == 0:
             res = stamps
             cx, cy = ix.astype(np.float64), iy.astype(np.float64)
         else:
-            kx = kernel_weights(xs - ix, size, interpolation)
-            ky = kernel_weights(ys - iy, size, interpolation)
-            res = np.matmul(np.matmul(ky, stamps), kx.transpose(0, 2, 1))
+            kx = _banded(xs - ix, size, interpolation)
+            ky = _banded(ys - iy, size, interpolation)
+            in_place = sl.size == stop - start  # no bad rows in this chunk: write into `out`
+            res = np.matmul(np.matmul(ky, stamps), kx.transpose(0, 2, 1),
+                            out=out[start:stop] if in_place else None)
             cx, cy = xs, ys
         # sample positions outside the frame -> fill_value (edge rows should not get here)
         edge = (cx - h < -0.5) | (cx + h >= nx - 0.5) | (cy - h < -0.5) | (cy + h >= ny - 0.5)
@@ -206,7 +214,8 @@ def resample_stamps(image: np.ndarray, x, y, size: int, interpolation: str = "la
             sx, sy = cx[edge, None] + jpos, cy[edge, None] + jpos
             inside = ((sy >= -0.5) & (sy < ny - 0.5))[:, :, None] & ((sx >= -0.5) & (sx < nx - 0.5))[:, None, :]
             res[edge] = np.where(inside, res[edge], np.float32(fill_value))
-        out[sl] = res
+        if not in_place:
+            out[sl] = res
     return out
 
 
