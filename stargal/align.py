@@ -71,6 +71,8 @@ FLAGS = ("outside", "edge", "missing_band", "invalid_coord")
 INTERPOLATION_MARGIN = 3.5
 
 _POLICIES = ("raise", "flag")
+# flag of a row by "level": -1 on no band's frame, 0 on an incomplete field, 1 near an edge, 2 fine
+_LEVEL_FLAGS = np.array(["outside", "missing_band", "edge", ""], dtype=object)
 _FIELD_COLS = ("run", "camcol", "field")
 
 
@@ -362,13 +364,14 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         to_locate = ~invalid & ~has_explicit
 
         candidates = self._candidates(fields, explicit, bool(to_locate.any()))
+        # fields to open, one at a time: candidates (if anything must be located), explicit ones
         order = list(dict.fromkeys(list(candidates if to_locate.any() else ()) + [f for f in explicit if f]))
 
         flag = np.full(n, "", dtype=object)
         flag[invalid] = "invalid_coord"
         field_id = np.full(n, "", dtype=object)
         pos = {b: (np.full(n, np.nan), np.full(n, np.nan)) for b in BANDS}
-        best_level = np.full(n, -1, dtype=int)  # 2 complete & clear of edges, 1 complete, 0 incomplete
+        best_level = np.full(n, -1, dtype=int)  # see _LEVEL_FLAGS
         best_d = np.full(n, -np.inf)
         best_field = np.full(n, "", dtype=object)
         missing_by_field: dict[str, tuple] = {}
@@ -420,21 +423,23 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                 field_id[idx] = fid
                 for band, (x, y) in xy.items():
                     pos[band][0][idx], pos[band][1][idx] = x[sel_e], y[sel_e]
-                flag[idx] = np.array(["outside", "missing_band", "edge", ""], dtype=object)[level[sel_e] + 1]
+                flag[idx] = _LEVEL_FLAGS[level[sel_e] + 1]
 
             # located rows: keep the best field so far
             sel_l = np.isin(rows, rows_l)
             if sel_l.any():
                 idx = rows[sel_l]
                 d, lev = dist[sel_l], level[sel_l]
-                better = (lev >= 0) & ((lev > best_level[idx]) | ((lev == best_level[idx]) & (d > best_d[idx])))
+                prev_lev, prev_d = best_level[idx], best_d[idx]
+                better = (lev >= 0) & ((lev > prev_lev) | ((lev == prev_lev) & (d > prev_d)))
                 if better.any():
                     bi = idx[better]
                     best_level[bi], best_d[bi] = lev[better], d[better]
                     best_field[bi] = fid
                     for band in BANDS:
                         if band in xy:
-                            pos[band][0][bi], pos[band][1][bi] = xy[band][0][sel_l][better], xy[band][1][sel_l][better]
+                            x, y = xy[band]
+                            pos[band][0][bi], pos[band][1][bi] = x[sel_l][better], y[sel_l][better]
                         else:
                             pos[band][0][bi], pos[band][1][bi] = np.nan, np.nan
 
@@ -442,8 +447,7 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             idx = located_ix
             found = best_level[idx] >= 0
             field_id[idx[found]] = best_field[idx[found]]
-            lev = best_level[idx]
-            flag[idx] = np.where(lev < 0, "outside", np.where(lev == 0, "missing_band", np.where(lev == 1, "edge", "")))
+            flag[idx] = _LEVEL_FLAGS[best_level[idx] + 1]
 
         if self.policy == "raise":
             self._raise_for_flags(table, ra, dec, flag, field_id, missing_by_field)
@@ -480,7 +484,8 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         if mb.size:
             fields = list(dict.fromkeys(field_id[mb]))
             first = fields[0]
-            others = "; ".join(f"field {f} lacks {', '.join(missing_by_field.get(f, ()))}" for f in fields[1:])
+            others = "; ".join(f"field {f} lacks {', '.join(missing_by_field.get(f, ()))}"
+                               for f in fields[1:])
             raise MissingBandAlignmentError(first, missing_by_field.get(first, ()),
                                             (others + "; " if others else "") + detail)
         raise AlignmentError(detail)

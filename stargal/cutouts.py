@@ -212,7 +212,9 @@ def resample_stamps(image: np.ndarray, x, y, size: int, interpolation: str = "la
         edge = (cx - h < -0.5) | (cx + h >= nx - 0.5) | (cy - h < -0.5) | (cy + h >= ny - 0.5)
         if edge.any():
             sx, sy = cx[edge, None] + jpos, cy[edge, None] + jpos
-            inside = ((sy >= -0.5) & (sy < ny - 0.5))[:, :, None] & ((sx >= -0.5) & (sx < nx - 0.5))[:, None, :]
+            in_y = (sy >= -0.5) & (sy < ny - 0.5)
+            in_x = (sx >= -0.5) & (sx < nx - 0.5)
+            inside = in_y[:, :, None] & in_x[:, None, :]
             res[edge] = np.where(inside, res[edge], np.float32(fill_value))
         if not in_place:
             out[sl] = res
@@ -336,7 +338,8 @@ class Cutter(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             raise ValueError(f"Cutter: interpolation must be one of {list(INTERPOLATIONS)}, "
                              f"got {self.interpolation!r}")
         if isinstance(self.fill_value, bool) or not isinstance(self.fill_value, Real):
-            raise ValueError(f"Cutter: fill_value must be a real number (NaN allowed), got {self.fill_value!r}")
+            raise ValueError(
+                f"Cutter: fill_value must be a real number (NaN allowed), got {self.fill_value!r}")
         for name in ("sas_url", "cache_dir"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str) and not hasattr(value, "__fspath__"):
@@ -420,7 +423,8 @@ class Cutter(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                     frame = field.frame(band)
                     x = table[f"x_{band}"].to_numpy(dtype=np.float64)[idx]
                     y = table[f"y_{band}"].to_numpy(dtype=np.float64)[idx]
-                    out[idx, bi] = resample_stamps(frame.image, x, y, size, self.interpolation, self.fill_value)
+                    out[idx, bi] = resample_stamps(frame.image, x, y, size, self.interpolation,
+                                                   self.fill_value)
             finally:
                 field.release()
         return out

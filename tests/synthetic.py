@@ -197,7 +197,8 @@ def _write_sweep(path: Path, rows: pd.DataFrame) -> None:
         "PSFFLUX": ("5E", np.stack([rows[f"psfflux_{b}"] for b in BANDS], axis=1).astype(np.float32)),
         "MODELFLUX": ("5E", np.stack([rows[f"flux_{b}"] for b in BANDS], axis=1).astype(np.float32)),
     }
-    new = fits.BinTableHDU.from_columns([fits.Column(name=k, format=f, array=a) for k, (f, a) in cols.items()])
+    new = fits.BinTableHDU.from_columns(
+        [fits.Column(name=k, format=f, array=a) for k, (f, a) in cols.items()])
     if path.exists():
         with fits.open(path) as old:
             old_data = old[1].data

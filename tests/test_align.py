@@ -63,7 +63,8 @@ def test_rows_index_and_order_are_preserved(sas):
     out = aligner.transform(table)
     assert list(out.index) == list(table.index)
     assert (out["objid"] == table["objid"]).all()
-    expected_field = objs["objid"].str.slice(0, 13).map({"001000-1-0010": "1000-1-10", "001000-1-0011": "1000-1-11"})
+    names = {"001000-1-0010": "1000-1-10", "001000-1-0011": "1000-1-11"}
+    expected_field = objs["objid"].str.slice(0, 13).map(names)
     assert (out["field_id"] == expected_field).all()
     np.testing.assert_allclose(out["x_z"], objs["x_z"], atol=1e-6)
     # the caller's table is not modified
@@ -122,7 +123,8 @@ def test_edge_margin_follows_cutout_size(sas):
     assert small["flag"].tolist() == ["edge"]  # z frame: 12 - 4.63 = 7.4 px < 10.5
     ra2, dec2 = _pixel_to_sky(a, "r", 16.0, 75.0)  # z: 11.4 px >= 10.5 but < 18.5
     table2 = pd.DataFrame({"ra": [ra2], "dec": [dec2]})
-    assert Aligner(fields=[a["fid"]], policy="flag", **sas["kw"]).fit_transform(table2)["flag"].tolist() == [""]
+    ok = Aligner(fields=[a["fid"]], policy="flag", **sas["kw"]).fit_transform(table2)
+    assert ok["flag"].tolist() == [""]
     assert big["flag"].tolist() == ["edge"]
     assert Aligner(fields=[a["fid"]], cutout_size=31, policy="flag",
                    **sas["kw"]).fit_transform(table2)["flag"].tolist() == ["edge"]
@@ -131,7 +133,8 @@ def test_edge_margin_follows_cutout_size(sas):
 def test_policy_raise_names_rows_and_reasons(sas):
     a = sas["a"]
     good = a["objects"].iloc[0]
-    table = pd.DataFrame({"ra": [good.ra, 10.0, 11.0], "dec": [good.dec, 10.0, 10.0]}, index=["ok", "far1", "far2"])
+    table = pd.DataFrame({"ra": [good.ra, 10.0, 11.0], "dec": [good.dec, 10.0, 10.0]},
+                         index=["ok", "far1", "far2"])
     aligner = Aligner(fields=[a["fid"]], **sas["kw"])
     with pytest.raises(AlignmentError) as err:
         aligner.fit(table).transform(table)
@@ -160,7 +163,8 @@ def test_complete_field_preferred_where_fields_overlap(tmp_path):
     # two fields covering the same sky: one lacks a band; objects go to the complete one
     crval = (150.0, 2.0)
     full = make_synthetic_sas(tmp_path, fid="2000-3-50", n_stars=3, n_gal=0, crval=crval, seed=4)
-    make_synthetic_sas(tmp_path, fid="2000-3-51", n_stars=3, n_gal=0, crval=crval, seed=5, missing_bands=("u",))
+    make_synthetic_sas(tmp_path, fid="2000-3-51", n_stars=3, n_gal=0, crval=crval, seed=5,
+                       missing_bands=("u",))
     kw = {"sas_url": full["sas_url"], "cache_dir": str(tmp_path / "cache")}
     table = full["objects"][["ra", "dec"]]
     out = Aligner(fields=["2000-3-51", "2000-3-50"], **kw).fit_transform(table)

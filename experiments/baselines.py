@@ -1,0 +1,143 @@
+"""Stage 5 -- baselines: CNN vs random forest on photometric features vs majority class.
+
+Same splits, same metrics, and accuracy/MCC per r-magnitude bin for each model. Writes
+``baselines_metrics.csv``, ``baselines_by_magnitude.csv``, ``baselines_by_magnitude.png``,
+``forest_cv_results.csv`` and ``forest_importances.csv``.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from stargal.tuning import cv_results_frame, grid_search
+
+from .common import fmt, write_csv
+
+MAG_BINS = (-np.inf, 18.0, 19.0, 20.0, 21.0, 22.0, np.inf)
+
+
+def _forest(ctx):
+    """Tune the forest with the same group-aware CV as the CNN, then refit on train."""
+    train = ctx.rows("train")
+    grid = {f"forest__{k}": list(v) for k, v in ctx.config.forest_grid.items()}
+    if ctx.quick:
+        grid = {k: v[:1] for k, v in grid.items()}
+        grid["forest__n_estimators"] = [100]
+    search = grid_search(ctx.pipeline("forest"), grid, train, ctx.y(train), train["group"].to_numpy(),
+                         cv=2 if ctx.quick else 3, n_jobs=ctx.n_jobs, random_state=ctx.seed)
+    write_csv(ctx.out_dir / "forest_cv_results.csv", cv_results_frame(search))
+    best = search.best_estimator_
+    feats = best.named_steps["features"]
+    names = feats.get_feature_names_out()
+    imp = pd.DataFrame({"feature": names, "importance": best.named_steps["forest"].feature_importances_})
+    imp = imp.sort_values("importance", ascending=False)
+    write_csv(ctx.out_dir / "forest_importances.csv", imp)
+    return best, search, imp
+
+
+def _plot_by_magnitude(by_mag: dict, path):
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, tab in by_mag.items():
+        centres = np.arange(len(tab))
+        for ax, col in zip(axes, ("accuracy", "mcc")):
+            ax.plot(centres, tab[col], "o-", label=name)
+    for ax, col in zip(axes, ("accuracy", "MCC")):
+        first = next(iter(by_mag.values()))
+        ax.set_xticks(np.arange(len(first)))
+        ax.set_xticklabels([f"{b}\n(n={n})" for b, n in zip(first["bin"], first["n"])], fontsize=7)
+        ax.set_xlabel("r PSF magnitude bin (test field)")
+        ax.set_ylabel(col)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(ctx, cnn=None) -> dict:
+    """``cnn``: a fitted CNN pipeline (the tuned one); fitted here with defaults if None."""
+    if cnn is None:
+        cnn = ctx.fit(ctx.pipeline("cnn", params={"net__max_epochs": ctx.epochs(ctx.config.cnn["max_epochs"])}),
+                      ctx.rows("train"))
+    forest, search, imp = _forest(ctx)
+    majority = ctx.fit(ctx.pipeline("majority"), ctx.rows("train"))
+    models = {"CNN": cnn, "random forest": forest, "majority class": majority}
+
+    test = ctx.rows("test")
+    rows, by_mag = [], {}
+    for name, model in models.items():
+        for split in ("train", "valid", "test"):
+            m, mag = ctx.evaluate(model, ctx.rows(split), by_magnitude=(split == "test"))
+            rows.append({"model": name, "split": split, **{k: v for k, v in m.items() if np.isscalar(v)}})
+            if mag is not None:
+                by_mag[name] = mag
+    metrics = pd.DataFrame(rows)
+    write_csv(ctx.out_dir / "baselines_metrics.csv", metrics)
+    mag_frame = pd.concat([t.assign(model=n) for n, t in by_mag.items()], ignore_index=True)
+    write_csv(ctx.out_dir / "baselines_by_magnitude.csv", mag_frame)
+    _plot_by_magnitude(by_mag, ctx.out_dir / "baselines_by_magnitude.png")
+
+    t = metrics[metrics["split"] == "test"].set_index("model")
+    headline = ["| model (test field " + ", ".join(ctx.config.test_fields) + f", n={len(test)}) | accuracy | "
+                "balanced accuracy | MCC | ROC AUC | galaxy recall | star recall |",
+                "|---|---|---|---|---|---|---|"]
+    for name in models:
+        r = t.loc[name]
+        headline.append(f"| {name} | {fmt(r['accuracy'])} | {fmt(r['balanced_accuracy'])} | {fmt(r['mcc'])} | "
+                        f"{fmt(r.get('roc_auc'))} | {fmt(r['recall_galaxy'])} | {fmt(r['recall_star'])} |")
+    headline = "\n".join(headline)
+
+    mag_lines = ["| r bin | n (stars/galaxies) | " + " | ".join(f"{n} acc / MCC" for n in models) + " |",
+                 "|---|---|" + "---|" * len(models)]
+    first = by_mag["CNN"]
+    for i in range(len(first)):
+        cells = [f"{fmt(by_mag[n]['accuracy'].iloc[i])} / {fmt(by_mag[n]['mcc'].iloc[i])}" for n in models]
+        mag_lines.append(f"| {first['bin'].iloc[i]} | {first['n'].iloc[i]} ({first['n_star'].iloc[i]}/"
+                         f"{first['n_galaxy'].iloc[i]}) | " + " | ".join(cells) + " |")
+
+    # Accuracy of each model on bright (r < 20) and faint (r >= 21) test objects, from the predictions.
+    mags = test["psfmag_r"].to_numpy()
+    y_test = ctx.y(test)
+    ranges = {"r < 20": mags < 20, "20 <= r < 21": (mags >= 20) & (mags < 21), "r >= 21": mags >= 21}
+    acc_ranges = {name: {k: float((model.predict(test[m]) == y_test[m]).mean()) for k, m in ranges.items()}
+                  for name, model in models.items() if name != "majority class"}
+    range_text = "; ".join(
+        f"{name}: " + ", ".join(f"{fmt(v)} at {k}" for k, v in acc.items()) for name, acc in acc_ranges.items())
+    top = ", ".join(f"`{f}`" for f in imp["feature"].head(5))
+    md = [
+        headline,
+        "",
+        "Metrics on every split are in `baselines_metrics.csv`. The forest was tuned with the same "
+        f"group-aware CV as the CNN (best: `{search.best_params_}`, CV MCC {fmt(search.best_score_)}). "
+        f"Its most important features: {top} (`forest_importances.csv`). Features are aperture fluxes, "
+        "colours, concentration and second moments measured with photutils on the *same* cutouts; catalog "
+        "PSF/model magnitudes are never used (they define the labels).",
+        "",
+        "### Accuracy and MCC by r magnitude (test field)",
+        "",
+        "\n".join(mag_lines),
+        "",
+        "![by magnitude](baselines_by_magnitude.png)",
+        "",
+        "**Where stars and galaxies become hard to tell apart.** Test accuracy by magnitude range — "
+        f"{range_text}. Faint objects (r ≳ 21) carry little extended light above the sky noise, and that "
+        "is where both models lose most; it is also where the catalog labels themselves are least reliable "
+        "(the mirror's validation: ~93% agreement with real SDSS types at r = 21–22), so part of the "
+        "faint-end error is label noise, not model error. Bins with one or two galaxies (bright end) give "
+        "MCC values of 0 or '–' that say little. The majority-class baseline predicts the training set's "
+        "majority class, which is *galaxy* (train is ~52% galaxies) — on the star-rich test field that is "
+        "the wrong guess for most objects, which is why balanced accuracy (0.5) and MCC (0) are the fair "
+        "yardsticks for it.",
+    ]
+    return {
+        "test": {name: {k: float(t.loc[name][k]) for k in ("accuracy", "balanced_accuracy", "mcc", "roc_auc")
+                        if k in t.columns} for name in models},
+        "forest_best_params": search.best_params_,
+        "forest_cv_mcc": float(search.best_score_),
+        "accuracy_by_range": acc_ranges,
+        "headline": headline,
+        "markdown": "\n".join(md),
+        "_objects": {"forest": forest, "majority": majority, "cnn": cnn},
+    }
