@@ -1,0 +1,303 @@
+"""The full stargal study: ``make experiments`` (``QUICK=1`` for a few-minute run).
+
+Stages, in the order of the exercise; each writes its files into the output directory and
+returns the numbers quoted in ``report.md``:
+
+1. data acquisition and alignment   (``experiments/alignment.py``)
+2. data preparation: the split      (``experiments/splits.py``)
+3. modelling and tuning             (``experiments/tuning_stage.py``)
+4. data augmentation                (``experiments/augmentation.py``)
+5. baselines                        (``experiments/baselines.py``)
+6. explanations                     (``experiments/explanations.py``)
+
+Usage::
+
+    python -m experiments.run [--quick] [--out DIR] [--n-jobs 2] [--scheduler tcp://...]
+
+Data come through :class:`stargal.fetch.Fetcher` (``STARGAL_SAS_URL``: the mirror here, the
+SAS elsewhere). Seeds are fixed by the study config; see the report for what remains
+nondeterministic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "experiments" / "results"
+
+SECTIONS = [
+    ("alignment", "1. Data acquisition and alignment"),
+    ("splits", "2. Data preparation: splits without leakage"),
+    ("tuning", "3. Modelling and tuning"),
+    ("augmentation", "4. Data augmentation"),
+    ("baselines", "5. Baselines"),
+    ("explanations", "6. Explanations"),
+]
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "stargal", "experiments/*.py"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def _versions() -> str:
+    import sklearn
+    import skorch
+    import torch
+
+    return (f"Python {platform.python_version()}, torch {torch.__version__}, scikit-learn {sklearn.__version__}, "
+            f"skorch {skorch.__version__}, numpy {np.__version__}; {os.cpu_count()} CPU cores")
+
+
+def _explain_stage(ctx, model):
+    from . import explanations
+
+    test = ctx.rows("test")
+    background = ctx.rows("train").sample(n=min(50, len(ctx.rows("train"))), random_state=ctx.seed)
+    res = explanations.run(ctx.out_dir, model, test, ctx.y(test), mags=test["psfmag_r"].to_numpy(),
+                           n_examples=3 if ctx.quick else 4, random_state=ctx.seed, background=background,
+                           ig_steps=16 if ctx.quick else 32, shap_nsamples=50 if ctx.quick else 200)
+    if "markdown" not in res:
+        res["markdown"] = _explain_markdown(res)
+    return res
+
+
+def _explain_markdown(res: dict) -> str:
+    from .common import fmt
+
+    lines = [
+        "Attributions of the final CNN's galaxy log-odds for example test objects (correct stars, correct "
+        "galaxies, misclassified objects): SHAP (`shap.GradientExplainer`, expected gradients against 50 "
+        "training objects) and Integrated Gradients (zero baseline = empty sky after scaling). Red pixels "
+        "push towards *galaxy*, blue towards *star*.",
+        "",
+        "![SHAP](explain_shap.png)",
+        "",
+        "![Integrated gradients](explain_ig.png)",
+        "",
+        "![radial importance](radial_importance.png)",
+        "",
+    ]
+    for method in ("shap", "ig"):
+        bi = res.get(f"band_importance_{method}")
+        if isinstance(bi, dict):
+            cells = " | ".join(f"{b}: {fmt(v)}" for b, v in bi.items())
+            lines.append(f"- **{method.upper()} band importance** (share of |attribution|): {cells}")
+        top = res.get(f"top_band_{method}")
+        within = res.get(f"frac_abs_within_2px_{method}")
+        if top is not None:
+            lines.append(f"  - most important band: **{top}**; share of |attribution| within 2 px of the centre: "
+                         f"{fmt(within)} (a uniform map would give {fmt(res.get('area_frac_within_2px'))})")
+    gap = res.get("ig_median_relative_gap")
+    if gap is not None:
+        lines.append(f"- Integrated Gradients completeness (median relative gap between the attribution sum "
+                     f"and f(x) − f(baseline)): {fmt(gap)}")
+    conc = [res.get(f"frac_abs_within_2px_{m}") for m in ("shap", "ig")]
+    area = res.get("area_frac_within_2px")
+    reading = []
+    if area and all(c is not None for c in conc):
+        ratio = min(conc) / area
+        reading.append(
+            f"Both methods put {fmt(min(conc))}–{fmt(max(conc))} of the attribution within 2 px of the centre, "
+            f"{ratio:.1f}× more than a uniform map would: the decision leans on the object's core and how fast "
+            "its light falls off, as a star/galaxy separation should."
+            if ratio > 1.2 else
+            f"Only {fmt(min(conc))}–{fmt(max(conc))} of the attribution lies within 2 px of the centre "
+            f"(uniform: {fmt(area)}): the maps are diffuse for these examples.")
+    bi = [res.get(f"band_importance_{m}") for m in ("shap", "ig")]
+    if all(isinstance(b, dict) for b in bi):
+        spread = max(max(b.values()) - min(b.values()) for b in bi)
+        reading.append(
+            "Band shares are close to even (largest spread between bands "
+            f"{fmt(spread)}), so no single band decides; noisy bands (u, z) also receive attribution, "
+            "much of it on sky pixels, which is what attributions of faint, noisy inputs look like."
+            if spread < 0.15 else
+            f"The bands differ in importance (largest spread {fmt(spread)}); see `band_importance.csv`.")
+    lines += ["", "Reading (from the numbers above, for these few examples only): " + " ".join(reading)
+              + " Numbers: `band_importance.csv`, `explain_summary.json`."]
+    return "\n".join(lines)
+
+
+def _choose_final(ctx):
+    """The final CNN: tuned, with the chosen augmentation if it helped on *validation* (never test)."""
+    tuned = ctx.results.get("tuning", {}).get("_objects", {}).get("tuned")
+    aug = ctx.results.get("augmentation", {}).get("_objects", {}).get("augmented")
+    if tuned is None:
+        return aug, "augmented (no tuning result)"
+    if aug is None:
+        return tuned, "tuned"
+    v_t = ctx.evaluate(tuned, ctx.rows("valid"))[0]["mcc"]
+    v_a = ctx.evaluate(aug, ctx.rows("valid"))[0]["mcc"]
+    return (aug, f"tuned + augmentation (validation MCC {v_a:.3f} vs {v_t:.3f})") if v_a > v_t else (
+        tuned, f"tuned, no augmentation (validation MCC {v_t:.3f} vs {v_a:.3f} with augmentation)")
+
+
+def write_report(ctx, timings: dict, meta: dict) -> Path:
+    from .common import write_json
+
+    lines = [
+        "# stargal study report",
+        "",
+        "Generated by `make experiments`" + (" (QUICK mode: fewer fields, epochs and grid points)" if ctx.quick
+                                              else "") + f" on {meta['date']}. Nothing here is hand-edited.",
+        "",
+        f"- code: commit {meta['commit']}",
+        f"- data: {ctx.fetcher.base_url} (cache {ctx.fetcher.cache_dir})",
+        f"- fields: test {', '.join(ctx.config.test_fields)}; train/validation "
+        f"{', '.join(meta['train_fields'])}",
+        f"- environment: {meta['versions']}",
+        f"- final CNN: {meta.get('final_choice', '–')}",
+        f"- wall time: {meta['total_seconds']:.0f} s in all; per stage: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()),
+        "",
+    ]
+    headline = ctx.results.get("baselines", {}).get("headline")
+    if headline:
+        lines += ["## Headline: test-field metrics", "", headline, ""]
+    for key, title in SECTIONS:
+        res = ctx.results.get(key)
+        lines += [f"## {title}", ""]
+        if res is None:
+            lines += ["(stage not run)", ""]
+            continue
+        lines += [res.get("markdown", "(no summary)"), ""]
+        write_json(ctx.out_dir / f"{key}_summary.json", res)
+    lines += [
+        "## Reproducibility",
+        "",
+        f"Seeds are fixed (study seed {ctx.seed}: splits, CV folds, network initialisation, augmentation "
+        "draws, forest). On CPU, rerunning gives the same splits and forest results; CNN numbers can differ in "
+        "the last digits between machines and thread counts because floating-point reductions in PyTorch's "
+        "CPU kernels are not order-stable across thread counts, and parallel grid-search workers run with "
+        "one thread each. Per-stage numbers: `*_summary.json`.",
+        "",
+    ]
+    path = ctx.out_dir / "report.md"
+    from .common import _atomic_text
+
+    _atomic_text(path, "\n".join(lines))
+    return path
+
+
+def update_readme(headline: str, report_rel: str) -> None:
+    """Put the headline table (from this run) between the README's HEADLINE markers."""
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    block = ("<!-- HEADLINE -->\n## Headline result\n\nFrom the last full `make experiments` run "
+             f"([report]({report_rel})):\n\n{headline}\n<!-- /HEADLINE -->")
+    if "<!-- HEADLINE -->" not in text:
+        return
+    text = re.sub(r"<!-- HEADLINE -->.*?(<!-- /HEADLINE -->|$)", lambda m: block, text, count=1, flags=re.S) \
+        if "<!-- /HEADLINE -->" in text else text.replace("<!-- HEADLINE -->", block, 1)
+    readme.write_text(text)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few-minute run exercising every stage")
+    parser.add_argument("--out", default=None, help="output directory (default experiments/results, "
+                                                    "experiments/results-quick with --quick)")
+    parser.add_argument("--config", default=None, help="study TOML (default: the packaged study)")
+    parser.add_argument("--n-jobs", type=int, default=2, help="workers for parallel stages")
+    parser.add_argument("--scheduler", default=None, help="Dask scheduler for the Dask-backed timing run")
+    parser.add_argument("--stages", default=None, help="comma-separated subset of stages (debugging)")
+    args = parser.parse_args(argv)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from stargal.config import load_config
+    from stargal.fetch import get_fetcher
+    from stargal.sdss import field_paths
+    from stargal.training import study_table
+
+    from .common import StudyContext, stage_timer
+
+    out = Path(args.out) if args.out else (ROOT / "experiments" / "results-quick" if args.quick else DEFAULT_OUT)
+    out.mkdir(parents=True, exist_ok=True)
+    config = load_config(args.config)
+    fetcher = get_fetcher(None, quiet=False)
+    stages = set(args.stages.split(",")) if args.stages else {k for k, _ in SECTIONS}
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    print(f"stargal study -> {out}  (data: {fetcher.base_url}; quick={args.quick})", flush=True)
+
+    with stage_timer("fetch and catalog", timings):
+        train_fields = list(config.train_fields)[:3] if args.quick else list(config.train_fields)
+        fetcher.fetch_many([p for f in list(config.test_fields) + train_fields for p in field_paths(f)],
+                           desc="SDSS files")
+        table = study_table(config, fetcher, fields=train_fields)
+        print(f"{len(table)} objects: {table['split'].value_counts().to_dict()}", flush=True)
+    ctx = StudyContext(config, fetcher, table, out, quick=args.quick, n_jobs=args.n_jobs, scheduler=args.scheduler)
+
+    if "alignment" in stages:
+        from . import alignment
+
+        with stage_timer("1 alignment", timings):
+            fields = list(config.test_fields) + train_fields
+            ctx.results["alignment"] = alignment.run(out, fields, fetcher, quick=args.quick)
+    if "splits" in stages:
+        from . import splits
+
+        with stage_timer("2 splits", timings):
+            ctx.results["splits"] = splits.run(ctx)
+    if "tuning" in stages:
+        from . import tuning_stage
+
+        with stage_timer("3 tuning", timings):
+            ctx.results["tuning"] = tuning_stage.run(ctx)
+    if "augmentation" in stages:
+        from . import augmentation
+
+        tuned_params = ctx.results.get("tuning", {}).get("_objects", {}).get("best_params")
+        with stage_timer("4 augmentation", timings):
+            ctx.results["augmentation"] = augmentation.run(ctx, tuned_params=tuned_params)
+    final, choice = _choose_final(ctx)
+    if "baselines" in stages:
+        from . import baselines
+
+        with stage_timer("5 baselines", timings):
+            ctx.results["baselines"] = baselines.run(ctx, cnn=final)
+            final = final or ctx.results["baselines"]["_objects"]["cnn"]
+    if "explanations" in stages and final is not None:
+        with stage_timer("6 explanations", timings):
+            ctx.results["explanations"] = _explain_stage(ctx, final)
+
+    if final is not None:
+        from stargal.persist import save_model
+
+        save_model(final, out / "cnn.stargal", metadata={"study": "make experiments", "choice": choice,
+                                                         "quick": args.quick})
+    meta = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": _git_commit(),
+        "versions": _versions(),
+        "train_fields": train_fields,
+        "final_choice": choice,
+        "total_seconds": time.perf_counter() - t_start,
+    }
+    report = write_report(ctx, timings, meta)
+    if not args.quick and out.resolve() == DEFAULT_OUT.resolve() and "baselines" in ctx.results:
+        update_readme(ctx.results["baselines"]["headline"], os.path.relpath(report, ROOT))
+    print(f"\nreport: {report}  ({meta['total_seconds']:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
