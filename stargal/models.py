@@ -338,6 +338,12 @@ class StarGalaxyNet(NeuralNetClassifier):
                          device=device, verbose=verbose, **kwargs)
 
     # ---------------------------------------------------------------- callbacks
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # Input is a 4-D cutout stack (n, bands, H, W); declaring 2-D support would be false.
+        tags.input_tags.two_d_array = False
+        return tags
+
     @property
     def _default_callbacks(self):
         callbacks = list(super()._default_callbacks)
