@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import itertools
+import os
 import time
 from pathlib import Path
 
@@ -304,21 +304,62 @@ def _warm_dask(client) -> None:
     client.run(_imports)
 
 
+def _warm_loky(n_jobs: int) -> None:
+    """Start the loky workers (with the search's thread cap) and import torch there."""
+    from joblib import Parallel, delayed
+
+    from stargal.tuning import parallel_backend_for
+
+    def _imports():
+        import stargal.models  # noqa: F401
+        import stargal.cutouts  # noqa: F401
+        return True
+
+    with parallel_backend_for(n_jobs=n_jobs):
+        Parallel()(delayed(_imports)() for _ in range(n_jobs))
+
+
+def _load() -> float:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # pragma: no cover - not on every platform
+        return float("nan")
+
+
+SEQ_LABEL = "sequential (n_jobs=1)"
+SEQ1_LABEL = "sequential, 1 torch thread"
+
+
 def _backend_timing(ctx, settings) -> tuple[pd.DataFrame, dict]:
+    """Time one small search on each backend (worker start-up excluded).
+
+    Runs, in order: in-process with torch's default threads (``n_jobs=1``); in-process with
+    ``torch.set_num_threads(1)`` (restored afterwards), separating the per-fit threading effect
+    from parallelism; 2 loky processes; Dask (``ctx.scheduler`` or a 2-worker LocalCluster).
+    """
     grid = cnn_param_grid(settings["timing_grid"])
     kw = dict(epochs=settings["timing_epochs"], cv=settings["timing_cv"])
-    rows, searches = [], {}
-    runs = [("sequential (n_jobs=1)", dict(n_jobs=1)),
-            ("loky (n_jobs=2)", dict(n_jobs=2))]
-    for label, extra in runs:
+    searches, loads, cpu = {}, {}, {}
+
+    def timed(label, **extra):
         print(f"  timing {label} ...", flush=True)
+        loads[label] = _load()
+        c0 = time.process_time()
         searches[label] = _search(ctx, grid, **kw, **extra)
-    label = "dask"
+        cpu[label] = time.process_time() - c0
+
+    default_threads = torch.get_num_threads()
+    timed(SEQ_LABEL, n_jobs=1)
+    torch.set_num_threads(1)
+    try:
+        timed(SEQ1_LABEL, n_jobs=1)
+    finally:
+        torch.set_num_threads(default_threads)
+    _warm_loky(2)
+    timed("loky (n_jobs=2)", n_jobs=2)
     startup = np.nan
     if ctx.scheduler is not None:
-        label = f"dask ({ctx.scheduler})"
-        print(f"  timing {label} ...", flush=True)
-        searches[label] = _search(ctx, grid, **kw, scheduler=ctx.scheduler)
+        timed(f"dask ({ctx.scheduler})", scheduler=ctx.scheduler)
     else:
         import logging
 
@@ -331,29 +372,32 @@ def _backend_timing(ctx, settings) -> tuple[pd.DataFrame, dict]:
                 Client(cluster, set_as_default=False) as client:
             _warm_dask(client)
             startup = time.perf_counter() - t0
-            label = "dask LocalCluster (2 workers x 1 thread)"
-            print(f"  timing {label} (cluster up in {startup:.1f} s) ...", flush=True)
-            searches[label] = _search(ctx, grid, **kw, scheduler=client)
-    ref_label = runs[0][0]
-    ref = searches[ref_label]
-    ref_wall = ref.timing_["wall_time_s"]
+            print(f"  dask LocalCluster up in {startup:.1f} s", flush=True)
+            timed("dask LocalCluster (2 workers x 1 thread)", scheduler=client)
+
+    ref, ref1 = searches[SEQ_LABEL], searches[SEQ1_LABEL]
     ref_scores = np.asarray(ref.cv_results_["mean_test_score"], float)
+    rows = []
     for name, s in searches.items():
         t = s.timing_
         inner = t["inner_max_num_threads"]
         if isinstance(inner, dict):
             inner = ",".join(str(v) for v in sorted(set(inner.values()))) or "caller's"
         elif inner is None:
-            inner = f"{torch.get_num_threads()} (torch default)"
+            inner = str(1 if name == SEQ1_LABEL else default_threads)
+        wall = float(t["wall_time_s"])
         scores = np.asarray(s.cv_results_["mean_test_score"], float)
         rows.append({
             "backend": name,
             "workers": int(t["n_jobs"]),
             "torch_threads_per_worker": str(inner),
             "n_fits": int(t["n_candidates"] * t["n_splits"]),
-            "wall_time_s": round(float(t["wall_time_s"]), 2),
-            "speedup_vs_sequential": round(ref_wall / float(t["wall_time_s"]), 2),
+            "wall_time_s": round(wall, 2),
+            "speedup_vs_sequential": round(ref.timing_["wall_time_s"] / wall, 2),
+            "speedup_vs_sequential_1thread": round(ref1.timing_["wall_time_s"] / wall, 2),
             "mean_fit_time_s": round(float(np.mean(s.cv_results_["mean_fit_time"])), 2),
+            "main_process_cpu_s": round(cpu[name], 1),
+            "load_avg_1min_at_start": loads[name],
             "best_params": str(s.best_params_),
             "best_mcc": round(float(s.best_score_), 4),
             "same_best_params": bool(_same_params(s.best_params_, ref.best_params_)),
@@ -361,6 +405,7 @@ def _backend_timing(ctx, settings) -> tuple[pd.DataFrame, dict]:
         })
     frame = pd.DataFrame(rows)
     info = {"grid": grid, "epochs": settings["timing_epochs"], "cv": settings["timing_cv"],
+            "default_torch_threads": default_threads,
             "dask_startup_s": None if not np.isfinite(startup) else round(startup, 1)}
     return frame, info
 
@@ -550,7 +595,7 @@ def _markdown(ctx, *, arch_text, n_params, n_params_tuned, class_weight, train_r
     # ---- before
     L += ["### Before tuning", "",
           f"The default configuration ({_params_text({p: defaults[p] for p in params})}, "
-          f"lr schedule constant, batch {cfg.cnn['batch_size']}) fitted on the {len(train_rows)} train "
+          f"batch {cfg.cnn['batch_size']}) fitted on the {len(train_rows)} train "
           f"objects (at most {full_epochs} epochs) in {timings['fit_before_s']:.0f} s: it ran "
           f"{cb['epochs_run']} epochs ({cb['seconds_per_epoch']:.1f} s each) and kept epoch "
           f"{cb['best_epoch']} (validation loss {cb['best_valid_loss']:.3f}, balanced accuracy "
@@ -582,17 +627,22 @@ def _markdown(ctx, *, arch_text, n_params, n_params_tuned, class_weight, train_r
             for k, v in pruned.items())
         per_fit = float(cv["mean_fit_time"].mean())
         est = n_full * len(FULL_CUT_SIZES) * t["n_splits"] * per_fit / max(1, t["n_jobs"])
+        n_params_wide = architecture_summary(
+            _module_for(cfg, {"net__module__width": FULL_MAX_WIDTH * 2}), cfg.cutout_size)[2]
         L += [f"**Why this grid.** The configured full grid has {n_full} candidates "
               f"({'; '.join(f'`{k}` {list(v)}' for k, v in full_grid.items())}); with `cutout_size` on "
               f"top and {t['n_splits']} folds that is {n_full * len(FULL_CUT_SIZES) * t['n_splits']} fits, "
-              f"about {est / 60:.0f} min at this run's mean fit time on {t['n_jobs']} worker(s) -- far "
-              "over the few-minute budget of a 2-core machine. Pruned: " + pruned_txt + ". Dropout and "
-              "weight decay are regularisers whose effect is small next to early stopping on this data, "
-              f"and width {FULL_MAX_WIDTH * 2} costs several times a width-{FULL_MAX_WIDTH} fit on a "
-              f"CPU for cutouts only {cfg.cutout_size} px across. Inside the search each fit is capped at "
-              f"{settings['search_epochs']} epochs (the final refit gets the full {full_epochs}); this "
-              "favours faster learning rates slightly, which is why the winner is refitted with the full "
-              "budget and judged on the untouched `valid` and `test` splits.", ""]
+              f"at least {est / 60:.0f} min at this run's mean fit time on {t['n_jobs']} worker(s) (more, "
+              "since wider nets are slower) -- far over the few-minute budget of a 2-core machine. "
+              "Not searched: " + pruned_txt + ". Width "
+              f"{FULL_MAX_WIDTH * 2} has {n_params_wide:,} parameters against {n_params:,} at width "
+              f"{cfg.cnn['width']} (about four times the multiply-adds per cutout), too slow on a CPU "
+              f"for cutouts only {cfg.cutout_size} px across; dropout and weight decay were held at their "
+              "defaults because early stopping already regularises every fit (their effect was not "
+              "measured here), leaving the budget for learning rate, width and cutout size. Inside the "
+              f"search each fit is capped at {settings['search_epochs']} epochs (the final refit gets up "
+              f"to {full_epochs}); the cap favours faster learning rates, which is why the winner is "
+              "refitted with the full budget and judged on the untouched `valid` and `test` splits.", ""]
     L += [f"Top candidates (of {n_cand}):", "", _cv_md(cv, params, top=min(6, len(cv))), ""]
     if default_row is not None:
         L += [f"The default configuration ranks {int(default_row['rank_test_score'])} of {n_cand} "
@@ -627,8 +677,10 @@ def _markdown(ctx, *, arch_text, n_params, n_params_tuned, class_weight, train_r
           + f" (largest difference of a candidate's mean CV MCC from the sequential run: "
           f"{b['max_abs_score_diff'].max():.2g}; the seeds are fixed, so differences come only from the "
           "floating-point order of multi- vs single-threaded torch kernels)."
-          + (f" Starting the Dask cluster and importing torch on its workers took {startup:.1f} s, not "
-             "included in its wall time." if startup is not None else ""), "",
+          + " Worker start-up is not in the wall times: the loky workers were started and had imported "
+          "torch before their search"
+          + (f", and starting the Dask cluster and importing torch on its workers took {startup:.1f} s "
+             "beforehand." if startup is not None else "."), "",
           f"Why the speedup is below 2 on this {_cpu_count()}-core machine: the sequential run is not "
           f"single-threaded -- torch already spreads every fit over {torch.get_num_threads()} intra-op "
           "threads -- so the parallel backends only trade intra-op parallelism (inefficient for "

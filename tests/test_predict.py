@@ -1,0 +1,125 @@
+"""End to end on the mirror: train -> save -> predict in a fresh process -> evaluate."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stargal.catalogs import read_calibobj
+from stargal.persist import load_model
+from stargal.predict import OUTPUT_COLUMNS, predict_coordinates
+from stargal.training import train_model
+
+pytestmark = pytest.mark.integration
+
+SMALL_STUDY = """
+test_fields = ["8162-6-80"]
+train_fields = ["1035-6-17"]
+[cnn]
+width = 8
+depth = 1
+max_epochs = 2
+patience = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(mirror_url, mirror_cache, tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    cfg = d / "small.toml"
+    cfg.write_text(SMALL_STUDY)
+    paths = {}
+    for kind in ("cnn", "forest"):
+        params = {"forest__n_estimators": 50} if kind == "forest" else None
+        model, info = train_model(kind, config=cfg, params=params, sas_url=mirror_url,
+                                  cache_dir=str(mirror_cache), model_path=d / f"{kind}.stargal")
+        assert info["test_fields"] == ["8162-6-80"] and "8162-6-80" not in info["train_fields"]
+        assert info["n_fit"] > 400 and info["n_test"] > 1000
+        paths[kind] = d / f"{kind}.stargal"
+    return paths, cfg
+
+
+def _coords(mirror_url, mirror_cache, n=40):
+    test = read_calibobj("8162-6-80", sas_url=mirror_url, cache_dir=str(mirror_cache))
+    train = read_calibobj("1035-6-17", sas_url=mirror_url, cache_dir=str(mirror_cache))
+    rows = pd.concat([test.iloc[:n], train.iloc[:n]])[["ra", "dec"]].reset_index(drop=True)
+    bad = pd.DataFrame({"ra": [100.0, np.nan, 331.65586], "dec": [0.0, 5.0, 26.83181]})  # outside, NaN, corner
+    return pd.concat([rows, bad], ignore_index=True)
+
+
+def test_predict_flags_instead_of_crashing(trained, mirror_url, mirror_cache):
+    paths, _ = trained
+    model = load_model(paths["cnn"])
+    coords = _coords(mirror_url, mirror_cache)
+    out = predict_coordinates(model, coords, sas_url=mirror_url, cache_dir=str(mirror_cache),
+                              fields=["8162-6-80", "1035-6-17"], progress=False)
+    assert list(out.columns[: len(OUTPUT_COLUMNS)]) == OUTPUT_COLUMNS and len(out) == len(coords)
+    assert out["flag"].iloc[-3:].tolist() == ["outside", "invalid_coord", "edge"]
+    assert out["p_galaxy"].iloc[-3:].isna().all() and (out["label"].iloc[-3:] == "").all()
+    good = out.iloc[:-3]
+    assert (good["flag"] == "").mean() > 0.8  # the first catalog rows lie on the y=0 edge: flagged "edge"
+    assert set(good["flag"]) <= {"", "edge"}
+    ok = good[good["flag"] == ""]
+    assert ok["p_galaxy"].between(0, 1).all() and set(ok["field"]) == {"8162-6-80", "1035-6-17"}
+    # strict mode turns bad coordinates into a clear error instead
+    with pytest.raises(ValueError, match="NaN"):
+        predict_coordinates(model, coords, strict=True, progress=False)
+
+
+def test_parallel_and_dask_give_identical_probabilities(trained, mirror_url, mirror_cache):
+    from distributed import LocalCluster
+
+    paths, _ = trained
+    model = load_model(paths["cnn"])
+    coords = _coords(mirror_url, mirror_cache, n=20).iloc[:-3]
+    kw = dict(sas_url=mirror_url, cache_dir=str(mirror_cache), fields=["8162-6-80", "1035-6-17"], progress=False)
+    serial = predict_coordinates(model, coords, n_jobs=1, **kw)
+    loky = predict_coordinates(model, coords, n_jobs=2, **kw)
+    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
+                      processes=True) as cluster:
+        dask = predict_coordinates(model, coords, scheduler=cluster.scheduler_address, **kw)
+    np.testing.assert_allclose(loky["p_galaxy"], serial["p_galaxy"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(dask["p_galaxy"], serial["p_galaxy"], rtol=0, atol=1e-6)
+
+
+def test_cli_predict_in_fresh_process_matches_python(trained, mirror_url, mirror_cache, tmp_path):
+    paths, _ = trained
+    coords = _coords(mirror_url, mirror_cache, n=15)
+    csv = tmp_path / "coords.csv"
+    coords.to_csv(csv, index=False)
+    out_csv = tmp_path / "out.csv"
+    env = {**os.environ, "STARGAL_SAS_URL": mirror_url, "STARGAL_CACHE": str(mirror_cache)}
+    run = subprocess.run([sys.executable, "-m", "stargal.cli", "predict", "--model", str(paths["cnn"]), str(csv),
+                          "-o", str(out_csv), "--fields", "8162-6-80", "1035-6-17"],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    cli = pd.read_csv(out_csv, keep_default_na=False, na_values=[""])
+    assert f"{int((cli['flag'].fillna('') != '').sum())} flagged" in run.stderr
+    py = predict_coordinates(load_model(paths["cnn"]), coords, fields=["8162-6-80", "1035-6-17"],
+                             sas_url=mirror_url, cache_dir=str(mirror_cache), progress=False)
+    np.testing.assert_array_equal(cli["p_galaxy"].to_numpy(), py["p_galaxy"].to_numpy())
+    assert cli["flag"].fillna("").tolist() == py["flag"].tolist()
+
+
+def test_cli_evaluate_compares_models(trained, mirror_url, mirror_cache):
+    paths, _ = trained
+    env = {**os.environ, "STARGAL_SAS_URL": mirror_url, "STARGAL_CACHE": str(mirror_cache)}
+    run = subprocess.run([sys.executable, "-m", "stargal.cli", "evaluate", "--model", str(paths["cnn"]),
+                          "--model", str(paths["forest"]), "8162-6-80", "--by-magnitude"],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    text = run.stdout
+    for word in ("cnn", "forest", "mcc", "balanced_accuracy", "roc_auc", "by r magnitude"):
+        assert word in text
+    assert "flagged (no data)" in text
+
+
+def test_loading_a_non_model_is_a_clear_cli_error(tmp_path):
+    bogus = tmp_path / "x.stargal"
+    bogus.write_bytes(b"not a model")
+    run = subprocess.run([sys.executable, "-m", "stargal.cli", "predict", "--model", str(bogus), str(bogus)],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "stargal" in run.stderr.lower() and "Traceback" not in run.stderr
