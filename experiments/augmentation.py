@@ -41,7 +41,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from stargal.augment import DEFAULT_STRENGTHS, TECHNIQUES, CutoutAugmenter  # noqa: E402
+from stargal.augment import DEFAULT_STRENGTHS, CutoutAugmenter  # noqa: E402
 
 from .common import fmt, write_csv  # noqa: E402
 
@@ -506,8 +506,8 @@ def _result(ctx, summary, runs, chosen, fallback, final, mag_frame, params, tune
         "",
         "\n".join(interp),
         "",
-        f"Mode: {mode}" + (" (1 seed, 3-epoch proxies: the ablation is a smoke test, not evidence)." if ctx.quick
-                           else "."),
+        f"Mode: {mode}" + (f" ({n_seeds} seed(s), {proxy_epochs}-epoch proxies: the ablation is a smoke test, "
+                           "not evidence)." if ctx.quick else "."),
     ]
     return {
         "mode": mode,
