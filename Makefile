@@ -18,6 +18,7 @@ endif
 
 PYTEST_ARGS ?=
 QUICK ?=
+EXPERIMENT_ARGS ?=
 
 .PHONY: install test experiments bench demo clean-cache help
 
@@ -41,7 +42,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 experiments: install
-	$(PY) -m experiments.run $(if $(QUICK),--quick,)
+	$(PY) -m experiments.run $(if $(QUICK),--quick,) $(EXPERIMENT_ARGS)
 
 bench: install
 	$(PY) -m benchmarks.run

@@ -1,0 +1,45 @@
+"""`make experiments QUICK=1` runs every stage of the study and writes a complete report."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_experiments_quick(mirror_url, mirror_cache, tmp_path):
+    out = tmp_path / "results"
+    env = {**os.environ, "STARGAL_SAS_URL": mirror_url, "STARGAL_CACHE": str(mirror_cache),
+           "PYTHONUNBUFFERED": "1"}
+    run = subprocess.run(["make", "-s", "experiments", "QUICK=1", f"EXPERIMENT_ARGS=--out {out}"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    # progress and per-stage timings are printed
+    for stage in ("1 alignment", "2 splits", "3 tuning", "4 augmentation", "5 baselines", "6 explanations"):
+        assert re.search(rf"=== {stage}: [0-9.]+ s ===", run.stdout), stage
+    report = (out / "report.md").read_text()
+    for title in ("1. Data acquisition and alignment", "2. Data preparation", "3. Modelling and tuning",
+                  "4. Data augmentation", "5. Baselines", "6. Explanations", "Headline"):
+        assert f"## {title}" in report
+    assert "(stage not run)" not in report
+    # every figure the report links exists
+    for png in re.findall(r"\]\(([^)]+\.png)\)", report):
+        assert (out / png).is_file() and (out / png).stat().st_size > 1000, png
+    # headline numbers are real metrics in range
+    summary = json.loads((out / "baselines_summary.json").read_text())
+    for model, metrics in summary["test"].items():
+        assert 0.0 <= metrics["accuracy"] <= 1.0 and -1.0 <= metrics["mcc"] <= 1.0, model
+    assert summary["test"]["majority class"]["mcc"] == 0.0
+    # the study's model file loads safely
+    from stargal.persist import load_model
+
+    model = load_model(out / "cnn.stargal")
+    assert model.steps[0][0] == "align"
