@@ -31,9 +31,9 @@ import argparse
 import copy
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -62,7 +62,7 @@ FULL_MAX_WIDTH = 32
 #: Config grid keys searched in full mode; the others are held at the ``[cnn]`` defaults.
 FULL_SEARCHED_KEYS = ("lr", "width")
 #: Cutout sizes (pixels, odd) searched in full mode (the study's size is always included).
-FULL_CUT_SIZES = (11, 15)
+FULL_CUT_SIZES = (9, 11, 15)
 
 
 # --------------------------------------------------------------------------- settings
@@ -83,10 +83,10 @@ def search_settings(quick: bool) -> dict:
     (2, 3)
     """
     if quick:
-        return {"cv": 2, "search_epochs": 3, "timing_epochs": 2, "timing_cv": 2,
+        return {"cv": 2, "search_epochs": 3, "timing_epochs": 3, "timing_cv": 2,
                 "timing_grid": {"lr": [1e-3, 3e-3], "width": [16]}}
-    return {"cv": 3, "search_epochs": 12, "timing_epochs": 4, "timing_cv": 2,
-            "timing_grid": {"lr": [1e-3, 3e-3], "width": [16]}}
+    return {"cv": 3, "search_epochs": 15, "timing_epochs": 8, "timing_cv": 2,
+            "timing_grid": {"lr": [1e-3, 3e-3], "width": [32]}}
 
 
 def search_grid(config, quick: bool) -> tuple[dict, dict]:
@@ -252,6 +252,13 @@ def _curve_summary(h: pd.DataFrame) -> dict:
 
 
 def _plot_curves(curves: dict, path: Path) -> None:
+    import matplotlib
+
+    if "matplotlib.pyplot" not in __import__("sys").modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.8))
     styles = {"before": "-", "tuned": "--"}
     for name, h in curves.items():
@@ -267,6 +274,7 @@ def _plot_curves(curves: dict, path: Path) -> None:
     axes[1].set_ylabel("score on the early-stopping split")
     axes[1].set_title("held-out sky cells of the train rows", fontsize=9)
     for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
@@ -294,29 +302,41 @@ def _same_params(a: dict, b: dict) -> bool:
     return all(np.isclose(a[k], b[k]) if isinstance(a[k], float) else a[k] == b[k] for k in a)
 
 
-def _warm_dask(client) -> None:
-    """Import torch and the pipeline modules on every worker (not part of the timed search)."""
-    def _imports():
-        import stargal.models  # noqa: F401
-        import stargal.cutouts  # noqa: F401
+def _make_warmup():
+    """A function fitting a pipeline once (1 epoch, few rows): imports torch and stargal, maps
+    the frames and builds torch's kernels in the process it runs in. A closure, so that
+    cloudpickle ships it by value to loky and Dask workers."""
+
+    def warmup(pipe, rows):
+        from stargal.training import fit_pipeline
+
+        fit_pipeline(pipe, rows)
         return True
 
-    client.run(_imports)
+    return warmup
 
 
-def _warm_loky(n_jobs: int) -> None:
-    """Start the loky workers (with the search's thread cap) and import torch there."""
+def _warmup_args(ctx):
+    rows = ctx.rows("train")
+    rows = rows.groupby("label", group_keys=False).head(100)
+    return ctx.pipeline("cnn", params={"net__max_epochs": 1}), rows
+
+
+def _warm_loky(ctx, n_jobs: int) -> None:
+    """Start the loky workers (with the search's thread cap) and warm them up."""
     from joblib import Parallel, delayed
 
     from stargal.tuning import parallel_backend_for
 
-    def _imports():
-        import stargal.models  # noqa: F401
-        import stargal.cutouts  # noqa: F401
-        return True
-
+    pipe, rows = _warmup_args(ctx)
     with parallel_backend_for(n_jobs=n_jobs):
-        Parallel()(delayed(_imports)() for _ in range(n_jobs))
+        Parallel()(delayed(_make_warmup())(pipe, rows) for _ in range(n_jobs))
+
+
+def _warm_dask(ctx, client) -> None:
+    """Warm up every Dask worker (not part of the timed search)."""
+    pipe, rows = _warmup_args(ctx)
+    client.run(_make_warmup(), pipe, rows)
 
 
 def _load() -> float:
@@ -355,25 +375,14 @@ def _backend_timing(ctx, settings) -> tuple[pd.DataFrame, dict]:
         timed(SEQ1_LABEL, n_jobs=1)
     finally:
         torch.set_num_threads(default_threads)
-    _warm_loky(2)
+    _warm_loky(ctx, 2)
     timed("loky (n_jobs=2)", n_jobs=2)
-    startup = np.nan
-    if ctx.scheduler is not None:
-        timed(f"dask ({ctx.scheduler})", scheduler=ctx.scheduler)
-    else:
-        import logging
-
-        from distributed import Client, LocalCluster
-
-        t0 = time.perf_counter()
-        with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
-                          dashboard_address=None, processes=True,
-                          silence_logs=logging.ERROR) as cluster, \
-                Client(cluster, set_as_default=False) as client:
-            _warm_dask(client)
-            startup = time.perf_counter() - t0
-            print(f"  dask LocalCluster up in {startup:.1f} s", flush=True)
-            timed("dask LocalCluster (2 workers x 1 thread)", scheduler=client)
+    startup, dask_error = np.nan, None
+    try:  # a failing Dask run is reported, not allowed to discard the tuned model
+        startup = _dask_timing(ctx, timed)
+    except Exception as exc:  # noqa: BLE001 - reported in the CSV-adjacent info and markdown
+        dask_error = f"{type(exc).__name__}: {exc}"
+        print(f"  Dask timing failed: {dask_error}", flush=True)
 
     ref, ref1 = searches[SEQ_LABEL], searches[SEQ1_LABEL]
     ref_scores = np.asarray(ref.cv_results_["mean_test_score"], float)
@@ -406,8 +415,91 @@ def _backend_timing(ctx, settings) -> tuple[pd.DataFrame, dict]:
     frame = pd.DataFrame(rows)
     info = {"grid": grid, "epochs": settings["timing_epochs"], "cv": settings["timing_cv"],
             "default_torch_threads": default_threads,
-            "dask_startup_s": None if not np.isfinite(startup) else round(startup, 1)}
+            "dask_startup_s": None if not np.isfinite(startup) else round(startup, 1),
+            "dask_error": dask_error}
     return frame, info
+
+
+DASK_LABEL = "dask LocalCluster (2 workers x 1 thread)"
+DASK_TRIM_LABEL = "dask LocalCluster, nanny's default malloc trim (2 workers x 1 thread)"
+
+
+@contextmanager
+def _preserved_environ():
+    """Restore ``os.environ`` on exit: a Dask nanny writes its ``pre-spawn-environ`` variables
+    (``OMP_NUM_THREADS=1``, ``MALLOC_TRIM_THRESHOLD_``, ...) into the *calling* process's
+    environment, where they would reach every process started later in the study."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        for key, value in saved.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
+def _local_cluster_timing(ctx, timed, label, *, malloc_trim: bool) -> float:
+    # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which switches off glibc's
+    # dynamic mmap threshold: torch's per-batch buffers are then mapped and unmapped on every
+    # step. ``malloc_trim=False`` drops the variable (also from this process's environment,
+    # which the workers inherit, until the cluster is closed).
+    overrides = {} if malloc_trim else {
+        "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+    t0 = time.perf_counter()
+    with _preserved_environ():
+        if not malloc_trim:
+            os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+        return _cluster_run(ctx, timed, label, overrides, t0)
+
+
+def _cluster_run(ctx, timed, label, overrides, t0) -> float:
+    import logging
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    with dask.config.set(overrides), \
+            LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                         dashboard_address=None, processes=True,
+                         silence_logs=logging.ERROR) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        _warm_dask(ctx, client)
+        startup = time.perf_counter() - t0
+        print(f"  dask LocalCluster up in {startup:.1f} s", flush=True)
+        timed(label, scheduler=client)
+    return startup
+
+
+def _dask_timing(ctx, timed) -> float:
+    """Time the search on ``ctx.scheduler``, or on two fresh 2-worker LocalClusters (malloc trim
+    off, then Dask's default); returns the start-up seconds of the first cluster."""
+    from distributed import Client
+
+    t0 = time.perf_counter()
+    if ctx.scheduler is not None:
+        with Client(ctx.scheduler, set_as_default=False, timeout="20s") as client:
+            _warm_dask(ctx, client)
+            startup = time.perf_counter() - t0
+            timed(f"dask ({ctx.scheduler})", scheduler=client)
+        return startup
+    startup = _local_cluster_timing(ctx, timed, DASK_LABEL, malloc_trim=False)
+    _local_cluster_timing(ctx, timed, DASK_TRIM_LABEL, malloc_trim=True)
+    return startup
+    import logging
+
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                      dashboard_address=None, processes=True,
+                      silence_logs=logging.ERROR) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        _warm_dask(ctx, client)
+        startup = time.perf_counter() - t0
+        print(f"  dask LocalCluster up in {startup:.1f} s", flush=True)
+        timed("dask LocalCluster (2 workers x 1 thread)", scheduler=client)
+    return startup
 
 
 # --------------------------------------------------------------------------- markdown helpers
@@ -433,11 +525,13 @@ def _cv_md(cv: pd.DataFrame, params: list[str], top: int) -> str:
 
 def _backends_md(frame: pd.DataFrame) -> str:
     lines = ["| backend | concurrent fits | torch threads / worker | fits | wall s | speedup vs n_jobs=1 "
-             "| best MCC | same best params |", "|---|---|---|---|---|---|---|---|"]
+             "| speedup vs 1-thread sequential | load avg at start | best MCC | same best params |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in frame.itertuples(index=False):
         lines.append(f"| {r.backend} | {r.workers} | {r.torch_threads_per_worker} | {r.n_fits} | "
-                     f"{fmt(r.wall_time_s, 1)} | {fmt(r.speedup_vs_sequential, 2)} | {fmt(r.best_mcc)} | "
-                     f"{'yes' if r.same_best_params else 'no'} |")
+                     f"{fmt(r.wall_time_s, 1)} | {fmt(r.speedup_vs_sequential, 2)} | "
+                     f"{fmt(r.speedup_vs_sequential_1thread, 2)} | {fmt(r.load_avg_1min_at_start, 1)} | "
+                     f"{fmt(r.best_mcc)} | {'yes' if r.same_best_params else 'no'} |")
     return "\n".join(lines)
 
 
@@ -488,16 +582,25 @@ def run(ctx) -> dict:
     write_csv(out / "tuning_cv_results.csv", cv)
     best_params = dict(search.best_params_)
 
-    print(f"  after: refitting {best_params} ({full_epochs} epochs max) ...", flush=True)
-    t0 = time.perf_counter()
-    tuned = ctx.fit(ctx.pipeline("cnn", params={**best_params, "net__max_epochs": full_epochs}),
-                    train_rows)
-    timings["fit_after_s"] = round(time.perf_counter() - t0, 1)
-    after_metrics = ctx.evaluate_splits(tuned)
+    defaults = ctx.pipeline("cnn").get_params()
+    best_is_default = all(_eq(v, defaults.get(k)) for k, v in best_params.items())
+    if best_is_default:
+        # same parameters, seed and data as the default fit: the refit would reproduce it
+        print("  after: the best candidate is the default configuration (no refit)", flush=True)
+        tuned, after_metrics = before, before_metrics
+        timings["fit_after_s"] = 0.0
+    else:
+        print(f"  after: refitting {best_params} ({full_epochs} epochs max) ...", flush=True)
+        t0 = time.perf_counter()
+        tuned = ctx.fit(ctx.pipeline("cnn", params={**best_params, "net__max_epochs": full_epochs}),
+                        train_rows)
+        timings["fit_after_s"] = round(time.perf_counter() - t0, 1)
+        after_metrics = ctx.evaluate_splits(tuned)
     curve_after = _history(tuned)
     mframe = metrics_frame(before_metrics, after_metrics)
     write_csv(out / "metrics_before_after.csv", mframe)
-    _plot_curves({"before": curve_before, "tuned": curve_after}, out / "learning_curves.png")
+    _plot_curves({"before": curve_before} if best_is_default else
+                 {"before": curve_before, "tuned": curve_after}, out / "learning_curves.png")
 
     tuned_text = ""
     if any(k.startswith("net__module__") for k in best_params):
@@ -522,7 +625,8 @@ def run(ctx) -> dict:
                    class_weight=class_weight, train_rows=train_rows, full_epochs=full_epochs,
                    curve_before=curve_before, curve_after=curve_after, mframe=mframe,
                    grid=grid, pruned=pruned, settings=settings, search=search, cv=cv,
-                   best_params=best_params, backends=backends, binfo=binfo, timings=timings)
+                   best_params=best_params, backends=backends, binfo=binfo, timings=timings,
+                   best_is_default=best_is_default)
     return {
         "architecture": {"n_params": n_params, "n_params_tuned": n_params_tuned,
                          "layers": arch_table.to_dict("records")},
@@ -532,6 +636,7 @@ def run(ctx) -> dict:
         "learning_curves": {"before": _curve_summary(curve_before),
                             "tuned": _curve_summary(curve_after)},
         "best_params": best_params,
+        "best_is_default": bool(best_is_default),
         "best_cv_mcc": float(search.best_score_),
         "search": {"grid": grid, "pruned_config_grid": pruned, "n_candidates": n_cand,
                    "cv_folds": settings["cv"], "max_epochs": settings["search_epochs"],
@@ -548,7 +653,7 @@ def run(ctx) -> dict:
 
 def _markdown(ctx, *, arch_text, n_params, n_params_tuned, class_weight, train_rows, full_epochs,
               curve_before, curve_after, mframe, grid, pruned, settings, search, cv, best_params,
-              backends, binfo, timings) -> str:
+              backends, binfo, timings, best_is_default) -> str:
     cfg = ctx.config
     n_star = int((train_rows["label"] == "star").sum())
     n_gal = int((train_rows["label"] == "galaxy").sum())
@@ -602,8 +707,10 @@ def _markdown(ctx, *, arch_text, n_params, n_params_tuned, class_weight, train_r
           f"{fmt(cb['valid_bacc_at_best'])}, ROC AUC {fmt(cb['valid_auc_at_best'])} on the held-out "
           "cells).", "",
           "![learning curves](learning_curves.png)", "",
-          "Solid: default model; dashed: tuned model (refit below). Both curves come from the "
-          "early-stopping split of the train rows, not from the `valid` split reported in the tables.", ""]
+          ("Solid: default model (also the tuned one, see below). " if best_is_default else
+           "Solid: default model; dashed: tuned model (refit below). ")
+          + "The validation curves come from the early-stopping split of the train rows, not from the "
+          "`valid` split reported in the tables.", ""]
     # ---- tuning
     grid_txt = "; ".join(f"`{_config_name(k)}` {list(v)}" for k, v in grid.items())
     L += ["### Tuning", "",
@@ -626,14 +733,16 @@ def _markdown(ctx, *, arch_text, n_params, n_params_tuned, class_weight, train_r
             f"`{k}` {v}" + (f" (held at the default {cfg.cnn[k]:g})" if k in cfg.cnn and k != "width" else "")
             for k, v in pruned.items())
         per_fit = float(cv["mean_fit_time"].mean())
-        est = n_full * len(FULL_CUT_SIZES) * t["n_splits"] * per_fit / max(1, t["n_jobs"])
+        n_sizes = len(grid.get("cut__size", [cfg.cutout_size]))
+        est = n_full * n_sizes * t["n_splits"] * per_fit / max(1, t["n_jobs"])
         n_params_wide = architecture_summary(
             _module_for(cfg, {"net__module__width": FULL_MAX_WIDTH * 2}), cfg.cutout_size)[2]
         L += [f"**Why this grid.** The configured full grid has {n_full} candidates "
               f"({'; '.join(f'`{k}` {list(v)}' for k, v in full_grid.items())}); with `cutout_size` on "
-              f"top and {t['n_splits']} folds that is {n_full * len(FULL_CUT_SIZES) * t['n_splits']} fits, "
+              f"top and {t['n_splits']} folds that is {n_full * n_sizes * t['n_splits']} fits, "
               f"at least {est / 60:.0f} min at this run's mean fit time on {t['n_jobs']} worker(s) (more, "
-              "since wider nets are slower) -- far over the few-minute budget of a 2-core machine. "
+              "since width 64 is slower), against a budget of about 6 min for this search on a 2-core "
+              "machine. "
               "Not searched: " + pruned_txt + ". Width "
               f"{FULL_MAX_WIDTH * 2} has {n_params_wide:,} parameters against {n_params:,} at width "
               f"{cfg.cnn['width']} (about four times the multiply-adds per cutout), too slow on a CPU "
@@ -650,46 +759,119 @@ def _markdown(ctx, *, arch_text, n_params, n_params_tuned, class_weight, train_r
               f"fold-to-fold std {fmt(best_row['std_test_score'])}).", ""]
     L += [f"**Best:** {_params_text(best_params)} (CV MCC {fmt(search.best_score_)}).", ""]
     # ---- after
-    L += ["### After tuning", "",
-          f"The best candidate refitted on all train objects (at most {full_epochs} epochs, "
-          f"{timings['fit_after_s']:.0f} s; ran {ca['epochs_run']} epochs, kept epoch {ca['best_epoch']}; "
-          f"{n_params_tuned:,} parameters) vs the default model (`metrics_before_after.csv`):", "",
-          _metrics_md(mframe), ""]
+    if best_is_default:
+        L += ["### After tuning", "",
+              "The search picked the default configuration, so the tuned model *is* the default model "
+              "(same parameters, seed and data: a refit would reproduce it); the rows below are "
+              "identical by construction (`metrics_before_after.csv`):", "", _metrics_md(mframe), ""]
+    else:
+        L += ["### After tuning", "",
+              f"The best candidate refitted on all train objects (at most {full_epochs} epochs, "
+              f"{timings['fit_after_s']:.0f} s; ran {ca['epochs_run']} epochs, kept epoch "
+              f"{ca['best_epoch']}; {n_params_tuned:,} parameters) vs the default model "
+              "(`metrics_before_after.csv`):", "", _metrics_md(mframe), ""]
     deltas = []
     for split in ("valid", "test"):
         d = m.loc[("after", split), "mcc"] - m.loc[("before", split), "mcc"]
         deltas.append(f"{split} MCC {'+' if d >= 0 else ''}{d:.3f}")
-    L += ["Change from tuning: " + ", ".join(deltas) + ". The `valid` split (whole sky cells never used by "
-          "the search or the fits) and the separate test field are the honest estimates; differences of a "
-          "few hundredths are within the fold-to-fold spread of the CV scores above.", ""]
+    if not best_is_default:
+        L += ["Change from tuning: " + ", ".join(deltas) + ". The `valid` split (whole sky cells never "
+              "used by the search or the fits) and the separate test field are the honest estimates; for "
+              "scale, the best candidate's CV MCC varied by a standard deviation of "
+              f"{fmt(best_row['std_test_score'])} from fold to fold (a rough yardstick from "
+              f"{t['n_splits']} folds); in the backend comparison below, runs that differ only in "
+              "torch's thread count (floating-point summation order) moved a candidate's mean CV MCC "
+              f"by up to {backends['max_abs_score_diff'].max():.3f}.", ""]
     # ---- backends
-    b = backends
-    seq = b.iloc[0]
+    L += _backends_section(backends, binfo, cfg)
+    return "\n".join(L).rstrip() + "\n"
+
+
+def _backends_section(b: pd.DataFrame, binfo: dict, cfg) -> list[str]:
+    by = b.set_index("backend")
+    seq, seq1 = by.loc[SEQ_LABEL], by.loc[SEQ1_LABEL]
+    par = b[~b["backend"].isin([SEQ_LABEL, SEQ1_LABEL])]
+    threads = binfo["default_torch_threads"]
+    cores = _cpu_count()
     all_same = bool(b["same_best_params"].all())
     bgrid = "; ".join(f"`{_config_name(k)}` {list(v)}" for k, v in binfo["grid"].items())
-    L += ["### Parallel backends", "",
-          f"The same small search ({bgrid}; {binfo['cv']} group folds, {binfo['epochs']} epochs each, "
-          f"{int(seq['n_fits'])} fits, no refit) timed in this run on each backend (`tuning_backends.csv`):",
-          "", _backends_md(b), ""]
     startup = binfo.get("dask_startup_s")
-    L += [("The three backends chose **the same best parameters**" if all_same else
-           "The backends did **not** all choose the same best parameters")
-          + f" (largest difference of a candidate's mean CV MCC from the sequential run: "
-          f"{b['max_abs_score_diff'].max():.2g}; the seeds are fixed, so differences come only from the "
-          "floating-point order of multi- vs single-threaded torch kernels)."
-          + " Worker start-up is not in the wall times: the loky workers were started and had imported "
-          "torch before their search"
-          + (f", and starting the Dask cluster and importing torch on its workers took {startup:.1f} s "
-             "beforehand." if startup is not None else "."), "",
-          f"Why the speedup is below 2 on this {_cpu_count()}-core machine: the sequential run is not "
-          f"single-threaded -- torch already spreads every fit over {torch.get_num_threads()} intra-op "
-          "threads -- so the parallel backends only trade intra-op parallelism (inefficient for "
-          f"{cfg.cutout_size}x{cfg.cutout_size} images and batches of {cfg.cnn['batch_size']}) for "
-          "whole-fit parallelism at one thread per worker. On top come shipping the estimator and the "
-          "objects table to the workers, each worker re-reading frames and cutting objects, the wait for "
-          "the slowest of the concurrent fits, and other work on the shared CPU. With many cores (or a "
-          "Dask cluster of several machines) the same code scales to one fit per core.", ""]
-    return "\n".join(L).rstrip() + "\n"
+    L = ["### Parallel backends", "",
+         f"The same small search ({bgrid}; {binfo['cv']} group folds, at most {binfo['epochs']} epochs "
+         f"per fit, {int(seq['n_fits'])} fits, no refit) timed in this run on each backend, one after "
+         "the other (`tuning_backends.csv`; the 1-minute load average at the start of each run shows "
+         "how busy the shared machine was):", "", _backends_md(b), ""]
+    if binfo.get("dask_error"):
+        L += [f"**The Dask run failed** in this run (`{binfo['dask_error']}`); its row is missing.", ""]
+    L += [("All runs chose **the same best parameters**" if all_same else
+           "The runs did **not** all choose the same best parameters")
+          + " (largest difference of a candidate's mean CV MCC from the first run: "
+          f"{b['max_abs_score_diff'].max():.2g}; seeds and folds are fixed, so differences can only come "
+          "from the floating-point order of multi- vs single-threaded torch kernels). Worker start-up is "
+          "not in the wall times: before its timed search every worker process was started and warmed "
+          "up by one tiny fit (importing torch, mapping the frames, initialising torch's kernels), so "
+          "that no backend pays for a cold first fit" + (
+              f"; starting and warming up the Dask cluster took {startup:.1f} s."
+              if startup is not None else "."), ""]
+    def short(name):
+        return name.split(" (")[0]
+
+    pure = ", ".join(f"{short(r.backend)} {r.speedup_vs_sequential_1thread:.2f}x"
+                     for r in par.itertuples(index=False))
+    vs_default = ", ".join(f"{short(r.backend)} {r.speedup_vs_sequential:.2f}x"
+                           for r in par.itertuples(index=False))
+    slow = {short(r.backend): r.mean_fit_time_s / seq1["mean_fit_time_s"]
+            for r in par.itertuples(index=False) if seq1["mean_fit_time_s"] > 0}
+    text = (f"**Reading the speedups ({cores} cores).** Two fits at a time can at best halve the time "
+            f"of one-thread sequential fits; measured against the sequential run with one torch thread "
+            f"({fmt(seq1['wall_time_s'], 1)} s) the parallel speedups are {pure}. ")
+    if (par["speedup_vs_sequential_1thread"] >= 2).any():
+        text += ("A ratio of 2 or more cannot come from two workers alone: the load of the shared "
+                 "machine changed between the runs (see the load column), so these single runs "
+                 "are only indicative. ")
+    else:
+        per_fit = ", ".join(f"{k} {v:.1f}x" for k, v in slow.items())
+        text += ("Below 2 because of the per-fit time: one fit inside a worker took, on average, "
+                 f"{per_fit} as long as the same fit alone in the main process "
+                 f"({fmt(seq1['mean_fit_time_s'], 2)} s). ")
+        if slow and max(slow.values()) > 1.3:
+            text += ("Where fits ran slower inside workers than alone, the likely causes are the "
+                     "shared machine (load column) and two convolution-heavy processes competing for "
+                     "memory bandwidth and caches. ")
+        text += ("On top come shipping the estimator and the objects table to the workers and "
+                 "waiting for the slower of two concurrent fits (Dask adds its scheduler's per-task "
+                 "overhead). ")
+    if DASK_LABEL in by.index and DASK_TRIM_LABEL in by.index:
+        d, dt = by.loc[DASK_LABEL], by.loc[DASK_TRIM_LABEL]
+        ratio = dt["mean_fit_time_s"] / d["mean_fit_time_s"] if d["mean_fit_time_s"] > 0 else np.nan
+        text += ("**Dask's allocator setting.** Its nanny starts workers with "
+                 "`MALLOC_TRIM_THRESHOLD_=65536` by default, which switches off glibc's dynamic mmap "
+                 "threshold, so large buffers such as torch's per-batch tensors can be mapped, "
+                 "page-faulted and unmapped at every step. With that setting a fit took "
+                 f"{fmt(dt['mean_fit_time_s'], 2)} s on average and the search {fmt(dt['wall_time_s'], 1)} "
+                 f"s, against {fmt(d['mean_fit_time_s'], 2)} s and {fmt(d['wall_time_s'], 1)} s with the "
+                 "variable removed (`dask.config` key `distributed.nanny.pre-spawn-environ`, as this "
+                 "stage does for its main Dask row)" + (
+                     f": {ratio:.1f}x slower per fit. " if ratio > 1.3 else
+                     ": no clear difference at this size. "))
+    if seq["wall_time_s"] > seq1["wall_time_s"]:
+        text += (f"Against the plain `n_jobs=1` run ({fmt(seq['wall_time_s'], 1)} s, torch's default "
+                 f"{threads} intra-op threads) the ratios are {vs_default}: here the sequential fits were "
+                 f"{seq['wall_time_s'] / seq1['wall_time_s']:.1f}x faster with one torch thread than "
+                 f"with {threads} (process CPU time {fmt(seq['main_process_cpu_s'], 1)} s vs "
+                 f"{fmt(seq1['main_process_cpu_s'], 1)} s for the same work). Convolutions on "
+                 f"{cfg.cutout_size}x{cfg.cutout_size} cutouts in batches of {cfg.cnn['batch_size']} are "
+                 "too small to split across threads efficiently, and when another process holds a core "
+                 "the threads of one operation wait (spinning) for each other; one single-threaded fit "
+                 "per core avoids this, which is what the loky and Dask backends do "
+                 "(`stargal.tuning` caps each worker's threads).")
+    else:
+        text += (f"Against the plain `n_jobs=1` run ({fmt(seq['wall_time_s'], 1)} s) the ratios are "
+                 f"{vs_default}: there torch's {threads} intra-op threads already spread every fit "
+                 "over both cores, so fit-level parallelism has little left to gain.")
+    L += [text + " With more cores (or a Dask cluster of several machines) the same code runs one "
+          "fit per core.", ""]
+    return L
 
 
 def _cpu_count() -> int:
