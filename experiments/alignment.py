@@ -3,16 +3,35 @@
 :func:`run` writes into ``out_dir``:
 
 ``alignment_residuals.csv``
-    Per band (rows ``field='all'`` and per field): bright isolated stars' offsets in pixels
-    *before* alignment (band's own WCS pixel position minus the r-band pixel position: what
-    using the same pixel indices in every band would do) and *after* alignment (windowed
-    centroid of the Lanczos-3 aligned cutout minus its centre pixel): median and 95th
-    percentile of ``|offset|``, the median signed ``dx``/``dy``, and ``resampling_err_median``:
-    the aligned centroid minus the raw-frame centroid relative to the WCS position (what the
-    resampling itself adds; the rest of the "after" offset is SDSS's own band-to-band
-    astrometric error and differential chromatic refraction). Stars: catalog label ``star``,
+    Per band (rows ``field='all'`` and per field), bright isolated catalog stars' offsets in
+    pixels at each stage of :data:`STAGES`: median and 95th percentile of ``|offset|``
+    (``<stage>_median_px``, ``<stage>_p95_px``) and ``n_stars``:
+
+    * ``before``: raw pixel indices (the band's WCS position minus the r position: what using
+      the same pixel indices in every band would do);
+    * ``wcs``: header-WCS alignment (``Aligner(refine=False)``): windowed centroid of the
+      Lanczos-3 aligned cutout minus its centre pixel;
+    * ``refined``: header WCS + the field's registration (:class:`stargal.align.Registration`,
+      what ``Aligner(refine=True)`` applies) **held out**: for stars with ``x_r < nx / 2`` the
+      registration is fitted only on reference stars of the other half (``x_r >= nx / 2``) and
+      vice versa, so no evaluation star fits its own correction; ``refined_const``: the same
+      with the constant term only; ``refined_loo``: leave-one-out (all reference stars farther
+      than 5 px from the star: the density the production model has); ``refined_colour``: a
+      diagnostic g-r term on top of ``refined`` (differential chromatic refraction).
+
+    Also the median signed ``wcs``/``refined`` ``dx``/``dy``, the correlation of the refined
+    residual with the star's g-r (``refined_dx_gr_corr``, ``refined_dy_gr_corr``) and
+    ``resampling_err_median_px``: the aligned centroid minus the raw-frame centroid relative to
+    the WCS position (what the resampling itself adds). Stars: catalog label ``star``,
     16 < psfmag_r < 19.5, no other catalog object within 10 px, flag ``''``, and per band an
-    aperture S/N > 20.
+    aperture S/N > 20. (The reference stars of the registration are found in the frames, not
+    taken from the catalog; many of them are these same stars, hence the held-out schemes.)
+``alignment_residuals.png``
+    Cumulative distributions of ``|offset|`` per band: header WCS, refined (x-split), refined
+    (leave-one-out).
+``registration_offsets.csv``
+    Per field and band: the registration's constant offset ``dx, dy`` (pixels, relative to r),
+    reference stars found / used, and their median residual about the constant.
 ``alignment_irg.png``
     IRG composite (i, r, g as R, G, B; Lupton asinh stretch) of a 101 x 101 px region:
     left, the same pixel indices in each band's frame (unaligned: coloured ghosts several
@@ -52,14 +71,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stargal.align import Aligner
+from stargal.align import Aligner, Registration, field_registration
 from stargal.catalogs import read_calibobj
 from stargal.cutouts import Cutter, centroid_offsets, resample_stamps
 from stargal.fetch import get_fetcher
 from stargal.frames import Field
 from stargal.sdss import BANDS, FieldID
 
-__all__ = ["run", "select_alignment_stars", "measure_alignment", "resample_field_to_r"]
+__all__ = ["run", "select_alignment_stars", "measure_alignment", "heldout_shifts", "resample_field_to_r", "STAGES"]
 
 STAR_MAG = (16.0, 19.5)
 ISOLATION_PX = 10.0
@@ -91,62 +110,228 @@ def _fractional(table: pd.DataFrame) -> np.ndarray:
     return np.stack(out, axis=1)
 
 
-def measure_alignment(stars: pd.DataFrame, sky_noise: dict, sas_url: str, cache_dir: str) -> pd.DataFrame:
-    """Per star and band: offsets before/after alignment and the aperture S/N (long table).
+#: Stages of the residual table (columns ``<stage>_median_px`` / ``<stage>_p95_px``).
+STAGES = {
+    "before": "raw pixel indices: |position in the band - position in r| (no alignment)",
+    "wcs": "aligned with each band's header WCS (Aligner(refine=False))",
+    "refined": "header WCS + registration (constant + local term) fitted on reference stars of the "
+               "OTHER half of the frame (x < nx/2 vs >=): held out",
+    "refined_const": "as 'refined' with the constant term only (held out, other half)",
+    "refined_loo": "header WCS + registration from all reference stars farther than 5 px from the "
+                   "star (leave-one-out: the production model's density, still held out)",
+    "refined_colour": "as 'refined' plus a per-field, per-band linear g-r term fitted on the other "
+                      "half's reference stars (diagnostic for differential chromatic refraction)",
+}
+LOO_RADIUS_PX = 5.0
 
-    Returns columns ``band, before, after, dx, dy, resampling_err, snr`` (pixels; ``before`` is
-    ``|(x_b, y_b) - (x_r, y_r)|``, ``after`` the windowed-centroid offset of the aligned cutout).
+
+def _offsets_of(table: pd.DataFrame, kw: dict) -> np.ndarray:
+    """Windowed-centroid offsets ``(n, 5, 2)`` of the Lanczos-3 cutouts made at the table's positions."""
+    return centroid_offsets(Cutter(**kw).transform(table))
+
+
+def _shifted(stars: pd.DataFrame, shifts: dict) -> pd.DataFrame:
+    out = stars.copy()
+    for b, (dx, dy) in shifts.items():
+        out[f"x_{b}"] = out[f"x_{b}"].to_numpy() + dx
+        out[f"y_{b}"] = out[f"y_{b}"].to_numpy() + dy
+    return out
+
+
+def _robust_slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Least-squares slope of y on x after 3-sigma (MAD) clipping; 0 with < 5 points."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 5:
+        return 0.0
+    x, y = x[ok], y[ok]
+    keep = np.ones(x.size, dtype=bool)
+    slope = 0.0
+    for _ in range(5):
+        if keep.sum() < 5 or np.ptp(x[keep]) == 0:
+            break
+        slope, icpt = np.polyfit(x[keep], y[keep], 1)
+        res = y - (slope * x + icpt)
+        scale = 1.4826 * np.median(np.abs(res[keep]))
+        new = np.abs(res) < 3 * max(scale, 1e-3)
+        if (new == keep).all():
+            break
+        keep = new
+    return float(slope)
+
+
+def _colour(flux_g, flux_r) -> np.ndarray:
+    flux_g, flux_r = np.asarray(flux_g, float), np.asarray(flux_r, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((flux_g > 0) & (flux_r > 0), -2.5 * np.log10(flux_g / flux_r), np.nan)
+
+
+def heldout_shifts(stars: pd.DataFrame, registration: Registration, nx: int, mode: str = "xsplit",
+                   colour: np.ndarray | None = None) -> dict:
+    """Per band ``(dx, dy)`` corrections for evaluation stars that never fit their own correction.
+
+    ``mode='xsplit'``: stars with ``x_r < nx / 2`` get the registration fitted on reference stars
+    with ``x_r >= nx / 2`` and vice versa. ``'xsplit_const'``: the same with the constant term
+    only. ``'loo'``: all reference stars farther than :data:`LOO_RADIUS_PX` from the star.
+    ``'xsplit_colour'``: ``'xsplit'`` plus ``k (g-r - median)``, ``k`` fitted per band on the
+    other half's reference stars (their residuals after the registration vs their g-r);
+    ``colour`` is the evaluation stars' g-r.
+    """
+    xr, yr = stars["x_r"].to_numpy(float), stars["y_r"].to_numpy(float)
+    out = {b: (np.zeros(len(stars)), np.zeros(len(stars))) for b in BANDS if b != "r"}
+    refs = registration.references
+    if mode == "loo":
+        for b in out:
+            out[b] = registration.offsets(b, xr, yr, exclude_within=LOO_RADIUS_PX)
+        return out
+    ref_left = (refs["x_r"] < nx / 2).to_numpy()
+    left = xr < nx / 2
+    for side in (True, False):
+        train = registration.subset(ref_left != side)
+        if mode == "xsplit_const":
+            train = Registration(train.fid, train.references, local_scale=None)
+        sel = left == side
+        for b in out:
+            dx, dy = train.offsets(b, xr[sel], yr[sel])
+            if mode == "xsplit_colour" and colour is not None and train.n_used[b]:
+                tr = train.used_references(b)
+                rdx, rdy = train.offsets(b, tr["x_r"], tr["y_r"])
+                gr = _colour(tr["flux_g"], tr["flux_r"])
+                centre = float(np.nanmedian(gr)) if np.isfinite(gr).any() else 0.0
+                kx = _robust_slope(gr - centre, tr[f"dx_{b}"].to_numpy(float) - rdx)
+                ky = _robust_slope(gr - centre, tr[f"dy_{b}"].to_numpy(float) - rdy)
+                c = np.nan_to_num(colour[sel] - centre)
+                dx, dy = dx + kx * c, dy + ky * c
+            out[b][0][sel], out[b][1][sel] = dx, dy
+    return out
+
+
+def measure_alignment(stars: pd.DataFrame, sky_noise: dict, sas_url: str, cache_dir: str,
+                      registration: Registration | None = None, nx: int | None = None) -> pd.DataFrame:
+    """Per star and band: offsets at every stage of :data:`STAGES` and the aperture S/N (long table).
+
+    ``stars`` is the header-WCS aligned table (``Aligner(refine=False)``). Returns columns
+    ``band, x_r, g_r, before, wcs, wcs_dx, wcs_dy, resampling_err, snr`` and, with a
+    ``registration`` and the r frame's width ``nx``, ``refined, refined_dx, refined_dy,
+    refined_const, refined_loo, refined_colour`` (pixels; every offset but ``before`` is the
+    windowed centroid of the aligned Lanczos-3 cutout minus its centre).
     """
     kw = {"sas_url": sas_url, "cache_dir": cache_dir}
     cut = Cutter(**kw).transform(stars)
     raw = Cutter(interpolation="nearest", **kw).transform(stars)
-    after = centroid_offsets(cut)
+    wcs = centroid_offsets(cut)
     raw_off = centroid_offsets(raw) - _fractional(stars)
     size = cut.shape[-1]
     yy, xx = np.mgrid[:size, :size]
     ap = np.hypot(xx - (size - 1) / 2, yy - (size - 1) / 2) <= _AP_RADIUS
     noise = np.array([sky_noise[b] for b in BANDS])
-    snr = (cut * ap).sum(axis=(2, 3)) / (noise * np.sqrt(ap.sum()))
+    flux = (cut * ap).sum(axis=(2, 3))
+    snr = flux / (noise * np.sqrt(ap.sum()))
+    g_r = _colour(flux[:, BANDS.index("g")], flux[:, BANDS.index("r")])
+    stages = {}
+    if registration is not None and nx is not None:
+        for name, mode in (("refined", "xsplit"), ("refined_const", "xsplit_const"), ("refined_loo", "loo"),
+                           ("refined_colour", "xsplit_colour")):
+            shifts = heldout_shifts(stars, registration, nx, mode, colour=g_r)
+            stages[name] = _offsets_of(_shifted(stars, shifts), kw)
     rows = []
     for i, b in enumerate(BANDS):
         before = np.hypot(stars[f"x_{b}"] - stars["x_r"], stars[f"y_{b}"] - stars["y_r"]).to_numpy()
-        rows.append(pd.DataFrame({
+        cols = {
             "band": b,
+            "x_r": stars["x_r"].to_numpy(),
+            "g_r": g_r,
             "before": before,
-            "after": np.hypot(after[:, i, 0], after[:, i, 1]),
-            "dx": after[:, i, 0],
-            "dy": after[:, i, 1],
-            "resampling_err": np.hypot(*(after[:, i] - raw_off[:, i]).T),
+            "wcs": np.hypot(wcs[:, i, 0], wcs[:, i, 1]),
+            "wcs_dx": wcs[:, i, 0],
+            "wcs_dy": wcs[:, i, 1],
+            "resampling_err": np.hypot(*(wcs[:, i] - raw_off[:, i]).T),
             "snr": snr[:, i],
-        }))
+        }
+        for name, off in stages.items():
+            cols[name] = np.hypot(off[:, i, 0], off[:, i, 1])
+            if name == "refined":
+                cols["refined_dx"], cols["refined_dy"] = off[:, i, 0], off[:, i, 1]
+        rows.append(pd.DataFrame(cols))
     return pd.concat(rows, ignore_index=True)
 
 
 def _summarise(long: pd.DataFrame) -> pd.DataFrame:
-    good = long[(long["snr"] > MIN_SNR) & np.isfinite(long["after"])]
+    good = long[(long["snr"] > MIN_SNR) & np.isfinite(long["wcs"])]
     rows = []
     for b in BANDS:
         g = good[good["band"] == b]
-        rows.append({
-            "band": b,
-            "n_stars": len(g),
-            "before_median_px": g["before"].median(),
-            "before_p95_px": g["before"].quantile(0.95),
-            "after_median_px": g["after"].median(),
-            "after_p95_px": g["after"].quantile(0.95),
-            "after_median_dx_px": g["dx"].median(),
-            "after_median_dy_px": g["dy"].median(),
-            "resampling_err_median_px": g["resampling_err"].median(),
-        })
+        row = {"band": b, "n_stars": len(g)}
+        for stage in STAGES:
+            if stage in g:
+                vals = g[stage].dropna()
+                row[f"{stage}_median_px"] = vals.median()
+                row[f"{stage}_p95_px"] = vals.quantile(0.95)
+        row["wcs_median_dx_px"], row["wcs_median_dy_px"] = g["wcs_dx"].median(), g["wcs_dy"].median()
+        if "refined_dx" in g:
+            row["refined_median_dx_px"] = g["refined_dx"].median()
+            row["refined_median_dy_px"] = g["refined_dy"].median()
+            # remaining colour-correlated scatter: correlation of the refined residual with g-r
+            ok = (np.isfinite(g["g_r"]) & np.isfinite(g["refined_dx"])).to_numpy()
+            for axis in ("dx", "dy"):
+                corr = np.nan
+                if ok.sum() > 5 and b != "r":
+                    corr = float(np.corrcoef(g["g_r"].to_numpy()[ok], g[f"refined_{axis}"].to_numpy()[ok])[0, 1])
+                row[f"refined_{axis}_gr_corr"] = corr
+        row["resampling_err_median_px"] = g["resampling_err"].median()
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
-def resample_field_to_r(field: Field, tile: int = TILE) -> np.ndarray:
+def _residual_figure(path: Path, long: pd.DataFrame) -> None:
+    """Cumulative distributions of |offset| per band: header WCS vs refined (held out)."""
+    from matplotlib.figure import Figure
+
+    good = long[(long["snr"] > MIN_SNR) & np.isfinite(long["wcs"])]
+    fig = Figure(figsize=(13, 3.2), constrained_layout=True)
+    axes = fig.subplots(1, len(BANDS), sharey=True)
+    styles = {"wcs": ("header WCS", "tab:red"), "refined": ("refined, held out (x-split)", "tab:blue"),
+              "refined_loo": ("refined, leave-one-out", "tab:green")}
+    for ax, b in zip(axes, BANDS):
+        g = good[good["band"] == b]
+        for stage, (label, colour) in styles.items():
+            if stage not in g or g[stage].dropna().empty:
+                continue
+            v = np.sort(g[stage].dropna().to_numpy())
+            ax.step(v, np.arange(1, v.size + 1) / v.size, where="post", color=colour,
+                    label=f"{label}: median {np.median(v):.3f}")
+        ax.axvline(0.1, color="0.5", lw=0.6, ls=":")
+        ax.set_xlim(0, 0.5)
+        ax.set_title(f"{b} (n={len(g)})")
+        ax.set_xlabel("|centroid offset| (px)")
+        ax.legend(fontsize=6, loc="lower right")
+    axes[0].set_ylabel("fraction of stars")
+    fig.suptitle("Bright isolated catalog stars: centroid offset from the cutout centre", fontsize=10)
+    fig.savefig(path, dpi=110)
+
+
+def _markdown(summary: pd.DataFrame, n_fields: int) -> str:
+    lines = ["Median |centroid offset| from the cutout centre (95th percentile in brackets), pixels, "
+             f"bright isolated catalog stars of {n_fields} field(s), aperture S/N > {MIN_SNR:g}:", "",
+             "| band | n | before (raw pixels) | header WCS | refined (held out, x-split) | "
+             "refined (leave-one-out) | constant only (x-split) | + g-r term (x-split) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in summary.to_dict("records"):
+        def cell(stage):
+            med, p95 = r.get(f"{stage}_median_px", np.nan), r.get(f"{stage}_p95_px", np.nan)
+            return "–" if not np.isfinite(med) else f"{med:.3f} ({p95:.3f})"
+        lines.append(f"| {r['band']} | {r['n_stars']} | {cell('before')} | {cell('wcs')} | {cell('refined')} | "
+                     f"{cell('refined_loo')} | {cell('refined_const')} | {cell('refined_colour')} |")
+    lines += ["", "Stages: " + "; ".join(f"**{k}**: {v}" for k, v in STAGES.items()) + "."]
+    return "\n".join(lines)
+
+
+def resample_field_to_r(field: Field, tile: int = TILE, registration: Registration | None = None) -> np.ndarray:
     """The field's five bands on the r frame's pixel grid, ``(5, ny, nx)`` float32, nanomaggies.
 
     The r grid is cut into ``tile x tile`` tiles; each band is resampled (Lanczos-3) at the
     band-frame position of each tile's centre, i.e. with a per-tile translation (the residual
-    rotation/scale between band WCSs is < 1e-4, so < 0.01 px across a 101 px tile).
+    rotation/scale between band WCSs is < 1e-4, so < 0.01 px across a 101 px tile). With a
+    ``registration`` the tile centres are corrected as the Aligner corrects objects.
     """
     r = field.frame("r")
     ny, nx = r.shape
@@ -159,6 +344,9 @@ def resample_field_to_r(field: Field, tile: int = TILE) -> np.ndarray:
     for bi, b in enumerate(BANDS):
         frame = field.frame(b)
         x, y = frame.world_to_pixel(ra, dec)
+        if registration is not None and b != "r":
+            dx, dy = registration.offsets(b, gx.ravel(), gy.ravel())
+            x, y = x + dx, y + dy
         tiles = resample_stamps(frame.image, x, y, tile, "lanczos3")
         mosaic = tiles.reshape(len(cy), len(cx), tile, tile).transpose(0, 2, 1, 3)
         out[bi] = mosaic.reshape(len(cy) * tile, len(cx) * tile)[:ny, :nx]
@@ -317,14 +505,17 @@ def run(out_dir, fields, fetcher=None, quick: bool = False, binning: int | None 
     fetcher = get_fetcher(fetcher)
     kw = {"sas_url": fetcher.base_url, "cache_dir": str(fetcher.cache_dir)}
 
-    long_tables, band_rows, count_rows, catalogs = [], [], [], {}
+    long_tables, band_rows, count_rows, catalogs, reg_rows = [], [], [], {}, []
     images, stars_r, gals_r = [], [], []
     for k, fid in enumerate(fields):
         catalog = read_calibobj(fid, fetcher)
-        aligned = Aligner(policy="flag", **kw).fit_transform(catalog)
+        aligned = Aligner(policy="flag", **kw).fit_transform(catalog)  # production: refine=True
+        wcs_aligned = Aligner(policy="flag", refine=False, **kw).fit_transform(catalog)
         catalogs[fid] = catalog
         field = Field(fid, fetcher)
         frames = field.frames()
+        registration = field_registration(field)
+        reg_rows.append(registration.summary().assign(field=fid, n_references=len(registration.references)))
         for b, fr in frames.items():
             img = np.asarray(fr.image)
             band_rows.append({"field": fid, "band": b, "mean": float(img.mean(dtype=np.float64)),
@@ -335,27 +526,33 @@ def run(out_dir, fields, fetcher=None, quick: bool = False, binning: int | None 
             count_rows.append({"field": fid, "label": label, "n": int(lab.sum()),
                                "n_flagged_edge": int((lab & (aligned["flag"] == "edge")).sum()),
                                "n_usable": int((lab & (aligned["flag"] == "")).sum())})
-        sel = select_alignment_stars(aligned)
+        sel = select_alignment_stars(wcs_aligned)
         if sel.any():
-            long = measure_alignment(aligned[sel], {b: fr.sky_noise for b, fr in frames.items()}, **kw)
+            long = measure_alignment(wcs_aligned[sel], {b: fr.sky_noise for b, fr in frames.items()}, **kw,
+                                     registration=registration, nx=frames["r"].shape[1])
             long.insert(0, "field", fid)
             long_tables.append(long)
         if k == 0:
             _irg_figure(out / "alignment_irg.png", fid, aligned, field, kw)
             _examples_figure(out / "example_cutouts.png", fid, aligned, kw)
-        images.append(_bin(resample_field_to_r(field), binning))
+        images.append(_bin(resample_field_to_r(field, registration=registration), binning))
         for store, label in ((stars_r, "star"), (gals_r, "galaxy")):
             sub = aligned[aligned["label"] == label]
             store.append(sub[["x_r", "y_r"]].to_numpy(dtype=np.float32))
         field.release()
 
     long = pd.concat(long_tables, ignore_index=True) if long_tables else pd.DataFrame(
-        columns=["field", "band", "before", "after", "dx", "dy", "resampling_err", "snr"])
+        columns=["field", "band", "x_r", "g_r", "before", "wcs", "wcs_dx", "wcs_dy", "resampling_err", "snr"])
     summary = _summarise(long).assign(field="all")
     per_field = [_summarise(g).assign(field=f) for f, g in long.groupby("field", sort=False)]
     residuals = pd.concat([summary] + per_field, ignore_index=True)
     residuals = residuals[["field"] + [c for c in residuals.columns if c != "field"]]
     residuals.to_csv(out / "alignment_residuals.csv", index=False, float_format="%.4f")
+    registrations = pd.concat(reg_rows, ignore_index=True)
+    registrations = registrations[["field", "band", "n_references", "n_used", "dx", "dy", "median_abs_residual"]]
+    registrations.to_csv(out / "registration_offsets.csv", index=False, float_format="%.4f")
+    if len(long):
+        _residual_figure(out / "alignment_residuals.png", long)
     pd.DataFrame(band_rows).to_csv(out / "band_stats.csv", index=False, float_format="%.6g")
     counts = pd.DataFrame(count_rows)
     counts.to_csv(out / "object_counts.csv", index=False)
@@ -376,21 +573,34 @@ def run(out_dir, fields, fetcher=None, quick: bool = False, binning: int | None 
         binning=np.array(binning),
     )
     size_mb = (out / "tensors.npz").stat().st_size / 1e6
+    records = summary.to_dict("records")
+
+    def num(value, digits=3):
+        value = float(value)
+        return round(value, digits) if np.isfinite(value) else None  # JSON has no NaN
+
+    def per_band(col, digits=3):
+        return {r["band"]: num(r[col], digits) for r in records if col in r}
+
     headline = {
         "fields": fields,
-        "n_alignment_stars": {r.band: int(r.n_stars) for r in summary.itertuples()},
-        "before_median_px": {r.band: round(float(r.before_median_px), 3) for r in summary.itertuples()},
-        "after_median_px": {r.band: round(float(r.after_median_px), 3) for r in summary.itertuples()},
-        "after_p95_px": {r.band: round(float(r.after_p95_px), 3) for r in summary.itertuples()},
-        "resampling_err_median_px": {r.band: round(float(r.resampling_err_median_px), 4)
-                                     for r in summary.itertuples()},
+        "n_alignment_stars": {r["band"]: int(r["n_stars"]) for r in records},
+        **{f"{stage}_{stat}_px": per_band(f"{stage}_{stat}_px") for stage in STAGES for stat in ("median", "p95")
+           if f"{stage}_median_px" in summary},
+        "refined_gr_corr": {r["band"]: [num(r.get("refined_dx_gr_corr", np.nan), 2),
+                                        num(r.get("refined_dy_gr_corr", np.nan), 2)] for r in records},
+        "resampling_err_median_px": per_band("resampling_err_median_px", 4),
+        "registration_px": {f: {r["band"]: [num(r["dx"]), num(r["dy"]), int(r["n_used"])]
+                                for r in g.to_dict("records")} for f, g in registrations.groupby("field", sort=False)},
+        "stages": STAGES,
         "objects": {lab: int(counts.loc[counts["label"] == lab, "n"].sum()) for lab in ("star", "galaxy")},
         "tensors_shape": list(np.stack(images).shape) if images else [],
         "tensors_mb": round(size_mb, 1),
         "binning": binning,
         "files": sorted(p.name for p in out.iterdir() if p.is_file()),
     }
-    (out / "alignment_summary.json").write_text(json.dumps(headline, indent=2))
+    (out / "alignment_summary.json").write_text(json.dumps(headline, indent=2, allow_nan=False))
+    headline["markdown"] = _markdown(summary, len(fields))
     return headline
 
 

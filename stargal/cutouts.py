@@ -19,8 +19,14 @@ For an object at 0-based position ``x`` in a band (same for ``y``):
   each row of weights sums to 1 (flux conservation for smooth images). So a positive ``d``
   (object right of/above its base pixel centre) moves the sampling grid by ``+d``, bringing the
   object onto the centre;
-* separable interpolation as two batched matrix products: ``out = Ky @ stamp @ Kx^T`` with
-  ``Kx, Ky`` of shape ``(n, size, size + 2k)``.
+* separable interpolation: ``out = Ky @ stamp @ Kx^T`` with ``Kx, Ky`` of shape
+  ``(n, size, size + 2k)``.
+
+Two engines compute this (:func:`resample_stamps`, ``engine=``): numpy (batched matrix
+products) and, when numba imports, a compiled kernel (``stargal._cutout_kernels``; 2-3x faster
+on one thread, optionally multi-threaded with ``Cutter(n_jobs=...)``); they agree to float32
+rounding. The numba kernels are compiled on first use (a few seconds) and cached on disk.
+Set the environment variable ``STARGAL_NUMBA=0`` to force numpy.
 
 Interpolation choice
 --------------------
@@ -49,6 +55,9 @@ Examples
 
 from __future__ import annotations
 
+import os
+import threading
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -63,15 +72,21 @@ from .sdss import BANDS
 __all__ = [
     "Cutter",
     "INTERPOLATIONS",
+    "ENGINES",
     "kernel_weights",
     "resample_stamps",
     "centroid_offsets",
+    "numba_available",
 ]
 
 #: Interpolation name -> kernel half-width in pixels.
 INTERPOLATIONS = {"lanczos3": 3, "bicubic": 2, "nearest": 0}
 
+#: Resampling engines accepted by :func:`resample_stamps` (``'auto'``: numba when it imports).
+ENGINES = ("auto", "numba", "numpy")
+
 _CHUNK = 4096  # objects per gather/resample step (bounded memory: ~7 MB of stamps per band)
+_KIND = {"nearest": 0, "lanczos3": 1, "bicubic": 2}  # kernel codes of the numba engine
 
 
 def _lanczos3(t: np.ndarray) -> np.ndarray:
@@ -150,14 +165,98 @@ def _gather(image: np.ndarray, ix: np.ndarray, iy: np.ndarray, half: int) -> np.
     return out
 
 
+# ----------------------------------------------------------------------------- numba engine
+# stargal._cutout_kernels holds the same computation compiled with numba (imported lazily, on the
+# first resampling: importing numba takes ~1 s). It is used when numba imports, unless the
+# environment variable STARGAL_NUMBA=0; a numba failure falls back to numpy with a warning.
+_NUMBA_STATE = {"kernels": None, "error": None}
+_PARALLEL_LOCK = threading.Lock()  # numba's 'workqueue' layer does not allow concurrent launches
+
+
+def numba_available() -> bool:
+    """True when the numba engine can be used (numba imports and ``STARGAL_NUMBA`` is not ``0``)."""
+    if os.environ.get("STARGAL_NUMBA", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False  # checked on every call: the variable may change within a process
+    state = _NUMBA_STATE
+    if state["kernels"] is None and state["error"] is None:
+        try:
+            from . import _cutout_kernels
+
+            state["kernels"] = _cutout_kernels
+        except Exception as exc:  # noqa: BLE001 - ImportError or a broken numba: numpy engine instead
+            state["error"] = exc
+    return state["kernels"] is not None
+
+
+def _resample_numba(image, x, y, size, interpolation, fill_value, n_jobs, out=None, rows=None, band=0):
+    """The numba engine. Writes cutout ``i`` into ``out[rows[i], band]`` (``out``: C-contiguous
+    float32 ``(N, B, size, size)``; default a new ``(n, 1, size, size)`` array, ``rows = 0..n-1``)
+    and returns ``out``; ``n_jobs`` threads (``None``/1: the serial kernel)."""
+    kernels = _NUMBA_STATE["kernels"]
+    img = np.asarray(image)
+    if img.dtype != np.float32:
+        img = img.astype(np.float32)
+    if img.flags.writeable:  # one compiled specialisation: read-only, like the memory-mapped frames
+        img = img.view()
+        img.flags.writeable = False
+    if out is None:
+        out = np.empty((x.size, 1, size, size), dtype=np.float32)
+        rows = np.arange(x.size, dtype=np.int64)
+    args = (img, x, y, size, _KIND[interpolation], np.float32(fill_value), out, rows, int(band))
+    threads = _numba_threads(n_jobs)
+    if threads == 1 or x.size <= kernels.BLOCK:
+        kernels.resample_serial(*args)
+        return out
+    numba = kernels.numba
+    with _PARALLEL_LOCK:
+        previous = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            kernels.resample_parallel(*args)
+        finally:
+            numba.set_num_threads(previous)
+    return out
+
+
+def _cut_into(out, rows, band, image, x, y, size, interpolation, fill_value, n_jobs):
+    """``out[rows, band] = resample_stamps(image, x, y, ...)`` without a temporary when numba is used."""
+    if numba_available():
+        try:
+            _resample_numba(image, x, y, size, interpolation, fill_value, n_jobs, out, rows, band)
+            return
+        except Exception as exc:  # noqa: BLE001 - same fallback as resample_stamps
+            _numba_failed(exc)
+    out[rows, band] = _resample_numpy(image, x, y, size, interpolation, fill_value)
+
+
+def _numba_failed(exc) -> None:
+    _NUMBA_STATE["kernels"], _NUMBA_STATE["error"] = None, exc
+    warnings.warn(f"stargal: numba resampling failed ({type(exc).__name__}: {exc}); "
+                  "using the numpy engine from now on", RuntimeWarning, stacklevel=3)
+
+
+def _numba_threads(n_jobs) -> int:
+    """Threads the numba engine uses for ``n_jobs`` (``None``/1 -> 1; -1 -> every CPU numba may use)."""
+    if n_jobs is None or int(n_jobs) == 1 or not numba_available():
+        return 1
+    limit = int(_NUMBA_STATE["kernels"].numba.config.NUMBA_NUM_THREADS)
+    want = limit if int(n_jobs) < 0 else int(n_jobs)
+    return max(1, min(limit, want))
+
+
 def resample_stamps(image: np.ndarray, x, y, size: int, interpolation: str = "lanczos3",
-                    fill_value: float = np.nan) -> np.ndarray:
+                    fill_value: float = np.nan, *, engine: str = "auto", n_jobs=None) -> np.ndarray:
     """Cutouts ``(n, size, size)`` of one image, each centred on its 0-based ``(x, y)``.
 
-    Vectorised: stamps for all positions are gathered at once (through a strided window
-    view of the frame; indices clipped at the frame edges) and resampled with two batched
-    matrix products ``Ky @ stamp @ Kx^T``. Output pixels whose sample position lies outside
-    the image, and rows with non-finite positions, get ``fill_value``.
+    Stamps of ``size + 2k`` pixels around each position's base pixel are gathered (indices
+    clipped at the frame edges) and resampled separably, ``out = Ky @ stamp @ Kx^T`` (see
+    :func:`kernel_weights`). Output pixels whose sample position lies outside the image, and
+    rows with non-finite positions, get ``fill_value``.
+
+    Two engines compute exactly this: ``'numpy'`` (fancy indexing through a strided window view
+    and two batched matrix products, in chunks of 4096 objects) and ``'numba'`` (a compiled
+    loop over blocks of 64 objects, vectorised over objects; 2-3x faster on one thread, and it
+    can use several threads). They agree to float32 rounding (relative differences < 1e-6).
 
     Parameters
     ----------
@@ -169,19 +268,58 @@ def resample_stamps(image: np.ndarray, x, y, size: int, interpolation: str = "la
         Odd cutout side.
     interpolation : {'lanczos3', 'bicubic', 'nearest'}
     fill_value : float
+    engine : {'auto', 'numba', 'numpy'}, default='auto'
+        ``'auto'``: numba when it imports (and the environment variable ``STARGAL_NUMBA`` is
+        not ``0``), else numpy; a numba failure then falls back to numpy with a warning.
+        ``'numba'`` raises :class:`ImportError` when numba is unavailable.
+    n_jobs : int, optional
+        Threads of the numba engine (``None`` or 1: one; ``-1``: all numba may use). Ignored by
+        the numpy engine.
 
     Returns
     -------
     ndarray, float32, shape (n, size, size)
         ``out[i, j, l]`` is the image at ``(x[i] + l - c, y[i] + j - c)``, ``c = (size - 1) / 2``
         (for ``'nearest'``: at the integer pixel ``(floor(x[i] + 0.5) + l - c, ...)``).
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[:40, :40]
+    >>> image = np.exp(-((xx - 20.3) ** 2 + (yy - 17.8) ** 2) / 4.5).astype(np.float32)
+    >>> cut = resample_stamps(image, [20.3], [17.8], 7)
+    >>> cut.shape, bool(cut[0].argmax() == 3 * 7 + 3)
+    ((1, 7, 7), True)
     """
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {interpolation!r}")
-    if size < 1 or size % 2 == 0:
+    if isinstance(size, bool) or not isinstance(size, Integral) or size < 1 or size % 2 == 0:
         raise ValueError(f"size must be a positive odd integer, got {size!r}")
-    x = np.asarray(x, dtype=np.float64).reshape(-1)
-    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
+    if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, Integral) or n_jobs == 0):
+        raise ValueError(f"n_jobs must be None or a non-zero integer, got {n_jobs!r}")
+    if np.ndim(image) != 2:
+        raise ValueError(f"image must be 2-D, got shape {np.shape(image)}")
+    size = int(size)
+    x = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
+    y = np.ascontiguousarray(y, dtype=np.float64).reshape(-1)
+    if x.size != y.size:
+        raise ValueError(f"x and y must have the same length, got {x.size} and {y.size}")
+    if engine == "numba" and not numba_available():
+        raise ImportError(f"engine='numba' needs numba ({_NUMBA_STATE['error'] or 'disabled by STARGAL_NUMBA=0'})")
+    if engine != "numpy" and numba_available():
+        try:
+            return _resample_numba(image, x, y, size, interpolation, fill_value, n_jobs)[:, 0]
+        except Exception as exc:  # noqa: BLE001 - compilation/caching problems: numpy does the same job
+            if engine == "numba":
+                raise
+            _numba_failed(exc)
+    return _resample_numpy(image, x, y, size, interpolation, fill_value)
+
+
+def _resample_numpy(image, x, y, size, interpolation, fill_value):
+    """The numpy engine of :func:`resample_stamps` (validated float64 ``x``, ``y``)."""
+    image = np.asarray(image)  # a memory map stays a view (no copy)
     n = x.size
     out = np.full((n, size, size), fill_value, dtype=np.float32)
     ny, nx = image.shape
@@ -298,6 +436,10 @@ class Cutter(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         Data source and cache (``None``: ``STARGAL_SAS_URL`` / ``STARGAL_CACHE`` / defaults).
     fill_value : float, default=nan
         Value of every pixel of rows flagged by the Aligner (``flag != ''``).
+    n_jobs : int, optional
+        Threads for the resampling when the numba engine is used (see
+        :func:`resample_stamps`): ``None`` or 1 one thread, ``-1`` all CPUs numba may use.
+        Leave it at 1 inside joblib/Dask workers, which already run in parallel.
 
     Examples
     --------
@@ -309,12 +451,14 @@ class Cutter(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     (1, 5, 15, 15)
     """
 
-    def __init__(self, size=15, interpolation="lanczos3", sas_url=None, cache_dir=None, fill_value=np.nan):
+    def __init__(self, size=15, interpolation="lanczos3", sas_url=None, cache_dir=None, fill_value=np.nan,
+                 n_jobs=None):
         self.size = size
         self.interpolation = interpolation
         self.sas_url = sas_url
         self.cache_dir = cache_dir
         self.fill_value = fill_value
+        self.n_jobs = n_jobs
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -344,6 +488,9 @@ class Cutter(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str) and not hasattr(value, "__fspath__"):
                 raise ValueError(f"Cutter: {name} must be None or a string, got {value!r}")
+        n_jobs = self.n_jobs
+        if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, Integral) or n_jobs == 0):
+            raise ValueError(f"Cutter: n_jobs must be None or a non-zero integer (-1: all CPUs), got {n_jobs!r}")
 
     @staticmethod
     def _check_table(X) -> pd.DataFrame:
@@ -402,12 +549,13 @@ class Cutter(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         table = self._check_table(X)
         size = int(self.size)
         n = len(table)
-        out = np.full((n, len(BANDS), size, size), self.fill_value, dtype=np.float32)
+        out = np.empty((n, len(BANDS), size, size), dtype=np.float32)
         if n == 0:
             return out
         flag = table["flag"].fillna("").astype(str).to_numpy() if "flag" in table.columns else np.full(n, "")
         fids = table["field_id"].fillna("").astype(str).to_numpy()
         ok = flag == ""
+        out[~ok] = self.fill_value
         orphans = np.flatnonzero(ok & (fids == ""))
         if orphans.size:
             raise ValueError(
@@ -421,10 +569,10 @@ class Cutter(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             try:
                 for bi, band in enumerate(BANDS):
                     frame = field.frame(band)
-                    x = table[f"x_{band}"].to_numpy(dtype=np.float64)[idx]
-                    y = table[f"y_{band}"].to_numpy(dtype=np.float64)[idx]
-                    out[idx, bi] = resample_stamps(frame.image, x, y, size, self.interpolation,
-                                                   self.fill_value)
+                    x = np.ascontiguousarray(table[f"x_{band}"].to_numpy(dtype=np.float64)[idx])
+                    y = np.ascontiguousarray(table[f"y_{band}"].to_numpy(dtype=np.float64)[idx])
+                    _cut_into(out, idx, bi, frame.image, x, y, size, self.interpolation, self.fill_value,
+                              self.n_jobs)
             finally:
                 field.release()
         return out

@@ -29,7 +29,6 @@ import json
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 
 import numpy as np
@@ -88,28 +87,83 @@ def robust_sky_noise(image: np.ndarray, sample: int = 200_000, seed: int = 0) ->
     return float(med), float(sig)
 
 
-@dataclass
 class Frame:
     """One band of one field: image (nanomaggies), WCS and sky statistics.
 
-    Attributes
+    The header is parsed and the WCS built **lazily**, on first access of :attr:`header` /
+    :attr:`wcs` (building an astropy WCS costs ~3 ms per band; cutting cutouts at known pixel
+    positions never needs it).
+
+    Parameters
     ----------
     band : str
         ``'u'``, ``'g'``, ``'r'``, ``'i'`` or ``'z'``.
     image : numpy.ndarray
         ``(ny, nx)`` float32, usually a read-only memory map of the decompressed cache.
-    wcs : astropy.wcs.WCS
-        Celestial WCS of this band's frame.
+    wcs : astropy.wcs.WCS, optional
+        Celestial WCS; built from ``header`` on first use when omitted.
     sky_median, sky_noise : float
         Robust median and standard deviation of the (sky-subtracted) image, nanomaggies.
+    header : astropy.io.fits.Header or str, optional
+        The frame's primary header (a string is parsed on first use).
+
+    Attributes
+    ----------
+    band, image, sky_median, sky_noise
+        As above.
+    header : astropy.io.fits.Header
+    wcs : astropy.wcs.WCS
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> f = Frame("r", np.zeros((3, 4), np.float32), sky_median=0.0, sky_noise=0.01,
+    ...           header="SIMPLE  =                    T" + " " * 50)
+    >>> f.shape
+    (3, 4)
     """
 
-    band: str
-    image: np.ndarray
-    wcs: WCS
-    sky_median: float
-    sky_noise: float
-    header: fits.Header = dc_field(repr=False, default=None)
+    def __init__(self, band, image, wcs=None, sky_median=float("nan"), sky_noise=float("nan"),
+                 header=None):
+        self.band = band
+        self.image = image
+        self.sky_median = sky_median
+        self.sky_noise = sky_noise
+        self._wcs = wcs
+        self._header = header
+
+    def __repr__(self) -> str:
+        return (f"Frame(band={self.band!r}, shape={self.shape}, sky_median={self.sky_median:.4g}, "
+                f"sky_noise={self.sky_noise:.4g})")
+
+    @property
+    def header(self) -> fits.Header | None:
+        """The frame's primary FITS header (parsed on first access)."""
+        if isinstance(self._header, (str, bytes)):
+            text = self._header.decode() if isinstance(self._header, bytes) else self._header
+            self._header = fits.Header.fromstring(text)
+        return self._header
+
+    @header.setter
+    def header(self, value) -> None:
+        self._header = value
+
+    @property
+    def wcs(self) -> WCS:
+        """Celestial WCS of this band's frame (built from the header on first access)."""
+        if self._wcs is None:
+            header = self.header
+            if header is None:
+                raise ValueError(f"Frame {self.band!r} has neither a WCS nor a header to build one from")
+            with warnings.catch_warnings():
+                # SDSS headers use the deprecated RADECSYS keyword; astropy fixes it and says so.
+                warnings.simplefilter("ignore", FITSFixedWarning)
+                self._wcs = WCS(header, naxis=2, relax=True)
+        return self._wcs
+
+    @wcs.setter
+    def wcs(self, value) -> None:
+        self._wcs = value
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -205,12 +259,8 @@ def load_frame(fid: FieldID | str, band: str, fetcher=None, *, sas_url=None, cac
         _atomic_write_bytes(npy, lambda fh: np.save(fh, image, allow_pickle=False))
         _atomic_write_bytes(meta_path, lambda fh: fh.write(json.dumps(meta).encode()))
         image = np.load(npy, mmap_mode="r")
-    header = fits.Header.fromstring(meta["header"])
-    with warnings.catch_warnings():
-        # SDSS headers use the deprecated RADECSYS keyword; astropy fixes it and says so.
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        wcs = WCS(header, naxis=2, relax=True)
-    return Frame(band, image, wcs, float(meta["sky_median"]), float(meta["sky_noise"]), header)
+    # header parsing and WCS construction are deferred to first use (Frame.header / Frame.wcs)
+    return Frame(band, image, None, float(meta["sky_median"]), float(meta["sky_noise"]), meta["header"])
 
 
 class Field:

@@ -218,7 +218,7 @@ def _write_sweep(path: Path, rows: pd.DataFrame) -> None:
 def make_synthetic_sas(root, fid="1000-1-10", n_stars: int = 6, n_gal: int = 4, offsets=None,
                        missing_bands=(), shape=(150, 200), crval=None, noise: float = 0.01,
                        star_sigma: float = 1.5, flux_range=(20.0, 200.0), margin: float = 14.0,
-                       min_sep: float = 22.0, seed: int = 0) -> dict:
+                       min_sep: float = 22.0, seed: int = 0, wcs_error=None) -> dict:
     """Write one synthetic SDSS field (5 bz2 frames + calibObj sweeps) under ``root``.
 
     Parameters
@@ -248,6 +248,11 @@ def make_synthetic_sas(root, fid="1000-1-10", n_stars: int = 6, n_gal: int = 4, 
         Minimum separation (px) between sources.
     seed : int
         Random seed.
+    wcs_error : dict band -> (dx, dy), optional
+        Deliberate astrometric error of a band's *written* header, in pixels: sources are
+        rendered where they really are, ``(dx, dy)`` away from where that header's WCS puts
+        them (true position = WCS position + ``(dx, dy)``), as SDSS's per-band astrometry is
+        off by ~0.1-0.25 px. ``objects`` holds the true positions; ``headers`` the written ones.
 
     Returns
     -------
@@ -270,7 +275,14 @@ def make_synthetic_sas(root, fid="1000-1-10", n_stars: int = 6, n_gal: int = 4, 
     rng = np.random.default_rng(seed)
     crval = _default_crval(fidp) if crval is None else crval
     headers = {b: synthetic_header(b, shape, crval, offsets[b], _CRPIX_JITTER[b]) for b in BANDS}
-    wcss = {b: WCS(headers[b]) for b in BANDS}
+    wcss = {b: WCS(headers[b]) for b in BANDS}  # the true mappings (where sources are rendered)
+    written = {b: h.copy() for b, h in headers.items()}
+    for b, (ex, ey) in (wcs_error or {}).items():
+        if b not in BANDS:
+            raise ValueError(f"unknown band in wcs_error: {b!r}")
+        # shifting CRPIX by -e moves every WCS position by -e: true = WCS + e
+        written[b]["CRPIX1"] = written[b]["CRPIX1"] - float(ex)
+        written[b]["CRPIX2"] = written[b]["CRPIX2"] - float(ey)
 
     n = n_stars + n_gal
     pos_r = _place(rng, n, shape, offsets, margin, min_sep)
@@ -302,7 +314,7 @@ def make_synthetic_sas(root, fid="1000-1-10", n_stars: int = 6, n_gal: int = 4, 
         for k in range(n):
             img += _render(shape, table[f"x_{b}"][k], table[f"y_{b}"][k], table[f"flux_{b}"][k],
                            sig_major[k], sig_major[k] * axis_ratio[k], theta[k])
-        _write_bz2_frame(root / frame_path(fidp, b), img, headers[b])
+        _write_bz2_frame(root / frame_path(fidp, b), img, written[b])
 
     sweep = table.assign(id=np.arange(1, n + 1), objc_type=np.where(labels == "star", 6, 3))
     for b in BANDS:
@@ -317,7 +329,7 @@ def make_synthetic_sas(root, fid="1000-1-10", n_stars: int = 6, n_gal: int = 4, 
         "fid": str(fidp),
         "shape": tuple(shape),
         "offsets": offsets,
-        "headers": headers,
+        "headers": written,
         "noise": noise,
         "objects": table,
     }
