@@ -77,7 +77,8 @@ def _table_md(frame, digits=3) -> str:
     return "\n".join(rows)
 
 
-def _alignment_markdown(out: Path, res: dict) -> str:
+def _alignment_markdown(out: Path, res: dict, residuals: bool = True) -> str:
+    """Counts, alignment figures, sky noise and tensors (plus the residual table if ``residuals``)."""
     import pandas as pd
 
     lines = []
@@ -85,18 +86,15 @@ def _alignment_markdown(out: Path, res: dict) -> str:
     if counts is not None:
         wide = counts.pivot_table(index="field", columns="label", values="n", aggfunc="sum").reset_index()
         lines += ["Objects per field and label (catalog objects on all five frames):", "", _table_md(wide), ""]
-    resid = pd.read_csv(out / "alignment_residuals.csv")
-    allrows = resid[resid["field"] == "all"].drop(columns=["field"])
+    if residuals:
+        resid = pd.read_csv(out / "alignment_residuals.csv")
+        allrows = resid[resid["field"] == "all"].drop(columns=["field"])
+        lines += ["**Alignment residuals** (pixels, bright isolated stars):", "", _table_md(allrows), "",
+                  "Per-field rows: `alignment_residuals.csv`.", ""]
     lines += [
-        "**Alignment proof.** Bright, isolated, unsaturated catalog stars of every field; for each band the "
-        "offset of the star's light centroid from where it should be. *Before*: the raw pixel coordinates of "
-        "the same sky position differ between the bands' frames by several pixels (SDSS bands are not "
-        "pixel-aligned). *After*: offset of the centroid from the centre pixel of the aligned cutout "
-        "(pixels, median and 95th percentile over stars):",
-        "",
-        _table_md(allrows),
-        "",
-        "Per-field rows: `alignment_residuals.csv`.",
+        "**Figures.** An i/r/g colour composite of the same region built from raw pixel indices (the bands "
+        "are offset by several pixels: coloured fringes) and from the aligned bands; example cutouts of stars "
+        "and galaxies in all five bands; r-band magnitude distributions per field and label.",
         "",
         "![aligned vs unaligned IRG composite](alignment_irg.png)",
         "",
@@ -316,7 +314,8 @@ def main(argv=None) -> int:
         with stage_timer("1 alignment", timings):
             fields = list(config.test_fields) + train_fields
             res = alignment.run(out, fields, fetcher, quick=args.quick)
-            res.setdefault("markdown", _alignment_markdown(out, res))
+            own = res.get("markdown", "")
+            res["markdown"] = (own + "\n\n" + _alignment_markdown(out, res, residuals=not own)).strip()
             ctx.results["alignment"] = res
     if "splits" in stages:
         from . import splits

@@ -1,0 +1,52 @@
+"""The study's data split on the mirror: no leakage of the test field, in sky position or in pixels."""
+
+import numpy as np
+import pytest
+
+from stargal.config import load_config
+from stargal.frames import Field
+from stargal.split import in_footprints, min_separation_arcsec
+from stargal.training import CNN_PARAM_NAMES, build_pipeline, cnn_param_grid, parse_param_overrides, study_table
+
+
+def test_param_overrides_and_grid_mapping():
+    assert parse_param_overrides(["net__lr=0.003", "cut__size=21", "forest__max_features=sqrt"]) == {
+        "net__lr": 0.003, "cut__size": 21, "forest__max_features": "sqrt"}
+    with pytest.raises(ValueError, match="PARAM=VALUE"):
+        parse_param_overrides(["oops"])
+    assert cnn_param_grid({"lr": [1e-3], "width": [8, 16]}) == {"net__lr": [1e-3], "net__module__width": [8, 16]}
+    pipe = build_pipeline("cnn")
+    params = pipe.get_params()
+    assert all(name in params for name in CNN_PARAM_NAMES.values())
+    assert [n for n, _ in pipe.steps] == ["align", "cut", "scale", "net"]
+    with pytest.raises(ValueError, match="unknown model kind"):
+        build_pipeline("svm")
+
+
+@pytest.mark.integration
+def test_study_split_never_leaks_the_test_field(mirror_fetcher):
+    cfg = load_config()
+    table = study_table(cfg, mirror_fetcher)
+    test = table[table["split"] == "test"]
+    fit = table[table["split"].isin(["train", "valid"])]
+    assert set(test["field_id"]) == set(cfg.test_fields)
+    assert not set(fit["field_id"]) & set(cfg.test_fields)
+    assert set(fit["field_id"]) == set(cfg.train_fields)
+    # validation holds out whole sky cells
+    train, valid = table[table["split"] == "train"], table[table["split"] == "valid"]
+    assert not set(train["group"]) & set(valid["group"]) and len(valid) > 0.1 * len(fit)
+
+    # sky position: no train/validation object inside the test footprint + margin
+    test_field = Field(cfg.test_fields[0], mirror_fetcher)
+    fp = test_field.footprint()
+    assert not in_footprints(fit["ra"], fit["dec"], [fp], margin_arcsec=cfg.exclusion_margin_arcsec).any()
+
+    # pixels: no training cutout covers any pixel of any of the test field's band frames
+    half = (cfg.cutout_size - 1) / 2 + 0.5
+    sep = min_separation_arcsec(fit["ra"], fit["dec"], test["ra"], test["dec"])
+    assert sep > 2 * half * 0.396 * np.sqrt(2)  # cutouts of train and test objects cannot share sky pixels
+    near = fit[(np.abs(fit["dec"] - fp[:, 1].mean()) < 1.0)]  # TAN projection is only meaningful nearby
+    for band, frame in test_field.frames().items():
+        if len(near):
+            x, y = frame.world_to_pixel(near["ra"], near["dec"])
+            assert not frame.inside(x, y, margin_pix=-half).any(), band
