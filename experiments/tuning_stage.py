@@ -487,29 +487,6 @@ def _dask_timing(ctx, timed) -> float:
     startup = _local_cluster_timing(ctx, timed, DASK_LABEL, malloc_trim=False)
     _local_cluster_timing(ctx, timed, DASK_TRIM_LABEL, malloc_trim=True)
     return startup
-    import logging
-
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
-                      dashboard_address=None, processes=True,
-                      silence_logs=logging.ERROR) as cluster, \
-            Client(cluster, set_as_default=False) as client:
-        _warm_dask(ctx, client)
-        startup = time.perf_counter() - t0
-        print(f"  dask LocalCluster up in {startup:.1f} s", flush=True)
-        timed("dask LocalCluster (2 workers x 1 thread)", scheduler=client)
-    return startup
-
-
-# --------------------------------------------------------------------------- markdown helpers
-def _metrics_md(frame: pd.DataFrame) -> str:
-    lines = ["| model | split | n | accuracy | balanced accuracy | MCC | ROC AUC |",
-             "|---|---|---|---|---|---|---|"]
-    for r in frame.itertuples(index=False):
-        lines.append(f"| {r.model} | {r.split} | {r.n} | {fmt(r.accuracy)} | "
-                     f"{fmt(r.balanced_accuracy)} | {fmt(r.mcc)} | {fmt(r.roc_auc)} |")
-    return "\n".join(lines)
 
 
 def _cv_md(cv: pd.DataFrame, params: list[str], top: int) -> str:
@@ -896,8 +873,10 @@ def _eq(a, b) -> bool:
 def _context(quick: bool, out: Path, n_jobs: int, scheduler):
     import os
 
-    os.environ.setdefault("STARGAL_SAS_URL", "file:///work/shared/sdss")
-    os.environ.setdefault("STARGAL_CACHE", "/tmp/sgcache")
+    # Like the Makefile: the SAS mirror beside the project when STARGAL_SAS_URL is unset.
+    mirror = Path(__file__).resolve().parents[2] / "shared" / "sdss"
+    if not os.environ.get("STARGAL_SAS_URL") and (mirror / "dr17").is_dir():
+        os.environ["STARGAL_SAS_URL"] = mirror.as_uri()
     from stargal.config import load_config
     from stargal.fetch import get_fetcher
     from stargal.training import study_table
