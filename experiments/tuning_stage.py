@@ -489,6 +489,16 @@ def _dask_timing(ctx, timed) -> float:
     return startup
 
 
+# --------------------------------------------------------------------------- markdown helpers
+def _metrics_md(frame: pd.DataFrame) -> str:
+    lines = ["| model | split | n | accuracy | balanced accuracy | MCC | ROC AUC |",
+             "|---|---|---|---|---|---|---|"]
+    for r in frame.itertuples(index=False):
+        lines.append(f"| {r.model} | {r.split} | {r.n} | {fmt(r.accuracy)} | "
+                     f"{fmt(r.balanced_accuracy)} | {fmt(r.mcc)} | {fmt(r.roc_auc)} |")
+    return "\n".join(lines)
+
+
 def _cv_md(cv: pd.DataFrame, params: list[str], top: int) -> str:
     head = "| rank | " + " | ".join(_config_name(p) for p in params) + \
         " | mean MCC | std | mean fit s |"
