@@ -29,6 +29,7 @@ __all__ = [
     "CoordinateError",
     "nmgy_to_mag",
     "read_calibobj",
+    "read_band_centroids",
     "load_catalog",
     "read_coordinates",
     "labels_to_y",
@@ -130,6 +131,56 @@ def read_calibobj(fid, fetcher=None, *, on_frames: bool = True, margin_pix: floa
         field.release()
         table = table[keep].reset_index(drop=True)
     return table
+
+
+def _read_centroids(path: Path, kind: str, fid: FieldID) -> pd.DataFrame:
+    with fits.open(path, memmap=False) as hdul:
+        data = hdul[1].data
+        names = {n.upper() for n in data.columns.names}
+        missing = {"ID", "FIELD", "ROWC", "COLC", "PSFFLUX", "PSFFLUX_IVAR"} - names
+        if missing:
+            raise ValueError(f"{path}: this sweep has no per-band centroids, missing columns {sorted(missing)}")
+        d = data[(data["RUN"] == fid.run) & (data["CAMCOL"] == fid.camcol) & (data["FIELD"] == fid.field)]
+        cols = {"objid": [f"{fid.padded}-{kind}-{int(i):05d}" for i in d["ID"]]}
+        rowc, colc = np.asarray(d["ROWC"], float), np.asarray(d["COLC"], float)
+        flux, ivar = np.asarray(d["PSFFLUX"], float), np.asarray(d["PSFFLUX_IVAR"], float)
+        for i, b in enumerate("ugriz"):
+            cols[f"x_sdss_{b}"] = colc[:, i] - 0.5  # SDSS photo: first pixel's centre at 0.5
+            cols[f"y_sdss_{b}"] = rowc[:, i] - 0.5
+            cols[f"psf_snr_{b}"] = flux[:, i] * np.sqrt(np.clip(ivar[:, i], 0, None))
+    return pd.DataFrame(cols)
+
+
+def read_band_centroids(fid, fetcher=None, *, sas_url=None, cache_dir=None) -> pd.DataFrame:
+    """SDSS photo's own centroid of every catalog object in each band's frame.
+
+    The ``calibObj`` sweeps carry, per band, the position where the SDSS pipeline measured the
+    object in that band's frame (``COLC``, ``ROWC``). They are an independent measurement of
+    where each object sits in each band, used to check :class:`stargal.align.Aligner`; they
+    are not used to align (arbitrary coordinates have no such measurement).
+
+    Parameters
+    ----------
+    fid : str or FieldID
+    fetcher : Fetcher, optional
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``objid`` (as in :func:`read_calibobj`), ``x_sdss_{b}``, ``y_sdss_{b}`` for b in ugriz:
+        0-based pixel coordinates in band b's frame (pixel centres at integers, the WCS origin
+        0 convention of :class:`stargal.frames.Frame`; SDSS's own convention puts the first
+        pixel's centre at 0.5, so ``x = COLC - 0.5``), and ``psf_snr_{b}`` (PSF flux S/N).
+
+    Raises
+    ------
+    ValueError
+        The sweep lacks the per-band centroid columns.
+    """
+    fid = FieldID.parse(fid)
+    fetcher = get_fetcher(fetcher, sas_url=sas_url, cache_dir=cache_dir)
+    parts = [_read_centroids(fetcher.fetch(calibobj_path(fid, k)), k, fid) for k in ("star", "gal")]
+    return pd.concat(parts, ignore_index=True).sort_values("objid", kind="stable").reset_index(drop=True)
 
 
 def load_catalog(fields, fetcher=None, *, on_frames: bool = True, margin_pix: float = 0.0,

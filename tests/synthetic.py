@@ -196,6 +196,10 @@ def _write_sweep(path: Path, rows: pd.DataFrame) -> None:
         "DEC": ("D", rows["dec"].to_numpy(np.float64)),
         "PSFFLUX": ("5E", np.stack([rows[f"psfflux_{b}"] for b in BANDS], axis=1).astype(np.float32)),
         "MODELFLUX": ("5E", np.stack([rows[f"flux_{b}"] for b in BANDS], axis=1).astype(np.float32)),
+        # SDSS photo's per-band centroids (first pixel's centre at 0.5): the true positions here
+        "ROWC": ("5E", np.stack([rows[f"y_{b}"] + 0.5 for b in BANDS], axis=1).astype(np.float32)),
+        "COLC": ("5E", np.stack([rows[f"x_{b}"] + 0.5 for b in BANDS], axis=1).astype(np.float32)),
+        "PSFFLUX_IVAR": ("5E", np.full((len(rows), len(BANDS)), 1e4, dtype=np.float32)),
     }
     new = fits.BinTableHDU.from_columns(
         [fits.Column(name=k, format=f, array=a) for k, (f, a) in cols.items()])
