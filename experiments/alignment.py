@@ -19,6 +19,12 @@
       than 5 px from the star: the density the production model has); ``refined_colour``: a
       diagnostic g-r term on top of ``refined`` (differential chromatic refraction).
 
+    With SDSS photo's own per-band centroids (:func:`stargal.catalogs.read_band_centroids`) also
+    the stages of :data:`SDSS_STAGES` (the cutout centre against an independent measurement of
+    where the star is in that band, and the survey's own star-to-star band-to-band scatter) and
+    ``<stage>_bias_px`` for the stages of :data:`SIGNED`: ``|median (dx, dy)|``, the systematic
+    offset that alignment leaves, as opposed to star-to-star scatter.
+
     Also the median signed ``wcs``/``refined`` ``dx``/``dy``, the correlation of the refined
     residual with the star's g-r (``refined_dx_gr_corr``, ``refined_dy_gr_corr``) and
     ``resampling_err_median_px``: the aligned centroid minus the raw-frame centroid relative to
@@ -72,7 +78,7 @@ import numpy as np
 import pandas as pd
 
 from stargal.align import Aligner, Registration, field_registration
-from stargal.catalogs import read_calibobj
+from stargal.catalogs import read_band_centroids, read_calibobj
 from stargal.cutouts import Cutter, centroid_offsets, resample_stamps
 from stargal.fetch import get_fetcher
 from stargal.frames import Field
@@ -123,6 +129,22 @@ STAGES = {
                       "half's reference stars (diagnostic for differential chromatic refraction)",
 }
 LOO_RADIUS_PX = 5.0
+#: Stages measured with SDSS photo's per-band centroids (calibObj ``COLC``/``ROWC``) instead of our
+#: windowed centroid of the cutout: an independent, PSF-fit measurement of where each star is.
+SDSS_STAGES = {
+    "sdss_wcs": "SDSS photo's centroid of the star in the band minus the header-WCS position (the cutout centre "
+                "of Aligner(refine=False))",
+    "sdss_refined": "SDSS photo's centroid minus the refined position (registration from the other half: "
+                    "held out), i.e. the cutout centre of Aligner(refine=True)",
+    "sdss_refined_loo": "as 'sdss_refined' with the leave-one-out registration",
+    "sdss_scatter": "SDSS photo's centroid minus the header-WCS position minus the field's median offset in that "
+                    "band: the star-to-star scatter of the survey's own band-to-band astrometry, which no "
+                    "per-field translation can remove (the field median is fitted on these very stars: "
+                    "optimistic)",
+}
+STAGES.update(SDSS_STAGES)
+#: Stages whose signed median is reported as the alignment *bias* (``<stage>_bias_px``).
+SIGNED = ("wcs", "refined", "sdss_wcs", "sdss_refined")
 
 
 def _offsets_of(table: pd.DataFrame, kw: dict) -> np.ndarray:
@@ -205,15 +227,34 @@ def heldout_shifts(stars: pd.DataFrame, registration: Registration, nx: int, mod
     return out
 
 
+def _sdss_offsets(stars: pd.DataFrame, centroids: pd.DataFrame, shifts: dict) -> np.ndarray:
+    """SDSS photo's centroid in each band minus where the Aligner centres the cutout, ``(n, 5, 2)``.
+
+    ``shifts``: band -> ``(dx, dy)`` corrections added to the header-WCS positions (as in
+    :func:`heldout_shifts`; zero for header WCS only).
+    """
+    out = np.empty((len(stars), len(BANDS), 2))
+    for i, b in enumerate(BANDS):
+        dx, dy = shifts.get(b, (0.0, 0.0))
+        out[:, i, 0] = centroids[f"x_sdss_{b}"].to_numpy(float) - (stars[f"x_{b}"].to_numpy(float) + dx)
+        out[:, i, 1] = centroids[f"y_sdss_{b}"].to_numpy(float) - (stars[f"y_{b}"].to_numpy(float) + dy)
+    return out
+
+
 def measure_alignment(stars: pd.DataFrame, sky_noise: dict, sas_url: str, cache_dir: str,
-                      registration: Registration | None = None, nx: int | None = None) -> pd.DataFrame:
+                      registration: Registration | None = None, nx: int | None = None,
+                      centroids: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per star and band: offsets at every stage of :data:`STAGES` and the aperture S/N (long table).
 
     ``stars`` is the header-WCS aligned table (``Aligner(refine=False)``). Returns columns
     ``band, x_r, g_r, before, wcs, wcs_dx, wcs_dy, resampling_err, snr`` and, with a
     ``registration`` and the r frame's width ``nx``, ``refined, refined_dx, refined_dy,
     refined_const, refined_loo, refined_colour`` (pixels; every offset but ``before`` is the
-    windowed centroid of the aligned Lanczos-3 cutout minus its centre).
+    windowed centroid of the aligned Lanczos-3 cutout minus its centre). With ``centroids``
+    (:func:`stargal.catalogs.read_band_centroids` rows in the order of ``stars``) also
+    ``sdss_wcs, sdss_scatter`` and, with a registration, ``sdss_refined, sdss_refined_loo``:
+    SDSS photo's own per-band centroid minus the cutout centre (see :data:`STAGES`). Stages in
+    :data:`SIGNED` also get signed ``<stage>_dx``/``<stage>_dy`` columns.
     """
     kw = {"sas_url": sas_url, "cache_dir": cache_dir}
     cut = Cutter(**kw).transform(stars)
@@ -227,12 +268,19 @@ def measure_alignment(stars: pd.DataFrame, sky_noise: dict, sas_url: str, cache_
     flux = (cut * ap).sum(axis=(2, 3))
     snr = flux / (noise * np.sqrt(ap.sum()))
     g_r = _colour(flux[:, BANDS.index("g")], flux[:, BANDS.index("r")])
-    stages = {}
+    stages, sdss = {}, {}
+    zero = {b: (0.0, 0.0) for b in BANDS}
+    if centroids is not None:
+        sdss["sdss_wcs"] = _sdss_offsets(stars, centroids, zero)
+        med = np.nanmedian(sdss["sdss_wcs"], axis=0)  # (5, 2): the field's constant per-band offset
+        sdss["sdss_scatter"] = sdss["sdss_wcs"] - med[None]
     if registration is not None and nx is not None:
         for name, mode in (("refined", "xsplit"), ("refined_const", "xsplit_const"), ("refined_loo", "loo"),
                            ("refined_colour", "xsplit_colour")):
             shifts = heldout_shifts(stars, registration, nx, mode, colour=g_r)
             stages[name] = _offsets_of(_shifted(stars, shifts), kw)
+            if centroids is not None and name in ("refined", "refined_loo"):
+                sdss[name.replace("refined", "sdss_refined")] = _sdss_offsets(stars, centroids, shifts)
     rows = []
     for i, b in enumerate(BANDS):
         before = np.hypot(stars[f"x_{b}"] - stars["x_r"], stars[f"y_{b}"] - stars["y_r"]).to_numpy()
@@ -247,10 +295,10 @@ def measure_alignment(stars: pd.DataFrame, sky_noise: dict, sas_url: str, cache_
             "resampling_err": np.hypot(*(wcs[:, i] - raw_off[:, i]).T),
             "snr": snr[:, i],
         }
-        for name, off in stages.items():
+        for name, off in {**stages, **sdss}.items():
             cols[name] = np.hypot(off[:, i, 0], off[:, i, 1])
-            if name == "refined":
-                cols["refined_dx"], cols["refined_dy"] = off[:, i, 0], off[:, i, 1]
+            if name in SIGNED:
+                cols[f"{name}_dx"], cols[f"{name}_dy"] = off[:, i, 0], off[:, i, 1]
         rows.append(pd.DataFrame(cols))
     return pd.concat(rows, ignore_index=True)
 
@@ -277,6 +325,9 @@ def _summarise(long: pd.DataFrame) -> pd.DataFrame:
                 if ok.sum() > 5 and b != "r":
                     corr = float(np.corrcoef(g["g_r"].to_numpy()[ok], g[f"refined_{axis}"].to_numpy()[ok])[0, 1])
                 row[f"refined_{axis}_gr_corr"] = corr
+        for stage in SIGNED:  # alignment bias: |median signed offset|
+            if f"{stage}_dx" in g and g[f"{stage}_dx"].notna().any():
+                row[f"{stage}_bias_px"] = float(np.hypot(g[f"{stage}_dx"].median(), g[f"{stage}_dy"].median()))
         row["resampling_err_median_px"] = g["resampling_err"].median()
         rows.append(row)
     return pd.DataFrame(rows)
@@ -290,7 +341,9 @@ def _residual_figure(path: Path, long: pd.DataFrame) -> None:
     fig = Figure(figsize=(13, 3.2), constrained_layout=True)
     axes = fig.subplots(1, len(BANDS), sharey=True)
     styles = {"wcs": ("header WCS", "tab:red"), "refined": ("refined, held out (x-split)", "tab:blue"),
-              "refined_loo": ("refined, leave-one-out", "tab:green")}
+              "refined_loo": ("refined, leave-one-out", "tab:green"),
+              "sdss_refined_loo": ("refined (LOO) vs SDSS centroid", "tab:purple"),
+              "sdss_scatter": ("SDSS's own astrometry (scatter)", "0.35")}
     for ax, b in zip(axes, BANDS):
         g = good[good["band"] == b]
         for stage, (label, colour) in styles.items():
@@ -305,22 +358,56 @@ def _residual_figure(path: Path, long: pd.DataFrame) -> None:
         ax.set_xlabel("|centroid offset| (px)")
         ax.legend(fontsize=6, loc="lower right")
     axes[0].set_ylabel("fraction of stars")
-    fig.suptitle("Bright isolated catalog stars: centroid offset from the cutout centre", fontsize=10)
+    fig.suptitle("Bright isolated catalog stars: centroid offset from the cutout centre (our centroid; "
+                 "purple: SDSS photo's centroid; grey: scatter of SDSS's own band-to-band astrometry)", fontsize=10)
     fig.savefig(path, dpi=110)
 
 
-def _markdown(summary: pd.DataFrame, n_fields: int) -> str:
+def _markdown(summary: pd.DataFrame, n_fields: int, per_field: pd.DataFrame | None = None) -> str:
+    def cell(r, stage):
+        med, p95 = r.get(f"{stage}_median_px", np.nan), r.get(f"{stage}_p95_px", np.nan)
+        return "–" if not np.isfinite(med) else f"{med:.3f} ({p95:.3f})"
+
+    def num(v):
+        return "–" if v is None or not np.isfinite(v) else f"{v:.3f}"
+
     lines = ["Median |centroid offset| from the cutout centre (95th percentile in brackets), pixels, "
-             f"bright isolated catalog stars of {n_fields} field(s), aperture S/N > {MIN_SNR:g}:", "",
+             f"bright isolated catalog stars of {n_fields} field(s), aperture S/N > {MIN_SNR:g}. "
+             "Our centroid = windowed centroid of the aligned cutout:", "",
              "| band | n | before (raw pixels) | header WCS | refined (held out, x-split) | "
              "refined (leave-one-out) | constant only (x-split) | + g-r term (x-split) |",
              "|---|---|---|---|---|---|---|---|"]
-    for r in summary.to_dict("records"):
-        def cell(stage):
-            med, p95 = r.get(f"{stage}_median_px", np.nan), r.get(f"{stage}_p95_px", np.nan)
-            return "–" if not np.isfinite(med) else f"{med:.3f} ({p95:.3f})"
-        lines.append(f"| {r['band']} | {r['n_stars']} | {cell('before')} | {cell('wcs')} | {cell('refined')} | "
-                     f"{cell('refined_loo')} | {cell('refined_const')} | {cell('refined_colour')} |")
+    recs = summary.to_dict("records")
+    for r in recs:
+        lines.append(f"| {r['band']} | {r['n_stars']} | {cell(r, 'before')} | {cell(r, 'wcs')} | {cell(r, 'refined')} | "
+                     f"{cell(r, 'refined_loo')} | {cell(r, 'refined_const')} | {cell(r, 'refined_colour')} |")
+    if "sdss_wcs_median_px" in summary:
+        lines += ["", "The same stars measured with **SDSS photo's own per-band centroids** (calibObj `COLC`/`ROWC`, "
+                  "PSF-based, independent of our cutouts) instead of our centroid, and the star-to-star scatter of "
+                  "the survey's band-to-band astrometry itself:", "",
+                  "| band | header WCS | refined (held out, x-split) | refined (leave-one-out) | "
+                  "survey scatter (no per-field translation can remove) |", "|---|---|---|---|---|"]
+        for r in recs:
+            lines.append(f"| {r['band']} | {cell(r, 'sdss_wcs')} | {cell(r, 'sdss_refined')} | "
+                         f"{cell(r, 'sdss_refined_loo')} | {cell(r, 'sdss_scatter')} |")
+    bias_stages = [st for st in SIGNED if f"{st}_bias_px" in summary]
+    if bias_stages:
+        names = {"wcs": "header WCS, our centroid", "refined": "refined (x-split), our centroid",
+                 "sdss_wcs": "header WCS, SDSS centroid", "sdss_refined": "refined (x-split), SDSS centroid"}
+        lines += ["", "**Alignment bias**: |median signed offset| per band, pixels, all fields pooled "
+                  "(worst single field in brackets): what the aligner gets wrong systematically, as opposed to "
+                  "star-to-star scatter:", "",
+                  "| band | " + " | ".join(names[st] for st in bias_stages) + " |",
+                  "|---|" + "---|" * len(bias_stages)]
+        for r in recs:
+            cells = []
+            for st in bias_stages:
+                worst = np.nan
+                if per_field is not None and f"{st}_bias_px" in per_field:
+                    vals = per_field.loc[per_field["band"] == r["band"], f"{st}_bias_px"].dropna()
+                    worst = vals.max() if len(vals) else np.nan
+                cells.append(f"{num(r.get(f'{st}_bias_px'))} ({num(worst)})")
+            lines.append(f"| {r['band']} | " + " | ".join(cells) + " |")
     lines += ["", "Stages: " + "; ".join(f"**{k}**: {v}" for k, v in STAGES.items()) + "."]
     return "\n".join(lines)
 
@@ -528,8 +615,13 @@ def run(out_dir, fields, fetcher=None, quick: bool = False, binning: int | None 
                                "n_usable": int((lab & (aligned["flag"] == "")).sum())})
         sel = select_alignment_stars(wcs_aligned)
         if sel.any():
-            long = measure_alignment(wcs_aligned[sel], {b: fr.sky_noise for b, fr in frames.items()}, **kw,
-                                     registration=registration, nx=frames["r"].shape[1])
+            stars = wcs_aligned[sel]
+            try:
+                centroids = read_band_centroids(fid, fetcher).set_index("objid").loc[stars["objid"]]
+            except ValueError:  # a sweep without per-band centroids: our own centroids only
+                centroids = None
+            long = measure_alignment(stars, {b: fr.sky_noise for b, fr in frames.items()}, **kw,
+                                     registration=registration, nx=frames["r"].shape[1], centroids=centroids)
             long.insert(0, "field", fid)
             long_tables.append(long)
         if k == 0:
@@ -590,6 +682,7 @@ def run(out_dir, fields, fetcher=None, quick: bool = False, binning: int | None 
         "refined_gr_corr": {r["band"]: [num(r.get("refined_dx_gr_corr", np.nan), 2),
                                         num(r.get("refined_dy_gr_corr", np.nan), 2)] for r in records},
         "resampling_err_median_px": per_band("resampling_err_median_px", 4),
+        "bias_px": {st: per_band(f"{st}_bias_px", 4) for st in SIGNED if f"{st}_bias_px" in summary},
         "registration_px": {f: {r["band"]: [num(r["dx"]), num(r["dy"]), int(r["n_used"])]
                                 for r in g.to_dict("records")} for f, g in registrations.groupby("field", sort=False)},
         "stages": STAGES,
@@ -600,7 +693,7 @@ def run(out_dir, fields, fetcher=None, quick: bool = False, binning: int | None 
         "files": sorted(p.name for p in out.iterdir() if p.is_file()),
     }
     (out / "alignment_summary.json").write_text(json.dumps(headline, indent=2, allow_nan=False))
-    headline["markdown"] = _markdown(summary, len(fields))
+    headline["markdown"] = _markdown(summary, len(fields), pd.concat(per_field) if per_field else None)
     return headline
 
 

@@ -388,11 +388,19 @@ def test_real_refinement_held_out(tmp_path_factory):
     chromatic refraction: the residual correlates with g-r, strongest in u and g). u stays
     above 0.1 px: its stars are the faintest (centroid noise) and DCR is largest there.
     Thresholds below are those measurements plus ~15 %.
+
+    The same stars against SDSS photo's own per-band centroids (calibObj COLC/ROWC, independent of
+    our cutouts), measured: systematic offset |median (dx, dy)| after refinement (x-split) u 0.029,
+    g 0.022, i 0.018, z 0.048 px (header WCS: g 0.11); per-star median (leave-one-out) u 0.133,
+    g 0.059, i 0.065, z 0.073 px, against the scatter of SDSS's own band-to-band astrometry about
+    the field's constant offset u 0.175, g 0.088, i 0.068, z 0.083 px. So the systematic part,
+    which is the aligner's to fix, is well under 0.1 px in every band; per star the aligner is as
+    good as the survey's astrometry allows, which in u is above 0.1 px.
     """
     if not (MIRROR / "dr17").is_dir():
         pytest.skip(f"SDSS mirror not found at {MIRROR}")
     from experiments.alignment import measure_alignment, select_alignment_stars
-    from stargal.catalogs import read_calibobj
+    from stargal.catalogs import read_band_centroids, read_calibobj
     from stargal.frames import Field
 
     kw = {"sas_url": MIRROR.as_uri(), "cache_dir": str(tmp_path_factory.getbasetemp() / "mirror-cache")}
@@ -405,8 +413,9 @@ def test_real_refinement_held_out(tmp_path_factory):
     assert len(reg.references) > 150 and min(reg.n_used[b] for b in "giz") > 150 and reg.n_used["u"] > 50
     assert -0.22 < reg.constant["g"][1] < -0.10  # SDSS's g astrometry: about -0.1 to -0.2 px in y
     sel = select_alignment_stars(wcs_aligned)
+    centroids = read_band_centroids(fid, **kw).set_index("objid").loc[wcs_aligned.loc[sel, "objid"]]
     long = measure_alignment(wcs_aligned[sel], {b: f.sky_noise for b, f in frames.items()}, **kw,
-                             registration=reg, nx=frames["r"].shape[1])
+                             registration=reg, nx=frames["r"].shape[1], centroids=centroids)
     field.release()
     long = long[long["snr"] > 20]
     med = long.groupby("band")[["wcs", "refined", "refined_loo"]].median()
@@ -418,6 +427,24 @@ def test_real_refinement_held_out(tmp_path_factory):
         assert med.loc[b, "refined_loo"] < lim_loo, (b, med.loc[b].to_dict())
         assert med.loc[b, "refined_loo"] <= med.loc[b, "wcs"] + 1e-9, b  # never worse than the header WCS
     assert med.loc["g", "refined"] < 0.6 * med.loc["g", "wcs"]  # the clear win: g's constant offset
+    # Measured against SDSS photo's own per-band centroids (independent of our cutouts and centroider).
+    sd = long.groupby("band")[["sdss_wcs", "sdss_refined", "sdss_refined_loo", "sdss_scatter"]].median()
+    bias = {b: float(np.hypot(g["sdss_refined_dx"].median(), g["sdss_refined_dy"].median()))
+            for b, g in long.groupby("band")}
+    ours_bias = {b: float(np.hypot(g["refined_dx"].median(), g["refined_dy"].median()))
+                 for b, g in long.groupby("band")}
+    print("SDSS-centroid medians:", sd.round(3).to_dict(), "bias:", {b: round(v, 3) for b, v in bias.items()},
+          "ours:", {b: round(v, 3) for b, v in ours_bias.items()})
+    for b in "ugiz":
+        # the systematic band-to-band offset left after alignment (held out): well under 0.1 px
+        assert bias[b] < 0.06 and ours_bias[b] < 0.06, (b, bias[b], ours_bias[b])
+        # header WCS alone leaves g's ~0.1 px offset; refinement removes it
+        # per star, the aligner is as good as SDSS's own band-to-band astrometry allows
+        assert sd.loc[b, "sdss_refined_loo"] <= sd.loc[b, "sdss_scatter"] + 0.01, (b, sd.loc[b].to_dict())
+    assert bias["g"] < 0.5 * float(np.hypot(long.loc[long.band == "g", "sdss_wcs_dx"].median(),
+                                             long.loc[long.band == "g", "sdss_wcs_dy"].median()))
+    assert (sd.loc[list("giz"), "sdss_refined_loo"] < 0.1).all(), sd
+    assert sd.loc["r", "sdss_wcs"] < 1e-3  # bright stars' catalog position is SDSS's r centroid
     # the production Aligner (refine=True) applies the full-field registration to r-band positions
     prod = Aligner(policy="flag", **kw).fit_transform(catalog.iloc[:50])
     np.testing.assert_array_equal(prod["x_r"], wcs_aligned["x_r"].iloc[:50])
