@@ -252,6 +252,16 @@ def write_report(ctx, timings: dict, meta: dict) -> Path:
     return path
 
 
+def reliability_headline(res: dict) -> str:
+    """One sentence on the test-field probability reliability (Brier score, ECE) per model."""
+    rel = res.get("reliability") or []
+    if not rel:
+        return ""
+    parts = [f"{r['model']} Brier {r['brier']:.3f}, ECE {r['ece']:.3f}" for r in rel]
+    return ("Probability reliability on the test field (not recalibrated; lower is better): "
+            + "; ".join(parts) + ".")
+
+
 def alignment_headline(res: dict) -> str:
     """Per-band alignment accuracy from the alignment stage's summary (empty without SDSS centroids)."""
     bias = res.get("bias_px", {})
@@ -384,9 +394,11 @@ def main(argv=None) -> int:
     }
     report = write_report(ctx, timings, meta)
     if not args.quick and out.resolve() == DEFAULT_OUT.resolve() and "baselines" in ctx.results:
-        headline = ctx.results["baselines"]["headline"]
-        align = alignment_headline(ctx.results.get("alignment", {}))
-        update_readme(headline + ("\n\n" + align if align else ""), os.path.relpath(report, ROOT))
+        parts = [ctx.results["baselines"]["headline"], reliability_headline(ctx.results["baselines"]),
+                 alignment_headline(ctx.results.get("alignment", {})),
+                 f"The run took {meta['total_seconds']:.0f} s on {os.cpu_count()} CPU core(s) ({meta['date']}, "
+                 f"commit {meta['commit']}); per-stage times are in the report."]
+        update_readme("\n\n".join(p for p in parts if p), os.path.relpath(report, ROOT))
     print(f"\nreport: {report}  ({meta['total_seconds']:.0f} s)", flush=True)
     return 0
 
