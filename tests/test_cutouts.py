@@ -276,6 +276,37 @@ def test_pipeline_aligner_cutter(sas):
     np.testing.assert_array_equal(restored.fit_transform(info["objects"][["ra", "dec"]]), X)
 
 
+def test_fields_are_loaded_one_at_a_time_and_released(tmp_path, monkeypatch):
+    """Memory stays bounded over many fields: at most one field's frames are held at any time."""
+    root = tmp_path / "sas"
+    infos = [make_synthetic_sas(root, fid=f"1000-1-{f}", n_stars=3, n_gal=1, seed=f) for f in (20, 21, 22)]
+    kw = {"sas_url": infos[0]["sas_url"], "cache_dir": str(tmp_path / "cache")}
+    table = pd.concat([i["objects"][["ra", "dec"]] for i in infos], ignore_index=True)
+    aligned = Aligner(fields=[i["fid"] for i in infos], **kw).fit_transform(table.sample(frac=1, random_state=0))
+    assert aligned["field_id"].nunique() == 3
+
+    holding, peak, loads = set(), [0], []
+
+    class CountingField(cutouts_module.Field):
+        def frame(self, band):
+            holding.add(id(self))
+            peak[0] = max(peak[0], len(holding))
+            loads.append(self.fid)
+            return super().frame(band)
+
+        def release(self):
+            holding.discard(id(self))
+            super().release()
+
+    monkeypatch.setattr(cutouts_module, "Field", CountingField)
+    X = Cutter(**kw).transform(aligned)
+    assert np.isfinite(X).all() and X.shape == (len(aligned), 5, 15, 15)
+    assert peak[0] == 1 and not holding  # one field at a time, every field released at the end
+    # rows are shuffled across fields, yet each field is opened once (all its rows in one pass)
+    assert [f for k, f in enumerate(loads) if k == 0 or loads[k - 1] != f] == list(dict.fromkeys(loads))
+    assert len(set(loads)) == 3
+
+
 # --------------------------------------------------------------------------- real data
 @pytest.fixture(scope="session")
 def mirror_kw(tmp_path_factory):
