@@ -144,7 +144,7 @@ SDSS_STAGES = {
 }
 STAGES.update(SDSS_STAGES)
 #: Stages whose signed median is reported as the alignment *bias* (``<stage>_bias_px``).
-SIGNED = ("wcs", "refined", "sdss_wcs", "sdss_refined")
+SIGNED = ("wcs", "refined", "sdss_wcs", "sdss_refined", "sdss_refined_loo")
 
 
 def _offsets_of(table: pd.DataFrame, kw: dict) -> np.ndarray:
@@ -328,6 +328,11 @@ def _summarise(long: pd.DataFrame) -> pd.DataFrame:
         for stage in SIGNED:  # alignment bias: |median signed offset|
             if f"{stage}_dx" in g and g[f"{stage}_dx"].notna().any():
                 row[f"{stage}_bias_px"] = float(np.hypot(g[f"{stage}_dx"].median(), g[f"{stage}_dy"].median()))
+        if "sdss_wcs_dx" in g and g["sdss_wcs_dx"].notna().any():
+            # do the two centroid estimators agree on where the star is? (PSF asymmetries: no)
+            ddx, ddy = g["wcs_dx"] - g["sdss_wcs_dx"], g["wcs_dy"] - g["sdss_wcs_dy"]
+            row["estimators_bias_px"] = float(np.hypot(ddx.median(), ddy.median()))
+            row["estimators_median_px"] = float(np.hypot(ddx, ddy).median())
         row["resampling_err_median_px"] = g["resampling_err"].median()
         rows.append(row)
     return pd.DataFrame(rows)
@@ -393,7 +398,8 @@ def _markdown(summary: pd.DataFrame, n_fields: int, per_field: pd.DataFrame | No
     bias_stages = [st for st in SIGNED if f"{st}_bias_px" in summary]
     if bias_stages:
         names = {"wcs": "header WCS, our centroid", "refined": "refined (x-split), our centroid",
-                 "sdss_wcs": "header WCS, SDSS centroid", "sdss_refined": "refined (x-split), SDSS centroid"}
+                 "sdss_wcs": "header WCS, SDSS centroid", "sdss_refined": "refined (x-split), SDSS centroid",
+                 "sdss_refined_loo": "refined (leave-one-out), SDSS centroid"}
         lines += ["", "**Alignment bias**: |median signed offset| per band, pixels, all fields pooled "
                   "(worst single field in brackets): what the aligner gets wrong systematically, as opposed to "
                   "star-to-star scatter:", "",
@@ -408,6 +414,17 @@ def _markdown(summary: pd.DataFrame, n_fields: int, per_field: pd.DataFrame | No
                     worst = vals.max() if len(vals) else np.nan
                 cells.append(f"{num(r.get(f'{st}_bias_px'))} ({num(worst)})")
             lines.append(f"| {r['band']} | " + " | ".join(cells) + " |")
+    if per_field is not None and "estimators_bias_px" in per_field:
+        lines += ["", "**Do the two centroid estimators agree?** Our windowed centroid minus SDSS photo's centroid "
+                  "of the same star in the same band: |median| (median per star), pixels, per field. Where they "
+                  "disagree (an asymmetric PSF), 'the centre' of a star depends on the estimator by that much, and "
+                  "so does any residual measured with one of them:", "",
+                  "| field | " + " | ".join(BANDS) + " |", "|---|" + "---|" * len(BANDS)]
+        for fid, g in per_field.groupby("field", sort=False):
+            vals = {r["band"]: r for r in g.to_dict("records")}
+            lines.append(f"| {fid} | " + " | ".join(
+                f"{num(vals[b].get('estimators_bias_px'))} ({num(vals[b].get('estimators_median_px'))})"
+                if b in vals else "–" for b in BANDS) + " |")
     lines += ["", "Stages: " + "; ".join(f"**{k}**: {v}" for k, v in STAGES.items()) + "."]
     return "\n".join(lines)
 
@@ -683,6 +700,7 @@ def run(out_dir, fields, fetcher=None, quick: bool = False, binning: int | None 
                                         num(r.get("refined_dy_gr_corr", np.nan), 2)] for r in records},
         "resampling_err_median_px": per_band("resampling_err_median_px", 4),
         "bias_px": {st: per_band(f"{st}_bias_px", 4) for st in SIGNED if f"{st}_bias_px" in summary},
+        "bias_worst_field_px": _worst_field_bias(per_field),
         "registration_px": {f: {r["band"]: [num(r["dx"]), num(r["dy"]), int(r["n_used"])]
                                 for r in g.to_dict("records")} for f, g in registrations.groupby("field", sort=False)},
         "stages": STAGES,
@@ -695,6 +713,25 @@ def run(out_dir, fields, fetcher=None, quick: bool = False, binning: int | None 
     (out / "alignment_summary.json").write_text(json.dumps(headline, indent=2, allow_nan=False))
     headline["markdown"] = _markdown(summary, len(fields), pd.concat(per_field) if per_field else None)
     return headline
+
+
+def _worst_field_bias(per_field: list) -> dict:
+    """Per stage of :data:`SIGNED` and band: ``[largest per-field bias (px), that field]``."""
+    if not per_field:
+        return {}
+    table = pd.concat(per_field, ignore_index=True)
+    out = {}
+    for st in SIGNED:
+        col = f"{st}_bias_px"
+        if col not in table:
+            continue
+        out[st] = {}
+        for b, g in table.groupby("band", sort=False):
+            g = g.dropna(subset=[col])
+            if len(g):
+                worst = g.loc[g[col].idxmax()]
+                out[st][b] = [round(float(worst[col]), 4), str(worst["field"])]
+    return out
 
 
 def _default_fields() -> list[str]:

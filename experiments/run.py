@@ -276,13 +276,16 @@ def alignment_headline(res: dict) -> str:
              f"{len(res.get('fields', []))} fields (pixels of 0.396″; section 1 of the report): the systematic "
              "offset left by the Aligner, and the star-to-star scatter of the cutout centre about the star's "
              "SDSS-measured centroid in that band, next to the scatter of SDSS's own band-to-band astrometry:", "",
-             "| band | stars | before: raw pixel indices | systematic offset (held out) | "
-             "per-star median, ours (leave-one-out) | per-star median, SDSS's own astrometry |",
-             "|---|---|---|---|---|---|"]
+             "| band | stars | before: raw pixel indices | systematic offset, held out: x-split | "
+             "systematic, leave-one-out | worst single field (leave-one-out) | per-star median, ours "
+             "(leave-one-out) | per-star median, SDSS's own astrometry |",
+             "|---|---|---|---|---|---|---|---|"]
+    worst = res.get("bias_worst_field_px", {}).get("sdss_refined_loo", {})
     for b in "ugiz":
         lines.append(f"| {b} | {n.get(b, '–')} | {num(res.get('before_median_px', {}).get(b))} | "
-                     f"{num(bias['sdss_refined'].get(b))} | "
-                     f"{num(res.get('sdss_refined_loo_median_px', {}).get(b))} | "
+                     f"{num(bias['sdss_refined'].get(b))} | {num(bias.get('sdss_refined_loo', {}).get(b))} | "
+                     + (f"{num(worst[b][0])} ({worst[b][1]}) | " if b in worst else "– | ")
+                     + f"{num(res.get('sdss_refined_loo_median_px', {}).get(b))} | "
                      f"{num(res['sdss_scatter_median_px'].get(b))} |")
     return "\n".join(lines)
 
