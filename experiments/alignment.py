@@ -339,32 +339,42 @@ def _summarise(long: pd.DataFrame) -> pd.DataFrame:
 
 
 def _residual_figure(path: Path, long: pd.DataFrame) -> None:
-    """Cumulative distributions of |offset| per band: header WCS vs refined (held out)."""
+    """Cumulative distributions of |offset| per band: header WCS vs refined (held out), and the
+    refined positions against SDSS photo's centroids next to the survey's own scatter."""
     from matplotlib.figure import Figure
 
     good = long[(long["snr"] > MIN_SNR) & np.isfinite(long["wcs"])]
-    fig = Figure(figsize=(13, 3.2), constrained_layout=True)
+    fig = Figure(figsize=(13, 4.2), constrained_layout=True)
     axes = fig.subplots(1, len(BANDS), sharey=True)
-    styles = {"wcs": ("header WCS", "tab:red"), "refined": ("refined, held out (x-split)", "tab:blue"),
-              "refined_loo": ("refined, leave-one-out", "tab:green"),
-              "sdss_refined_loo": ("refined (LOO) vs SDSS centroid", "tab:purple"),
-              "sdss_scatter": ("SDSS's own astrometry (scatter)", "0.35")}
+    styles = {"wcs": ("header WCS (our centroid)", "tab:red", "-"),
+              "refined": ("refined, x-split (our centroid)", "tab:blue", "-"),
+              "refined_loo": ("refined, leave-one-out (our centroid)", "tab:green", "-"),
+              "sdss_refined_loo": ("refined, leave-one-out (SDSS centroid)", "tab:purple", "--"),
+              "sdss_scatter": ("scatter of SDSS's own band-to-band astrometry", "0.3", ":")}
+    handles = {}
     for ax, b in zip(axes, BANDS):
         g = good[good["band"] == b]
-        for stage, (label, colour) in styles.items():
+        medians = []
+        for stage, (label, colour, ls) in styles.items():
             if stage not in g or g[stage].dropna().empty:
                 continue
             v = np.sort(g[stage].dropna().to_numpy())
-            ax.step(v, np.arange(1, v.size + 1) / v.size, where="post", color=colour,
-                    label=f"{label}: median {np.median(v):.3f}")
+            (line,) = ax.step(v, np.arange(1, v.size + 1) / v.size, where="post", color=colour, ls=ls, lw=1.2)
+            handles.setdefault(label, line)
+            medians.append((f"{np.median(v):.3f}", colour))
         ax.axvline(0.1, color="0.5", lw=0.6, ls=":")
+        ax.axhline(0.5, color="0.8", lw=0.5)
         ax.set_xlim(0, 0.5)
+        ax.set_ylim(0, 1.02)
         ax.set_title(f"{b} (n={len(g)})")
         ax.set_xlabel("|centroid offset| (px)")
-        ax.legend(fontsize=6, loc="lower right")
+        for k, (text, colour) in enumerate(medians):  # medians, in the legend's colours
+            ax.text(0.97, 0.05 + 0.07 * k, f"median {text}", color=colour, fontsize=7, ha="right",
+                    transform=ax.transAxes)
     axes[0].set_ylabel("fraction of stars")
-    fig.suptitle("Bright isolated catalog stars: centroid offset from the cutout centre (our centroid; "
-                 "purple: SDSS photo's centroid; grey: scatter of SDSS's own band-to-band astrometry)", fontsize=10)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center", ncol=3, fontsize=8)
+    fig.suptitle("Bright isolated catalog stars: distance of the star's centroid from the cutout centre, per band",
+                 fontsize=10)
     fig.savefig(path, dpi=110)
 
 

@@ -92,9 +92,12 @@ def _alignment_markdown(out: Path, res: dict, residuals: bool = True) -> str:
         lines += ["**Alignment residuals** (pixels, bright isolated stars):", "", _table_md(allrows), "",
                   "Per-field rows: `alignment_residuals.csv`.", ""]
     lines += [
-        "**Figures.** An i/r/g colour composite of the same region built from raw pixel indices (the bands "
+        "**Figures.** Cumulative distributions of the residual offsets per band (each stage above, and the "
+        "survey's own scatter); an i/r/g colour composite of the same region built from raw pixel indices (the bands "
         "are offset by several pixels: coloured fringes) and from the aligned bands; example cutouts of stars "
         "and galaxies in all five bands; r-band magnitude distributions per field and label.",
+        "",
+        "![alignment residuals per band](alignment_residuals.png)",
         "",
         "![aligned vs unaligned IRG composite](alignment_irg.png)",
         "",
