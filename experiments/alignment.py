@@ -78,7 +78,7 @@ import numpy as np
 import pandas as pd
 
 from stargal.align import Aligner, Registration, field_registration
-from stargal.catalogs import read_band_centroids, read_calibobj
+from stargal.catalogs import read_calibobj
 from stargal.cutouts import Cutter, centroid_offsets, resample_stamps
 from stargal.fetch import get_fetcher
 from stargal.frames import Field
@@ -231,7 +231,7 @@ def _sdss_offsets(stars: pd.DataFrame, centroids: pd.DataFrame, shifts: dict) ->
     """SDSS photo's centroid in each band minus where the Aligner centres the cutout, ``(n, 5, 2)``.
 
     ``shifts``: band -> ``(dx, dy)`` corrections added to the header-WCS positions (as in
-    :func:`heldout_shifts`; zero for header WCS only).
+    :func:`heldout_shifts`; ``{}`` for header WCS only).
     """
     out = np.empty((len(stars), len(BANDS), 2))
     for i, b in enumerate(BANDS):
@@ -251,7 +251,8 @@ def measure_alignment(stars: pd.DataFrame, sky_noise: dict, sas_url: str, cache_
     ``registration`` and the r frame's width ``nx``, ``refined, refined_dx, refined_dy,
     refined_const, refined_loo, refined_colour`` (pixels; every offset but ``before`` is the
     windowed centroid of the aligned Lanczos-3 cutout minus its centre). With ``centroids``
-    (:func:`stargal.catalogs.read_band_centroids` rows in the order of ``stars``) also
+    (a table with the columns of :func:`stargal.catalogs.read_band_centroids`, rows in the order
+    of ``stars``; ``stars`` itself when read with ``read_calibobj(..., band_centroids=True)``) also
     ``sdss_wcs, sdss_scatter`` and, with a registration, ``sdss_refined, sdss_refined_loo``:
     SDSS photo's own per-band centroid minus the cutout centre (see :data:`STAGES`). Stages in
     :data:`SIGNED` also get signed ``<stage>_dx``/``<stage>_dy`` columns.
@@ -269,9 +270,8 @@ def measure_alignment(stars: pd.DataFrame, sky_noise: dict, sas_url: str, cache_
     snr = flux / (noise * np.sqrt(ap.sum()))
     g_r = _colour(flux[:, BANDS.index("g")], flux[:, BANDS.index("r")])
     stages, sdss = {}, {}
-    zero = {b: (0.0, 0.0) for b in BANDS}
     if centroids is not None:
-        sdss["sdss_wcs"] = _sdss_offsets(stars, centroids, zero)
+        sdss["sdss_wcs"] = _sdss_offsets(stars, centroids, {})
         med = np.nanmedian(sdss["sdss_wcs"], axis=0)  # (5, 2): the field's constant per-band offset
         sdss["sdss_scatter"] = sdss["sdss_wcs"] - med[None]
     if registration is not None and nx is not None:
@@ -415,14 +415,10 @@ def _markdown(summary: pd.DataFrame, n_fields: int, per_field: pd.DataFrame | No
                   "star-to-star scatter:", "",
                   "| band | " + " | ".join(names[st] for st in bias_stages) + " |",
                   "|---|" + "---|" * len(bias_stages)]
+        worst = _worst_field_bias(per_field)
         for r in recs:
-            cells = []
-            for st in bias_stages:
-                worst = np.nan
-                if per_field is not None and f"{st}_bias_px" in per_field:
-                    vals = per_field.loc[per_field["band"] == r["band"], f"{st}_bias_px"].dropna()
-                    worst = vals.max() if len(vals) else np.nan
-                cells.append(f"{num(r.get(f'{st}_bias_px'))} ({num(worst)})")
+            cells = [f"{num(r.get(f'{st}_bias_px'))} ({num(worst.get(st, {}).get(r['band'], [np.nan])[0])})"
+                     for st in bias_stages]
             lines.append(f"| {r['band']} | " + " | ".join(cells) + " |")
     if per_field is not None and "estimators_bias_px" in per_field:
         lines += ["", "**Do the two centroid estimators agree?** Our windowed centroid minus SDSS photo's centroid "
@@ -622,7 +618,10 @@ def run(out_dir, fields, fetcher=None, quick: bool = False, binning: int | None 
     long_tables, band_rows, count_rows, catalogs, reg_rows = [], [], [], {}, []
     images, stars_r, gals_r = [], [], []
     for k, fid in enumerate(fields):
-        catalog = read_calibobj(fid, fetcher)
+        try:  # one read of the sweeps, SDSS photo's per-band centroids included
+            catalog = read_calibobj(fid, fetcher, band_centroids=True)
+        except ValueError:  # a sweep without per-band centroids: our own centroids only
+            catalog = read_calibobj(fid, fetcher)
         aligned = Aligner(policy="flag", **kw).fit_transform(catalog)  # production: refine=True
         wcs_aligned = Aligner(policy="flag", refine=False, **kw).fit_transform(catalog)
         catalogs[fid] = catalog
@@ -643,12 +642,9 @@ def run(out_dir, fields, fetcher=None, quick: bool = False, binning: int | None 
         sel = select_alignment_stars(wcs_aligned)
         if sel.any():
             stars = wcs_aligned[sel]
-            try:
-                centroids = read_band_centroids(fid, fetcher).set_index("objid").loc[stars["objid"]]
-            except ValueError:  # a sweep without per-band centroids: our own centroids only
-                centroids = None
             long = measure_alignment(stars, {b: fr.sky_noise for b, fr in frames.items()}, **kw,
-                                     registration=registration, nx=frames["r"].shape[1], centroids=centroids)
+                                     registration=registration, nx=frames["r"].shape[1],
+                                     centroids=stars if "x_sdss_r" in stars else None)
             long.insert(0, "field", fid)
             long_tables.append(long)
         if k == 0:
@@ -664,6 +660,7 @@ def run(out_dir, fields, fetcher=None, quick: bool = False, binning: int | None 
         columns=["field", "band", "x_r", "g_r", "before", "wcs", "wcs_dx", "wcs_dy", "resampling_err", "snr"])
     summary = _summarise(long).assign(field="all")
     per_field = [_summarise(g).assign(field=f) for f, g in long.groupby("field", sort=False)]
+    per_field_table = pd.concat(per_field, ignore_index=True) if per_field else None
     residuals = pd.concat([summary] + per_field, ignore_index=True)
     residuals = residuals[["field"] + [c for c in residuals.columns if c != "field"]]
     residuals.to_csv(out / "alignment_residuals.csv", index=False, float_format="%.4f")
@@ -710,7 +707,7 @@ def run(out_dir, fields, fetcher=None, quick: bool = False, binning: int | None 
                                         num(r.get("refined_dy_gr_corr", np.nan), 2)] for r in records},
         "resampling_err_median_px": per_band("resampling_err_median_px", 4),
         "bias_px": {st: per_band(f"{st}_bias_px", 4) for st in SIGNED if f"{st}_bias_px" in summary},
-        "bias_worst_field_px": _worst_field_bias(per_field),
+        "bias_worst_field_px": _worst_field_bias(per_field_table),
         "registration_px": {f: {r["band"]: [num(r["dx"]), num(r["dy"]), int(r["n_used"])]
                                 for r in g.to_dict("records")} for f, g in registrations.groupby("field", sort=False)},
         "stages": STAGES,
@@ -721,15 +718,15 @@ def run(out_dir, fields, fetcher=None, quick: bool = False, binning: int | None 
         "files": sorted(p.name for p in out.iterdir() if p.is_file()),
     }
     (out / "alignment_summary.json").write_text(json.dumps(headline, indent=2, allow_nan=False))
-    headline["markdown"] = _markdown(summary, len(fields), pd.concat(per_field) if per_field else None)
+    headline["markdown"] = _markdown(summary, len(fields), per_field_table)
     return headline
 
 
-def _worst_field_bias(per_field: list) -> dict:
+def _worst_field_bias(per_field: pd.DataFrame | None) -> dict:
     """Per stage of :data:`SIGNED` and band: ``[largest per-field bias (px), that field]``."""
-    if not per_field:
+    if per_field is None or not len(per_field):
         return {}
-    table = pd.concat(per_field, ignore_index=True)
+    table = per_field.reset_index(drop=True)
     out = {}
     for st in SIGNED:
         col = f"{st}_bias_px"

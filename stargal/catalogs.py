@@ -66,10 +66,17 @@ def labels_to_y(labels) -> np.ndarray:
     return labels.map(LABELS).to_numpy(dtype=np.int64)
 
 
-def _read_sweep(path: Path, kind: str, fid: FieldID) -> pd.DataFrame:
+#: Columns with SDSS photo's per-band centroids, read only with ``band_centroids=True``.
+_CENTROID_COLUMNS = {"ROWC", "COLC", "PSFFLUX_IVAR"}
+
+
+def _read_sweep(path: Path, kind: str, fid: FieldID, band_centroids: bool = False) -> pd.DataFrame:
     with fits.open(path, memmap=False) as hdul:
         data = hdul[1].data
         names = {n.upper() for n in data.columns.names}
+        if band_centroids and _CENTROID_COLUMNS - names:
+            raise ValueError(f"{path}: this sweep has no per-band centroids, missing columns "
+                             f"{sorted(_CENTROID_COLUMNS - names)}")
         need = {"RUN", "CAMCOL", "FIELD", "ID", "OBJC_TYPE", "RA", "DEC", "PSFFLUX", "MODELFLUX"}
         missing = need - names
         if missing:
@@ -93,13 +100,20 @@ def _read_sweep(path: Path, kind: str, fid: FieldID) -> pd.DataFrame:
                 "modelmag_r": nmgy_to_mag(np.asarray(d["MODELFLUX"])[:, _R]),
             }
         )
+        if band_centroids:
+            rowc, colc = np.asarray(d["ROWC"], float), np.asarray(d["COLC"], float)
+            flux, ivar = np.asarray(d["PSFFLUX"], float), np.asarray(d["PSFFLUX_IVAR"], float)
+            for i, b in enumerate("ugriz"):
+                table[f"x_sdss_{b}"] = colc[:, i] - 0.5  # SDSS photo: first pixel's centre at 0.5
+                table[f"y_sdss_{b}"] = rowc[:, i] - 0.5
+                table[f"psf_snr_{b}"] = flux[:, i] * np.sqrt(np.clip(ivar[:, i], 0, None))
     # A star file holds stars and a gal file galaxies; anything else is not labelled.
     expected = "star" if kind == "star" else "galaxy"
     return table[table["label"] == expected]
 
 
 def read_calibobj(fid, fetcher=None, *, on_frames: bool = True, margin_pix: float = 0.0,
-                  sas_url=None, cache_dir=None) -> pd.DataFrame:
+                  band_centroids: bool = False, sas_url=None, cache_dir=None) -> pd.DataFrame:
     """Read one field's stars and galaxies from its run+camcol ``calibObj`` sweeps.
 
     Parameters
@@ -111,16 +125,19 @@ def read_calibobj(fid, fetcher=None, *, on_frames: bool = True, margin_pix: floa
     on_frames : bool, default=True
         Keep only objects that fall inside every band's frame of this field
         (at least ``margin_pix`` pixels from the edges).
+    band_centroids : bool, default=False
+        Also SDSS photo's per-band centroids (the columns of :func:`read_band_centroids`);
+        a sweep without them raises ``ValueError``.
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``objid, run, camcol, field, field_id, ra, dec, label, psfmag_r, modelmag_r``,
-        sorted by ``objid``, with a fresh ``RangeIndex``.
+        Columns ``objid, run, camcol, field, field_id, ra, dec, label, psfmag_r, modelmag_r``
+        (and the centroid columns), sorted by ``objid``, with a fresh ``RangeIndex``.
     """
     fid = FieldID.parse(fid)
     fetcher = get_fetcher(fetcher, sas_url=sas_url, cache_dir=cache_dir)
-    parts = [_read_sweep(fetcher.fetch(calibobj_path(fid, k)), k, fid) for k in ("star", "gal")]
+    parts = [_read_sweep(fetcher.fetch(calibobj_path(fid, k)), k, fid, band_centroids) for k in ("star", "gal")]
     table = pd.concat(parts, ignore_index=True).sort_values("objid", kind="stable")
     table = table.reset_index(drop=True)
     if on_frames and len(table):
@@ -133,26 +150,8 @@ def read_calibobj(fid, fetcher=None, *, on_frames: bool = True, margin_pix: floa
     return table
 
 
-def _read_centroids(path: Path, kind: str, fid: FieldID) -> pd.DataFrame:
-    with fits.open(path, memmap=False) as hdul:
-        data = hdul[1].data
-        names = {n.upper() for n in data.columns.names}
-        missing = {"ID", "FIELD", "ROWC", "COLC", "PSFFLUX", "PSFFLUX_IVAR"} - names
-        if missing:
-            raise ValueError(f"{path}: this sweep has no per-band centroids, missing columns {sorted(missing)}")
-        d = data[(data["RUN"] == fid.run) & (data["CAMCOL"] == fid.camcol) & (data["FIELD"] == fid.field)]
-        cols = {"objid": [f"{fid.padded}-{kind}-{int(i):05d}" for i in d["ID"]]}
-        rowc, colc = np.asarray(d["ROWC"], float), np.asarray(d["COLC"], float)
-        flux, ivar = np.asarray(d["PSFFLUX"], float), np.asarray(d["PSFFLUX_IVAR"], float)
-        for i, b in enumerate("ugriz"):
-            cols[f"x_sdss_{b}"] = colc[:, i] - 0.5  # SDSS photo: first pixel's centre at 0.5
-            cols[f"y_sdss_{b}"] = rowc[:, i] - 0.5
-            cols[f"psf_snr_{b}"] = flux[:, i] * np.sqrt(np.clip(ivar[:, i], 0, None))
-    return pd.DataFrame(cols)
-
-
 def read_band_centroids(fid, fetcher=None, *, sas_url=None, cache_dir=None) -> pd.DataFrame:
-    """SDSS photo's own centroid of every catalog object in each band's frame.
+    """SDSS photo's own centroid of every labelled catalog object in each band's frame.
 
     The ``calibObj`` sweeps carry, per band, the position where the SDSS pipeline measured the
     object in that band's frame (``COLC``, ``ROWC``). They are an independent measurement of
@@ -167,7 +166,7 @@ def read_band_centroids(fid, fetcher=None, *, sas_url=None, cache_dir=None) -> p
     Returns
     -------
     pandas.DataFrame
-        ``objid`` (as in :func:`read_calibobj`), ``x_sdss_{b}``, ``y_sdss_{b}`` for b in ugriz:
+        ``objid`` (the rows of ``read_calibobj(fid, on_frames=False)``), ``x_sdss_{b}``, ``y_sdss_{b}`` for b in ugriz:
         0-based pixel coordinates in band b's frame (pixel centres at integers, the WCS origin
         0 convention of :class:`stargal.frames.Frame`; SDSS's own convention puts the first
         pixel's centre at 0.5, so ``x = COLC - 0.5``), and ``psf_snr_{b}`` (PSF flux S/N).
@@ -177,10 +176,8 @@ def read_band_centroids(fid, fetcher=None, *, sas_url=None, cache_dir=None) -> p
     ValueError
         The sweep lacks the per-band centroid columns.
     """
-    fid = FieldID.parse(fid)
-    fetcher = get_fetcher(fetcher, sas_url=sas_url, cache_dir=cache_dir)
-    parts = [_read_centroids(fetcher.fetch(calibobj_path(fid, k)), k, fid) for k in ("star", "gal")]
-    return pd.concat(parts, ignore_index=True).sort_values("objid", kind="stable").reset_index(drop=True)
+    table = read_calibobj(fid, fetcher, on_frames=False, band_centroids=True, sas_url=sas_url, cache_dir=cache_dir)
+    return table[["objid"] + [c for c in table.columns if c.startswith(("x_sdss_", "y_sdss_", "psf_snr_"))]]
 
 
 def load_catalog(fields, fetcher=None, *, on_frames: bool = True, margin_pix: float = 0.0,

@@ -92,15 +92,17 @@ def test_band_centroids_missing_columns(tmp_path):
 
     from stargal.sdss import calibobj_path
 
+    import gzip
+    import io
+
+    cols = [fits.Column(name=n, format="J", array=np.array([v]))
+            for n, v in (("RUN", 1000), ("CAMCOL", 1), ("FIELD", 10), ("ID", 1))]
+    buf = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols)]).writeto(buf)
     for kind in ("star", "gal"):
         path = tmp_path / calibobj_path("1000-1-10", kind)
         path.parent.mkdir(parents=True, exist_ok=True)
-        cols = [fits.Column(name=n, format="J", array=np.array([1000 if n == "RUN" else 1]))
-                for n in ("RUN", "CAMCOL", "FIELD", "ID")]
-        cols[2] = fits.Column(name="FIELD", format="J", array=np.array([10]))
-        fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols)]).writeto(path.with_suffix(""))
-        import gzip
-        path.write_bytes(gzip.compress(path.with_suffix("").read_bytes()))
+        path.write_bytes(gzip.compress(buf.getvalue()))
     with pytest.raises(ValueError, match="no per-band centroids.*COLC"):
         read_band_centroids("1000-1-10", sas_url=tmp_path.as_uri(), cache_dir=str(tmp_path / "cache"))
 
