@@ -55,6 +55,9 @@ CNN_KEYS: tuple[str, ...] = (
 
 _DEFAULT_RESOURCE = ("stargal", "data/study.toml")
 
+#: Values of the ``psf`` key: a :class:`stargal.psf_channels.PSFChannels` mode, or ``'none'``.
+PSF_CONFIG_MODES = ("scaled", "residual", "unit", "none")
+
 # Scalar settings stored under [study] in the TOML file (flat attributes of StudyConfig).
 _STUDY_KEYS = (
     "seed",
@@ -64,6 +67,8 @@ _STUDY_KEYS = (
     "group_by",
     "cv_folds",
     "valid_fraction",
+    "psf",
+    "psf_source",
 )
 _FIELD_LIST_KEYS = ("test_fields", "train_fields", "extra_fields")
 _TOP_LEVEL_KEYS = _FIELD_LIST_KEYS + (
@@ -194,6 +199,13 @@ class StudyConfig:
         Number of group-aware CV folds (>= 2).
     valid_fraction : float
         Fraction of training groups held out for early stopping, in (0, 0.5].
+    psf : {'scaled', 'residual', 'unit', 'none'}
+        What the models know of each field's PSF: ``'none'`` is PSF-blind (5 image channels,
+        absolute-size features); otherwise cutouts carry the field's PSF per band, the CNN gets
+        it through :class:`stargal.psf_channels.PSFChannels` in this mode and the forest gets
+        PSF-relative features.
+    psf_source : {'stars', 'psfield', 'auto'}
+        Which PSF model (:func:`stargal.psf.field_psf`).
     cnn : dict
         CNN defaults, exactly the keys of :data:`CNN_KEYS`.
     tuning_grid : dict of str -> dict
@@ -221,6 +233,8 @@ class StudyConfig:
     group_by: str = "cell"
     cv_folds: int = 5
     valid_fraction: float = 0.2
+    psf: str = "scaled"
+    psf_source: str = "stars"
     cnn: dict = field(default_factory=dict)
     tuning_grid: dict = field(default_factory=dict)
     forest_grid: dict = field(default_factory=dict)
@@ -274,6 +288,12 @@ class StudyConfig:
         self.valid_fraction = _check_real(
             "valid_fraction", self.valid_fraction, 0.0, 0.5, lo_open=True
         )
+
+        if self.psf not in PSF_CONFIG_MODES:
+            raise ValueError(f"config key 'psf' must be one of {list(PSF_CONFIG_MODES)}, got {self.psf!r}")
+        if self.psf_source not in ("stars", "psfield", "auto"):
+            raise ValueError(f"config key 'psf_source' must be 'stars', 'psfield' or 'auto', "
+                             f"got {self.psf_source!r}")
 
         if not isinstance(self.cnn, dict):
             raise ValueError("config key 'cnn' must be a table")

@@ -69,7 +69,11 @@ from .fetch import get_fetcher
 from .frames import Field
 from .sdss import BANDS
 
+#: Values of :class:`Cutter`'s ``psf_source`` (see :func:`stargal.psf.field_psf`).
+PSF_SOURCES = ("stars", "psfield", "auto")
+
 __all__ = [
+    "PSF_SOURCES",
     "Cutter",
     "INTERPOLATIONS",
     "ENGINES",
@@ -440,6 +444,15 @@ class Cutter(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         Threads for the resampling when the numba engine is used (see
         :func:`resample_stamps`): ``None`` or 1 one thread, ``-1`` all CPUs numba may use.
         Leave it at 1 inside joblib/Dask workers, which already run in parallel.
+    psf : bool, default=False
+        Also cut the field's PSF model (:func:`stargal.psf.field_psf`) at every object's
+        position in each band: the output then has 10 channels, the five images followed by
+        the five PSF stamps (centred on the central pixel, unit sum over the cutout). This is
+        the input of :class:`stargal.psf_channels.PSFChannels` and of the PSF-relative
+        features of :class:`stargal.features.PhotometricFeatures`.
+    psf_source : {'stars', 'psfield', 'auto'}, default='stars'
+        Which PSF model (see :func:`stargal.psf.field_psf`): estimated from the frame's own
+        stars, SDSS's psField, or the psField where the SAS has one.
 
     Examples
     --------
@@ -452,8 +465,10 @@ class Cutter(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     """
 
     def __init__(self, size=15, interpolation="lanczos3", sas_url=None, cache_dir=None, fill_value=np.nan,
-                 n_jobs=None):
+                 n_jobs=None, psf=False, psf_source="stars"):
         self.size = size
+        self.psf = psf
+        self.psf_source = psf_source
         self.interpolation = interpolation
         self.sas_url = sas_url
         self.cache_dir = cache_dir
@@ -491,6 +506,10 @@ class Cutter(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         n_jobs = self.n_jobs
         if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, Integral) or n_jobs == 0):
             raise ValueError(f"Cutter: n_jobs must be None or a non-zero integer (-1: all CPUs), got {n_jobs!r}")
+        if not isinstance(self.psf, (bool, np.bool_)):
+            raise ValueError(f"Cutter: psf must be True or False, got {self.psf!r}")
+        if self.psf_source not in PSF_SOURCES:
+            raise ValueError(f"Cutter: psf_source must be one of {list(PSF_SOURCES)}, got {self.psf_source!r}")
 
     @staticmethod
     def _check_table(X) -> pd.DataFrame:
@@ -541,15 +560,17 @@ class Cutter(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
 
         Returns
         -------
-        ndarray, float32, shape (n, 5, size, size)
+        ndarray, float32, shape (n, 5, size, size) or (n, 10, size, size) with ``psf=True``
             Bands ``u, g, r, i, z``; nanomaggies; rows in input order; flagged rows all
-            ``fill_value``.
+            ``fill_value``. With ``psf=True`` channels 5-9 are the unit-sum PSF stamps of
+            the same bands at the object's position.
         """
         self._validate_params()
         table = self._check_table(X)
         size = int(self.size)
         n = len(table)
-        out = np.empty((n, len(BANDS), size, size), dtype=np.float32)
+        nb = len(BANDS)
+        out = np.empty((n, 2 * nb if self.psf else nb, size, size), dtype=np.float32)
         if n == 0:
             return out
         flag = table["flag"].fillna("").astype(str).to_numpy() if "flag" in table.columns else np.full(n, "")
@@ -573,6 +594,19 @@ class Cutter(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                     y = np.ascontiguousarray(table[f"y_{band}"].to_numpy(dtype=np.float64)[idx])
                     _cut_into(out, idx, bi, frame.image, x, y, size, self.interpolation, self.fill_value,
                               self.n_jobs)
+                if self.psf:
+                    self._cut_psf(out, idx, table, field, fetcher, size)
             finally:
                 field.release()
         return out
+
+    def _cut_psf(self, out, idx, table, field, fetcher, size):
+        """PSF stamps of one field's rows ``idx`` into channels 5-9 of ``out``."""
+        from .psf import field_psf  # the PSF model of the field (cached per field)
+
+        model = field_psf(field, fetcher, source=self.psf_source)
+        nb = len(BANDS)
+        for bi, band in enumerate(BANDS):
+            x = table[f"x_{band}"].to_numpy(dtype=np.float64)[idx]
+            y = table[f"y_{band}"].to_numpy(dtype=np.float64)[idx]
+            out[idx, nb + bi] = model.stamps(band, x, y, size)

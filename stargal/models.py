@@ -75,7 +75,7 @@ __all__ = [
     "LeakyValidationWarning",
 ]
 
-_RESERVED = ("augment", "scale", "net", "features", "forest", "flatten", "majority")
+_RESERVED = ("augment", "psf", "scale", "net", "features", "forest", "flatten", "majority")
 
 
 class LeakyValidationWarning(UserWarning):
@@ -314,6 +314,9 @@ class StarGalaxyNet(NeuralNetClassifier):
     ----------
     class_weight_ : ndarray of shape (n_classes,) or None
         Class weights used by the loss.
+    n_channels_in_ : int or None
+        Channels of the cutouts seen in :meth:`fit` (5 images, or 10 for PSF-aware input);
+        builds the module when ``module__in_channels=None``.
 
     Examples
     --------
@@ -414,6 +417,19 @@ class StarGalaxyNet(NeuralNetClassifier):
         with _seeded(self.random_state, self.device):
             return super().initialize()
 
+    def initialize_module(self):
+        """Create the module; ``module__in_channels=None`` takes the channel count of ``fit``'s X."""
+        kwargs = self.get_params_for("module")
+        if kwargs.get("in_channels", 0) is None:
+            n_in = getattr(self, "n_channels_in_", None)
+            if n_in is None:
+                raise ValueError(
+                    "StarGalaxyNet: module__in_channels=None means 'from the data', so the module can "
+                    "only be built inside fit (or set module__in_channels explicitly)")
+            kwargs["in_channels"] = int(n_in)
+        self.module_ = self.initialized_instance(self.module, kwargs)
+        return self
+
     def initialize_criterion(self):
         """Create the criterion, with ``weight=class_weight_`` when available."""
         kwargs = self.get_params_for("criterion")
@@ -444,6 +460,8 @@ class StarGalaxyNet(NeuralNetClassifier):
         y = self._check_y(y)
         if not (self.warm_start and getattr(self, "initialized_", False)):
             self.class_weight_ = self._class_weight(y)
+            shape = getattr(X, "shape", None)
+            self.n_channels_in_ = int(shape[1]) if shape is not None and len(shape) == 4 else None
         with _seeded(self.random_state, self.device):
             return super().fit(X, y, **fit_params)
 
@@ -473,14 +491,16 @@ class StarGalaxyNet(NeuralNetClassifier):
 
 def make_cnn_net(width=32, depth=2, dropout=0.3, lr=1e-3, weight_decay=1e-4, max_epochs=30,
                  batch_size=128, patience=5, valid_fraction=0.2, class_weight="balanced",
-                 random_state=0, device=None, verbose=0, in_channels=5, n_classes=2,
+                 random_state=0, device=None, verbose=0, in_channels=None, n_classes=2,
                  input_size=15, **kwargs):
     """The CNN as a scikit-learn classifier (:class:`StarGalaxyNet`).
 
     Parameters
     ----------
     width, depth, dropout, in_channels, n_classes, input_size
-        :class:`~stargal.nets.StarGalaxyCNN` parameters (``module__*``).
+        :class:`~stargal.nets.StarGalaxyCNN` parameters (``module__*``). ``in_channels=None``
+        (default): the channel count of the cutouts seen in ``fit`` (5, or 10 for PSF-aware
+        cutouts).
     lr : float, default=1e-3
         AdamW learning rate.
     weight_decay : float, default=1e-4
@@ -598,16 +618,22 @@ def _check_front(front):
     return steps
 
 
-def make_cnn_pipeline(front=None, augmenter=None, scaler=None, **net_params):
-    """CNN pipeline: ``front + ['augment'] + ['scale'] + 'net'``.
+def make_cnn_pipeline(front=None, augmenter=None, scaler=None, psf=None, **net_params):
+    """CNN pipeline: ``front + ['augment'] + ['psf'] + ['scale'] + 'net'``.
 
     Parameters
     ----------
     front : list of (str, estimator), optional
         Steps producing cutouts, e.g. ``[('align', Aligner()), ('cut', Cutter())]``.
-        ``None``: the pipeline takes ``(n, 5, H, W)`` cutouts.
+        ``None``: the pipeline takes ``(n, 5, H, W)`` cutouts (``(n, 10, H, W)`` PSF-aware
+        cutouts with ``psf``).
     augmenter : sampler, optional
         Step ``'augment'`` (``fit_resample``; applied during ``fit`` only).
+    psf : transformer, optional
+        Step ``'psf'``, e.g. :class:`~stargal.psf_channels.PSFChannels`, turning the PSF
+        channels of ``Cutter(psf=True)`` cutouts into the network's PSF input (after the
+        augmenter, so augmented copies are measured afresh). ``psf__mode='drop'`` makes the
+        same pipeline PSF-blind; the network takes its channel count from the data.
     scaler : transformer, optional
         Step ``'scale'``, e.g. ``AsinhScaler()``.
     **net_params
@@ -628,6 +654,8 @@ def make_cnn_pipeline(front=None, augmenter=None, scaler=None, **net_params):
     steps = _check_front(front)
     if augmenter is not None:
         steps.append(("augment", augmenter))
+    if psf is not None:
+        steps.append(("psf", psf))
     if scaler is not None:
         steps.append(("scale", scaler))
     steps.append(("net", make_cnn_net(**net_params)))

@@ -246,6 +246,8 @@ def _net_to_spec(net):
         for attr in ("class_weight_", "classes_inferred_"):
             value = getattr(net, attr, None)
             spec[attr] = None if value is None else np.asarray(value)
+        n_in = getattr(net, "n_channels_in_", None)
+        spec["n_channels_in_"] = None if n_in is None else int(n_in)
         try:
             spec["history"] = json.dumps(net.history_.to_list(), default=_json_default)
         except (TypeError, ValueError, AttributeError):
@@ -272,6 +274,8 @@ def _spec_to_net(spec):
         return net
     if spec.get("class_weight_") is not None:
         net.class_weight_ = np.asarray(spec["class_weight_"])
+    if spec.get("n_channels_in_") is not None:
+        net.n_channels_in_ = int(spec["n_channels_in_"])
     net.initialize()
     for attr, state in spec["state_dicts"].items():
         component = getattr(net, attr, None)
@@ -285,14 +289,42 @@ def _spec_to_net(spec):
     return net
 
 
-def _swap_nets(obj, nets):
-    """Copy of ``obj`` with every skorch net (top level / pipeline step) replaced by a NetSlot."""
+def _wrapper_attrs(obj):
+    """Attributes of scikit-learn wrappers that can hold a net (calibrated final steps)."""
+    from sklearn.calibration import CalibratedClassifierCV, _CalibratedClassifier
+    from sklearn.frozen import FrozenEstimator
+
+    if isinstance(obj, (FrozenEstimator, _CalibratedClassifier)):
+        return ("estimator",)
+    if isinstance(obj, CalibratedClassifierCV):
+        return ("estimator", "calibrated_classifiers_")
+    return ()
+
+
+def _swap_nets(obj, nets, memo=None):
+    """Copy of ``obj`` with every skorch net (top level, pipeline step, or inside a calibrated
+    final step: ``CalibratedClassifierCV(FrozenEstimator(net))``) replaced by a NetSlot.
+    A net reached twice (the calibrator's frozen copy is the same object) is stored once."""
+    memo = {} if memo is None else memo
+    if id(obj) in memo:
+        return memo[id(obj)]
     if isinstance(obj, NeuralNet):
         nets.append(_net_to_spec(obj))
-        return NetSlot(len(nets) - 1)
+        memo[id(obj)] = NetSlot(len(nets) - 1)
+        return memo[id(obj)]
+    if isinstance(obj, (list, tuple)) and any(isinstance(v, (NeuralNet, _SkPipeline)) or _wrapper_attrs(v)
+                                              for v in obj):
+        return type(obj)(_swap_nets(v, nets, memo) for v in obj)
     if isinstance(obj, _SkPipeline):
         new = copy.copy(obj)
-        new.steps = [(name, _swap_nets(step, nets)) for name, step in obj.steps]
+        new.steps = [(name, _swap_nets(step, nets, memo)) for name, step in obj.steps]
+        return new
+    attrs = [a for a in _wrapper_attrs(obj) if hasattr(obj, a)]
+    if attrs:
+        new = copy.copy(obj)
+        for a in attrs:
+            setattr(new, a, _swap_nets(getattr(obj, a), nets, memo))
+        memo[id(obj)] = new
         return new
     return obj
 
@@ -302,8 +334,14 @@ def _restore_nets(obj, nets):
         if not isinstance(obj.index, int) or not 0 <= obj.index < len(nets):
             raise NotAStargalModelError(f"model file refers to missing net {obj.index!r}")
         return nets[obj.index]
+    if isinstance(obj, list):
+        return [_restore_nets(v, nets) for v in obj]
     if isinstance(obj, _SkPipeline):
         obj.steps = [(name, _restore_nets(step, nets)) for name, step in obj.steps]
+        return obj
+    for a in _wrapper_attrs(obj):
+        if hasattr(obj, a):
+            setattr(obj, a, _restore_nets(getattr(obj, a), nets))
     return obj
 
 

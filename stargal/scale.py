@@ -41,6 +41,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from stargal._imaging import N_IMAGE_BANDS
 from stargal.augment import _check_cutouts, sky_noise
 
 __all__ = ["AsinhScaler", "MIN_SOFTENING"]
@@ -62,7 +63,11 @@ class AsinhScaler(TransformerMixin, BaseEstimator):
         one per band. ``'auto'`` uses each band's sky noise measured on the
         training cutouts with :func:`stargal.augment.sky_noise`
         (``1.4826 * MAD`` of the cutouts' border pixels after subtracting each
-        cutout's border median), floored at :data:`MIN_SOFTENING`.
+        cutout's border median), floored at :data:`MIN_SOFTENING`. On PSF-aware
+        cutouts (10 channels: 5 images, then the PSF of each band, see
+        :class:`stargal.psf_channels.PSFChannels`) every PSF channel gets the
+        softening of its image band, so an image and its scaled PSF are stretched
+        alike.
     standardize : bool, default=True
         Subtract the per-band mean and divide by the per-band standard
         deviation of the stretched training pixels.
@@ -150,6 +155,10 @@ class AsinhScaler(TransformerMixin, BaseEstimator):
     def _resolve_softening(self, X, n_bands):
         who = type(self).__name__
         if isinstance(self.softening, str):  # 'auto' (validated)
+            if n_bands == 2 * N_IMAGE_BANDS:  # PSF-aware: PSF channel k + 5 is softened like band k
+                noise = sky_noise(X[:, :N_IMAGE_BANDS], allow_nan=self.nan_policy == "zero")
+                noise = np.where(np.isfinite(noise), noise, 0.0)
+                return np.tile(np.maximum(noise, MIN_SOFTENING), 2)
             noise = sky_noise(X, allow_nan=self.nan_policy == "zero")
             noise = np.where(np.isfinite(noise), noise, 0.0)
             return np.maximum(noise, MIN_SOFTENING)

@@ -118,25 +118,33 @@ def study_table(config=None, fetcher=None, *, sas_url=None, cache_dir=None, fiel
 
 
 def build_pipeline(kind: str = "cnn", config=None, *, sas_url=None, cache_dir=None, augmenter=None,
-                   params=None, max_cutout=None):
+                   params=None, max_cutout=None, psf=None):
     """A stargal pipeline whose input is an objects table (``ra``, ``dec``, ``run``, ...).
 
     ``kind`` is ``'cnn'``, ``'forest'`` or ``'majority'``. ``params`` are set with
-    ``set_params`` afterwards (``{'net__max_epochs': 5, 'cut__size': 21}``).
+    ``set_params`` afterwards (``{'net__max_epochs': 5, 'cut__size': 21}``). ``psf``
+    (default: the config's ``psf``) is ``'none'`` for a PSF-blind model, or a
+    :class:`~stargal.psf_channels.PSFChannels` mode: the cutter then appends each field's PSF
+    (``Cutter(psf=True)``), the CNN gets a ``'psf'`` step and the forest PSF-relative features.
     """
     from .align import Aligner
     from .cutouts import Cutter
     from .models import make_cnn_pipeline, make_forest_pipeline, make_majority_pipeline
+    from .psf_channels import PSFChannels
     from .scale import AsinhScaler
 
     config = _config(config)
+    psf = config.psf if psf is None else psf
     size = config.cutout_size
+    aware = psf != "none"
     front = [
         ("align", Aligner(cutout_size=max_cutout or size, sas_url=sas_url, cache_dir=cache_dir)),
-        ("cut", Cutter(size=size, sas_url=sas_url, cache_dir=cache_dir)),
+        ("cut", Cutter(size=size, sas_url=sas_url, cache_dir=cache_dir, psf=aware and kind != "majority",
+                       psf_source=config.psf_source)),
     ]
     if kind == "cnn":
-        pipe = make_cnn_pipeline(front=front, augmenter=augmenter, scaler=AsinhScaler(), **cnn_params(config))
+        pipe = make_cnn_pipeline(front=front, augmenter=augmenter, scaler=AsinhScaler(),
+                                 psf=PSFChannels(mode=psf) if aware else None, **cnn_params(config))
     elif kind == "forest":
         pipe = make_forest_pipeline(front=front, random_state=config.seed)
     elif kind == "majority":
