@@ -84,7 +84,6 @@ class PSFChannels(TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False
         tags.input_tags.allow_nan = True
-        tags.requires_fit = False
         return tags
 
     def _check_X(self, X):
