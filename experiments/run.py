@@ -9,6 +9,7 @@ returns the numbers quoted in ``report.md``:
 4. data augmentation                (``experiments/augmentation.py``)
 5. baselines                        (``experiments/baselines.py``)
 6. explanations                     (``experiments/explanations.py``)
+7. seeing robustness                (``experiments/seeing.py``: leave one field out, PSF-blind vs -aware)
 
 Usage::
 
@@ -43,6 +44,7 @@ SECTIONS = [
     ("augmentation", "4. Data augmentation"),
     ("baselines", "5. Baselines"),
     ("explanations", "6. Explanations"),
+    ("seeing", "7. Seeing robustness: PSF-blind vs PSF-aware models"),
 ]
 
 
@@ -357,6 +359,16 @@ def main(argv=None) -> int:
             res = alignment.run(out, fields, fetcher, quick=args.quick)
             own = res.get("markdown", "")
             res["markdown"] = (own + "\n\n" + _alignment_markdown(out, res, residuals=not own)).strip()
+            from .seeing import psf_markdown, psf_table
+
+            psf = psf_table(fields, fetcher, config.psf_source)
+            res["psf"] = psf.to_dict(orient="records")
+            res["markdown"] += (
+                "\n\n### Seeing: each field's PSF\n\nThe PSF model of every field and band "
+                f"(`stargal.psf.field_psf`, source `{config.psf_source}`: estimated from the frame's own bright, "
+                "isolated, unsaturated point sources, found without catalog labels). SDSS's star/galaxy label is "
+                "relative to this PSF, and the test field is sharper than every training field:\n\n"
+                + psf_markdown(psf, config.test_fields))
             ctx.results["alignment"] = res
     if "splits" in stages:
         from . import splits
@@ -380,10 +392,24 @@ def main(argv=None) -> int:
 
         with stage_timer("5 baselines", timings):
             ctx.results["baselines"] = baselines.run(ctx, cnn=final)
-            final = final or ctx.results["baselines"]["_objects"]["cnn"]
+            final = final or ctx.results["baselines"]["_objects"]["cnn_raw"]
     if "explanations" in stages and final is not None:
         with stage_timer("6 explanations", timings):
             ctx.results["explanations"] = _explain_stage(ctx, final)
+    if "seeing" in stages:
+        from . import seeing
+
+        base = ctx.results.get("baselines", {})
+        objs = base.get("_objects", {})
+        aug = ctx.results.get("augmentation", {}).get("_objects", {})
+        with stage_timer("7 seeing", timings):
+            ctx.results["seeing"] = seeing.run(
+                ctx, cnn=objs.get("cnn_raw", final), forest=objs.get("forest_raw"),
+                cnn_params=ctx.results.get("tuning", {}).get("_objects", {}).get("best_params"),
+                forest_params=base.get("forest_best_params"),
+                augmenter=aug.get("augmenter") if choice.startswith("tuned + augmentation") else None)
+    if "baselines" in ctx.results:  # ship the calibrated CNN (calibrated on the validation groups)
+        final = ctx.results["baselines"]["_objects"].get("cnn", final)
 
     if final is not None:
         from stargal.persist import save_model

@@ -144,7 +144,12 @@ def _check_attributions(attributions, name: str = "attributions") -> np.ndarray:
 
 def _band_names(n_channels: int, bands) -> tuple[str, ...]:
     if bands is None:
-        bands = BANDS if n_channels == len(BANDS) else tuple(f"c{k}" for k in range(n_channels))
+        if n_channels == len(BANDS):
+            bands = BANDS
+        elif n_channels == 2 * len(BANDS):  # PSF-aware: images, then each band's (scaled) PSF
+            bands = tuple(BANDS) + tuple(f"psf_{b}" for b in BANDS)
+        else:
+            bands = tuple(f"c{k}" for k in range(n_channels))
     bands = tuple(str(b) for b in bands)
     if len(bands) != n_channels:
         raise ValueError(f"got {len(bands)} band names {bands} for {n_channels} channels")
