@@ -12,6 +12,15 @@ order ``u, g, r, i, z``, with ``H == W`` odd so that the object sits on the
 centre pixel ``((H - 1) / 2, (W - 1) / 2)`` (0-based ``(row, column)``).
 Every geometric operation is applied identically to all bands of a cutout.
 
+**PSF-aware cutouts** (``Cutter(psf=True)``) have 10 channels: 0-4 the images
+``u, g, r, i, z`` in nanomaggies, 5-9 the field's PSF in the same bands at the
+object's position, centred on the central pixel, unit sum over the stamp (see
+:mod:`stargal._imaging`). Any input with exactly ``2 * 5`` channels is treated
+as PSF-aware. Every technique then keeps image and PSF consistent: geometric
+ones move both alike, ``blur`` and ``seeing`` convolve both with the same
+kernel, and noise (``noise``, and the sky-noise restoration of ``seeing``) goes
+to the image channels only.
+
 Techniques (see :data:`TECHNIQUES`):
 
 ``dihedral``
@@ -30,13 +39,23 @@ Techniques (see :data:`TECHNIQUES`):
 ``blur``
     extra Gaussian PSF of sigma ``U(0, blur)`` pixels (same for all bands),
     as a discrete Gaussian kernel whose variance is exactly ``sigma**2``.
+    Image channels use ``mode='nearest'`` at the edges; on PSF-aware input the
+    PSF channels get the same kernel (zero padding, then rescaled to their
+    input sum), so the PSF the model is shown stays the image's PSF. On
+    5-channel input the model is not told the PSF changed. ``blur`` also
+    smooths the sky noise and does not restore it (``seeing`` does).
 ``noise``
     additive Gaussian noise of standard deviation ``noise * sky_noise_[band]``
     where ``sky_noise_`` is measured from the training cutouts (see
-    :func:`sky_noise`).
+    :func:`sky_noise`); PSF channels (``sky_noise_ == 0`` there) get none.
+``seeing``
+    PSF-aware input only: broaden the r-band seeing towards a random FWHM of
+    up to ``seeing`` arcsec, convolving image *and* PSF channels with the same
+    Gaussian kernel and restoring the image's sky noise level (see
+    :class:`CutoutAugmenter` for the recipe and its limits).
 
-Order of operations for one copy: affine (shift/zoom/shear) -> blur ->
-dihedral -> noise.
+Order of operations for one copy: affine (shift/zoom/shear) -> blur -> seeing
+-> dihedral -> noise.
 
 Examples
 --------
@@ -64,6 +83,9 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import type_of_target
 
+from ._imaging import N_IMAGE_BANDS, border_median
+from .sdss import BANDS
+
 __all__ = [
     "TECHNIQUES",
     "DEFAULT_STRENGTHS",
@@ -71,15 +93,19 @@ __all__ = [
     "augmentation_names",
     "single_technique",
     "sky_noise",
+    "psf_fwhm",
+    "PIXEL_SCALE",
+    "FWHM_PER_SIGMA",
 ]
 
 #: Names of the augmentation techniques, in the order they are documented.
 #: Each is a constructor parameter of :class:`CutoutAugmenter`.
-TECHNIQUES: tuple[str, ...] = ("dihedral", "shift", "zoom", "shear", "blur", "noise")
+TECHNIQUES: tuple[str, ...] = ("dihedral", "shift", "zoom", "shear", "blur", "noise", "seeing")
 
 #: Strength used by :func:`single_technique` when a technique is switched on
-#: alone (``dihedral`` is a flag; the others are in pixels, relative units or
-#: multiples of the sky noise, as documented on :class:`CutoutAugmenter`).
+#: alone (``dihedral`` is a flag; the others are in pixels, relative units,
+#: multiples of the sky noise or, for ``seeing``, arcsec, as documented on
+#: :class:`CutoutAugmenter`).
 DEFAULT_STRENGTHS: dict[str, bool | float] = {
     "dihedral": True,
     "shift": 0.5,
@@ -87,6 +113,7 @@ DEFAULT_STRENGTHS: dict[str, bool | float] = {
     "shear": 0.1,
     "blur": 0.5,
     "noise": 1.0,
+    "seeing": 2.0,
 }
 
 #: Values of each technique's parameter that switch it off.
@@ -97,10 +124,20 @@ _OFF: dict[str, bool | float] = {
     "shear": 0.0,
     "blur": 0.0,
     "noise": 0.0,
+    "seeing": 0.0,
 }
 
 #: 1 / Phi^-1(3/4): turns a median absolute deviation into a Gaussian sigma.
 _MAD_TO_SIGMA = 1.482602218505602
+
+#: SDSS imaging pixel scale, arcsec per pixel (``seeing`` is in arcsec).
+PIXEL_SCALE = 0.396
+
+#: FWHM / sigma of a Gaussian, ``2 sqrt(2 ln 2)``.
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+
+#: Channel of the r-band PSF in PSF-aware cutouts (``seeing`` measures this one).
+_R_PSF = N_IMAGE_BANDS + BANDS.index("r")
 
 
 def augmentation_names() -> tuple[str, ...]:
@@ -109,14 +146,14 @@ def augmentation_names() -> tuple[str, ...]:
     Returns
     -------
     tuple of str
-        ``('dihedral', 'shift', 'zoom', 'shear', 'blur', 'noise')``; each is a
-        parameter of :class:`CutoutAugmenter` and a valid ``name`` for
-        :func:`single_technique`.
+        ``('dihedral', 'shift', 'zoom', 'shear', 'blur', 'noise', 'seeing')``;
+        each is a parameter of :class:`CutoutAugmenter` and a valid ``name``
+        for :func:`single_technique`.
 
     Examples
     --------
     >>> augmentation_names()
-    ('dihedral', 'shift', 'zoom', 'shear', 'blur', 'noise')
+    ('dihedral', 'shift', 'zoom', 'shear', 'blur', 'noise', 'seeing')
     """
     return TECHNIQUES
 
@@ -154,6 +191,8 @@ def single_technique(name: str, **kw) -> "CutoutAugmenter":
     1.0
     >>> single_technique("blur").get_params()["dihedral"]
     False
+    >>> single_technique("seeing").get_params()["seeing"]  # PSF-aware cutouts only
+    2.0
     """
     if name != "none" and name not in TECHNIQUES:
         raise ValueError(
@@ -264,6 +303,68 @@ def sky_noise(X, *, allow_nan: bool = False) -> np.ndarray:
         return _MAD_TO_SIGMA * np.nanmedian(np.abs(pooled - centre), axis=1)
 
 
+def _moment_fwhm(stamps: np.ndarray) -> np.ndarray:
+    """Second-moment FWHM in pixels of stamps ``(..., H, W)``: ``2.3548 sqrt((Mxx + Myy) / 2)``.
+
+    Unweighted central moments about each stamp's own centroid, over the whole
+    stamp (negative pixels included); ``nan`` where the sum or the moment is
+    not positive. For a Gaussian this is its FWHM (less the part of its wings
+    cut off by the stamp).
+    """
+    P = np.asarray(stamps, dtype=np.float64)
+    h, w = P.shape[-2:]
+    yy = np.arange(h, dtype=np.float64)[:, None]
+    xx = np.arange(w, dtype=np.float64)[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tot = P.sum(axis=(-2, -1))
+        yc = (P * yy).sum(axis=(-2, -1)) / tot
+        xc = (P * xx).sum(axis=(-2, -1)) / tot
+        myy = (P * (yy - yc[..., None, None]) ** 2).sum(axis=(-2, -1)) / tot
+        mxx = (P * (xx - xc[..., None, None]) ** 2).sum(axis=(-2, -1)) / tot
+        m = (mxx + myy) / 2.0
+        ok = (tot > 0) & (m > 0) & np.isfinite(m)
+        return np.where(ok, FWHM_PER_SIGMA * np.sqrt(np.where(ok, m, 1.0)), np.nan)
+
+
+def psf_fwhm(X) -> np.ndarray:
+    """Second-moment FWHM (arcsec) of the PSF channels of PSF-aware cutouts.
+
+    ``FWHM = 2.3548 * sqrt((Mxx + Myy) / 2) * 0.396"`` with ``Mxx``, ``Myy``
+    the unweighted second central moments (pixels^2) of each PSF stamp about
+    its centroid: the FWHM of a round Gaussian with the same second moments.
+    This is the measure the ``seeing`` augmentation uses (Gaussian convolution
+    adds exactly ``sigma**2`` to ``Mxx`` and ``Myy``). For a real PSF with
+    extended wings it differs from a profile-fit FWHM and depends on the stamp
+    size; it is a consistent, not an absolute, size.
+
+    Parameters
+    ----------
+    X : array-like of shape (n, 10, H, W)
+        PSF-aware cutouts (``Cutter(psf=True)``).
+
+    Returns
+    -------
+    ndarray of shape (n, 5), float64
+        FWHM in arcsec per object and band ``u, g, r, i, z``; ``nan`` for an
+        empty (non-positive) PSF stamp.
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[:15, :15] - 7.0
+    >>> g = np.exp(-(xx**2 + yy**2) / (2 * 1.5**2)); g /= g.sum()
+    >>> X = np.concatenate([np.zeros((1, 5, 15, 15)), np.tile(g, (1, 5, 1, 1))], axis=1)
+    >>> np.round(psf_fwhm(X) / 0.396 / 2.3548, 2).tolist()  # sigma in pixels
+    [[1.5, 1.5, 1.5, 1.5, 1.5]]
+    """
+    X = _check_cutouts(X, who="psf_fwhm", allow_nan=True)
+    if X.shape[1] != 2 * N_IMAGE_BANDS:
+        raise ValueError(
+            f"psf_fwhm: expected PSF-aware cutouts of shape (n, {2 * N_IMAGE_BANDS}, H, W) from "
+            f"Cutter(psf=True) (5 images, then the PSF in each band); got shape {X.shape}"
+        )
+    return _moment_fwhm(X[:, N_IMAGE_BANDS:]) * PIXEL_SCALE
+
+
 def _check_target(y, n: int, who: str) -> np.ndarray:
     if y is None:
         raise ValueError(f"{who}: y is required (1 = galaxy, 0 = star)")
@@ -320,7 +421,14 @@ class CutoutAugmenter(BaseEstimator):
         Maximum extra Gaussian PSF sigma in pixels, drawn from ``U(0, blur)``
         per copy; the discrete Gaussian kernel ``exp(-s^2) I_n(s^2)`` adds
         exactly ``s^2`` to the image variance per axis even for sub-pixel
-        ``s``. ``0`` disables.
+        ``s``. ``0`` disables. On PSF-aware input the PSF channels are
+        convolved with the same kernel (so image and PSF stay consistent); the
+        sky noise is smoothed and not restored.
+    seeing : float, default=0.0
+        Maximum r-band seeing FWHM in **arcsec** (SDSS pixels are
+        :data:`PIXEL_SCALE` = 0.396") to broaden copies towards; needs
+        PSF-aware cutouts (10 channels, ``Cutter(psf=True)``). ``0`` disables.
+        See *Seeing augmentation* below.
     balance : bool, 'smote' or imblearn sampler, default=False
         ``True``: the minority class gets extra augmented copies (of its
         cutouts, cycled in random order) so both classes end with the same
@@ -339,10 +447,15 @@ class CutoutAugmenter(BaseEstimator):
     Attributes
     ----------
     sky_noise_ : ndarray of shape (n_bands,)
-        Per-band sky noise in nanomaggies measured from the cutouts passed to
-        ``fit``/``fit_resample`` (see :func:`sky_noise`). Used by ``noise``.
+        Per-channel sky noise in nanomaggies measured from the cutouts passed
+        to ``fit``/``fit_resample`` (see :func:`sky_noise`). Used by ``noise``
+        and ``seeing``. On PSF-aware input it has all 10 entries (so it lines
+        up with the channels): the image channels' noise, then ``0`` for the
+        five noise-free PSF channels.
+    psf_aware_ : bool
+        Whether the input had ``2 * 5`` channels (images, then PSFs).
     n_bands_in_ : int
-        Number of bands seen during fit.
+        Number of bands (channels) seen during fit.
     cutout_shape_ : tuple of int
         ``(H, W)`` seen during fit.
     sampler_ : estimator or None
@@ -356,6 +469,53 @@ class CutoutAugmenter(BaseEstimator):
     augmented too). Output is always ``float32``. ``sky_noise_`` is
     re-measured on every call, so the noise level always follows the data
     being augmented. No ``n_features_in_`` is set: inputs are 4-D.
+
+    **Seeing augmentation.** SDSS calls an object a galaxy when it is broader
+    than its field's PSF, and the training fields span little seeing; with
+    PSF-aware cutouts the model sees each cutout's PSF, and ``seeing`` shows
+    it many more. For each copy (after shift/zoom/shear and ``blur``):
+
+    1. measure the current r FWHM from the copy's r PSF channel by second
+       moments, ``F0 = 2.3548 sqrt((Mxx + Myy) / 2)`` pixels (:func:`psf_fwhm`);
+    2. draw a target ``F1 ~ U(F0, max(F0, seeing / 0.396))`` pixels;
+    3. convolve all 10 channels with the same discrete Gaussian kernel
+       (exact variance) of ``sigma_k = sqrt(F1^2 - F0^2) / 2.3548`` pixels.
+       Gaussian convolution adds ``sigma_k^2`` to ``Mxx`` and ``Myy``, so the
+       r PSF's moment FWHM becomes ``F1`` and the image's sources are
+       broadened exactly like the PSF. PSF channels: zero padding, then
+       rescaled to their input sum (unit sum for ``Cutter(psf=True)``).
+       Image channels: zero padding about each band's local sky (border
+       median), i.e. outside the stamp is taken to be noise-free sky, so a
+       star's image and its PSF channel get identical treatment;
+    4. restore the sky noise. White noise of per-pixel sigma ``s`` convolved
+       with a unit-sum kernel ``K`` has variance ``s^2 sum(K^2)``; for the
+       separable ``K = k k^T``, ``sum(K^2) = (sum_i k_i^2)^2``, so the noise
+       sigma is multiplied by ``f = sum_i k_i^2`` (the 1-D kernel's sum of
+       squares; ``~ 1 / (2 sqrt(pi) sigma_k)`` for ``sigma_k >~ 1``). Adding
+       independent Gaussian noise of sigma ``s sqrt(1 - f^2)`` restores the
+       variance ``s^2``. Near the edges only the taps inside the stamp count,
+       ``f^2(r, c) = G(r) G(c)`` with ``G(j) = sum_{j' in stamp} k_{j-j'}^2``;
+       the restoration uses that per-pixel ``f``, so the border (where
+       :func:`sky_noise` measures) is right too. ``s = sky_noise_[band]``
+       (times ``blur``'s interior factor when ``blur`` is also on, so
+       ``seeing`` leaves the noise level it finds).
+
+    What this does not capture: the restored noise has the right per-pixel
+    variance but is not white (a fraction ``f^2`` of the variance is the
+    smoothed original, correlated over ~``sigma_k``; ``f^2 ~ 0.4`` for
+    ``sigma_k = 0.5`` px, ``< 0.08`` for ``sigma_k > 1`` px); only the sky
+    noise is restored, so bright objects' own photon noise ends up slightly
+    too smooth; seeing only gets worse, never better, than a field's own (the
+    copies span ``[F0, seeing]``); the PSF's profile becomes more Gaussian
+    than a real worse-seeing PSF (its moments are right, its wings are not
+    re-modelled); light scattered out of the stamp is lost (the PSF is
+    rescaled to its sum, the image is not: as for a real stamp) and light of
+    neighbours outside it does not scatter in. The target is reached in r
+    only: the other bands get the *same* kernel, so their moment FWHMs become
+    ``sqrt(F_b^2 + F1^2 - F0^2)`` and their ratio to r moves towards 1 (real
+    seeing keeps roughly ``F_b / F_r ~ (lambda_b / lambda_r)^-0.2``; e.g. g/r
+    1.07 at 1.4" becomes ~1.04 at 2"). The FWHM is a second-moment size of
+    the stamp, not a profile fit (see :func:`psf_fwhm`).
 
     Examples
     --------
@@ -386,6 +546,7 @@ class CutoutAugmenter(BaseEstimator):
         zoom=0.0,
         shear=0.0,
         blur=0.0,
+        seeing=0.0,
         balance=False,
         random_state=None,
     ):
@@ -396,6 +557,7 @@ class CutoutAugmenter(BaseEstimator):
         self.zoom = zoom
         self.shear = shear
         self.blur = blur
+        self.seeing = seeing
         self.balance = balance
         self.random_state = random_state
 
@@ -422,7 +584,7 @@ class CutoutAugmenter(BaseEstimator):
             raise ValueError(f"{who}: n_copies must be an integer >= 0, got {self.n_copies!r}")
         if not isinstance(self.dihedral, (bool, np.bool_)):
             raise ValueError(f"{who}: dihedral must be True or False, got {self.dihedral!r}")
-        for name in ("shift", "noise", "zoom", "shear", "blur"):
+        for name in ("shift", "noise", "zoom", "shear", "blur", "seeing"):
             value = getattr(self, name)
             if not _is_real(value) or value < 0:
                 raise ValueError(
@@ -453,11 +615,38 @@ class CutoutAugmenter(BaseEstimator):
                 f"centre pixel, got H x W = {h} x {w}"
             )
         y = _check_target(y, n, who)
+        if self.seeing > 0:
+            self._check_seeing_input(X)
         return X, y
 
+    def _check_seeing_input(self, X):
+        who = type(self).__name__
+        n_channels = X.shape[1]
+        if n_channels != 2 * N_IMAGE_BANDS:
+            raise ValueError(
+                f"{who}: seeing={self.seeing!r} needs PSF-aware cutouts of shape "
+                f"(n, {2 * N_IMAGE_BANDS}, H, W) (5 images u..z, then the PSF in each band), "
+                f"got {n_channels} channels; build the cutouts with Cutter(psf=True), or set "
+                "seeing=0 (blur broadens 5-channel cutouts without telling the model)"
+            )
+        bad = np.flatnonzero(~np.isfinite(_moment_fwhm(X[:, _R_PSF])))
+        if bad.size:
+            raise ValueError(
+                f"{who}: seeing needs a positive r-band PSF stamp (channel {_R_PSF}) in every "
+                f"cutout; {bad.size} of {len(X)} have none (rows {bad[:10].tolist()}"
+                f"{' ...' if bad.size > 10 else ''})"
+            )
+
     def _fit_stats(self, X):
-        self.sky_noise_ = sky_noise(X)
-        self.n_bands_in_ = X.shape[1]
+        n_channels = X.shape[1]
+        self.psf_aware_ = n_channels == 2 * N_IMAGE_BANDS
+        if self.psf_aware_:  # noise is measured on the images; PSF channels are noise-free
+            self.sky_noise_ = np.concatenate(
+                [sky_noise(X[:, :N_IMAGE_BANDS]), np.zeros(N_IMAGE_BANDS)]
+            )
+        else:
+            self.sky_noise_ = sky_noise(X)
+        self.n_bands_in_ = n_channels
         self.cutout_shape_ = X.shape[2:]
 
     # ------------------------------------------------------------- public API
@@ -558,7 +747,9 @@ class CutoutAugmenter(BaseEstimator):
     def _streams(self):
         rs = check_random_state(self.random_state)
         entropy = rs.randint(0, 2**31 - 1, size=4).tolist()
-        names = ("dihedral", "shift", "affine", "blur", "noise", "balance", "sampler")
+        # New streams go at the END: SeedSequence child i depends only on i, so the
+        # existing techniques' draws never change when a technique is added.
+        names = ("dihedral", "shift", "affine", "blur", "noise", "balance", "sampler", "seeing")
         return {
             name: np.random.default_rng(child)
             for name, child in zip(names, np.random.SeedSequence(entropy).spawn(len(names)))
@@ -626,13 +817,24 @@ class CutoutAugmenter(BaseEstimator):
             theta = rng.uniform(0.0, np.pi, size=m) if do_shear else np.zeros(m)
             out = _affine(out, d, scale, g, theta)
 
+        psf_aware = n_bands == 2 * N_IMAGE_BANDS
+        nb = N_IMAGE_BANDS if psf_aware else n_bands  # image channels
+        noise_level = np.ones(m)  # the copies' sky noise in units of sky_noise_ (for seeing)
         if self.blur > 0:
             sigmas = streams["blur"].uniform(0.0, self.blur, size=m)
             for i in range(m):
                 kernel = _discrete_gaussian(sigmas[i])
                 if kernel.size > 1:
+                    noise_level[i] = np.sum(kernel**2)  # interior white-noise sigma factor
                     for axis in (1, 2):  # rows, columns of the (bands, H, W) stack
-                        out[i] = ndimage.convolve1d(out[i], kernel, axis=axis, mode="nearest")
+                        out[i, :nb] = ndimage.convolve1d(
+                            out[i, :nb], kernel, axis=axis, mode="nearest"
+                        )
+                    if psf_aware:
+                        out[i, nb:] = _convolve_psf(out[i, nb:], kernel)
+
+        if self.seeing > 0:
+            out = self._seeing(out, streams["seeing"], noise_level)
 
         if self.dihedral:
             out = _dihedral(out, streams["dihedral"].integers(0, 8, size=m))
@@ -640,7 +842,41 @@ class CutoutAugmenter(BaseEstimator):
         if self.noise > 0:
             sigma = (self.noise * np.nan_to_num(self.sky_noise_)).astype(np.float32)
             noise = streams["noise"].standard_normal(size=out.shape, dtype=np.float32)
-            out += noise * sigma[None, :, None, None]
+            out += noise * sigma[None, :, None, None]  # 0 on PSF channels
+        return out
+
+    def _seeing(self, out, rng, noise_level):
+        """Broaden PSF-aware copies ``out`` (in place) towards ``seeing`` arcsec in r.
+
+        See *Seeing augmentation* in the class docstring. ``noise_level[i]`` is
+        copy ``i``'s sky noise entering this step, in units of ``sky_noise_``.
+        """
+        m, _, h, w = out.shape
+        nb = N_IMAGE_BANDS
+        # All draws up front, a fixed number per copy: reproducible whatever the data.
+        u = rng.uniform(0.0, 1.0, size=m)
+        eps = rng.standard_normal(size=(m, nb, h, w), dtype=np.float32)
+        current = _moment_fwhm(out[:, _R_PSF])  # pixels
+        top = self.seeing / PIXEL_SCALE
+        target = current + u * np.maximum(top - current, 0.0)
+        sigma_k = np.sqrt(np.maximum(target**2 - current**2, 0.0)) / FWHM_PER_SIGMA
+        sky = np.nan_to_num(self.sky_noise_[:nb])
+        for i in range(m):
+            if not np.isfinite(sigma_k[i]):
+                continue  # no usable PSF in this copy (checked on the input rows)
+            kernel = _discrete_gaussian(sigma_k[i])
+            if kernel.size == 1:
+                continue
+            img = out[i, :nb].astype(np.float64)
+            b = border_median(img)[:, None, None]  # local sky level per band
+            img = _convolve_zero(img - b, kernel) + b
+            # per-pixel white-noise variance factor f^2 = G(r) G(c) under zero padding
+            g_r = ndimage.convolve1d(np.ones(h), kernel**2, mode="constant")
+            g_c = ndimage.convolve1d(np.ones(w), kernel**2, mode="constant")
+            restore = np.sqrt(np.clip(1.0 - g_r[:, None] * g_c[None, :], 0.0, 1.0))
+            img += eps[i] * (noise_level[i] * sky[:, None, None] * restore[None])
+            out[i, :nb] = img
+            out[i, nb:] = _convolve_psf(out[i, nb:], kernel)
         return out
 
 
@@ -658,6 +894,27 @@ def _discrete_gaussian(sigma: float) -> np.ndarray:
     radius = int(np.ceil(4.0 * sigma)) + 1
     kernel = special.ive(np.arange(-radius, radius + 1), t)
     return kernel / kernel.sum()
+
+
+def _convolve_zero(stack: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Separable convolution of a ``(C, H, W)`` stack with zero padding (float64)."""
+    out = np.asarray(stack, dtype=np.float64)
+    for axis in (1, 2):
+        out = ndimage.convolve1d(out, kernel, axis=axis, mode="constant", cval=0.0)
+    return out
+
+
+def _convolve_psf(psfs: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Convolve PSF stamps ``(C, H, W)`` with zero padding, rescaled to their input sums.
+
+    A stamp whose input or output sum is not positive is left unscaled.
+    """
+    before = np.asarray(psfs, dtype=np.float64).sum(axis=(1, 2))
+    out = _convolve_zero(psfs, kernel)
+    after = out.sum(axis=(1, 2))
+    ok = (before > 0) & (after > 0)
+    scale = np.divide(before, after, out=np.ones_like(after), where=ok)
+    return out * scale[:, None, None]
 
 
 def _dihedral(X: np.ndarray, k: np.ndarray) -> np.ndarray:

@@ -457,3 +457,218 @@ def test_sample_indices_point_to_source_rows(balance):
     if balance != "smote":
         # with no perturbation switched on, copies equal their source row exactly
         np.testing.assert_array_equal(Xr, X[idx])
+
+
+# ------------------------------------------------- PSF-aware cutouts, seeing
+from stargal.augment import FWHM_PER_SIGMA, PIXEL_SCALE, _moment_fwhm, psf_fwhm  # noqa: E402
+
+PSF_FWHM = 3.0  # pixels (1.19")
+
+
+def gaussian_psf(fwhm=PSF_FWHM, size=SIZE):
+    """Unit-sum round Gaussian sampled at pixel centres, centred on the central pixel."""
+    s = fwhm / FWHM_PER_SIGMA
+    yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2
+    p = np.exp(-(xx**2 + yy**2) / (2 * s**2))
+    return p / p.sum()
+
+
+def psf_stars(n, *, fwhm=PSF_FWHM, flux=(10.0, 20.0, 30.0, 40.0, 50.0), noise=SKY, seed=0):
+    """PSF-aware stack (n, 10, SIZE, SIZE): stars = PSF x flux (+ sky noise), then the unit PSFs."""
+    p = gaussian_psf(fwhm)
+    img = np.asarray(flux, np.float64)[None, :, None, None] * p * np.ones((n, 1, 1, 1))
+    if noise is not None:
+        rng = np.random.default_rng(seed)
+        img = img + rng.normal(0.0, 1.0, img.shape) * np.asarray(noise)[None, :, None, None]
+    psf = np.broadcast_to(p, (n, 5, SIZE, SIZE))
+    return np.concatenate([img, psf], axis=1).astype(np.float32)
+
+
+SEEING_ONLY = dict(OFF, seeing=2.0)
+
+
+def test_stream_draws_of_existing_techniques_are_pinned():
+    """Adding techniques (streams appended at the end) must not change any existing draw.
+
+    The numbers were recorded from the code before ``seeing`` was added."""
+    streams = CutoutAugmenter(random_state=0)._streams()
+    expected = {"dihedral": [451, 652, 250, 233], "shift": [798, 346, 733, 353],
+                "affine": [641, 961, 430, 902], "blur": [259, 357, 147, 592],
+                "noise": [67, 547, 39, 131], "balance": [725, 649, 879, 485],
+                "sampler": [342, 212, 309, 356]}
+    for name, draws in expected.items():
+        assert streams[name].integers(0, 1000, 4).tolist() == draws, name
+    assert list(streams)[-1] == "seeing"
+
+
+def test_psf_fwhm_measures_second_moment_fwhm():
+    X = psf_stars(2, fwhm=3.0, noise=None)
+    np.testing.assert_allclose(psf_fwhm(X), 3.0 * PIXEL_SCALE, rtol=1e-3)
+    np.testing.assert_allclose(_moment_fwhm(gaussian_psf(5.0)), 5.0, rtol=5e-3)
+    with pytest.raises(ValueError, match=r"Cutter\(psf=True\)"):
+        psf_fwhm(sky(2))
+
+
+def test_seeing_broadens_image_and_psf_alike_within_range():
+    n, top = 300, 2.0
+    X = psf_stars(n, flux=(1e4,) * 5, seed=1)  # bright: image moments barely affected by noise
+    aug = CutoutAugmenter(**SEEING_ONLY, random_state=0)
+    X_res, y_res = aug.fit_resample(X, labels(n, n // 2))
+    assert X_res.shape == (2 * n, 10, SIZE, SIZE) and X_res.dtype == np.float32
+    np.testing.assert_array_equal(X_res[:n], X)
+    copies = X_res[n:].astype(np.float64)
+    current = PSF_FWHM * PIXEL_SCALE
+    fw = psf_fwhm(X_res[n:])  # (n, 5) arcsec
+    r = fw[:, 2]
+    # the r PSF lands in [current, seeing] and the draws cover that range uniformly
+    assert r.min() >= current - 1e-3 and r.max() <= top + 1e-3
+    width = top - current
+    assert r.min() < current + 0.05 * width and r.max() > top - 0.05 * width
+    np.testing.assert_allclose(r.mean(), (current + top) / 2, rtol=0.03)
+    np.testing.assert_allclose(r.std(), width / np.sqrt(12), rtol=0.12)
+    # consistency: the star in the image is as broad as the PSF channel, in every band
+    # (sky level 0: no sky subtraction, which would clip the broadened wings)
+    star = _moment_fwhm(copies[:, :5]) * PIXEL_SCALE
+    np.testing.assert_allclose(star, fw, rtol=0.01)
+    # the same kernel in every band: second moments grow by the same sigma_k^2
+    m2 = (fw / PIXEL_SCALE / FWHM_PER_SIGMA) ** 2
+    np.testing.assert_allclose(m2 - m2[:, 2:3], 0.0, atol=1e-3)
+    # PSF channels keep unit sum; image flux conserved
+    np.testing.assert_allclose(copies[:, 5:].sum(axis=(2, 3)), 1.0, atol=1e-5)
+    np.testing.assert_allclose(copies[:, :5].sum(axis=(2, 3)), X[:, :5].sum(axis=(2, 3)),
+                               rtol=0.01)
+
+
+def test_seeing_noise_free_star_stays_flux_times_psf():
+    X = psf_stars(40, noise=None)
+    X_res, _ = single_technique("seeing", random_state=3).fit_resample(X, labels(40, 20))
+    copies = X_res[40:].astype(np.float64)
+    assert (psf_fwhm(X_res[40:])[:, 2] > PSF_FWHM * PIXEL_SCALE + 0.01).mean() > 0.8  # broadened
+    flux_in = X[:, :5].astype(np.float64).sum(axis=(2, 3))
+    flux_out = copies[:, :5].sum(axis=(2, 3))
+    np.testing.assert_allclose(flux_out, flux_in, rtol=0.01)
+    # sky_noise_ is 0, so no noise was added: the image is exactly its flux times the new PSF
+    np.testing.assert_allclose(copies[:, :5], flux_out[:, :, None, None] * copies[:, 5:],
+                               atol=1e-5 * 50)
+
+
+def test_seeing_restores_sky_noise():
+    n = 400
+    X = psf_stars(n, seed=4)  # faint stars: their broadened wings stay far below the sky noise
+    aug = single_technique("seeing", seeing=2.0, random_state=1)
+    X_res, _ = aug.fit_resample(X, labels(n, n // 2))
+    before, after = sky_noise(X[:, :5]), sky_noise(X_res[n:, :5])
+    np.testing.assert_allclose(after, before, rtol=0.1)
+    # pixel by pixel (centre, edges and corners): restoration accounts for the stamp edges
+    blank = psf_stars(n, flux=(0.0,) * 5, seed=5)
+    B_res, _ = aug.fit_resample(blank, labels(n, n // 2))
+    ratio = B_res[n:, :5].std(axis=0) / blank[:, :5].std(axis=0)  # (5, H, W)
+    np.testing.assert_allclose(ratio.mean(axis=(1, 2)), 1.0, atol=0.04)
+    for where in (ratio[:, 7, 7], ratio[:, 0, 0], ratio[:, 0, 7]):
+        np.testing.assert_allclose(where, 1.0, atol=0.2)
+    # a little pixel-to-pixel correlation remains (the smoothed original noise; documented)
+    a, b = B_res[n:, :5, :, :-1].ravel(), B_res[n:, :5, :, 1:].ravel()
+    assert 0.01 < np.corrcoef(a, b)[0, 1] < 0.3
+    a, b = blank[:, :5, :, :-1].ravel(), blank[:, :5, :, 1:].ravel()
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.01
+
+
+def test_seeing_leaves_broader_psfs_alone():
+    X = psf_stars(10, fwhm=6.0)  # 2.38" > seeing
+    X_res, _ = single_technique("seeing", seeing=2.0, random_state=0).fit_resample(X, labels(10, 5))
+    np.testing.assert_array_equal(X_res[10:], X)
+
+
+def test_seeing_needs_psf_aware_cutouts():
+    aug = single_technique("seeing")
+    with pytest.raises(ValueError, match=r"PSF-aware.*Cutter\(psf=True\)"):
+        aug.fit_resample(gaussian_sources(4, noise=SKY), labels(4, 2))
+    with pytest.raises(ValueError, match=r"Cutter\(psf=True\)"):
+        aug.fit(gaussian_sources(4, noise=SKY), labels(4, 2))
+    X = psf_stars(4)
+    X[2, 5:] = 0.0  # no PSF in this row
+    with pytest.raises(ValueError, match=r"r-band PSF.*rows \[2\]"):
+        aug.fit_resample(X, labels(4, 2))
+    with pytest.raises(ValueError, match="seeing"):
+        CutoutAugmenter(seeing=-1.0).fit_resample(psf_stars(4), labels(4, 2))
+    # seeing off: 5-channel input works as before
+    CutoutAugmenter(random_state=0).fit_resample(gaussian_sources(4, noise=SKY), labels(4, 2))
+
+
+def test_noise_goes_to_image_channels_only_on_psf_aware_input():
+    n = 200
+    X = psf_stars(n, seed=6)
+    aug = single_technique("noise", noise=1.0, random_state=0)
+    X_res, _ = aug.fit_resample(X, labels(n, n // 2))
+    assert aug.psf_aware_ and aug.sky_noise_.shape == (10,)
+    np.testing.assert_array_equal(aug.sky_noise_[5:], 0.0)
+    np.testing.assert_allclose(aug.sky_noise_[:5], SKY, rtol=0.06)
+    np.testing.assert_array_equal(X_res[n:, 5:], X[:, 5:])
+    added = X_res[n:, :5] - X[:, :5]
+    np.testing.assert_allclose(added.std(axis=(0, 2, 3)), aug.sky_noise_[:5], rtol=0.1)
+    # 5-channel input keeps its 5-entry sky_noise_
+    aug5 = CutoutAugmenter(random_state=0).fit(gaussian_sources(8, noise=SKY), labels(8, 4))
+    assert not aug5.psf_aware_ and aug5.sky_noise_.shape == (5,)
+
+
+def test_blur_on_psf_aware_input_blurs_psf_too():
+    X = psf_stars(100, flux=(1e4,) * 5, seed=7)
+    X_res, _ = single_technique("blur", blur=1.0, random_state=0).fit_resample(X, labels(100, 50))
+    copies = X_res[100:].astype(np.float64)
+    np.testing.assert_allclose(copies[:, 5:].sum(axis=(2, 3)), 1.0, atol=1e-5)
+    psf_m = second_moment(copies[:, 5:]) - second_moment(X[:, 5:].astype(np.float64))
+    star_m = second_moment(copies[:, :5]) - second_moment(X[:, :5].astype(np.float64))
+    assert psf_m.max() > 0.8 * 2 * 1.0**2
+    np.testing.assert_allclose(star_m, psf_m, atol=0.03)
+
+
+def test_dihedral_and_shift_move_psf_with_image():
+    X = psf_stars(30, noise=None)
+    X[:, :, 2, 9] += 1.0  # asymmetric, in images and PSFs
+    X_res, _ = CutoutAugmenter(**{**OFF, "dihedral": True}, random_state=0).fit_resample(
+        X, labels(30, 15))
+    for i in range(30):
+        assert any(np.array_equal(t, X_res[30 + i]) for t in dihedral_images(X[i]))
+    S_res, _ = single_technique("shift", shift=0.5, random_state=0).fit_resample(
+        psf_stars(30, noise=None), labels(30, 15))
+    r, c = centroid(S_res[30:].astype(np.float64))  # (30, 10)
+    assert np.ptp(r, axis=1).max() < 0.01 and np.ptp(c, axis=1).max() < 0.01
+
+
+def test_switching_seeing_on_does_not_change_other_draws():
+    n = 20
+    X = psf_stars(n, seed=8)
+    y = labels(n, 10)
+
+    def run(**on):
+        return CutoutAugmenter(n_copies=2, **{**OFF, **on}, random_state=11).fit_resample(X, y)[0]
+
+    seeing = run(seeing=2.0)
+    # noise is added last: (noise + seeing) - seeing == (noise alone) - X, the same draws
+    noise_and_seeing, noise_only = run(seeing=2.0, noise=1.0), run(noise=1.0)
+    np.testing.assert_allclose(noise_and_seeing - seeing, noise_only - np.tile(X, (3, 1, 1, 1)),
+                               atol=1e-6)
+    # seeing (a round kernel) commutes with the dihedral op, which keeps its draw
+    dihedral_only, both = run(dihedral=True), run(dihedral=True, seeing=2.0)
+    src = np.tile(X, (2, 1, 1, 1))
+    for j in range(2 * n):
+        k = next(k for k, t in enumerate(dihedral_images(src[j])) if np.array_equal(t, dihedral_only[n + j]))
+        np.testing.assert_array_equal(dihedral_images(seeing[n + j])[k], both[n + j])
+    # and shift/zoom/shear draws are unchanged: with seeing off the copies are identical
+    kw = dict(shift=0.5, zoom=0.1, shear=0.1, blur=0.5, dihedral=True, noise=1.0)
+    np.testing.assert_array_equal(run(**kw), run(**kw, seeing=0.0))
+
+
+def test_all_techniques_on_psf_aware_input():
+    n = 30
+    X = psf_stars(n, seed=9)
+    aug = CutoutAugmenter(n_copies=2, shift=0.5, zoom=0.1, shear=0.1, blur=0.5, noise=1.0,
+                          seeing=2.0, balance=True, random_state=0)
+    X_res, y_res = aug.fit_resample(X, labels(n, 8))
+    assert X_res.shape[1:] == (10, SIZE, SIZE) and np.isfinite(X_res).all()
+    assert np.bincount(y_res).tolist() == [22 * 3, 22 * 3]
+    r = psf_fwhm(X_res[n:])[:, 2]
+    assert r.max() <= 2.0 * 1.1 + 0.05  # zoom may add up to 10 % after the seeing target
+    np.testing.assert_allclose(X_res[n:, 5:].sum(axis=(2, 3)), 1.0, atol=0.02)
+    again = CutoutAugmenter(**aug.get_params()).fit_resample(X, labels(n, 8))[0]
+    np.testing.assert_array_equal(X_res, again)
