@@ -6,6 +6,15 @@ table of photometric and morphological features.  It uses only the pixels:
 catalog columns (``psfmag_r``, ``modelmag_r``, ...) define the labels and are
 never used as features.
 
+Given **PSF-aware** cutouts ``(n, 10, H, W)`` (``Cutter(psf=True)``: the five
+images, then the field's PSF in each band at the object's position, see
+:mod:`stargal._imaging`) it adds features that compare every object with *its own
+field's* PSF -- PSF-fit magnitude, PSF/aperture flux ratio, SExtractor's
+SPREAD_MODEL, PSF-relative size and concentration, PSF-fit chi^2.  SDSS's own
+star/galaxy split is PSF-relative (``psfMag - cModelMag > 0.145``), so these
+features keep their meaning from a sharp field to a blurred one, where the
+absolute sizes of the 5-channel baseline do not.
+
 Photometry is photutils' *exact* circular-aperture photometry: the aperture
 weights are ``CircularAperture(((W - 1) / 2, (H - 1) / 2), r).to_mask(method='exact')``
 (photutils positions are ``(x, y)`` = (column, row), 0-based), i.e. the exact
@@ -18,14 +27,17 @@ called cutout by cutout, only vectorised (tens of thousands of cutouts/s).
 
 from __future__ import annotations
 
+import functools
 import numbers
 import warnings
 
 import numpy as np
+import scipy.fft
 from photutils.aperture import CircularAperture
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from stargal._imaging import N_IMAGE_BANDS, border_pixels, split_psf_channels
 from stargal.sdss import BANDS
 
 __all__ = ["PhotometricFeatures", "SOFTENING", "asinh_magnitude"]
@@ -36,6 +48,25 @@ SOFTENING = np.array([1.4e-10, 0.9e-10, 1.2e-10, 1.8e-10, 7.4e-10])
 
 #: ratios (concentration, peak/total) are clipped to this range
 _RATIO_RANGE = (-1.0, 2.0)
+
+#: FWHM of a Gaussian in units of its sigma, ``2 sqrt(2 ln 2)``
+_FWHM_PER_SIGMA = 2.3548
+#: SPREAD_MODEL's exponential scale length in units of the PSF FWHM (Desai et al. 2012)
+_SPREAD_SCALE = 1.0 / 16.0
+#: SPREAD_MODEL is clipped to this range (noise-only stamps: near-zero denominators)
+_SPREAD_RANGE = (-1.0, 1.0)
+#: the size_excess weight window is this many PSF sigmas wide ...
+_WINDOW_PSF_SIGMAS = 1.5
+#: ... and never narrower than this (pixels; guards an empty or delta-like PSF)
+_MIN_WINDOW = 0.5
+#: radius (pixels, pixel centres) of the PSF-fit chi^2 aperture
+_CHI2_RADIUS = 3.0
+#: reduced chi^2 is clipped to ``[0, _CHI2_MAX]``
+_CHI2_MAX = 1e12
+#: ``1.4826 * MAD`` estimates a Gaussian sigma
+_MAD_TO_SIGMA = 1.4826
+#: objects per chunk of the PSF-relative block
+_CHUNK = 256
 
 
 def asinh_magnitude(flux, band_softening, zero_point=22.5):
@@ -83,8 +114,219 @@ def _fmt(r):
     return f"{float(r):g}"
 
 
+# ---------------------------------------------------------------------- PSF-relative helpers
+def _median_last(a):
+    """``np.median(a, axis=-1)`` for finite ``a`` (same values), without its NaN check pass."""
+    m = a.shape[-1]
+    half = m // 2
+    if m % 2:
+        return np.partition(a, half, axis=-1)[..., half]
+    part = np.partition(a, (half - 1, half), axis=-1)
+    return np.mean(part[..., half - 1:half + 1], axis=-1)
+
+
+def _centred_grid(h, w):
+    """Pixel offsets ``(dy, dx)`` from the central pixel, shapes ``(h, 1)`` and ``(1, w)``."""
+    return (np.arange(h, dtype=np.float64) - (h - 1) / 2.0)[:, None], \
+        (np.arange(w, dtype=np.float64) - (w - 1) / 2.0)[None, :]
+
+
+def _exponential_otf(scale, f2):
+    """Fourier transform of a unit-flux circular exponential ``exp(-r / scale)`` at ``f^2``.
+
+    The 2-D Fourier transform of ``exp(-r / h) / (2 pi h^2)`` is ``(1 + (2 pi h f)^2)^(-3/2)``
+    (``f`` in cycles per pixel), so convolving with it is one multiplication in Fourier space,
+    exact for sub-pixel ``h`` (SPREAD_MODEL's ``FWHM / 16`` is ~0.2 px: sampling the profile
+    on pixels would not do).
+
+    Parameters
+    ----------
+    scale : ndarray of shape (...)
+        Scale lengths ``h`` in pixels (0 gives the identity).
+    f2 : ndarray of shape (m,) or (H, W // 2 + 1)
+        Squared spatial frequencies, (cycles / pixel)^2.
+
+    Returns
+    -------
+    ndarray of shape ``scale.shape + f2.shape``
+    """
+    a = (2.0 * np.pi * np.asarray(scale, dtype=np.float64)) ** 2
+    t = 1.0 / (1.0 + a.reshape(a.shape + (1,) * np.ndim(f2)) * f2)
+    return t * np.sqrt(t)
+
+
+def _rfft_f2(shape):
+    """Squared frequencies ``(H, W // 2 + 1)`` of ``scipy.fft.rfft2`` on ``(H, W)`` stamps."""
+    h, w = shape
+    return np.fft.fftfreq(h)[:, None] ** 2 + np.fft.rfftfreq(w)[None, :] ** 2
+
+
+def _exp_convolve(stamps, scale):
+    """``stamps`` (..., H, W) circularly convolved with unit-flux exponentials of ``scale`` (...)."""
+    shape = stamps.shape[-2:]
+    spec = scipy.fft.rfft2(stamps) * _exponential_otf(scale, _rfft_f2(shape))
+    return scipy.fft.irfft2(spec, s=shape)
+
+
+@functools.lru_cache(maxsize=8)
+def _frequency_bins(shape):
+    """Fold an rfft2 half spectrum onto its distinct ``|f|^2``: ``(f2_unique (m,), M (H*Wr, m))``.
+
+    ``spectrum.reshape(-1, H * Wr) @ M`` sums, per distinct squared frequency, the half
+    spectrum with its Hermitian weights (2 for the columns that stand for two frequencies),
+    so a full-spectrum sum ``sum_k g(|k|^2) S(k)`` of a Hermitian ``S`` is ``(S @ M) @ g(f2)``.
+    """
+    h, w = shape
+    wr = w // 2 + 1
+    herm = np.full(wr, 2.0)
+    herm[0] = 1.0
+    if w % 2 == 0:
+        herm[-1] = 1.0
+    f2 = _rfft_f2(shape)
+    uniq, inverse = np.unique(np.round(f2.ravel(), 12), return_inverse=True)
+    m = np.zeros((h * wr, uniq.size))
+    m[np.arange(h * wr), inverse.ravel()] = np.broadcast_to(herm, (h, wr)).ravel()
+    return uniq, m
+
+
+def _spread_model(x, psf, scale):
+    """SPREAD_MODEL ``(G.x)/(P.x) - (G.P)/(P.P)``, uniform weights (Desai et al. 2012, eq. 1).
+
+    ``G`` is ``psf`` convolved with a unit-flux circular exponential of scale length ``scale``
+    (in Fourier space, see :func:`_exponential_otf`: circular convolution over the stamp).
+    The four scalar products are taken in Fourier space too (Parseval), folded onto the
+    distinct ``|f|^2`` of the stamp grid (:func:`_frequency_bins`), so ``G`` is never formed.
+    0 where ``P.x <= 0`` or ``P.P <= 0``; clipped to ``_SPREAD_RANGE``.
+
+    Parameters
+    ----------
+    x, psf : ndarray of shape (n, B, H, W)
+        Sky-subtracted images and PSF stamps.
+    scale : ndarray of shape (n, B)
+        Exponential scale lengths in pixels (``FWHM_psf / 16``).
+
+    Returns
+    -------
+    ndarray of shape (n, B)
+    """
+    n, nb, h, w = x.shape
+    xf = scipy.fft.rfft2(x)
+    pf = scipy.fft.rfft2(psf)
+    f2, fold = _frequency_bins((h, w))
+    # Re(conj(P^) X^) and |P^|^2, folded onto the distinct |f|^2 in one matrix product
+    spectra = np.concatenate([(pf.real * xf.real + pf.imag * xf.imag).reshape(n * nb, -1),
+                              (pf.real * pf.real + pf.imag * pf.imag).reshape(n * nb, -1)])
+    folded = (spectra @ fold).reshape(2, n, nb, f2.size)
+    otf = _exponential_otf(scale, f2)  # (n, B, m)
+    px, pp = folded.sum(axis=-1)
+    gx, gp = (folded * otf).sum(axis=-1)
+    ok = (px > 0) & (pp > 0)
+    out = np.zeros_like(px)
+    np.divide(gx, px, out=out, where=ok)
+    out -= np.divide(gp, pp, out=np.zeros_like(pp), where=ok)
+    return np.clip(out, *_SPREAD_RANGE)
+
+
+def _windowed_size2(stamps, window, dy, dx):
+    """Gaussian-weighted second-moment size^2 ``(Mxx + Myy) / 2`` about the central pixel.
+
+    The weight ``exp(-(dx^2 + dy^2) / (2 window^2))`` is separable, so the moments are two
+    passes over the stack. 0 where the weighted flux is not positive; clipped to
+    ``[0, max(dx^2 + dy^2) / 2]`` (the range any non-negative stamp can give).
+    """
+    s2 = 2.0 * window[..., None] ** 2  # (n, B, 1)
+    wx = np.exp(-dx[0] ** 2 / s2)  # (n, B, W)
+    wy = np.exp(-dy[:, 0] ** 2 / s2)  # (n, B, H)
+    a = np.einsum("nbyx,nbx->nby", stamps, wx)  # sum_x wx I
+    b = np.einsum("nbyx,nbx->nby", stamps, wx * dx[0] ** 2)  # sum_x wx x^2 I
+    s0 = np.einsum("nby,nby->nb", a, wy)
+    sxx = np.einsum("nby,nby->nb", b, wy)
+    syy = np.einsum("nby,nby->nb", a, wy * dy[:, 0] ** 2)
+    out = np.divide(sxx + syy, 2.0 * s0, out=np.zeros_like(s0), where=s0 > 0)
+    return np.clip(out, 0.0, (dx.max() ** 2 + dy.max() ** 2) / 2.0)
+
+
+def _psf_relative_features(img, psf, flux, conc, masks, zero_point):
+    """The PSF-relative feature block, ``(n, 6 * B)`` (see :class:`PhotometricFeatures`).
+
+    Parameters
+    ----------
+    img : ndarray of shape (n, B, H, W)
+        float64 images, non-finite pixels already set to 0.
+    psf : ndarray of shape (n, B, H, W)
+        PSF stamps (any dtype; non-finite -> 0; renormalised to unit sum, empty where the
+        sum is not positive).
+    flux : ndarray of shape (n, B, n_radii)
+        Exact aperture fluxes of ``img``; ``conc`` its concentrations ``(n, B)``.
+    masks : ndarray of shape (n_radii, H, W)
+        Aperture weights.
+    """
+    n, nb, h, w = img.shape
+    k = masks.shape[0]
+    mid = k // 2
+    psf = np.asarray(psf, dtype=np.float64)
+    psf = np.where(np.isfinite(psf), psf, 0.0)
+    total = psf.sum(axis=(-2, -1))
+    psf = psf * np.divide(1.0, total, out=np.zeros_like(total), where=total > 0)[..., None, None]
+
+    border = border_pixels(img)  # (n, B, L)
+    sky = _median_last(border)  # == border_median(img)
+    x = img - sky[..., None, None]
+    sigma = _MAD_TO_SIGMA * _median_last(np.abs(border - sky[..., None]))
+
+    # 1. PSF-fit flux (the shared definition; sky already subtracted) as asinh magnitude
+    # (inlined: the same formula as psf_fit_flux(x, psf, subtract_sky=False), without its copies)
+    flat_x, flat_p = x.reshape(n, nb, h * w), psf.reshape(n, nb, h * w)
+    pp = np.einsum("nbk,nbk->nb", flat_p, flat_p)
+    fpsf = np.divide(np.einsum("nbk,nbk->nb", flat_p, flat_x), pp, out=np.zeros_like(pp),
+                     where=pp > 0)
+    psf_mag = asinh_magnitude(fpsf, SOFTENING[None, :nb], zero_point)
+
+    # 2. PSF flux / aperture-corrected aperture flux (middle aperture)
+    pflux = (psf.reshape(n * nb, h * w) @ masks.reshape(k, h * w).T).reshape(n, nb, k)
+    aper = flux[:, :, mid] - sky * masks[mid].sum()
+    aper_ratio = _safe_ratio(fpsf * pflux[:, :, mid], aper)
+
+    # PSF size from its unweighted second moments about the central pixel
+    dy, dx = _centred_grid(h, w)
+    pm = np.einsum("nbyx,yx->nb", psf, np.broadcast_to(dx * dx + dy * dy, (h, w)))
+    sig_psf = np.sqrt(np.clip(pm / 2.0, 0.0, None))
+
+    # the PSF as a star looks after the same border-median sky subtraction as the image (so a
+    # noiseless star x = F * psf_sub exactly, whatever the PSF's wings at the stamp border)
+    psf_sub = psf - _median_last(border_pixels(psf))[..., None, None]
+
+    # 3. SPREAD_MODEL with the exponential scale FWHM / 16
+    spread = _spread_model(x, psf_sub, _SPREAD_SCALE * _FWHM_PER_SIGMA * sig_psf)
+
+    # 4. windowed size^2 excess over the PSF's
+    window = np.maximum(_WINDOW_PSF_SIGMAS * sig_psf, _MIN_WINDOW)
+    size_excess = _windowed_size2(x, window, dy, dx) - _windowed_size2(psf_sub, window, dy, dx)
+
+    # 5. concentration excess over the PSF's
+    conc_excess = conc - _safe_ratio(pflux[:, :, 0], pflux[:, :, -1])
+
+    # 6. reduced chi^2 of the PSF fit within _CHI2_RADIUS
+    inside = np.flatnonzero((dx * dx + dy * dy <= _CHI2_RADIUS ** 2).ravel())
+    resid = flat_x[..., inside] - fpsf[..., None] * flat_p[..., inside]
+    dof = max(inside.size - 1, 1)
+    var = sigma * sigma
+    chi2 = np.divide((resid * resid).sum(axis=-1), dof * var, out=np.zeros_like(var),
+                     where=var > 0)
+    chi2 = np.clip(chi2, 0.0, _CHI2_MAX)
+
+    out = np.concatenate([psf_mag, aper_ratio, spread, size_excess, conc_excess, chi2], axis=1)
+    # guard against overflow for absurd (finite) pixel values; a no-op otherwise
+    return np.nan_to_num(out, nan=0.0, posinf=_CHI2_MAX, neginf=-_CHI2_MAX)
+
+
+#: prefixes of the PSF-relative columns, one block of five bands each, in output order
+_PSF_COLUMNS = ("psf_mag", "psf_aper_ratio", "spread_model", "size_excess",
+                "concentration_excess", "psf_chi2")
+
+
 class PhotometricFeatures(TransformerMixin, BaseEstimator):
-    """Aperture photometry, colours, concentration and shape features of cutouts.
+    """Aperture photometry, colours, concentration, shape and PSF-relative features of cutouts.
 
     For cutouts ``X`` of shape ``(n, 5, H, W)`` (bands ``u, g, r, i, z``,
     nanomaggies, sky-subtracted, object at pixel ``((W-1)/2, (H-1)/2)``,
@@ -108,6 +350,47 @@ class PhotometricFeatures(TransformerMixin, BaseEstimator):
       3x3 divided by the r flux in the largest aperture (0 if that flux is not
       positive, clipped to ``[-1, 2]``).
 
+    These are *absolute* measurements (the PSF-blind baseline): the same compact
+    galaxy looks smaller in sharp seeing than a star does in poor seeing.
+
+    **PSF-aware cutouts** ``(n, 10, H, W)`` (``Cutter(psf=True)``: channels 0-4 the
+    images as above, channels 5-9 the field's PSF in bands ``u..z`` at the object,
+    centred on the central pixel, unit sum) give the same columns, computed on the
+    image channels (identical values), followed by six PSF-relative blocks of five
+    columns ``{name}_{band}``, bands ``u, g, r, i, z``.  All use the image minus its
+    border median (the local sky, ``b``) and the PSF ``P`` renormalised to unit sum
+    (an empty or non-positive-sum PSF counts as all zeros):
+
+    * ``psf_mag_{band}`` -- PSF-fit flux ``F = P.(I - b) / P.P`` (nanomaggies,
+      :func:`stargal._imaging.psf_fit_flux`) as an asinh magnitude. Close to the
+      aperture magnitudes for a star, fainter for a galaxy.
+    * ``psf_aper_ratio_{band}`` -- ``F`` over the aperture-corrected flux in the
+      middle aperture: ``F * a_P / (aperture flux - b * area)``, ``a_P`` the fraction
+      of the PSF inside that aperture. 1 for a noiseless point source, < 1 for an
+      extended one; 0 where the aperture flux is not positive, clipped to ``[-1, 2]``.
+    * ``spread_model_{band}`` -- SExtractor's SPREAD_MODEL (Desai et al. 2012,
+      ApJ 757, 83, eq. 1), uniform weights: ``(G.x)/(P.x) - (G.P)/(P.P)``, ``x = I - b``
+      and ``G`` the PSF convolved with a unit-flux circular exponential of scale
+      length ``FWHM / 16``, ``FWHM = 2.3548 sqrt((Mxx + Myy) / 2)`` from the PSF's
+      unweighted second moments about the central pixel (the convolution is done
+      exactly in Fourier space, circular over the stamp). Dimensionless: ~0 for a
+      star (exactly 0 without noise), **positive for a galaxy** (typically 0.005 to
+      0.1), negative for something sharper than the PSF (a cosmic ray); 0 where
+      ``P.x <= 0``, clipped to ``[-1, 1]``.
+    * ``size_excess_{band}`` -- ``sigma_obj^2 - sigma_psf^2`` in pixels^2: second-moment
+      sizes ``(Mxx + Myy) / 2`` of ``x`` and of ``P``, both about the central pixel and
+      weighted by the same circular Gaussian window of width ``1.5 sigma_psf``
+      (``sigma_psf = FWHM / 2.3548``, at least 0.5 px). ~0 for a star, > 0 for a galaxy.
+      Each size is 0 where its weighted flux is not positive and at most half the
+      squared corner distance.
+    * ``concentration_excess_{band}`` -- ``concentration_{band}`` minus the same ratio
+      measured on the PSF stamp: ~0 for a star, < 0 for a galaxy (in ``[-3, 3]``).
+    * ``psf_chi2_{band}`` -- reduced chi^2 of the PSF fit, ``sum (x - F P)^2 / sigma^2 /
+      (N - 1)`` over the ``N`` pixels whose centres are within 3 px of the central
+      pixel, ``sigma = 1.4826 MAD`` of the border pixels. ~1 for a star (in
+      sky-dominated noise), grows with how badly a scaled PSF describes the object
+      (galaxies, blends); 0 where the border has no scatter, clipped to ``[0, 1e12]``.
+
     Non-finite pixels are treated as 0 (sky level), so every feature is finite.
 
     Parameters
@@ -121,10 +404,14 @@ class PhotometricFeatures(TransformerMixin, BaseEstimator):
     ----------
     cutout_shape_ : tuple of int
         ``(H, W)`` seen in :meth:`fit`; :meth:`transform` requires the same.
+    psf_aware_ : bool
+        Whether :meth:`fit` saw PSF-aware (10-channel) cutouts; :meth:`transform`
+        requires the same channel count.
     aperture_masks_ : ndarray of shape (n_radii, H, W)
         photutils exact-overlap aperture weights.
     n_features_out_ : int
-        Number of output columns (``2 * 5 * n_radii + 4 + 5 + 3``).
+        Number of output columns (``2 * 5 * n_radii + 4 + 5 + 3``, plus ``6 * 5``
+        when ``psf_aware_``).
 
     Examples
     --------
@@ -136,6 +423,24 @@ class PhotometricFeatures(TransformerMixin, BaseEstimator):
     (3, 42)
     >>> float(F[0, 0])  # u flux in r=1.5 px: the whole point source
     10.0
+
+    PSF-aware cutouts: a star is the PSF scaled, so its SPREAD_MODEL is 0 and its
+    PSF-fit flux equals its aperture-corrected flux.
+
+    >>> yy, xx = np.mgrid[:15, :15] - 7.0
+    >>> psf = np.exp(-(xx ** 2 + yy ** 2) / (2 * 1.3 ** 2))
+    >>> psf /= psf.sum()
+    >>> Xp = np.zeros((1, 10, 15, 15))
+    >>> Xp[0, :5], Xp[0, 5:] = 100.0 * psf, psf
+    >>> pf = PhotometricFeatures().fit(Xp)
+    >>> F = pf.transform(Xp)
+    >>> F.shape
+    (1, 72)
+    >>> names = list(pf.get_feature_names_out())
+    >>> bool(abs(F[0, names.index("spread_model_r")]) < 1e-12)
+    True
+    >>> round(float(F[0, names.index("psf_aper_ratio_r")]), 6)
+    1.0
     """
 
     def __init__(self, radii=(1.5, 3.0, 5.0), zero_point=22.5):
@@ -165,9 +470,11 @@ class PhotometricFeatures(TransformerMixin, BaseEstimator):
         if not isinstance(X, np.ndarray):
             raise TypeError(f"PhotometricFeatures expects a numpy array of cutouts "
                             f"(n, 5, H, W), got {type(X).__name__}")
-        if X.ndim != 4 or X.shape[1] != len(BANDS):
+        if X.ndim != 4 or X.shape[1] not in (N_IMAGE_BANDS, 2 * N_IMAGE_BANDS):
             raise ValueError(f"expected cutouts of shape (n, {len(BANDS)}, H, W) in band order "
-                             f"{''.join(BANDS)}, got shape {X.shape}")
+                             f"{''.join(BANDS)}, or PSF-aware cutouts (n, {2 * N_IMAGE_BANDS}, "
+                             f"H, W) (images, then the PSF per band: Cutter(psf=True)), "
+                             f"got shape {X.shape}")
         if X.shape[2] < 3 or X.shape[3] < 3 or X.shape[2] % 2 == 0 or X.shape[3] % 2 == 0:
             raise ValueError(f"cutouts must have odd sides >= 3 (object on the central pixel), "
                              f"got {X.shape[2]}x{X.shape[3]}")
@@ -177,12 +484,12 @@ class PhotometricFeatures(TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ API
     def fit(self, X, y=None):
-        """Check the cutouts and compute the exact aperture masks.
+        """Check the cutouts, note whether they are PSF-aware, compute the aperture masks.
 
         Parameters
         ----------
-        X : ndarray of shape (n, 5, H, W)
-            Cutouts in nanomaggies.
+        X : ndarray of shape (n, 5, H, W) or (n, 10, H, W)
+            Cutouts in nanomaggies; 10 channels = PSF-aware (images, then PSFs).
         y : ignored
 
         Returns
@@ -203,6 +510,7 @@ class PhotometricFeatures(TransformerMixin, BaseEstimator):
             for r in radii
         ]).astype(np.float64)
         self.cutout_shape_ = (h, w)
+        self.psf_aware_ = bool(X.shape[1] == 2 * N_IMAGE_BANDS)
         self.n_features_out_ = len(self._names(radii))
         return self
 
@@ -211,8 +519,8 @@ class PhotometricFeatures(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : ndarray of shape (n, 5, H, W)
-            Cutouts in nanomaggies, same ``H, W`` as in :meth:`fit`.
+        X : ndarray of shape (n, 5, H, W) or (n, 10, H, W)
+            Cutouts in nanomaggies, same ``H, W`` and channel count as in :meth:`fit`.
 
         Returns
         -------
@@ -224,6 +532,34 @@ class PhotometricFeatures(TransformerMixin, BaseEstimator):
         if X.shape[2:] != self.cutout_shape_:
             raise ValueError(f"cutouts are {X.shape[2]}x{X.shape[3]} but the features were "
                              f"fitted on {self.cutout_shape_[0]}x{self.cutout_shape_[1]}")
+        psf_aware = getattr(self, "psf_aware_", False)  # models pickled before PSF awareness
+        if (X.shape[1] == 2 * N_IMAGE_BANDS) != psf_aware:
+            fitted = (f"PSF-aware cutouts ({2 * N_IMAGE_BANDS} channels: images, then PSFs)"
+                      if psf_aware else f"plain cutouts ({N_IMAGE_BANDS} image channels)")
+            raise ValueError(f"PhotometricFeatures was fitted on {fitted} but transform got "
+                             f"{X.shape[1]} channels; use the same kind of cutouts "
+                             f"(Cutter(psf=...)) for fit and transform")
+        if psf_aware:
+            images, psfs = split_psf_channels(X, "PhotometricFeatures")
+        else:
+            images, psfs = X, None
+        out, img, flux, conc = self._aperture_features(images)
+        if not psf_aware:
+            return out
+        # the PSF block in chunks of objects: its temporaries then stay in the CPU caches
+        extra = np.empty((len(out), len(_PSF_COLUMNS) * N_IMAGE_BANDS))
+        for i in range(0, len(out), _CHUNK):
+            j = slice(i, i + _CHUNK)
+            extra[j] = _psf_relative_features(img[j], psfs[j], flux[j], conc[j],
+                                              self.aperture_masks_, self.zero_point)
+        return np.concatenate([out, extra], axis=1)
+
+    def _aperture_features(self, X):
+        """The PSF-blind baseline columns of image cutouts ``(n, 5, H, W)``.
+
+        Returns ``(features, img, flux, conc)``: the features and the intermediate float64
+        images, aperture fluxes and concentrations the PSF-relative block reuses.
+        """
         n, nb, h, w = X.shape
         img = np.nan_to_num(np.asarray(X, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         masks = self.aperture_masks_
@@ -266,14 +602,18 @@ class PhotometricFeatures(TransformerMixin, BaseEstimator):
             flux.reshape(n, nb * k), mag.reshape(n, nb * k), colors, conc,
             size[:, None], ellip[:, None], peak_ratio[:, None],
         ], axis=1)
-        return out
+        return out, img, flux, conc
 
-    def _names(self, radii):
+    def _names(self, radii, psf_aware=None):
+        if psf_aware is None:
+            psf_aware = getattr(self, "psf_aware_", False)
         names = [f"flux_{b}_r{_fmt(r)}" for b in BANDS for r in radii]
         names += [f"mag_{b}_r{_fmt(r)}" for b in BANDS for r in radii]
         names += [f"color_{a}_{b}" for a, b in zip(BANDS[:-1], BANDS[1:])]
         names += [f"concentration_{b}" for b in BANDS]
         names += ["size_r", "ellipticity_r", "peak_ratio_r"]
+        if psf_aware:
+            names += [f"{p}_{b}" for p in _PSF_COLUMNS for b in BANDS]
         return names
 
     def get_feature_names_out(self, input_features=None):
