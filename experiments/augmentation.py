@@ -58,6 +58,7 @@ CONFIGS: dict[str, dict] = {
     "noise": {"noise": DEFAULT_STRENGTHS["noise"]},
     "zoom_shear": {"zoom": DEFAULT_STRENGTHS["zoom"], "shear": DEFAULT_STRENGTHS["shear"]},
     "blur": {"blur": DEFAULT_STRENGTHS["blur"]},
+    "seeing": {"seeing": DEFAULT_STRENGTHS["seeing"]},
     "balance": {"balance": True},
 }
 
@@ -76,7 +77,7 @@ TORCH_THREADS = 1
 FAINT_MAG = 21.0
 
 _OFF = {"dihedral": False, "shift": 0.0, "noise": 0.0, "zoom": 0.0, "shear": 0.0, "blur": 0.0,
-        "balance": False}
+        "seeing": 0.0, "balance": False}
 _SCORES = ("mcc", "balanced_accuracy", "roc_auc")
 
 
@@ -126,6 +127,8 @@ def _describe(name: str) -> str:
             parts.append(f"shear ≤ {value}")
         elif key == "blur":
             parts.append(f"extra Gaussian PSF σ ≤ {value} px")
+        elif key == "seeing":
+            parts.append(f"image and PSF broadened together to r FWHM U(own, {value}″), sky noise restored")
     return ", ".join(parts)
 
 

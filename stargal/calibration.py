@@ -11,9 +11,9 @@ back as the pipeline's final step, so the pipeline (``'align'`` first) still pre
 The prior
 ---------
 A calibrated ``p_galaxy`` is the galaxy fraction *among objects like these in the calibration
-set*, whose star/galaxy mix is that of the training fields (here about 45 % galaxies). On a field
-with another mix (the star-rich test field: 29 % galaxies; a field in the Galactic plane: far
-fewer) the right probability differs by Bayes' rule; :func:`adjust_prior` applies it when the new
+set*, whose star/galaxy mix is that of the training fields (about half galaxies in the default study).
+On a field with another mix (the star-rich test field has about three stars per galaxy; a field in
+the Galactic plane far fewer galaxies still) the right probability differs by Bayes' rule; :func:`adjust_prior` applies it when the new
 field's galaxy fraction is known or assumed::
 
     p' = p r / (p r + (1 - p) (1 - r')),   r = pi' / pi,  r' = (1 - pi') / (1 - pi)
