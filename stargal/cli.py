@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE",
                    help="pipeline parameter, e.g. net__max_epochs=10 or cut__size=21 (repeatable)")
     p.add_argument("-o", "--output", default="model.stargal", help="model file to write")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="fit on train + validation objects and skip calibrating p_galaxy on the validation "
+                        "sky groups (default: fit on train, calibrate on validation)")
     _add_source(p)
 
     p = sub.add_parser("predict", help="galaxy probabilities for a CSV of ra,dec")
@@ -95,7 +98,8 @@ def _cmd_train(args) -> int:
 
     params = parse_param_overrides(args.set)
     model, info = train_model(args.model_type, config=args.config, params=params,
-                              sas_url=args.sas_url, cache_dir=args.cache_dir, model_path=args.output)
+                              sas_url=args.sas_url, cache_dir=args.cache_dir, model_path=args.output,
+                              calibrate=not args.no_calibrate)
     print(info["summary"])
     print(f"model written to {args.output}")
     return 0

@@ -241,28 +241,37 @@ def parse_param_overrides(items) -> dict:
 
 
 def train_model(kind: str = "cnn", config=None, params=None, *, sas_url=None, cache_dir=None,
-                model_path=None, fields=None):
-    """Fit a model on the study's train+valid objects (test fields excluded) and evaluate it.
+                model_path=None, fields=None, calibrate=True):
+    """Fit a model on the study's objects (test fields excluded) and evaluate it on the test fields.
 
-    Returns ``(fitted pipeline, info)``; ``info['summary']`` is a printable text. With
-    ``model_path`` the model is saved (skops) with the config and test metrics as metadata.
+    With ``calibrate=True`` (default; not for ``'majority'``) the model is fitted on the ``train``
+    split and its ``p_galaxy`` calibrated on the ``valid`` sky groups
+    (:func:`stargal.calibration.calibrate_pipeline`, Platt scaling); otherwise it is fitted on
+    ``train`` + ``valid``. Returns ``(fitted pipeline, info)``; ``info['summary']`` is a printable
+    text. With ``model_path`` the model is saved (skops) with the config and test metrics as metadata.
     """
+    from .calibration import calibrate_pipeline
     from .persist import save_model
 
     config = _config(config)
     fetcher = get_fetcher(None, sas_url=sas_url, cache_dir=cache_dir, quiet=False)
     t0 = time.perf_counter()
     table = study_table(config, fetcher, fields=fields)
-    fit_rows = table[table["split"].isin(["train", "valid"])]
+    calibrate = bool(calibrate) and kind != "majority"
+    fit_rows = table[table["split"].isin(["train"] if calibrate else ["train", "valid"])]
     test_rows = table[table["split"] == "test"]
     pipe = build_pipeline(kind, config, sas_url=sas_url, cache_dir=cache_dir, params=params)
     fit_pipeline(pipe, fit_rows)
+    if calibrate:
+        valid = table[table["split"] == "valid"]
+        pipe = calibrate_pipeline(pipe, valid, labels_to_y(valid["label"]))
     fit_s = time.perf_counter() - t0
     proba = pipe.predict_proba(test_rows)[:, 1]
     overall, _ = evaluate_predictions(labels_to_y(test_rows["label"]), proba)
     info = {
         "kind": kind,
         "n_fit": int(len(fit_rows)),
+        "calibrated": calibrate,
         "n_test": int(len(test_rows)),
         "n_excluded": int((table["split"] == "excluded").sum()),
         "n_dropped_edge": table.attrs.get("n_dropped_edge", 0),
@@ -273,7 +282,7 @@ def train_model(kind: str = "cnn", config=None, params=None, *, sas_url=None, ca
     }
     info["summary"] = (
         f"{kind}: fitted on {info['n_fit']} objects from {', '.join(info['train_fields'])} "
-        f"in {fit_s:.0f} s; test field(s) {', '.join(info['test_fields'])} ({info['n_test']} objects): "
+        f"in {fit_s:.0f} s{' (p_galaxy calibrated on the validation sky groups)' if calibrate else ''}; test field(s) {', '.join(info['test_fields'])} ({info['n_test']} objects): "
         f"accuracy {overall['accuracy']:.3f}, balanced accuracy {overall['balanced_accuracy']:.3f}, "
         f"MCC {overall['mcc']:.3f}, ROC AUC {overall.get('roc_auc', float('nan')):.3f}"
     )
