@@ -564,8 +564,12 @@ def test_seeing_restores_sky_noise():
     B_res, _ = aug.fit_resample(blank, labels(n, n // 2))
     ratio = B_res[n:, :5].std(axis=0) / blank[:, :5].std(axis=0)  # (5, H, W)
     np.testing.assert_allclose(ratio.mean(axis=(1, 2)), 1.0, atol=0.04)
-    for where in (ratio[:, 7, 7], ratio[:, 0, 0], ratio[:, 0, 7]):
-        np.testing.assert_allclose(where, 1.0, atol=0.2)
+    inner = ratio[:, 2:-2, 2:-2].mean()
+    edges = np.concatenate([ratio[:, 0, 1:-1], ratio[:, -1, 1:-1], ratio[:, 1:-1, 0],
+                            ratio[:, 1:-1, -1]], axis=1).mean()
+    corners = ratio[:, [0, 0, -1, -1], [0, -1, 0, -1]].mean()
+    # (edge-replicating padding would give edges +4 %, corners +10 %)
+    assert abs(edges - inner) < 0.02 and abs(corners - inner) < 0.04
     # a little pixel-to-pixel correlation remains (the smoothed original noise; documented)
     a, b = B_res[n:, :5, :, :-1].ravel(), B_res[n:, :5, :, 1:].ravel()
     assert 0.01 < np.corrcoef(a, b)[0, 1] < 0.3
