@@ -263,7 +263,6 @@ def _psf_relative_features(img, psf, flux, conc, masks, zero_point):
     """
     n, nb, h, w = img.shape
     k = masks.shape[0]
-    mid = k // 2
     psf = np.asarray(psf, dtype=np.float64)
     psf = np.where(np.isfinite(psf), psf, 0.0)
     total = psf.sum(axis=(-2, -1))
@@ -273,28 +272,35 @@ def _psf_relative_features(img, psf, flux, conc, masks, zero_point):
     sky = _median_last(border)  # == border_median(img)
     x = img - sky[..., None, None]
     sigma = _MAD_TO_SIGMA * _median_last(np.abs(border - sky[..., None]))
+    # the PSF stamp after the same border-median sky subtraction: a noiseless star is exactly
+    # x = F * psf_sub whatever the PSF's wings at the stamp border, so measuring psf_sub like
+    # x gives a star exactly the PSF's value
+    psf_sky = _median_last(border_pixels(psf))
+    psf_sub = psf - psf_sky[..., None, None]
 
-    # 1. PSF-fit flux (the shared definition; sky already subtracted) as asinh magnitude
-    # (inlined: the same formula as psf_fit_flux(x, psf, subtract_sky=False), without its copies)
-    flat_x, flat_p = x.reshape(n, nb, h * w), psf.reshape(n, nb, h * w)
+    flat_x, flat_p, flat_s = (a.reshape(n, nb, h * w) for a in (x, psf, psf_sub))
     pp = np.einsum("nbk,nbk->nb", flat_p, flat_p)
-    fpsf = np.divide(np.einsum("nbk,nbk->nb", flat_p, flat_x), pp, out=np.zeros_like(pp),
-                     where=pp > 0)
+
+    def fit_flux(flat):  # == psf_fit_flux(images, psf) on sky-subtracted stamps, without copies
+        return np.divide(np.einsum("nbk,nbk->nb", flat_p, flat), pp, out=np.zeros_like(pp),
+                         where=pp > 0)
+
+    # 1. PSF-fit flux as asinh magnitude
+    fpsf = fit_flux(flat_x)
     psf_mag = asinh_magnitude(fpsf, SOFTENING[None, :nb], zero_point)
 
-    # 2. PSF flux / aperture-corrected aperture flux (middle aperture)
+    # 2. (PSF-fit flux / aperture flux) of the object over the same ratio of the PSF stamp,
+    # largest aperture, both sky-subtracted
     pflux = (psf.reshape(n * nb, h * w) @ masks.reshape(k, h * w).T).reshape(n, nb, k)
-    aper = flux[:, :, mid] - sky * masks[mid].sum()
-    aper_ratio = _safe_ratio(fpsf * pflux[:, :, mid], aper)
+    area = masks[-1].sum()
+    aper_x = flux[:, :, -1] - sky * area
+    aper_p = pflux[:, :, -1] - psf_sky * area
+    aper_ratio = _safe_ratio(fpsf * aper_p, aper_x * fit_flux(flat_s))
 
     # PSF size from its unweighted second moments about the central pixel
     dy, dx = _centred_grid(h, w)
-    pm = np.einsum("nbyx,yx->nb", psf, np.broadcast_to(dx * dx + dy * dy, (h, w)))
-    sig_psf = np.sqrt(np.clip(pm / 2.0, 0.0, None))
-
-    # the PSF as a star looks after the same border-median sky subtraction as the image (so a
-    # noiseless star x = F * psf_sub exactly, whatever the PSF's wings at the stamp border)
-    psf_sub = psf - _median_last(border_pixels(psf))[..., None, None]
+    r2 = np.broadcast_to(dx * dx + dy * dy, (h, w))
+    sig_psf = np.sqrt(np.clip(np.einsum("nbk,k->nb", flat_p, r2.ravel()) / 2.0, 0.0, None))
 
     # 3. SPREAD_MODEL with the exponential scale FWHM / 16
     spread = _spread_model(x, psf_sub, _SPREAD_SCALE * _FWHM_PER_SIGMA * sig_psf)
@@ -306,9 +312,12 @@ def _psf_relative_features(img, psf, flux, conc, masks, zero_point):
     # 5. concentration excess over the PSF's
     conc_excess = conc - _safe_ratio(pflux[:, :, 0], pflux[:, :, -1])
 
-    # 6. reduced chi^2 of the PSF fit within _CHI2_RADIUS
-    inside = np.flatnonzero((dx * dx + dy * dy <= _CHI2_RADIUS ** 2).ravel())
-    resid = flat_x[..., inside] - fpsf[..., None] * flat_p[..., inside]
+    # 6. reduced chi^2 within _CHI2_RADIUS of the least-squares scaled (sky-subtracted) PSF
+    ss = np.einsum("nbk,nbk->nb", flat_s, flat_s)
+    fsub = np.divide(np.einsum("nbk,nbk->nb", flat_s, flat_x), ss, out=np.zeros_like(ss),
+                     where=ss > 0)
+    inside = np.flatnonzero(r2.ravel() <= _CHI2_RADIUS ** 2)
+    resid = flat_x[..., inside] - fsub[..., None] * flat_s[..., inside]
     dof = max(inside.size - 1, 1)
     var = sigma * sigma
     chi2 = np.divide((resid * resid).sum(axis=-1), dof * var, out=np.zeros_like(var),
