@@ -362,3 +362,100 @@ def test_spread_model_threshold_transfers_across_seeing_where_size_fails():
     spread_all = np.concatenate([f["spread_model_r"] for f in feats.values()])
     thr = _max_margin_threshold(feats[2.5]["spread_model_r"], y_sharp)
     assert np.mean((spread_all > thr) == y_all) >= 0.95
+
+
+def test_exponential_convolution_matches_supersampled_direct_convolution():
+    size, sub, s = 15, 9, 1.2
+    c = (np.arange(size * sub) + 0.5) / sub - size / 2.0
+    r2 = c[:, None] ** 2 + c[None, :] ** 2
+    g = np.exp(-r2 / (2 * s * s))
+    g /= g.sum()
+    psf = g.reshape(size, sub, size, sub).sum(axis=(1, 3))
+    for h in (0.2, 0.5):  # SPREAD_MODEL's FWHM / 16 is ~0.2 px: sub-pixel
+        k = np.exp(-np.sqrt(r2) / h)
+        ref = fftconvolve(g, k / k.sum(), mode="same").reshape(size, sub, size, sub).sum(axis=(1, 3))
+        ours = _exp_convolve(psf, np.array(h))
+        assert np.abs(ref - psf).max() > 0.05 * psf.max()  # the convolution does something
+        assert np.abs(ours - ref).max() < 2e-3 * psf.max()
+
+
+def test_spread_model_equals_its_definition_with_explicit_model():
+    rng = np.random.default_rng(2)
+    fw = np.array([2.5, 4.0])
+    x = (render(fw, 0.5 * fw, 100.0) + rng.normal(0, 0.5, (2, 15, 15)))[:, None]
+    P = render(fw)[:, None]
+    scale = fw[:, None] / 16
+    G = _exp_convolve(P, scale)
+    dot = lambda a, b: (a * b).sum(axis=(-2, -1))  # noqa: E731
+    direct = dot(G, x) / dot(P, x) - dot(G, P) / dot(P, P)
+    np.testing.assert_allclose(_spread_model(x, P, scale), direct, rtol=1e-9, atol=1e-12)
+    assert np.all(direct > 0.003)
+
+
+def test_psf_mag_is_the_shared_psf_fit_flux():
+    rng = np.random.default_rng(4)
+    fw = rng.uniform(2.5, 4.5, 6)
+    X = psf_stack(render(fw, rng.uniform(0, 2, 6), rng.uniform(-5, 500, 6))
+                  + rng.normal(0, 1, (6, 15, 15)), render(fw))
+    X[:, :5] *= np.array([0.5, 1, 2, 3, 4], np.float32)[:, None, None]
+    pf = PhotometricFeatures().fit(X)
+    F = pf.transform(X)
+    images, psfs = X[:, :5], X[:, 5:]
+    ref = asinh_magnitude(psf_fit_flux(images, psfs), SOFTENING)
+    # (equal up to the float32 PSF stamps' unit-sum rounding, which transform renormalises)
+    np.testing.assert_allclose(F[:, [col(pf, f"psf_mag_{b}") for b in "ugriz"]], ref, atol=1e-6)
+
+
+def test_psf_chi2_is_about_one_for_stars_and_large_for_galaxies():
+    rng = np.random.default_rng(8)
+    n = 80
+    psf = np.repeat(render(3.0), 2 * n, axis=0)
+    img = render(3.0, np.r_[np.zeros(n), np.full(n, 2.0)], 2000.0) + rng.normal(0, 1, psf.shape)
+    (chi2,) = features(psf_stack(img, psf), "psf_chi2_r")
+    assert 0.7 < np.median(chi2[:n]) < 1.4
+    assert np.median(chi2[n:]) > 10 * np.median(chi2[:n])
+
+
+def test_psf_features_ignore_sky_offset_and_psf_normalisation():
+    rng = np.random.default_rng(6)
+    fw = np.array([2.5, 3.5, 4.5, 3.0])
+    X = psf_stack(render(fw, [0.0, 1.0, 2.0, 0.5], 400.0) + rng.normal(0, 1, (4, 15, 15)),
+                  render(fw))
+    shifted = X.copy()
+    shifted[:, :5] += 3.0  # a residual sky level
+    shifted[:, 5:] *= 2.5  # a PSF not normalised to unit sum
+    pf = PhotometricFeatures().fit(X)
+    a, b = pf.transform(X), pf.transform(shifted)
+    for name in ("spread_model", "size_excess", "psf_aper_ratio", "psf_chi2", "psf_mag"):
+        idx = [col(pf, f"{name}_{band}") for band in "ugriz"]
+        np.testing.assert_allclose(b[:, idx], a[:, idx], rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_channel_count_must_match_between_fit_and_transform():
+    X = psf_stack(render([3.0, 3.0], 0.0, 10.0), render([3.0, 3.0]))
+    with pytest.raises(ValueError, match="fitted on PSF-aware"):
+        PhotometricFeatures().fit(X).transform(X[:, :5])
+    with pytest.raises(ValueError, match=r"fitted on plain cutouts.*got 10 channels"):
+        PhotometricFeatures().fit(X[:, :5]).transform(X)
+    with pytest.raises(ValueError, match="band order"):
+        PhotometricFeatures().fit(np.zeros((1, 7, 15, 15)))
+
+
+def test_psf_features_finite_for_degenerate_input():
+    rng = np.random.default_rng(9)
+    good = psf_stack(render([3.0] * 8, 1.0, 50.0), render([3.0] * 8))
+    X = good.copy()
+    X[0, 5:] = 0.0  # empty PSF
+    X[1, 5:] = np.nan  # missing PSF
+    X[2, :5] = rng.normal(0, 1, (5, 15, 15))  # noise only
+    X[3, :5] *= -1.0  # negative flux
+    X[4, :5] = 0.0  # blank image (no sky scatter)
+    X[5, :5, 7, 7] = np.nan  # masked pixels
+    X[5, 7:, 0, :] = np.inf
+    X[6, 5:] *= -1.0  # negative-sum PSF
+    X[7, :5] = 1e30  # absurdly bright, flat
+    pf = PhotometricFeatures().fit(good)
+    F = pf.transform(X)
+    assert F.shape == (8, 72) and np.isfinite(F).all()
+    spread = F[:, col(pf, "spread_model_r")]
+    assert spread[0] == 0.0 and spread[1] == 0.0 and abs(spread[2]) <= 1.0
