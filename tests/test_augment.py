@@ -526,6 +526,9 @@ def test_seeing_broadens_image_and_psf_alike_within_range():
     assert r.min() < current + 0.05 * width and r.max() > top - 0.05 * width
     np.testing.assert_allclose(r.mean(), (current + top) / 2, rtol=0.03)
     np.testing.assert_allclose(r.std(), width / np.sqrt(12), rtol=0.12)
+    # each copy reaches its own target F1 = F0 + u (max - F0), u the seeing stream's first draws
+    u = aug._streams()["seeing"].uniform(0.0, 1.0, size=n)
+    np.testing.assert_allclose(r, current + u * width, rtol=0.01)
     # consistency: the star in the image is as broad as the PSF channel, in every band
     # (sky level 0: no sky subtraction, which would clip the broadened wings)
     star = _moment_fwhm(copies[:, :5]) * PIXEL_SCALE
