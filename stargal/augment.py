@@ -423,7 +423,8 @@ class CutoutAugmenter(BaseEstimator):
         ``U(-shift, shift)``. ``0`` disables.
     noise : float, default=1.0
         Standard deviation of added Gaussian noise in units of the band's sky
-        noise ``sky_noise_``. ``0`` disables.
+        noise ``sky_noise_``. ``0`` disables. PSF channels of PSF-aware input
+        get none.
     zoom : float, default=0.0
         Maximum relative zoom: scale factor ``U(1 - zoom, 1 + zoom)`` about the
         centre pixel, ``0 <= zoom < 1``. ``0`` disables.
@@ -441,7 +442,10 @@ class CutoutAugmenter(BaseEstimator):
     seeing : float, default=0.0
         Maximum r-band seeing FWHM in **arcsec** (SDSS pixels are
         :data:`PIXEL_SCALE` = 0.396") to broaden copies towards; needs
-        PSF-aware cutouts (10 channels, ``Cutter(psf=True)``). ``0`` disables.
+        PSF-aware cutouts (10 channels, ``Cutter(psf=True)``). Each copy's
+        r FWHM is drawn from ``U(current, max(current, seeing))``, so copies
+        of fields with seeing already at least ``seeing`` stay as they are.
+        ``0`` disables; a value > 0 on 5-channel input is a ``ValueError``.
         See *Seeing augmentation* below.
     balance : bool, 'smote' or imblearn sampler, default=False
         ``True``: the minority class gets extra augmented copies (of its
@@ -452,7 +456,9 @@ class CutoutAugmenter(BaseEstimator):
         ``(n, bands * H * W)``, its output reshaped back; then every row
         (including the synthetic ones) gets ``n_copies`` augmented copies.
         If the sampler's ``random_state`` is ``None`` it is seeded from this
-        augmenter's ``random_state``.
+        augmenter's ``random_state``. On PSF-aware input SMOTE interpolates
+        the PSF channels too (a convex combination of unit-sum PSFs still has
+        unit sum).
     random_state : int, RandomState instance or None, default=None
         Seed for all random draws. Each technique draws from its own
         independent stream, so switching one technique on or off does not
