@@ -679,3 +679,12 @@ def test_all_techniques_on_psf_aware_input():
     np.testing.assert_allclose(X_res[n:, 5:].sum(axis=(2, 3)), 1.0, atol=0.02)
     again = CutoutAugmenter(**aug.get_params()).fit_resample(X, labels(n, 8))[0]
     np.testing.assert_array_equal(X_res, again)
+
+
+def test_smote_and_seeing_on_psf_aware_input_keep_unit_psfs():
+    X = np.concatenate([psf_stars(12, fwhm=3.0, seed=10), psf_stars(6, fwhm=3.6, seed=11)])
+    aug = CutoutAugmenter(n_copies=1, **{**OFF, "seeing": 2.0}, balance="smote", random_state=0)
+    X_res, y_res = aug.fit_resample(X, labels(18, 6))
+    assert X_res.shape == (2 * 24, 10, SIZE, SIZE) and np.bincount(y_res).tolist() == [24, 24]
+    np.testing.assert_allclose(X_res[:, 5:].sum(axis=(2, 3)), 1.0, atol=1e-5)
+    assert (psf_fwhm(X_res)[:, 2] <= 2.0 + 1e-3).all()
