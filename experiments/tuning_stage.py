@@ -196,7 +196,9 @@ def architecture_summary(module: torch.nn.Module, size: int, in_channels: int | 
             h.remove()
     table = pd.DataFrame(rows, columns=["layer", "type", "output_shape", "params"])
     n_params = int(sum(p.numel() for p in net.parameters() if p.requires_grad))
-    header = f"input: (1, {channels}, {size}, {size})  [bands u, g, r, i, z; asinh-scaled]"
+    what = ("bands u, g, r, i, z, then each band's PSF scaled to the object's PSF-fit flux; asinh-scaled"
+            if int(channels) == 10 else "bands u, g, r, i, z; asinh-scaled")
+    header = f"input: (1, {channels}, {size}, {size})  [{what}]"
     body = table.to_string(index=False)
     text = f"{header}\n{body}\ntotal trainable parameters: {n_params}\n"
     return text, table, n_params
@@ -208,7 +210,9 @@ def _module_for(config, params=None) -> StarGalaxyCNN:
     width = params.get("net__module__width", cnn["width"])
     depth = params.get("net__module__depth", cnn["depth"])
     dropout = params.get("net__module__dropout", cnn["dropout"])
-    return StarGalaxyCNN(width=int(width), depth=int(depth), dropout=float(dropout),
+    # PSF-aware study: 5 image channels + 5 PSF channels (stargal.psf_channels.PSFChannels)
+    in_channels = 5 if config.psf == "none" else 10
+    return StarGalaxyCNN(in_channels=in_channels, width=int(width), depth=int(depth), dropout=float(dropout),
                          input_size=int(config.cutout_size))
 
 
