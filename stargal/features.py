@@ -186,6 +186,7 @@ def _frequency_bins(shape):
     uniq, inverse = np.unique(np.round(f2.ravel(), 12), return_inverse=True)
     m = np.zeros((h * wr, uniq.size))
     m[np.arange(h * wr), inverse.ravel()] = np.broadcast_to(herm, (h, wr)).ravel()
+    uniq.flags.writeable = m.flags.writeable = False  # cached: shared between calls
     return uniq, m
 
 
@@ -364,41 +365,57 @@ class PhotometricFeatures(TransformerMixin, BaseEstimator):
 
     **PSF-aware cutouts** ``(n, 10, H, W)`` (``Cutter(psf=True)``: channels 0-4 the
     images as above, channels 5-9 the field's PSF in bands ``u..z`` at the object,
-    centred on the central pixel, unit sum) give the same columns, computed on the
+    centred on the central pixel, unit sum) give the same 42 columns, computed on the
     image channels (identical values), followed by six PSF-relative blocks of five
-    columns ``{name}_{band}``, bands ``u, g, r, i, z``.  All use the image minus its
-    border median (the local sky, ``b``) and the PSF ``P`` renormalised to unit sum
-    (an empty or non-positive-sum PSF counts as all zeros):
+    columns ``{name}_{band}``, bands ``u, g, r, i, z`` (72 columns with the default
+    radii).  They compare every object with *its own* PSF, so a threshold means the
+    same thing in sharp and in poor seeing.  Notation: ``I`` the image, ``b`` its
+    border median (the local sky), ``x = I - b``; ``P`` the PSF stamp renormalised to
+    unit sum (an empty, non-finite or non-positive-sum PSF counts as all zeros) and
+    ``P' = P - border_median(P)``, the PSF after the same sky subtraction -- so a
+    noiseless star is exactly ``x = F P'`` and measuring ``P'`` like ``x`` gives it
+    exactly the PSF's value, whatever the PSF's wings at the stamp edge:
 
-    * ``psf_mag_{band}`` -- PSF-fit flux ``F = P.(I - b) / P.P`` (nanomaggies,
-      :func:`stargal._imaging.psf_fit_flux`) as an asinh magnitude. Close to the
-      aperture magnitudes for a star, fainter for a galaxy.
-    * ``psf_aper_ratio_{band}`` -- ``F`` over the aperture-corrected flux in the
-      middle aperture: ``F * a_P / (aperture flux - b * area)``, ``a_P`` the fraction
-      of the PSF inside that aperture. 1 for a noiseless point source, < 1 for an
-      extended one; 0 where the aperture flux is not positive, clipped to ``[-1, 2]``.
+    * ``psf_mag_{band}`` -- PSF-fit flux ``F = P.x / P.P`` (nanomaggies; the shared
+      :func:`stargal._imaging.psf_fit_flux`) as an asinh magnitude (:data:`SOFTENING`).
+      About the total magnitude for a star, fainter for a galaxy.
+    * ``psf_aper_ratio_{band}`` -- ``(F / A) / (F_P / A_P)``: the PSF-fit over the
+      aperture flux of the object, divided by the same ratio measured on the PSF stamp,
+      i.e. ``F`` over the aperture-corrected flux (``A`` = flux of ``x`` in the
+      *largest* aperture; ``F_P``, ``A_P`` the same for ``P``: ``F_P = 1``, ``A_P`` the
+      PSF's aperture fraction, up to the border-median term). Exactly 1 for a noiseless
+      point source, < 1 for an extended one (0.45 to 0.9 for disc galaxies of
+      half-light radius 0.3 to 1 FWHM); 0 where ``A <= 0``, clipped to ``[-1, 2]``. (The
+      largest aperture because a galaxy's ratio must fall below a star's: in an aperture
+      smaller than the PSF's own footprint, ``4 pi sigma_psf^2``, it rises above 1 in
+      poor seeing.)
     * ``spread_model_{band}`` -- SExtractor's SPREAD_MODEL (Desai et al. 2012,
-      ApJ 757, 83, eq. 1), uniform weights: ``(G.x)/(P.x) - (G.P)/(P.P)``, ``x = I - b``
-      and ``G`` the PSF convolved with a unit-flux circular exponential of scale
-      length ``FWHM / 16``, ``FWHM = 2.3548 sqrt((Mxx + Myy) / 2)`` from the PSF's
-      unweighted second moments about the central pixel (the convolution is done
-      exactly in Fourier space, circular over the stamp). Dimensionless: ~0 for a
-      star (exactly 0 without noise), **positive for a galaxy** (typically 0.005 to
-      0.1), negative for something sharper than the PSF (a cosmic ray); 0 where
-      ``P.x <= 0``, clipped to ``[-1, 1]``.
+      ApJ 757, 83, eq. 1), uniform weights (sky-dominated noise):
+      ``(G.x)/(P'.x) - (G.P')/(P'.P')``, ``G`` = ``P'`` convolved with a unit-flux circular
+      exponential of scale length ``FWHM / 16``, ``FWHM = 2.3548 sqrt((Mxx + Myy) / 2)``
+      from the unweighted second moments of ``P`` about the central pixel. The
+      convolution is exact in Fourier space (the exponential's transform is
+      ``(1 + (2 pi h f)^2)^(-3/2)``; the ~0.2 px scale is far below a pixel), circular
+      over the stamp. Dimensionless: ~0 for a star (exactly 0 without noise; scatter
+      <~ 1e-3 at S/N ~ 100), **positive for a galaxy** (with a Gaussian PSF ~0.005 for
+      half-light radius 0.3 FWHM, ~0.015 for 1 FWHM, nearly independent of the seeing),
+      negative for something sharper than the PSF (a cosmic ray); 0 where
+      ``P'.x <= 0``, clipped to ``[-1, 1]``.
     * ``size_excess_{band}`` -- ``sigma_obj^2 - sigma_psf^2`` in pixels^2: second-moment
-      sizes ``(Mxx + Myy) / 2`` of ``x`` and of ``P``, both about the central pixel and
+      sizes ``(Mxx + Myy) / 2`` of ``x`` and of ``P'``, both about the central pixel and
       weighted by the same circular Gaussian window of width ``1.5 sigma_psf``
-      (``sigma_psf = FWHM / 2.3548``, at least 0.5 px). ~0 for a star, > 0 for a galaxy.
-      Each size is 0 where its weighted flux is not positive and at most half the
-      squared corner distance.
+      (``sigma_psf = FWHM / 2.3548``, at least 0.5 px). ~0 for a star, > 0 for a galaxy
+      (larger in poor seeing: the window widens with the PSF). Each size is 0 where its
+      weighted flux is not positive and at most half the squared corner distance.
     * ``concentration_excess_{band}`` -- ``concentration_{band}`` minus the same ratio
-      measured on the PSF stamp: ~0 for a star, < 0 for a galaxy (in ``[-3, 3]``).
-    * ``psf_chi2_{band}`` -- reduced chi^2 of the PSF fit, ``sum (x - F P)^2 / sigma^2 /
-      (N - 1)`` over the ``N`` pixels whose centres are within 3 px of the central
-      pixel, ``sigma = 1.4826 MAD`` of the border pixels. ~1 for a star (in
-      sky-dominated noise), grows with how badly a scaled PSF describes the object
-      (galaxies, blends); 0 where the border has no scatter, clipped to ``[0, 1e12]``.
+      measured on ``P``: ~0 for a star, < 0 for a galaxy (in ``[-3, 3]``).
+    * ``psf_chi2_{band}`` -- reduced chi^2 of the scaled PSF, ``sum (x - F' P')^2 /
+      sigma^2 / (N - 1)`` over the ``N`` pixels whose centres are within 3 px of the
+      central pixel (29 px), ``F' = P'.x / P'.P'`` fitted on the whole stamp and
+      ``sigma = 1.4826 MAD`` of the border pixels. ~1 for a star in sky-dominated noise,
+      grows with how badly a scaled PSF describes the object (galaxies, blends; also
+      very bright stars, whose own photon noise exceeds the sky's); 0 where the border
+      has no scatter, clipped to ``[0, 1e12]``.
 
     Non-finite pixels are treated as 0 (sky level), so every feature is finite.
 
@@ -478,7 +495,7 @@ class PhotometricFeatures(TransformerMixin, BaseEstimator):
             X = np.asarray(X)
         if not isinstance(X, np.ndarray):
             raise TypeError(f"PhotometricFeatures expects a numpy array of cutouts "
-                            f"(n, 5, H, W), got {type(X).__name__}")
+                            f"(n, 5, H, W) or (n, 10, H, W), got {type(X).__name__}")
         if X.ndim != 4 or X.shape[1] not in (N_IMAGE_BANDS, 2 * N_IMAGE_BANDS):
             raise ValueError(f"expected cutouts of shape (n, {len(BANDS)}, H, W) in band order "
                              f"{''.join(BANDS)}, or PSF-aware cutouts (n, {2 * N_IMAGE_BANDS}, "
