@@ -890,10 +890,7 @@ class CutoutAugmenter(BaseEstimator):
             img = out[i, :nb].astype(np.float64)
             b = border_median(img)[:, None, None]  # local sky level per band
             img = _convolve_zero(img - b, kernel) + b
-            # per-pixel white-noise variance factor f^2 = G(r) G(c) under zero padding
-            g_r = ndimage.convolve1d(np.ones(h), kernel**2, mode="constant")
-            g_c = ndimage.convolve1d(np.ones(w), kernel**2, mode="constant")
-            restore = np.sqrt(np.clip(1.0 - g_r[:, None] * g_c[None, :], 0.0, 1.0))
+            restore = np.sqrt(np.clip(1.0 - _noise_variance_factor(kernel, h, w), 0.0, 1.0))
             img += eps * (noise_level[i] * sky[:, None, None] * restore[None])
             out[i, :nb] = img
             out[i, nb:] = _convolve_psf(out[i, nb:], kernel)
@@ -922,6 +919,18 @@ def _convolve_zero(stack: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     for axis in (1, 2):
         out = ndimage.convolve1d(out, kernel, axis=axis, mode="constant", cval=0.0)
     return out
+
+
+def _noise_variance_factor(kernel: np.ndarray, h: int, w: int) -> np.ndarray:
+    """``f^2`` per pixel: white noise's variance after :func:`_convolve_zero`, over its input.
+
+    Output pixel ``(r, c)`` is ``sum k_{r-r'} k_{c-c'} x_{r'c'}`` over the stamp, so for
+    independent pixels of variance ``s^2`` its variance is ``s^2 G(r) G(c)`` with
+    ``G(j) = sum_{j' in stamp} k_{j-j'}^2`` (``= sum_i k_i^2`` away from the edges).
+    """
+    g_r = ndimage.convolve1d(np.ones(h), kernel**2, mode="constant")
+    g_c = ndimage.convolve1d(np.ones(w), kernel**2, mode="constant")
+    return g_r[:, None] * g_c[None, :]
 
 
 def _convolve_psf(psfs: np.ndarray, kernel: np.ndarray) -> np.ndarray:

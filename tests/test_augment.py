@@ -460,7 +460,15 @@ def test_sample_indices_point_to_source_rows(balance):
 
 
 # ------------------------------------------------- PSF-aware cutouts, seeing
-from stargal.augment import FWHM_PER_SIGMA, PIXEL_SCALE, _moment_fwhm, psf_fwhm  # noqa: E402
+from stargal.augment import (  # noqa: E402
+    FWHM_PER_SIGMA,
+    PIXEL_SCALE,
+    _convolve_zero,
+    _discrete_gaussian,
+    _moment_fwhm,
+    _noise_variance_factor,
+    psf_fwhm,
+)
 
 PSF_FWHM = 3.0  # pixels (1.19")
 
@@ -659,7 +667,8 @@ def test_switching_seeing_on_does_not_change_other_draws():
     dihedral_only, both = run(dihedral=True), run(dihedral=True, seeing=2.0)
     src = np.tile(X, (2, 1, 1, 1))
     for j in range(2 * n):
-        k = next(k for k, t in enumerate(dihedral_images(src[j])) if np.array_equal(t, dihedral_only[n + j]))
+        images = dihedral_images(src[j])
+        k = next(k for k, t in enumerate(images) if np.array_equal(t, dihedral_only[n + j]))
         np.testing.assert_array_equal(dihedral_images(seeing[n + j])[k], both[n + j])
     # and shift/zoom/shear draws are unchanged: with seeing off the copies are identical
     kw = dict(shift=0.5, zoom=0.1, shear=0.1, blur=0.5, dihedral=True, noise=1.0)
@@ -688,3 +697,19 @@ def test_smote_and_seeing_on_psf_aware_input_keep_unit_psfs():
     assert X_res.shape == (2 * 24, 10, SIZE, SIZE) and np.bincount(y_res).tolist() == [24, 24]
     np.testing.assert_allclose(X_res[:, 5:].sum(axis=(2, 3)), 1.0, atol=1e-5)
     assert (psf_fwhm(X_res)[:, 2] <= 2.0 + 1e-3).all()
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 2.5])
+def test_noise_variance_factor_is_exact_including_edges(sigma):
+    """f^2 map = sum of squared weights of the linear map _convolve_zero, pixel by pixel."""
+    kernel = _discrete_gaussian(sigma)
+    n = SIZE * SIZE
+    deltas = np.eye(n).reshape(n, SIZE, SIZE)  # every input pixel's unit impulse
+    weights = _convolve_zero(deltas, kernel)  # (input pixel, out row, out col)
+    exact = (weights**2).sum(axis=0)
+    f2 = _noise_variance_factor(kernel, SIZE, SIZE)
+    np.testing.assert_allclose(f2, exact, rtol=1e-10)
+    # interior: f = sum_i k_i^2 (the 1-D kernel's sum of squares), the noise sigma factor
+    rtol = 1e-10 if 4 * sigma + 1 <= C else 1e-3  # the kernel may overhang even the centre
+    np.testing.assert_allclose(np.sqrt(f2[7, 7]), np.sum(kernel**2), rtol=rtol)
+    assert f2[0, 0] < f2[0, 7] < f2[7, 7] + 1e-15
