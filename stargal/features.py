@@ -162,7 +162,7 @@ def _rfft_f2(shape):
 
 
 def _exp_convolve(stamps, scale):
-    """``stamps`` (..., H, W) circularly convolved with unit-flux exponentials of ``scale`` (...)."""
+    """``stamps`` (..., H, W) circularly convolved with unit-flux exponentials ``scale`` (...)."""
     shape = stamps.shape[-2:]
     spec = scipy.fft.rfft2(stamps) * _exponential_otf(scale, _rfft_f2(shape))
     return scipy.fft.irfft2(spec, s=shape)
