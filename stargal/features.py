@@ -170,11 +170,12 @@ def _exp_convolve(stamps, scale):
 
 @functools.lru_cache(maxsize=8)
 def _frequency_bins(shape):
-    """Fold an rfft2 half spectrum onto its distinct ``|f|^2``: ``(f2_unique (m,), M (H*Wr, m))``.
+    """Fold an rfft2 half spectrum onto its distinct ``|f|^2``: ``(f2 (m,), M (2*H*Wr, m))``.
 
-    ``spectrum.reshape(-1, H * Wr) @ M`` sums, per distinct squared frequency, the half
-    spectrum with its Hermitian weights (2 for the columns that stand for two frequencies),
-    so a full-spectrum sum ``sum_k g(|k|^2) S(k)`` of a Hermitian ``S`` is ``(S @ M) @ g(f2)``.
+    For products ``S`` of two half spectra viewed as interleaved ``(re, im)`` float pairs
+    (``(n, 2 * H * Wr)``), ``S @ M`` sums, per distinct squared frequency, ``Re`` of the
+    product with its Hermitian weights (2 for the columns that stand for two frequencies), so
+    a full-spectrum sum ``sum_k g(|k|^2) Re(conj(A_k) B_k)`` is ``(S @ M) @ g(f2)``.
     """
     h, w = shape
     wr = w // 2 + 1
@@ -186,6 +187,7 @@ def _frequency_bins(shape):
     uniq, inverse = np.unique(np.round(f2.ravel(), 12), return_inverse=True)
     m = np.zeros((h * wr, uniq.size))
     m[np.arange(h * wr), inverse.ravel()] = np.broadcast_to(herm, (h, wr)).ravel()
+    m = np.repeat(m, 2, axis=0)  # the same weight for the real and the imaginary part
     uniq.flags.writeable = m.flags.writeable = False  # cached: shared between calls
     return uniq, m
 
@@ -211,16 +213,16 @@ def _spread_model(x, psf, scale):
     ndarray of shape (n, B)
     """
     n, nb, h, w = x.shape
-    xf = scipy.fft.rfft2(x)
-    pf = scipy.fft.rfft2(psf)
+    # half spectra as interleaved (re, im) float pairs: (n * B, H * (W // 2 + 1) * 2)
+    xf = scipy.fft.rfft2(x).reshape(n * nb, -1).view(np.float64)
+    pf = scipy.fft.rfft2(psf).reshape(n * nb, -1).view(np.float64)
     f2, fold = _frequency_bins((h, w))
-    # Re(conj(P^) X^) and |P^|^2, folded onto the distinct |f|^2 in one matrix product
-    spectra = np.concatenate([(pf.real * xf.real + pf.imag * xf.imag).reshape(n * nb, -1),
-                              (pf.real * pf.real + pf.imag * pf.imag).reshape(n * nb, -1)])
-    folded = (spectra @ fold).reshape(2, n, nb, f2.size)
+    # Re(conj(P^) X^) = Re P^ Re X^ + Im P^ Im X^ and |P^|^2, folded onto the distinct |f|^2
+    px_f = ((pf * xf) @ fold).reshape(n, nb, f2.size)
+    pp_f = ((pf * pf) @ fold).reshape(n, nb, f2.size)
     otf = _exponential_otf(scale, f2)  # (n, B, m)
-    px, pp = folded.sum(axis=-1)
-    gx, gp = (folded * otf).sum(axis=-1)
+    px, pp = px_f.sum(axis=-1), pp_f.sum(axis=-1)
+    gx, gp = (px_f * otf).sum(axis=-1), (pp_f * otf).sum(axis=-1)
     ok = (px > 0) & (pp > 0)
     out = np.zeros_like(px)
     np.divide(gx, px, out=out, where=ok)
@@ -264,8 +266,8 @@ def _psf_relative_features(img, psf, flux, conc, masks, zero_point):
     """
     n, nb, h, w = img.shape
     k = masks.shape[0]
-    psf = np.asarray(psf, dtype=np.float64)
-    psf = np.where(np.isfinite(psf), psf, 0.0)
+    psf = np.array(psf, dtype=np.float64)
+    np.copyto(psf, 0.0, where=~np.isfinite(psf))
     total = psf.sum(axis=(-2, -1))
     psf = psf * np.divide(1.0, total, out=np.zeros_like(total), where=total > 0)[..., None, None]
 
@@ -587,7 +589,9 @@ class PhotometricFeatures(TransformerMixin, BaseEstimator):
         images, aperture fluxes and concentrations the PSF-relative block reuses.
         """
         n, nb, h, w = X.shape
-        img = np.nan_to_num(np.asarray(X, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        # == np.nan_to_num(X as float64, nan=0, posinf=0, neginf=0), with one copy, not two
+        img = np.array(X, dtype=np.float64)
+        np.copyto(img, 0.0, where=~np.isfinite(img))
         masks = self.aperture_masks_
         k = masks.shape[0]
         # (n, bands, radii): photutils exact aperture sums, vectorised
