@@ -44,6 +44,7 @@ __all__ = [
     "synthetic_header",
     "make_synthetic_sas",
     "make_psf_sas",
+    "write_psfield",
 ]
 
 #: WCS keywords of the real r frame of 8162-6-80 (CRPIX/CRVAL are replaced per field/band).
@@ -429,3 +430,41 @@ def make_psf_sas(root, fid="1100-2-20", n_stars: int = 40, shape=(300, 400), sig
               for k, v in extras_b.items()}
     return {"root": root, "sas_url": root.resolve().as_uri(), "fid": str(fidp), "shape": tuple(shape),
             "offsets": offsets, "noise": noise, "sigma": sigma_at, "stars": stars, "extras": extras}
+
+
+def write_psfield(root, fid, sigma, size: int = 51) -> Path:
+    """Write a minimal SDSS ``psField`` file (HDUs 1-5 = u g r i z) with a Gaussian PSF per band.
+
+    Each band's HDU has the columns :func:`pydl.photoop.image.sdss_psf_recon` reads (``nrow_b``,
+    ``ncol_b``, ``c``, ``RNROW``, ``RNCOL``, ``RROWS``, ...) with one eigen-image (a circular
+    Gaussian of ``sigma[band]`` pixels, or ``sigma`` for every band) and a constant coefficient,
+    so the reconstructed PSF is that Gaussian everywhere. Returns the written path.
+    """
+    root = Path(root)
+    fidp = FieldID.parse(fid)
+    sig = sigma if isinstance(sigma, dict) else {b: float(sigma) for b in BANDS}
+    h = (size - 1) / 2
+    yy, xx = np.mgrid[:size, :size] - h
+    hdus = [fits.PrimaryHDU()]
+    for b in BANDS:
+        img = np.exp(-0.5 * (xx**2 + yy**2) / sig[b] ** 2).astype(np.float32)
+        c = np.zeros((1, 5, 5), np.float32)
+        c[0, 0, 0] = 1.0
+        cols = [
+            fits.Column(name="nrow_b", format="J", array=np.array([1], np.int32)),
+            fits.Column(name="ncol_b", format="J", array=np.array([1], np.int32)),
+            fits.Column(name="c", format="25E", dim="(5,5)", array=c),
+            fits.Column(name="lambda", format="E", array=np.array([1.0], np.float32)),
+            fits.Column(name="RNROW", format="J", array=np.array([size], np.int32)),
+            fits.Column(name="RNCOL", format="J", array=np.array([size], np.int32)),
+            fits.Column(name="RTYPE", format="J", array=np.array([0], np.int32)),
+            fits.Column(name="RROWS", format="PE()", array=np.array([img.ravel()], dtype=object)),
+            fits.Column(name="RROW0", format="J", array=np.array([0], np.int32)),
+            fits.Column(name="RCOL0", format="J", array=np.array([0], np.int32)),
+            fits.Column(name="counts", format="E", array=np.array([1.0], np.float32)),
+        ]
+        hdus.append(fits.BinTableHDU.from_columns(cols))
+    path = root / f"dr17/eboss/photo/redux/{fidp.rerun}/{fidp.run}/objcs/{fidp.camcol}/psField-{fidp.padded}.fits"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fits.HDUList(hdus).writeto(path, overwrite=True)
+    return path

@@ -21,7 +21,7 @@ from stargal.psf import (
     psfield_psf,
 )
 from stargal.sdss import BANDS
-from synthetic import make_psf_sas, make_synthetic_sas
+from synthetic import make_psf_sas, make_synthetic_sas, write_psfield
 
 SCALE = 0.396
 SIG2FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
@@ -157,6 +157,28 @@ def test_too_few_stars_falls_back_to_a_flagged_gaussian_of_the_measured_seeing(r
         assert "Gaussian" in psf.notes[b] and "no psField" in psf.notes[b]
         # seeing from the frame's own (few) point sources
         assert psf.fwhm(b) == pytest.approx(_fwhm_true(1.7), rel=0.05)
+
+
+def test_too_few_stars_fall_back_to_the_psfield_when_there_is_one(root):
+    info = make_psf_sas(root, fid="1100-2-25", n_stars=3, sigma=1.7, seed=7)
+    sig = {"u": 1.9, "g": 1.8, "r": 1.7, "i": 1.6, "z": 1.65}
+    write_psfield(root, info["fid"], sig)
+    kw = {"sas_url": info["sas_url"], "cache_dir": str(root / "cache")}
+    with pytest.warns(PSFWarning, match="1100-2-25 band .*psField instead"):
+        psf = field_psf(info["fid"], **kw)
+    for b in BANDS:
+        assert psf.source[b] == "psfield" and psf.n_stars[b] == 0
+        assert "psField used" in psf.notes[b]
+        assert psf.fwhm(b) == pytest.approx(_fwhm_true(sig[b]), rel=0.01)
+    # asked for explicitly (or 'auto'): the psField, silently, cached under its own name
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PSFWarning)
+        for source in ("psfield", "auto"):
+            other = field_psf(info["fid"], source=source, **kw)
+            assert set(other.source.values()) == {"psfield"}
+            np.testing.assert_allclose(other.stamps("g", [50.0], [60.0]), psf.stamps("g", [50.0], [60.0]))
+    cache = Field(info["fid"], **kw).fetcher.cache_dir
+    assert psf_module._cache_path(cache, Field(info["fid"], **kw).fid, "psfield").is_file()
 
 
 def test_empty_field_gets_the_default_seeing_and_says_so(root):
