@@ -43,6 +43,8 @@ __all__ = [
     "PIXEL_SCALE_DEG",
     "synthetic_header",
     "make_synthetic_sas",
+    "make_psf_sas",
+    "write_psfield",
 ]
 
 #: WCS keywords of the real r frame of 8162-6-80 (CRPIX/CRVAL are replaced per field/band).
@@ -337,3 +339,132 @@ def make_synthetic_sas(root, fid="1000-1-10", n_stars: int = 6, n_gal: int = 4, 
         "noise": noise,
         "objects": table,
     }
+
+
+def make_psf_sas(root, fid="1100-2-20", n_stars: int = 40, shape=(300, 400), sigma=1.5,
+                 sigma_gradient=(0.0, 0.0), noise: float = 0.01, flux_range=(30.0, 300.0),
+                 nmgy: float | None = 0.005, saturated=(), edge=(), galaxies=(), min_sep: float = 34.0,
+                 margin: float = 20.0, seed: int = 0) -> dict:
+    """Write one synthetic field of point sources with a known (optionally varying) Gaussian PSF.
+
+    For PSF tests: frames (5 bands, real SDSS WCS, the default band offsets) with ``n_stars``
+    circular Gaussian stars whose sigma (pixels, in every band) is
+    ``sigma + gx * x^ + gy * y^`` at 0-based band-frame position ``(x, y)``, with
+    ``x^, y^ = 2 x / (nx - 1) - 1, 2 y / (ny - 1) - 1`` and ``(gx, gy) = sigma_gradient``. No
+    catalog is written (PSF estimation uses none).
+
+    Parameters
+    ----------
+    nmgy : float or None
+        ``NMGY`` header value (nanomaggies per count); ``None`` leaves it out.
+    saturated : sequence of (x, y)
+        r-frame positions of extra bright stars whose every pixel is clipped at 12,000 counts
+        (``12000 * nmgy`` nanomaggies): flat-topped, like saturated SDSS stars.
+    edge : sequence of (x, y)
+        r-frame positions of extra bright stars placed (by the caller) near a frame edge.
+    galaxies : sequence of (x, y)
+        r-frame positions of extra bright, round but broad sources (sigma 3 px).
+
+    Returns
+    -------
+    dict
+        ``sas_url``, ``fid``, ``shape``, ``offsets``, ``noise``, ``sigma(band_x, band_y)``
+        (callable: true sigma in pixels) and ``stars`` (DataFrame with ``x_<b>, y_<b>`` of the
+        regular stars), ``extras`` (dict kind -> DataFrame of the extra sources' positions).
+    """
+    root = Path(root)
+    fidp = FieldID.parse(fid)
+    offsets = dict(DEFAULT_OFFSETS)
+    rng = np.random.default_rng(seed)
+    ny, nx = shape
+    crval = _default_crval(fidp)
+    headers = {b: synthetic_header(b, shape, crval, offsets[b], _CRPIX_JITTER[b]) for b in BANDS}
+    if nmgy is not None:
+        for h in headers.values():
+            h["NMGY"] = float(nmgy)
+    wcss = {b: WCS(headers[b]) for b in BANDS}
+    extra_xy = {k: np.asarray(v, float).reshape(-1, 2) for k, v in
+                (("saturated", saturated), ("edge", edge), ("galaxies", galaxies))}
+    pos = _place(rng, n_stars, shape, offsets, margin, min_sep)
+    if n_stars:
+        # keep regular stars away from the extra sources
+        extra_all = np.concatenate(list(extra_xy.values()))
+        if len(extra_all):
+            d = np.hypot(pos[:, None, 0] - extra_all[None, :, 0], pos[:, None, 1] - extra_all[None, :, 1])
+            pos = pos[d.min(axis=1) > min_sep]
+
+    def sigma_at(x, y):
+        return sigma + sigma_gradient[0] * (2 * np.asarray(x) / (nx - 1) - 1) + \
+            sigma_gradient[1] * (2 * np.asarray(y) / (ny - 1) - 1)
+
+    def band_xy(xy_r):
+        if len(xy_r) == 0:
+            return {b: (np.zeros(0), np.zeros(0)) for b in BANDS}
+        ra, dec = wcss["r"].all_pix2world(xy_r[:, 0], xy_r[:, 1], 0)
+        return {b: tuple(np.asarray(v, float) for v in wcss[b].all_world2pix(ra, dec, 0)) for b in BANDS}
+
+    flux = np.exp(rng.uniform(np.log(flux_range[0]), np.log(flux_range[1]), len(pos)))
+    stars_b = band_xy(pos)
+    extras_b = {k: band_xy(v) for k, v in extra_xy.items()}
+    for b in BANDS:
+        img = rng.normal(0.0, noise, shape)
+        xs, ys = stars_b[b]
+        for k in range(len(xs)):
+            s = float(sigma_at(xs[k], ys[k]))
+            img += _render(shape, xs[k], ys[k], flux[k], s, s, 0.0)
+        for kind, per_band in extras_b.items():
+            xs, ys = per_band[b]
+            for k in range(len(xs)):
+                if kind == "galaxies":
+                    one = _render(shape, xs[k], ys[k], 400.0, 3.0, 3.0, 0.0)
+                else:
+                    s = float(sigma_at(xs[k], ys[k]))
+                    one = _render(shape, xs[k], ys[k], 3000.0 if kind == "saturated" else 300.0, s, s, 0.0)
+                img += one
+        if nmgy is not None and len(extra_xy["saturated"]):
+            img = np.minimum(img, 12000.0 * nmgy)
+        _write_bz2_frame(root / frame_path(fidp, b), img, headers[b])
+    stars = pd.DataFrame({f"{c}_{b}": stars_b[b][i] for b in BANDS for i, c in enumerate("xy")})
+    stars["flux_r"] = flux
+    extras = {k: pd.DataFrame({f"{c}_{b}": v[b][i] for b in BANDS for i, c in enumerate("xy")})
+              for k, v in extras_b.items()}
+    return {"root": root, "sas_url": root.resolve().as_uri(), "fid": str(fidp), "shape": tuple(shape),
+            "offsets": offsets, "noise": noise, "sigma": sigma_at, "stars": stars, "extras": extras}
+
+
+def write_psfield(root, fid, sigma, size: int = 51) -> Path:
+    """Write a minimal SDSS ``psField`` file (HDUs 1-5 = u g r i z) with a Gaussian PSF per band.
+
+    Each band's HDU has the columns :func:`pydl.photoop.image.sdss_psf_recon` reads (``nrow_b``,
+    ``ncol_b``, ``c``, ``RNROW``, ``RNCOL``, ``RROWS``, ...) with one eigen-image (a circular
+    Gaussian of ``sigma[band]`` pixels, or ``sigma`` for every band) and a constant coefficient,
+    so the reconstructed PSF is that Gaussian everywhere. Returns the written path.
+    """
+    root = Path(root)
+    fidp = FieldID.parse(fid)
+    sig = sigma if isinstance(sigma, dict) else {b: float(sigma) for b in BANDS}
+    h = (size - 1) / 2
+    yy, xx = np.mgrid[:size, :size] - h
+    hdus = [fits.PrimaryHDU()]
+    for b in BANDS:
+        img = np.exp(-0.5 * (xx**2 + yy**2) / sig[b] ** 2).astype(np.float32)
+        c = np.zeros((1, 5, 5), np.float32)
+        c[0, 0, 0] = 1.0
+        cols = [
+            fits.Column(name="nrow_b", format="J", array=np.array([1], np.int32)),
+            fits.Column(name="ncol_b", format="J", array=np.array([1], np.int32)),
+            fits.Column(name="c", format="25E", dim="(5,5)", array=c),
+            fits.Column(name="lambda", format="E", array=np.array([1.0], np.float32)),
+            fits.Column(name="RNROW", format="J", array=np.array([size], np.int32)),
+            fits.Column(name="RNCOL", format="J", array=np.array([size], np.int32)),
+            fits.Column(name="RTYPE", format="J", array=np.array([0], np.int32)),
+            fits.Column(name="RROWS", format="PE()", array=np.array([img.ravel()], dtype=object)),
+            fits.Column(name="RROW0", format="J", array=np.array([0], np.int32)),
+            fits.Column(name="RCOL0", format="J", array=np.array([0], np.int32)),
+            fits.Column(name="counts", format="E", array=np.array([1.0], np.float32)),
+        ]
+        hdus.append(fits.BinTableHDU.from_columns(cols))
+    path = root / f"dr17/eboss/photo/redux/{fidp.rerun}/{fidp.run}/objcs/{fidp.camcol}/psField-{fidp.padded}.fits"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fits.HDUList(hdus).writeto(path, overwrite=True)
+    return path
