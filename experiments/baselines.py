@@ -140,6 +140,17 @@ def run(ctx, cnn=None) -> dict:
         cells = [f"{fmt(by_mag[n]['accuracy'].iloc[i])} / {fmt(by_mag[n]['mcc'].iloc[i])}" for n in models]
         mag_lines.append(f"| {first['bin'].iloc[i]} | {first['n'].iloc[i]} ({first['n_star'].iloc[i]}/"
                          f"{first['n_galaxy'].iloc[i]}) | " + " | ".join(cells) + " |")
+    shown = [n for n in models if n != "majority class"]
+    recall_lines = ["| r bin | " + " | ".join(f"{n} star / galaxy recall" for n in shown) + " |",
+                    "|---|" + "---|" * len(shown)]
+    for i in range(len(first)):
+        cells = [f"{fmt(by_mag[n]['recall_star'].iloc[i])} / {fmt(by_mag[n]['recall_galaxy'].iloc[i])}"
+                 for n in shown]
+        recall_lines.append(f"| {first['bin'].iloc[i]} | " + " | ".join(cells) + " |")
+    faint = test["psfmag_r"].to_numpy() > 22.0
+    faint_star = {name: float((model.predict(test[faint & (ctx.y(test) == 0)]) == 0).mean())
+                  if (faint & (ctx.y(test) == 0)).any() else float("nan")
+                  for name, model in models.items() if name != "majority class"}
 
     # Accuracy of each model on bright (r < 20) and faint (r >= 21) test objects, from the predictions.
     mags = test["psfmag_r"].to_numpy()
@@ -181,6 +192,13 @@ def run(ctx, cnn=None) -> dict:
         "",
         "\n".join(mag_lines),
         "",
+        "Star and galaxy recall per bin (faint stars must not be sacrificed for galaxy recall):",
+        "",
+        "\n".join(recall_lines),
+        "",
+        "Star recall at r > 22 on the test field (" + str(int((faint & (ctx.y(test) == 0)).sum())) + " stars): "
+        + ", ".join(f"{n} {fmt(v)}" for n, v in faint_star.items()) + ".",
+        "",
         "![by magnitude](baselines_by_magnitude.png)",
         "",
         "**Where stars and galaxies become hard to tell apart.** Test accuracy by magnitude range — "
@@ -199,6 +217,9 @@ def run(ctx, cnn=None) -> dict:
         "forest_best_params": search.best_params_,
         "forest_cv_mcc": float(search.best_score_),
         "accuracy_by_range": acc_ranges,
+        "faint_star_recall": faint_star,
+        "test_recalls": {name: {k: float(t.loc[name][k]) for k in ("recall_galaxy", "recall_star")}
+                         for name in models},
         "reliability": rel.to_dict(orient="records"),
         "headline": headline,
         "markdown": "\n".join(md),

@@ -34,7 +34,7 @@ from stargal.training import build_pipeline, evaluate_predictions, fit_pipeline
 
 from .common import fmt, write_csv
 
-__all__ = ["psf_table", "lofo", "run"]
+__all__ = ["psf_table", "psf_markdown", "psfield_comparison", "psfield_markdown", "lofo", "run"]
 
 _METRICS = ("mcc", "recall_galaxy", "recall_star", "balanced_accuracy", "roc_auc")
 
@@ -55,6 +55,57 @@ def psf_table(fields, fetcher, source="stars") -> pd.DataFrame:
             row[f"n_stars_{b}"] = int(model.n_stars[b])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+#: The mirror's field with SDSS's own PSF model (psField), to check our star-based estimate against.
+PSFIELD_FIELD = "2583-2-136"
+
+
+def psfield_comparison(fetcher, fid=PSFIELD_FIELD) -> pd.DataFrame:
+    """Our star-based PSF vs SDSS's psField of ``fid``, per band, at the frame centre.
+
+    Columns: ``band``, ``fwhm_stars``, ``fwhm_psfield`` (arcsec), ``ratio``, ``n_stars``,
+    ``sum_abs_diff`` (sum of |difference| of the unit-sum 25 x 25 stamps) and
+    ``max_diff_rel`` (largest |difference| over the psField's peak). Empty when the field has
+    no psField.
+    """
+    from stargal.frames import Field
+    from stargal.psf import PSF_STAMP, field_psf, psfield_psf
+
+    ps = psfield_psf(fid, fetcher)
+    if ps is None:
+        return pd.DataFrame()
+    field = Field(fid, fetcher)
+    st = field_psf(field, fetcher, source="stars")
+    rows = []
+    for b in BANDS:
+        ny, nx = field.frame(b).shape
+        x, y = np.array([(nx - 1) / 2]), np.array([(ny - 1) / 2])
+        a, c = st.stamps(b, x, y, PSF_STAMP)[0].astype(float), ps.stamps(b, x, y, PSF_STAMP)[0].astype(float)
+        rows.append({"band": b, "fwhm_stars": float(st.fwhm(b)), "fwhm_psfield": float(ps.fwhm(b)),
+                     "ratio": float(st.fwhm(b) / ps.fwhm(b)), "n_stars": int(st.n_stars[b]),
+                     "source": st.source[b], "sum_abs_diff": float(np.abs(a - c).sum()),
+                     "max_diff_rel": float(np.abs(a - c).max() / c.max())})
+    field.release()
+    return pd.DataFrame(rows)
+
+
+def psfield_markdown(cmp: pd.DataFrame, fid=PSFIELD_FIELD) -> str:
+    """The comparison as a report paragraph with its table."""
+    if cmp.empty:
+        return f"(No psField for {fid} at this data source: the star-based PSF is not checked against SDSS's.)"
+    lines = ["| band | FWHM ours (″) | FWHM psField (″) | ratio | stars used | Σ abs difference | "
+             "max difference / peak |", "|---|---|---|---|---|---|---|"]
+    for r in cmp.itertuples(index=False):
+        lines.append(f"| {r.band} | {fmt(r.fwhm_stars, 3)} | {fmt(r.fwhm_psfield, 3)} | {fmt(r.ratio, 3)} | "
+                     f"{r.n_stars} | {fmt(r.sum_abs_diff, 3)} | {fmt(r.max_diff_rel, 3)} |")
+    gri = cmp[cmp["band"].isin(["g", "r", "i"])]
+    worst = gri.loc[(gri["ratio"] - 1).abs().idxmax()]
+    met = bool(((gri["ratio"] - 1).abs() <= 0.05).all())
+    return (f"Our star-based PSF against SDSS's own PSF model (psField, rebuilt with pydl) for {fid} (globular "
+            "cluster M2 in one corner: crowded), at the frame centre, unit-sum 25 × 25 stamps:\n\n"
+            + "\n".join(lines) + "\n\nTarget: FWHM within 5 % in g, r and i: "
+            + ("**met**" if met else f"**missed** in {worst['band']} (ratio {fmt(worst['ratio'], 3)})") + ".")
 
 
 def _fit_score(kind, psf, config, sas_url, cache_dir, params, fit_rows, eval_rows, augmenter=None):

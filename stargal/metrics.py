@@ -161,8 +161,9 @@ def metrics_by_magnitude(y_true, y_pred, mag, bins=DEFAULT_MAG_BINS):
     -------
     pandas.DataFrame
         One row per bin: ``bin`` (label), ``mag_lo``, ``mag_hi``, ``n``,
-        ``n_star``, ``n_galaxy``, ``accuracy`` (NaN if empty) and ``mcc`` (NaN
-        unless the bin holds both classes).
+        ``n_star``, ``n_galaxy``, ``accuracy`` (NaN if empty), ``mcc`` (NaN
+        unless the bin holds both classes), ``recall_star`` and ``recall_galaxy``
+        (NaN when the bin has no object of that class).
 
     Examples
     --------
@@ -193,5 +194,7 @@ def metrics_by_magnitude(y_true, y_pred, mag, bins=DEFAULT_MAG_BINS):
             "n_star": int((t == 0).sum()), "n_galaxy": int((t == 1).sum()),
             "accuracy": float(np.mean(t == p)) if n else float("nan"),
             "mcc": float(matthews_corrcoef(t, p)) if both else float("nan"),
+            "recall_star": float(np.mean(p[t == 0] == 0)) if (t == 0).any() else float("nan"),
+            "recall_galaxy": float(np.mean(p[t == 1] == 1)) if (t == 1).any() else float("nan"),
         })
     return pd.DataFrame(rows)
