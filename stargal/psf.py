@@ -51,8 +51,9 @@ Conventions
   any profile). The pixel scale comes from the frame's WCS (0.396"/px for SDSS).
 
 Caching: :func:`field_psf` stores the model as JSON beside the field's decompressed frames
-(``psf-RRRRRR-C-FFFF.<source>.v<N>.json``, written atomically; ``N`` =
-:data:`PSF_VERSION`), keeps it in a per-process memo, and rebuilds (with a
+(``psf-RRRRRR-C-FFFF.<source>.v<N>-<R>.json``, written atomically; ``N`` =
+:data:`PSF_VERSION`, ``R`` = :data:`stargal.align.REGISTRATION_VERSION`, whose reference
+stars it uses), keeps it in a per-process memo, and rebuilds (with a
 :class:`PSFWarning`) a cache file it cannot read.
 
 Examples
@@ -90,6 +91,7 @@ __all__ = [
     "PIXEL_SCALE_ARCSEC",
     "SDSS_FRAME_SHAPE",
     "SOURCES",
+    "PSF_CRITERIA",
     "BandPSF",
     "FieldPSF",
     "PSFWarning",
@@ -918,8 +920,10 @@ def psfield_psf(fid, fetcher=None, *, sas_url=None, cache_dir=None, bands=BANDS,
 
 # ----------------------------------------------------------------------------- per field, cached
 def _cache_path(cache_dir, fid: FieldID, source: str) -> Path:
+    from .align import REGISTRATION_VERSION  # the reference stars come with the registration
+
     npy, _ = _decompressed_paths(Path(cache_dir), frame_path(fid, "r"))
-    return npy.with_name(f"psf-{fid.padded}.{source}.v{PSF_VERSION}.json")
+    return npy.with_name(f"psf-{fid.padded}.{source}.v{PSF_VERSION}-{REGISTRATION_VERSION}.json")
 
 
 def _warn(msg: str) -> None:
@@ -1012,7 +1016,7 @@ def field_psf(field, fetcher=None, *, sas_url=None, cache_dir=None, source: str 
 
     Notes
     -----
-    The model is cached as ``psf-RRRRRR-C-FFFF.<source>.v<N>.json`` beside the field's
+    The model is cached as ``psf-RRRRRR-C-FFFF.<source>.v<N>-<R>.json`` beside the field's
     decompressed frames (atomic write), plus a per-process memo. A cache file that cannot be
     read is rebuilt with a :class:`PSFWarning`; one that cannot be written only costs a warning.
     The warnings about fallbacks are issued when the model is built, not when it is read from
