@@ -616,6 +616,7 @@ def psf_star_table(field, band: str, size: int = PSF_STAMP):
     ok = refs[f"ok_{band}"].to_numpy(bool).copy()
     x, y = _band_positions(field, band, refs)
     ok &= np.isfinite(x) & np.isfinite(y)
+    isolated = _isolated_for_psf(field, refs)[ok]  # on all references: computed once per field
     refs, x, y = refs[ok].reset_index(drop=True), x[ok], y[ok]
     if len(refs) == 0:
         return empty
@@ -628,7 +629,7 @@ def psf_star_table(field, band: str, size: int = PSF_STAMP):
         c = np.where(np.isfinite(c), c, 0.0)
         size_px[good] = _windowed_size(small[good], c[:, 0], c[:, 1])
     size_px = size_px[np.isfinite(size_px)]
-    keep = frame.inside(x, y, (size - 1) / 2 + 4.5) & _isolated_for_psf(field, refs)
+    keep = frame.inside(x, y, (size - 1) / 2 + 4.5) & isolated
     x, y = x[keep], y[keep]
     big_n = size + 8
     big = resample_stamps(frame.image, x, y, big_n, "lanczos3")
@@ -843,6 +844,17 @@ def _recentre(images: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, tupl
     return np.asarray(out, dtype=np.float64), (float(off[0]), float(off[1]))
 
 
+def _pydl_recon():
+    """:func:`pydl.photoop.image.sdss_psf_recon` (pydl's import emits astropy deprecation
+    warnings about its test runner; they are not ours to show)."""
+    from astropy.utils.exceptions import AstropyDeprecationWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyDeprecationWarning)
+        from pydl.photoop.image import sdss_psf_recon
+    return sdss_psf_recon
+
+
 def _band_psfield(table, band, size, shape, pixel_scale, recentre: bool = True) -> BandPSF:
     """Monomial basis of a psField HDU, obtained from :func:`pydl.photoop.image.sdss_psf_recon`.
 
@@ -850,8 +862,7 @@ def _band_psfield(table, band, size, shape, pixel_scale, recentre: bool = True) 
     ``0.001 (row + 0.5)``, ``0.001 (col + 0.5)``: linear in the monomials ``u^i v^j``. The PSF
     reconstructed by pydl at as many positions as monomials gives a linear system whose
     solution is one basis image per monomial (exact, so pydl stays the reference)."""
-    from pydl.photoop.image import sdss_psf_recon
-
+    sdss_psf_recon = _pydl_recon()
     nr, nc = int(np.max(table["nrow_b"])), int(np.max(table["ncol_b"]))
     powers = [(j, i) for i in range(nr) for j in range(nc)]  # (px: column power, py: row power)
     origin, scale = (-0.5, -0.5), (1000.0, 1000.0)

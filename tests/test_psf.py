@@ -255,8 +255,8 @@ def m2(mirror_fetcher):
 @pytest.mark.integration
 def test_psfield_basis_reproduces_pydl(mirror_fetcher):
     from astropy.io import fits
-    from pydl.photoop.image import sdss_psf_recon
 
+    sdss_psf_recon = psf_module._pydl_recon()  # pydl.photoop.image.sdss_psf_recon
     with fits.open(mirror_fetcher.fetch(psfield_path(FID))) as hdul:
         for k, b in enumerate(BANDS):
             table = hdul[k + 1].data
