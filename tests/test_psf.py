@@ -220,7 +220,7 @@ def test_cache_round_trip_memo_and_corrupt_rebuild(constant):
     assert field_psf(constant["fid"], **kw) is psf  # process memo
     path = psf_module._cache_path(Field(constant["fid"], **kw).fetcher.cache_dir,
                                   Field(constant["fid"], **kw).fid, "stars")
-    assert path.is_file() and f".v{psf_module.PSF_VERSION}." in path.name
+    assert path.is_file() and f".v{psf_module.PSF_VERSION}-" in path.name
     x, y = np.array([40.0, 200.0]), np.array([30.0, 250.0])
     psf_module._MEMO.clear()
     disk = field_psf(constant["fid"], **kw)
@@ -255,8 +255,8 @@ def m2(mirror_fetcher):
 @pytest.mark.integration
 def test_psfield_basis_reproduces_pydl(mirror_fetcher):
     from astropy.io import fits
-    from pydl.photoop.image import sdss_psf_recon
 
+    sdss_psf_recon = psf_module._pydl_recon()  # pydl.photoop.image.sdss_psf_recon
     with fits.open(mirror_fetcher.fetch(psfield_path(FID))) as hdul:
         for k, b in enumerate(BANDS):
             table = hdul[k + 1].data
@@ -297,19 +297,50 @@ def test_star_psf_agrees_with_sdss_psfield_on_2583_2_136(m2):
 
 
 @pytest.mark.integration
-def test_star_psf_agrees_with_the_frames_own_stars(m2):
-    """Model-free check: bright stars already within 0.2 px of a pixel centre (no resampling
-    needed), raw pixels, median FWHM vs the model at the same positions (measured: g 1.090 vs
-    1.097, r 0.845 vs 0.838, i 0.846 vs 0.836)."""
-    field, st = m2["field"], m2["stars"]
+def test_whole_pixel_fwhm_matches_the_mirror_readme_on_2583_2_136(m2):
+    """The mirror's README quotes the psField's FWHM at the frame centre as u 1.34, g 1.18,
+    r 1.00, i 0.89, z 1.00": whole pixels above half maximum (measure_fwhm(upsample=1)).
+    Our star model gives the same pixel counts (measured: all five bands equal)."""
+    readme = {"u": 1.34, "g": 1.18, "r": 1.00, "i": 0.89, "z": 1.00}
+    for name in ("psfield", "stars"):
+        model = m2[name]
+        for b in ("g", "r", "i"):
+            stamp = model.stamps(b, [1023.5], [744.0], 21)[0]
+            assert measure_fwhm(stamp, upsample=1) * SCALE == pytest.approx(readme[b], abs=0.006), (name, b)
+
+
+def _stack_of_centred_stars(field, psf, band, max_phase=0.2):
+    """S/N-weighted mean of the raw pixels (no resampling) of the model's stars already within
+    ``max_phase`` px of a pixel centre, and the same mean of the model's stamps at their
+    positions: ``(data, model)``, each 25 x 25, normalised within 10 px."""
+    xy = psf.models[band].star_xy
+    sel = (np.abs(xy - np.floor(xy + 0.5)) < max_phase).all(axis=1)
+    raw = resample_stamps(field.frame(band).image, xy[sel, 0], xy[sel, 1], 33, "nearest").astype(float)
+    yy, xx = np.mgrid[:33, :33] - 16.0
+    rr = np.hypot(xx, yy)
+    raw -= np.median(raw[:, (rr >= 13) & (rr <= 16)], axis=1)[:, None, None]
+    raw = raw[:, 4:29, 4:29]
+    ap = rr[4:29, 4:29] <= 10
+    flux = raw[:, ap].sum(axis=1)
+    w = np.minimum(flux / (field.frame(band).sky_noise * np.sqrt(ap.sum())), 500.0) ** 2
+    mod = psf.stamps(band, xy[sel, 0], xy[sel, 1], 25).astype(float)
+    mod /= mod[:, ap].sum(axis=1)[:, None, None]
+    data = np.tensordot(w, raw / flux[:, None, None], axes=1) / w.sum()
+    model = np.tensordot(w, mod, axes=1) / w.sum()
+    return data, model, int(sel.sum())
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fid", [FID, "8162-6-80"])
+def test_star_psf_agrees_with_the_frames_own_stars(fid, m2, mirror_fetcher):
+    """Check without resampling: stars already within 0.2 px of a pixel centre, raw pixels,
+    stacked, against the model stacked at the same positions (measured FWHM ratio model/stars:
+    2583-2-136 g 1.005, r 0.990, i 0.992; 8162-6-80 g 1.000, r 0.995, i 0.984)."""
+    field = m2["field"] if fid == FID else Field(fid, mirror_fetcher)
+    psf = m2["stars"] if fid == FID else field_psf(field)
     for b in ("g", "r", "i"):
-        xy = st.models[b].star_xy
-        phase = xy - np.floor(xy + 0.5)
-        sel = (np.abs(phase) < 0.2).all(axis=1)
-        assert sel.sum() >= 20
-        raw = resample_stamps(field.frame(b).image, xy[sel, 0], xy[sel, 1], 25, "nearest").astype(float)
-        raw -= np.median(raw[:, [0, -1], :].reshape(sel.sum(), -1), axis=1)[:, None, None]
-        raw /= raw[:, 8:17, 8:17].sum(axis=(1, 2))[:, None, None]
-        stars = np.median(measure_fwhm(raw)) * SCALE
-        model = np.median(st.fwhm(b, xy[sel, 0], xy[sel, 1]))
-        assert model == pytest.approx(stars, rel=0.03), b
+        data, model, n = _stack_of_centred_stars(field, psf, b)
+        assert n >= 20, b
+        assert measure_fwhm(model) / measure_fwhm(data) == pytest.approx(1.0, abs=0.03), b
+        # the raw stamps are up to 0.2 px off centre: measured max|model - data| / max 0.019-0.080
+        assert np.abs(model - data).max() / data.max() < 0.1, b
