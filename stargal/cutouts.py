@@ -609,4 +609,5 @@ class Cutter(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         for bi, band in enumerate(BANDS):
             x = table[f"x_{band}"].to_numpy(dtype=np.float64)[idx]
             y = table[f"y_{band}"].to_numpy(dtype=np.float64)[idx]
-            out[idx, nb + bi] = model.stamps(band, x, y, size)
+            # as a point source at (x, y) looks after this cutter's resampling (sub-pixel phase)
+            out[idx, nb + bi] = model.stamps(band, x, y, size, resampled=self.interpolation != "nearest")
