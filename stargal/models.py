@@ -418,15 +418,18 @@ class StarGalaxyNet(NeuralNetClassifier):
             return super().initialize()
 
     def initialize_module(self):
-        """Create the module; ``module__in_channels=None`` takes the channel count of ``fit``'s X."""
+        """Create the module; ``module__in_channels=None`` takes the channel count of ``fit``'s X.
+
+        Before any ``fit`` (``initialize()`` by hand) the module's own default is used; ``fit``
+        rebuilds the module for the data it gets.
+        """
         kwargs = self.get_params_for("module")
-        if kwargs.get("in_channels", 0) is None:
+        if "in_channels" in kwargs and kwargs["in_channels"] is None:
             n_in = getattr(self, "n_channels_in_", None)
             if n_in is None:
-                raise ValueError(
-                    "StarGalaxyNet: module__in_channels=None means 'from the data', so the module can "
-                    "only be built inside fit (or set module__in_channels explicitly)")
-            kwargs["in_channels"] = int(n_in)
+                del kwargs["in_channels"]
+            else:
+                kwargs["in_channels"] = int(n_in)
         self.module_ = self.initialized_instance(self.module, kwargs)
         return self
 

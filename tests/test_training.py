@@ -18,7 +18,8 @@ def test_param_overrides_and_grid_mapping():
     pipe = build_pipeline("cnn")
     params = pipe.get_params()
     assert all(name in params for name in CNN_PARAM_NAMES.values())
-    assert [n for n, _ in pipe.steps] == ["align", "cut", "scale", "net"]
+    assert [n for n, _ in pipe.steps] == ["align", "cut", "psf", "scale", "net"]  # PSF-aware by default
+    assert [n for n, _ in build_pipeline("cnn", psf="none").steps] == ["align", "cut", "scale", "net"]
     with pytest.raises(ValueError, match="unknown model kind"):
         build_pipeline("svm")
 
