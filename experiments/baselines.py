@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from stargal.calibration import calibrate_pipeline
+from stargal.calibration import adapt_to_field, calibrate_pipeline
 from stargal.tuning import cv_results_frame, grid_search
 
 from .common import fmt, write_csv
@@ -19,6 +19,32 @@ from .common import fmt, write_csv
 MAG_BINS = (-np.inf, 18.0, 19.0, 20.0, 21.0, 22.0, np.inf)
 #: How p_galaxy is calibrated on the validation groups (``stargal.calibration.calibrate_pipeline``).
 CALIBRATION = "sigmoid"
+
+
+class _FieldPrior:
+    """A fitted model whose p_galaxy is moved, field by field, to the field's own galaxy fraction.
+
+    The fraction is estimated from the model's probabilities on that field's objects, without
+    labels (:func:`stargal.calibration.adapt_to_field`); what ``stargal predict --field-prior``
+    does for a list with many objects per field.
+    """
+
+    def __init__(self, model, calibration_fraction):
+        self.model = model
+        self.calibration_fraction = calibration_fraction
+        self.priors_ = {}
+
+    def predict_proba(self, rows):
+        p = self.model.predict_proba(rows)[:, 1]
+        out = np.empty_like(p)
+        fields = rows["field_id"].astype(str).to_numpy()
+        for fid in np.unique(fields):
+            sel = fields == fid
+            out[sel], self.priors_[fid] = adapt_to_field(p[sel], self.calibration_fraction)
+        return np.column_stack([1 - out, out])
+
+    def predict(self, rows):
+        return (self.predict_proba(rows)[:, 1] >= 0.5).astype(int)
 
 
 def _forest(ctx):
@@ -98,8 +124,11 @@ def run(ctx, cnn=None) -> dict:
     valid = ctx.rows("valid")
     cnn_cal = calibrate_pipeline(cnn, valid, ctx.y(valid), method=CALIBRATION)
     forest_cal = calibrate_pipeline(forest, valid, ctx.y(valid), method=CALIBRATION)
-    models = {"CNN (calibrated)": cnn_cal, "CNN": cnn, "random forest (calibrated)": forest_cal,
-              "random forest": forest, "majority class": majority}
+    models = {"CNN (calibrated)": cnn_cal, "CNN (calibrated, field prior)": _FieldPrior(
+                  cnn_cal, cnn_cal.calibration_fraction_), "CNN": cnn,
+              "random forest (calibrated)": forest_cal, "random forest (calibrated, field prior)": _FieldPrior(
+                  forest_cal, forest_cal.calibration_fraction_), "random forest": forest,
+              "majority class": majority}
 
     test = ctx.rows("test")
     rows, by_mag = [], {}
@@ -179,7 +208,13 @@ def run(ctx, cnn=None) -> dict:
         "![reliability](baselines_reliability.png)",
         "",
         "Expected calibration error (ECE) = mean |predicted − observed galaxy fraction| over 10 probability "
-        "bins, weighted by their counts. *Calibrated* rows: the fitted model frozen and Platt-scaled "
+        "bins, weighted by their counts. *Field prior* rows: the calibrated probabilities moved, field by "
+        "field, to the galaxy fraction the model itself estimates for that field from its probabilities, "
+        "without labels (EM, Saerens et al. 2002; `stargal.calibration.adapt_to_field`, "
+        "`stargal predict --field-prior`); estimated for the test field: "
+        + ", ".join(f"{n.split(' (')[0]} {fmt(m.priors_.get(ctx.config.test_fields[0], float('nan')))}"
+                    for n, m in models.items() if isinstance(m, _FieldPrior))
+        + f" (true {fmt(ctx.y(test).mean())}). *Calibrated* rows: the fitted model frozen and Platt-scaled "
         f"(`CalibratedClassifierCV(FrozenEstimator(model), method='{CALIBRATION}')`, "
         "`stargal.calibration.calibrate_pipeline`) on the validation sky groups; the test field plays no part. "
         "The CNN is trained with a class-weighted loss, so its raw `p_galaxy` is a ranking score (see ROC AUC); "

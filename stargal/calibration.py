@@ -20,6 +20,15 @@ field's galaxy fraction is known or assumed::
 
 (written with odds below). The classification threshold of 0.5 moves with it; ranking metrics
 (ROC AUC) do not change.
+
+A field's galaxy fraction need not be known: :func:`estimate_prior` finds it from the model's
+own probabilities on that field's objects, without labels, by the EM iteration of Saerens,
+Latinne & Decaestecker (2002, Neural Computation 14, 21): adjust the probabilities to the
+current estimate, take their mean as the next estimate, repeat. :func:`adapt_to_field` does both
+steps. It needs many objects of one field (a catalog of the field, not a handful of coordinates)
+and probabilities that are calibrated at a known mix: :func:`calibrate_pipeline` records that
+mix as ``calibration_fraction_`` on the pipeline it returns; a class-weighted model that was not
+calibrated corresponds to a mix of 0.5 (both classes weighted equally).
 """
 
 from __future__ import annotations
@@ -28,7 +37,11 @@ import numpy as np
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
 
-__all__ = ["calibrate_pipeline", "adjust_prior", "CALIBRATION_METHODS"]
+__all__ = ["calibrate_pipeline", "adjust_prior", "estimate_prior", "adapt_to_field", "CALIBRATION_METHODS",
+           "MIN_FIELD_OBJECTS"]
+
+#: Fewest objects of one field for which :func:`adapt_to_field` re-estimates the field's mix.
+MIN_FIELD_OBJECTS = 100
 
 #: ``method`` values of :func:`calibrate_pipeline` (those of ``CalibratedClassifierCV``).
 CALIBRATION_METHODS = ("sigmoid", "isotonic")
@@ -83,6 +96,7 @@ def calibrate_pipeline(pipe, X, y, method="sigmoid"):
     for attr in ("memory", "verbose"):
         if hasattr(pipe, attr):
             setattr(new, attr, getattr(pipe, attr))
+    new.calibration_fraction_ = float(np.mean(y == 1))  # the mix p_galaxy is calibrated at
     return new
 
 
@@ -117,3 +131,85 @@ def adjust_prior(p_galaxy, galaxy_fraction, calibration_fraction):
     k = (galaxy_fraction / (1 - galaxy_fraction)) / (calibration_fraction / (1 - calibration_fraction))
     odds = p / (1 - p) * k
     return odds / (1 + odds)
+
+
+def estimate_prior(p_galaxy, calibration_fraction, max_iter=200, tol=1e-6):
+    """A field's galaxy fraction from calibrated probabilities of its objects, without labels (EM).
+
+    Saerens, Latinne & Decaestecker (2002): starting from ``calibration_fraction``, repeatedly
+    move the probabilities to the current estimate (:func:`adjust_prior`) and take their mean
+    as the new estimate, until it changes by less than ``tol``.
+
+    Parameters
+    ----------
+    p_galaxy : array-like of shape (n,)
+        Probabilities calibrated at ``calibration_fraction``, for objects of one field.
+    calibration_fraction : float
+        Galaxy fraction the probabilities are calibrated at, in (0, 1).
+    max_iter : int, default=200
+    tol : float, default=1e-6
+
+    Returns
+    -------
+    float
+        Estimated galaxy fraction, in [0.001, 0.999].
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.random(20000) < 0.2                 # a field with 20 % galaxies
+    >>> s = rng.normal(np.where(y, 1.0, -1.0), 1.0)  # a score: N(+1, 1) galaxies, N(-1, 1) stars
+    >>> p_half = 1 / (1 + np.exp(-2 * s))           # exact p(galaxy | s) at a 50 % mix
+    >>> round(estimate_prior(p_half, 0.5), 2)
+    0.2
+    """
+    p = np.asarray(p_galaxy, dtype=float)
+    p = p[np.isfinite(p)]
+    if p.size == 0:
+        raise ValueError("estimate_prior needs at least one finite probability")
+    pi = float(calibration_fraction)
+    for _ in range(int(max_iter)):
+        new = float(np.clip(adjust_prior(p, pi, calibration_fraction).mean(), 1e-3, 1 - 1e-3))
+        if abs(new - pi) < tol:
+            return new
+        pi = new
+    return pi
+
+
+def adapt_to_field(p_galaxy, calibration_fraction, min_objects=MIN_FIELD_OBJECTS):
+    """Probabilities moved to the field's own galaxy fraction, estimated by :func:`estimate_prior`.
+
+    Parameters
+    ----------
+    p_galaxy : array-like of shape (n,)
+        Calibrated probabilities of the objects of **one** field.
+    calibration_fraction : float
+        The mix they are calibrated at (``pipeline.calibration_fraction_``; 0.5 for an
+        uncalibrated class-weighted model).
+    min_objects : int, default=MIN_FIELD_OBJECTS
+        With fewer finite probabilities the field's mix is not estimated and ``p_galaxy`` is
+        returned unchanged (prior = ``calibration_fraction``).
+
+    Returns
+    -------
+    p : ndarray
+        Adjusted probabilities (NaN stays NaN).
+    prior : float
+        The galaxy fraction used.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p, prior = adapt_to_field(np.full(10, 0.7), 0.5)   # too few objects: unchanged
+    >>> float(p[0]), prior
+    (0.7, 0.5)
+    """
+    p = np.asarray(p_galaxy, dtype=float)
+    finite = np.isfinite(p)
+    if finite.sum() < int(min_objects):
+        return p.copy(), float(calibration_fraction)
+    prior = estimate_prior(p[finite], calibration_fraction)
+    out = np.full(p.shape, np.nan)
+    out[finite] = adjust_prior(p[finite], prior, calibration_fraction)
+    return out, prior
