@@ -925,9 +925,17 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         located_on: dict[str, np.ndarray] = {}
         from_index: set = set()  # candidates proposed by window_flist (their boxes hold the rows)
         if fields == WINDOW and located_ix.size:
+            from .fetch import NotFoundError
             from .window import load_window_index
 
-            names, _ = load_window_index(fetcher).lookup(ra[located_ix], dec[located_ix],
+            try:
+                index = load_window_index(fetcher)
+            except NotFoundError as exc:
+                raise NotFoundError(
+                    f"{exc}: SDSS's field index window_flist is not at this SAS, so objects without "
+                    "run/camcol/field cannot be looked up; name the fields instead (Aligner(fields=[...]), "
+                    "predict_coordinates(fields=[...]) or stargal predict --fields)") from None
+            names, _ = index.lookup(ra[located_ix], dec[located_ix],
                                                          max_candidates=MAX_WINDOW_CANDIDATES)
             # most popular fields first, so that rows of one field are handled together
             flat = names.ravel()

@@ -498,7 +498,10 @@ class Fetcher:
                 logger.warning("fetch %s failed (%s); retrying in %.2f s", url, exc.reason, delay)
             except _Corrupt as exc:
                 if corrupt_left <= 0 or attempt >= self.retries:
-                    raise CorruptFileError(f"downloaded file {url} is corrupt: {exc}") from None
+                    raise CorruptFileError(
+                        f"downloaded file {url} is corrupt ({exc}); nothing was cached. The file at "
+                        f"the source is damaged: check or repair it (or point STARGAL_SAS_URL / --sas-url at "
+                        f"another mirror) and try again") from None
                 corrupt_left -= 1
                 delay = self.backoff * 2**attempt
                 logger.warning("fetched %s is corrupt (%s); retrying in %.2f s", url, exc, delay)
