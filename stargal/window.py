@@ -264,7 +264,7 @@ class WindowIndex:
 
         with fits.open(path, memmap=True) as hdul:
             if len(hdul) < 2 or not hasattr(hdul[1], "columns"):
-                raise WindowIndexError(f"{path}: no binary table in HDU 1 (not a window_flist file)")
+                raise ValueError(f"{path}: no binary table in HDU 1 (damaged or not a window_flist file)")
             data = hdul[1].data
             names = {n.upper(): n for n in hdul[1].columns.names}
             missing = [c for c in REQUIRED_COLUMNS if c not in names]
