@@ -537,8 +537,8 @@ class StarGalaxyNet(NeuralNetClassifier):
         :data:`PREDICT_BATCH_SIZE` rows (the last one zero-padded), straight from the array
         (no skorch Dataset/DataLoader per batch): an object's probability is the same
         whichever objects share its batch. The number of torch intra-op threads is chosen
-        while predicting: the first batches are timed with the process's thread count, halves
-        of it, and 1, the fastest is used (re-checked every 32 batches, as load changes) and
+        while predicting: the first batches are timed (two each) with the process's thread
+        count, halves of it, and 1, the fastest is used (re-checked every 32 batches, as load changes) and
         the caller's setting is restored afterwards (:func:`torch_threads`). On a machine
         whose cores are busy with other work, torch's threads otherwise wait on each other.
         ``STARGAL_PREDICT_THREADS=n`` fixes the count. Datasets and tensors go through skorch.
@@ -565,7 +565,8 @@ class StarGalaxyNet(NeuralNetClassifier):
                     if len(batch) < size:
                         batch = np.concatenate([batch, np.zeros((size - len(batch),) + X.shape[1:], np.float32)])
                     if k % _PROBE_EVERY == 1 and len(candidates) > 1:  # batch 0 warms up, untimed
-                        plan, timings = list(candidates), {}
+                        # each candidate is timed on two batches (one alone is too noisy under load)
+                        plan, timings = [c for c in candidates for _ in range(2)], {}
                     threads = plan[0] if plan else best
                     if threads != torch.get_num_threads():
                         torch.set_num_threads(threads)
@@ -573,7 +574,8 @@ class StarGalaxyNet(NeuralNetClassifier):
                     logits = module(torch.as_tensor(batch, device=self.device))
                     proba = torch.softmax(logits, dim=-1).cpu().numpy()
                     if plan and k > 0:
-                        timings[plan.pop(0)] = time.perf_counter() - t0
+                        used = plan.pop(0)
+                        timings[used] = timings.get(used, 0.0) + time.perf_counter() - t0
                         if not plan:
                             best = min(timings, key=timings.get)
                     chunks.append(proba[: min(size, n - start)])
