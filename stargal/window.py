@@ -32,7 +32,7 @@ Units: RA, Dec, mu, nu, NODE, INCL and every distance here are in **degrees**.
 Examples
 --------
 >>> index = load_window_index(sas_url="file:///data/sdss")            # doctest: +SKIP
->>> index.locate([283.47], [-1.37])                                     # doctest: +SKIP
+>>> index.locate([283.374], [-1.372])                                     # doctest: +SKIP
 array(['5405-6-99'], dtype=object)
 """
 
