@@ -122,7 +122,7 @@ def _models(kw):
     return cnn, cnn_note, forest
 
 
-def _legacy_child(n_objects: int, repeat: int) -> None:  # runs in a child process (see _legacy)
+def _legacy_child(n_objects: int, repeat: int, wait_policy: str) -> None:  # in a child process (see _legacy)
     import torch
     from skorch import NeuralNetClassifier
 
@@ -134,7 +134,7 @@ def _legacy_child(n_objects: int, repeat: int) -> None:  # runs in a child proce
     NeuralNetClassifier.predict_proba(net, X[:500])
     t = best_time(lambda: NeuralNetClassifier.predict_proba(net, X), repeat)
     print(json.dumps({"rate": len(X) / t, "threads": torch.get_num_threads(),
-                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}))
+                      "omp_wait_policy_at_torch_import": wait_policy}))
 
 
 def _legacy(scaled: np.ndarray, scratch: Path, repeat: int, competitor: str | None) -> dict:
@@ -144,8 +144,9 @@ def _legacy(scaled: np.ndarray, scratch: Path, repeat: int, competitor: str | No
     env["STARGAL_BENCH_X"] = str(path)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     # OMP_WAIT_POLICY must be unset when torch loads: import torch before stargal sets it
-    code = ("import torch, sys; from benchmarks.bench_throughput import _legacy_child; "
-            f"_legacy_child({len(scaled)}, {repeat})")
+    code = ("import os; policy = os.environ.get('OMP_WAIT_POLICY', 'unset'); import torch; "
+            "from benchmarks.bench_throughput import _legacy_child; "
+            f"_legacy_child({len(scaled)}, {repeat}, policy)")
     with Competitor(competitor):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                              cwd=str(REPO_ROOT), timeout=600)
@@ -237,7 +238,9 @@ def bench_throughput(ctx) -> list[Result]:
             Result("CNN predict, ours vs skorch's predict_proba (default threads, spin-wait), quiet",
                    rates[("cnn", None)], legacy[None]["rate"], "objects/s", None,
                    f"diagnostic: the old path in a child process ({legacy[None]['threads']} threads, "
-                   f"OMP_WAIT_POLICY unset, batches of 128 through a DataLoader)"),
+                   f"OMP_WAIT_POLICY {legacy[None]['omp_wait_policy_at_torch_import']} when torch loaded, "
+                   f"batches of {cnn[-1].batch_size} through skorch's DataLoader); other users' load hits it "
+                   f"hardest, since its threads spin while they wait for each other"),
             Result("CNN predict, ours vs skorch's predict_proba, beside a CPU-bound process",
                    rates[("cnn", "cpu")], legacy["cpu"]["rate"], "objects/s", None,
                    f"diagnostic: as above; the old path beside the busy loop runs at "

@@ -935,8 +935,7 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                     f"{exc}: SDSS's field index window_flist is not at this SAS, so objects without "
                     "run/camcol/field cannot be looked up; name the fields instead (Aligner(fields=[...]), "
                     "predict_coordinates(fields=[...]) or stargal predict --fields)") from None
-            names, _ = index.lookup(ra[located_ix], dec[located_ix],
-                                                         max_candidates=MAX_WINDOW_CANDIDATES)
+            names, _ = index.lookup(ra[located_ix], dec[located_ix], max_candidates=MAX_WINDOW_CANDIDATES)
             # most popular fields first, so that rows of one field are handled together
             flat = names.ravel()
             owner = np.repeat(located_ix, names.shape[1])
