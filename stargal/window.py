@@ -72,6 +72,11 @@ REQUIRED_COLUMNS = ("RUN", "CAMCOL", "FIELD", "NODE", "INCL", "MU_START", "MU_EN
 OPTIONAL_COLUMNS = ("RERUN", "SCORE")
 
 _FLOAT_COLS = ("node", "incl", "mu_start", "mu_end", "nu_start", "nu_end", "score")
+# Boxes larger than this (half-diagonal, degrees) are tested against every point instead of going
+# into the tree, so that one odd row cannot inflate the tree's search radius for all the others.
+_MAX_TREE_RADIUS_DEG = 1.0
+_MAX_BIG_ROWS = 100
+_LOOKUP_CHUNK = 50_000  # points per tree query (bounds the memory of the candidate pairs)
 _MEMO: dict = {}
 _MEMO_LOCK = threading.Lock()
 
@@ -175,10 +180,15 @@ class WindowIndex:
         nu_c = (cols["nu_start"] + cols["nu_end"]) / 2
         ra_c, dec_c = munu_to_radec(mu_c, nu_c, cols["node"], cols["incl"])
         half = 0.5 * np.hypot(self._mu_ext, cols["nu_end"] - cols["nu_start"])
-        self.radius_deg = float(np.max(half)) * 1.01 + 1e-6
+        big = half > _MAX_TREE_RADIUS_DEG
+        if big.sum() > _MAX_BIG_ROWS:  # not a few odd rows but the layout itself: all go in the tree
+            big[:] = False
+        self._big_rows = np.flatnonzero(big)
+        self._tree_rows = np.flatnonzero(~big)
+        self.radius_deg = float(np.max(half[~big])) * 1.01 + 1e-6 if self._tree_rows.size else 0.0
         from scipy.spatial import cKDTree
 
-        self._tree = cKDTree(_unit(ra_c, dec_c))
+        self._tree = cKDTree(_unit(ra_c[~big], dec_c[~big])) if self._tree_rows.size else None
         self._names = None
 
     def __len__(self) -> int:
@@ -218,6 +228,10 @@ class WindowIndex:
         ra = np.atleast_1d(np.asarray(ra, float))
         dec = np.atleast_1d(np.asarray(dec, float))
         n, k = ra.size, int(max_candidates)
+        if n > _LOOKUP_CHUNK:
+            parts = [self.lookup(ra[i:i + _LOOKUP_CHUNK], dec[i:i + _LOOKUP_CHUNK], k)
+                     for i in range(0, n, _LOOKUP_CHUNK)]
+            return np.concatenate([f for f, _ in parts]), np.concatenate([d for _, d in parts])
         fields = np.full((n, k), "", dtype=object)
         inset = np.full((n, k), np.nan)
         with np.errstate(invalid="ignore"):
@@ -225,13 +239,18 @@ class WindowIndex:
         if not ok.any():
             return fields, inset
         pts = np.flatnonzero(ok)
-        chord = 2 * np.sin(np.deg2rad(self.radius_deg) / 2)
-        hits = self._tree.query_ball_point(_unit(ra[pts], dec[pts]), r=chord)
-        lens = np.fromiter((len(h) for h in hits), dtype=np.int64, count=len(hits))
-        if lens.sum() == 0:
+        p, r = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)  # (point, row) pairs to test
+        if self._tree is not None:
+            chord = 2 * np.sin(np.deg2rad(self.radius_deg) / 2)
+            hits = self._tree.query_ball_point(_unit(ra[pts], dec[pts]), r=chord)
+            lens = np.fromiter((len(h) for h in hits), dtype=np.int64, count=len(hits))
+            p = np.repeat(pts, lens)
+            r = self._tree_rows[np.fromiter((j for h in hits for j in h), dtype=np.int64, count=int(lens.sum()))]
+        if self._big_rows.size:
+            p = np.concatenate([p, np.repeat(pts, self._big_rows.size)])
+            r = np.concatenate([r, np.tile(self._big_rows, pts.size)])
+        if p.size == 0:
             return fields, inset
-        p = np.repeat(pts, lens)                       # point of each (point, row) pair
-        r = np.fromiter((j for h in hits for j in h), dtype=np.int64, count=int(lens.sum()))
         c = self.columns
         mu, nu = radec_to_munu(ra[p], dec[p], c["node"][r], c["incl"][r])
         dmu = (mu - c["mu_start"][r]) % 360.0

@@ -91,22 +91,31 @@ def test_lookup_ranks_overlapping_fields_by_inset(sas, kw):
     assert index.locate(ra[:1], dec[:1]).tolist() == [A]
 
 
-def test_lookup_is_fast_on_many_fields():
-    """A survey-sized index (132k boxes on a grid) answers 20k points through the tree."""
-    mu0, nu0 = (g.ravel() for g in np.meshgrid(np.arange(0, 360, 0.15), np.arange(55) * (120 / 55) - 60))
+def test_lookup_is_fast_on_many_fields(monkeypatch):
+    """A survey-sized index (240k field-sized boxes on a grid) answers 20k points through the tree."""
+    monkeypatch.setattr(window, "_LOOKUP_CHUNK", 8_000)
+    mu0, nu0 = (g.ravel() for g in np.meshgrid(np.arange(0, 360, 0.15), np.arange(100) * 0.2 - 10))
     cols = {"run": np.arange(mu0.size) // 1000 + 1, "camcol": np.ones(mu0.size, int),
             "field": np.arange(mu0.size) % 1000, "node": np.zeros(mu0.size), "incl": np.zeros(mu0.size),
-            "mu_start": mu0, "mu_end": mu0 + 0.16, "nu_start": nu0, "nu_end": nu0 + 2.3,
+            "mu_start": mu0, "mu_end": mu0 + 0.16, "nu_start": nu0, "nu_end": nu0 + 0.23,
             "score": np.ones(mu0.size)}
     index = WindowIndex(cols)
     rng = np.random.default_rng(1)
-    ra, dec = rng.uniform(0, 359.9, 20_000), rng.uniform(-55, 55, 20_000)
-    names, inset = index.lookup(ra, dec)
-    # every point lies in a box of this grid (boxes overlap by 0.01 deg in mu), often in two
+    ra, dec = rng.uniform(0, 359.9, 20_000), rng.uniform(-9.5, 9.5, 20_000)
+    names, inset = index.lookup(ra, dec)  # more points than one tree query takes: answered in parts
+    # every point lies in a box of this grid (boxes overlap by 0.01 deg in mu, 0.03 in nu), often in two
     assert (names[:, 0] != "").all() and (inset[:, 0] >= 0).all()
     i = 123
     j = list(index.field_ids).index(names[i, 0])
-    assert mu0[j] <= ra[i] <= mu0[j] + 0.16 and nu0[j] <= dec[i] <= nu0[j] + 2.3
+    assert mu0[j] <= ra[i] <= mu0[j] + 0.16 and nu0[j] <= dec[i] <= nu0[j] + 0.23
+    # one odd, huge box does not inflate the search radius of the others, and is still found
+    cols = {k: np.append(v, {"run": 999, "camcol": 6, "field": 1, "node": 0.0, "incl": 0.0, "mu_start": 10.0,
+                             "mu_end": 40.0, "nu_start": -80.0, "nu_end": -70.0, "score": 1.0}[k])
+            for k, v in cols.items()}
+    index = WindowIndex(cols)
+    assert index.radius_deg < 0.2
+    names = index.lookup([20.0, 20.0], [-75.0, 0.0])[0]
+    assert names[0, 0] == "999-6-1" and names[1, 0] not in ("", "999-6-1")
 
 
 def test_aligner_window_confirms_with_the_wcs_and_flags(sas, kw):
