@@ -44,7 +44,8 @@ CNN_MODEL = REPO_ROOT / "experiments" / "results" / "cnn.stargal"
 ROUNDS = 2  # each condition is measured this many times, interleaved with the others
 COMPETITOR_SECONDS = 240.0  # a competitor ends itself after this long, whatever happens to the bench
 
-_CPU_BOUND = "import time\nend = time.time() + {s}\nprint('ready', flush=True)\nwhile time.time() < end:\n    pass\n"
+_CPU_BOUND = ("import time\nend = time.time() + {s}\nprint('ready', flush=True)\n"
+              "while time.time() < end:\n    pass\n")
 _TORCH_JOB = (
     "import time, torch\n"
     "x = torch.randn(64, 16, 64, 64); conv = torch.nn.Conv2d(16, 32, 3, padding=1)\n"
@@ -100,19 +101,20 @@ class Competitor:
 
 
 def _models(kw):
-    from stargal.align import Aligner
+    from stargal.align import Aligner, edge_margin
     from stargal.catalogs import labels_to_y, read_calibobj
     from stargal.cutouts import Cutter
     from stargal.models import make_cnn_pipeline, make_forest_pipeline
     from stargal.persist import load_model
 
-    from stargal.align import edge_margin
-
     cnn = load_model(CNN_MODEL) if CNN_MODEL.is_file() else None
     cut_size = cnn["cut"].size if cnn is not None else 15
     train = read_calibobj(TRAIN_FIELD, margin_pix=edge_margin(cut_size) + 1, **kw)
     y = labels_to_y(train["label"])
-    front = lambda: [("align", Aligner(cutout_size=cut_size, **kw)), ("cut", Cutter(size=cut_size, **kw))]  # noqa: E731
+
+    def front():
+        return [("align", Aligner(cutout_size=cut_size, **kw)), ("cut", Cutter(size=cut_size, **kw))]
+
     if cnn is not None:
         cnn_note = f"the study's CNN ({CNN_MODEL.relative_to(REPO_ROOT)}, {cut_size}x{cut_size} cutouts)"
     else:

@@ -166,7 +166,8 @@ class WindowIndex:
         cols = {k: np.asarray(v) for k, v in columns.items()}
         n = {len(v) for v in cols.values()}
         if len(n) != 1:
-            raise WindowIndexError(f"window index columns differ in length: { {k: len(v) for k, v in cols.items()} }")
+            lengths = {k: len(v) for k, v in cols.items()}
+            raise WindowIndexError(f"window index columns differ in length: {lengths}")
         if cols["run"].size == 0:
             raise WindowIndexError("window index holds no fields")
         for k in ("run", "camcol", "field"):

@@ -389,7 +389,8 @@ def write_window_flist(root, rows, extra_columns: bool = True, drop=(), score=No
         cols.append(fits.Column(name="SKYFLUX", format="5E", array=np.ones((n, 5), np.float32)))
     for k in ("NODE", "INCL", "MU_START", "MU_END", "NU_START", "NU_END"):
         cols.append(fits.Column(name=k, format="D", array=col(k)))
-    cols.append(fits.Column(name="SCORE", format="D", array=np.ones(n) if score is None else np.asarray(score, float)))
+    scores = np.ones(n) if score is None else np.asarray(score, float)
+    cols.append(fits.Column(name="SCORE", format="D", array=scores))
     if extra_columns:
         cols.append(fits.Column(name="QUALITY", format="J", array=np.full(n, 3, np.int32)))
     cols = [c for c in cols if c.name not in set(drop)]

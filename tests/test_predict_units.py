@@ -77,7 +77,8 @@ def _fake_predict(calls, fail_at=None):
         out["field"], out["p_galaxy"], out["label"] = "1-1-1", 0.25, "star"
         out["flag"] = np.where(out["ra"] > 300, "outside", "")
         bar.update(len(table))
-        return out[["ra", "dec", "field", "p_galaxy", "label", "flag"] + [c for c in table if c not in ("ra", "dec")]]
+        first = ["ra", "dec", "field", "p_galaxy", "label", "flag"]
+        return out[first + [c for c in table if c not in ("ra", "dec")]]
     return fake
 
 

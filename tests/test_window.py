@@ -1,11 +1,9 @@
 """stargal.window: SDSS's window_flist as a field index; Aligner(fields='window') confirms with the WCS."""
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from astropy.io import fits
 from astropy.wcs import WCS
 
 import stargal.window as window
@@ -191,7 +189,8 @@ def test_compact_index_is_cached_and_rebuilt_when_unreadable(sas, kw, monkeypatc
 def test_window_flist_needs_only_its_columns_by_name(sas, tmp_path):
     rows = [window_row(sas["a"]), window_row(sas["b"])]
     # without the optional columns, without the extra ones: fine (SCORE defaults to 1)
-    minimal = write_window_flist(tmp_path / "m", rows, extra_columns=False, drop=("RERUN", "SCORE", "RA", "DEC", "MJD"))
+    minimal = write_window_flist(tmp_path / "m", rows, extra_columns=False,
+                                 drop=("RERUN", "SCORE", "RA", "DEC", "MJD"))
     index = WindowIndex.from_fits(minimal)
     assert index.field_ids.tolist() == [A, B] and (index.columns["score"] == 1).all()
     lacking = write_window_flist(tmp_path / "l", rows, drop=("NU_END",))
