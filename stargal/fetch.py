@@ -105,6 +105,7 @@ _DECOMP_STEP = 4 << 20  # max decompressed bytes produced per decompressor call
 _FITS_BLOCK = 2880
 _FITS_MAX_HEADER_BLOCKS = 36  # the primary header's END must appear within ~100 kB
 _MAX_RETRY_AFTER = 60.0
+_BAR_MIN_BYTES = 64 << 20  # downloads at least this large show a byte progress bar (unless quiet)
 _USER_AGENT = "stargal-fetch (python urllib)"
 _FITS_SUFFIXES = (".fits", ".fits.bz2", ".fits.gz", ".fit", ".fit.gz", ".fit.bz2")
 
@@ -645,6 +646,16 @@ class Fetcher:
                 pass
             raise
 
+    def _bar(self, url: str, expected):
+        """A byte progress bar for one large download (``contextlib.nullcontext`` when quiet/small)."""
+        import contextlib
+
+        if self.quiet or expected is None or expected < _BAR_MIN_BYTES:
+            return contextlib.nullcontext()
+        from tqdm.auto import tqdm
+
+        return tqdm(total=expected, unit="B", unit_scale=True, leave=False, desc=url.rsplit("/", 1)[-1])
+
     def _stream(self, url: str, out, validator: _Validator) -> None:
         if url.startswith("file:"):
             self._stream_file(url, out, validator)
@@ -652,7 +663,7 @@ class Fetcher:
             self._stream_http(url, out, validator)
 
     @staticmethod
-    def _copy(read, out, validator, url, expected):
+    def _copy(read, out, validator, url, expected, bar=None):
         n = 0
         while True:
             try:
@@ -663,6 +674,8 @@ class Fetcher:
             if not chunk:
                 break
             n += len(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
             try:
                 out.write(chunk)
             except OSError as exc:
@@ -695,7 +708,8 @@ class Fetcher:
             encoding = (resp.headers.get("Content-Encoding") or "identity").strip().lower()
             if encoding not in ("identity", ""):
                 raise FetchError(f"unsupported Content-Encoding {encoding!r} for {url}")
-            self._copy(resp.read, out, validator, url, expected)
+            with self._bar(url, expected) as bar:
+                self._copy(resp.read, out, validator, url, expected, bar)
 
     def _stream_file(self, url: str, out, validator: _Validator) -> None:
         path = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path))
@@ -709,7 +723,8 @@ class Fetcher:
             raise _Transient(f"cannot open {path}: {exc}") from None
         with src:
             expected = os.fstat(src.fileno()).st_size
-            self._copy(src.read, out, validator, url, expected)
+            with self._bar(url, expected) as bar:
+                self._copy(src.read, out, validator, url, expected, bar)
 
 
 def _read_umask() -> int:

@@ -38,6 +38,7 @@ array(['5405-6-99'], dtype=object)
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import threading
@@ -403,6 +404,9 @@ def load_window_index(fetcher=None, *, sas_url=None, cache_dir=None) -> WindowIn
                 with _MEMO_LOCK:
                     _MEMO[key] = ((st.st_size, st.st_mtime_ns), index)
                 return index
+    if not fits_path.is_file():  # ~0.5 GB on the real SAS: show the download (a byte progress bar)
+        fetcher = copy.copy(fetcher)
+        fetcher.quiet = False
     index = fetcher.read(WINDOW_FLIST_PATH, WindowIndex.from_fits, passthrough=(WindowIndexError,))
     st = fits_path.stat()
     try:

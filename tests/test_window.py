@@ -219,3 +219,14 @@ def test_mirror_index_holds_every_catalog_object_in_its_own_field(mirror_fetcher
     for fid in ("8162-6-80", "1035-6-17"):
         cat = read_calibobj(fid, mirror_fetcher, on_frames=False)
         assert (index.locate(cat["ra"], cat["dec"]) == fid).mean() > 0.99
+
+
+def test_first_download_of_the_index_shows_a_progress_bar(sas, kw, monkeypatch, capsys):
+    import stargal.fetch as fetch
+
+    monkeypatch.setattr(fetch, "_BAR_MIN_BYTES", 1)  # the real file is ~0.5 GB; this one is small
+    load_window_index(**kw)  # estimators' fetchers are quiet; the index download is shown anyway
+    assert "window_flist.fits" in capsys.readouterr().err
+    window._MEMO.clear()
+    load_window_index(**kw)  # from the cache: nothing to show
+    assert "window_flist.fits" not in capsys.readouterr().err
