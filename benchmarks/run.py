@@ -336,6 +336,10 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:,.0f} {unit}"
 
 
+def _ratio(value: float) -> str:
+    return f"{value:.2f}x" if value < 10 else f"{value:,.1f}x"
+
+
 def format_table(results: list[Result], skipped: list[tuple[str, str]]) -> str:
     lines = [
         "| benchmark | ours | baseline | ratio | target | status |",
@@ -344,15 +348,15 @@ def format_table(results: list[Result], skipped: list[tuple[str, str]]) -> str:
     for r in results:
         target = f">= {r.target:g}x" if r.target else ""
         lines.append(f"| {r.name} | {_fmt(r.ours, r.unit)} | {_fmt(r.baseline, r.unit)} | "
-                     f"{r.ratio:,.1f}x | {target} | {r.status} |")
+                     f"{_ratio(r.ratio)} | {target} | {r.status} |")
     for name, why in skipped:
         lines.append(f"| {name} | skipped: {why} | | | | |")
     notes = [f"- **{r.name}**: {r.note}" for r in results if r.note]
     targeted = [r for r in results if r.target]
     verdict = []
     if targeted:
-        met = [f"{r.name} ({r.ratio:,.0f}x)" for r in targeted if r.status == "met"]
-        missed = [f"{r.name} ({r.ratio:,.0f}x < {r.target:g}x)" for r in targeted if r.status != "met"]
+        met = [f"{r.name} ({_ratio(r.ratio)})" for r in targeted if r.status == "met"]
+        missed = [f"{r.name} ({_ratio(r.ratio)} < {r.target:g}x)" for r in targeted if r.status != "met"]
         verdict = ["", "Targets: " + ("met by " + "; ".join(met) if met else "none met")
                    + ("; NOT met by " + "; ".join(missed) if missed else "") + "."]
     return "\n".join(lines + verdict + ([""] + notes if notes else []))
@@ -401,12 +405,16 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s) {sorted(unknown)}")
     t0 = time.perf_counter()
+    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     results, skipped = run(args.only, args.n, args.repeat)
+    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     table = format_table(results, skipped)
     header = (f"# stargal benchmarks\n\nMeasured side by side in one run ({time.perf_counter() - t0:.0f} s, "
               f"{os.cpu_count()} CPUs, numpy {np.__version__}; {_engine_note()}). Each ratio compares two "
               "timings taken one after the other in this process (best of several runs), so machine load "
-              "affects both sides alike.\n\n")
+              f"affects both sides alike. 1-minute load average at the start and end of the run: {load0:.1f}, "
+              f"{load1:.1f} (this includes other users of the machine; above the number of CPUs the figures "
+              "are noisy).\n\n")
     print(header + table)
     if args.out and not args.no_write:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,14 @@ model is used)::
     from stargal import Aligner, Cutter, AsinhScaler, make_cnn_pipeline, predict_coordinates
 """
 
+import os as _os
 from importlib import import_module
+
+# torch's OpenMP threads spin-wait for each other by default; on cores shared with other work
+# that spin starves the thread it waits for (CNN prediction beside one busy process fell to about
+# a quarter of its quiet speed; see benchmarks/results.md). Read once when torch is first imported,
+# so set here, before any stargal module imports torch. A value set by the user wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __all__ = [
     "FieldID", "Fetcher", "Field", "open_field", "read_calibobj", "load_catalog", "read_coordinates",

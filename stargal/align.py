@@ -33,6 +33,9 @@ Flags (column ``flag``; ``''`` when the row is fine):
 ``'missing_band'``
     The object's field lacks at least one band's frame (e.g. the real field 1006-6-11 has no
     i frame); the positions of the bands that exist are still filled in.
+``'no_frames'``
+    (``fields='window'`` only) SDSS's ``window_flist`` lists a field holding the object, but
+    the SAS has none of that field's frames.
 
 With ``policy='raise'`` any flagged row raises (:class:`AlignmentError`, a ``ValueError``;
 for missing bands :class:`MissingBandAlignmentError`, which is also a
@@ -69,6 +72,8 @@ from .sdss import BANDS, FieldID, frame_path
 
 __all__ = [
     "Aligner",
+    "WINDOW",
+    "MAX_WINDOW_CANDIDATES",
     "AlignmentError",
     "MissingBandAlignmentError",
     "FLAGS",
@@ -83,15 +88,22 @@ __all__ = [
 ]
 
 #: The values the ``flag`` column can take besides ``''``.
-FLAGS = ("outside", "edge", "missing_band", "invalid_coord")
+FLAGS = ("outside", "edge", "missing_band", "no_frames", "invalid_coord")
+
+#: ``Aligner(fields=WINDOW)``: look each object's field up in SDSS's ``window_flist``
+#: (:mod:`stargal.window`) instead of searching a list of fields.
+WINDOW = "window"
+#: How many of the index's fields holding an object are opened to confirm with their WCS.
+MAX_WINDOW_CANDIDATES = 3
 
 #: Extra edge margin (pixels) beyond the cutout half-width: the Lanczos-3 kernel reaches 3 px
 #: beyond the outermost output pixel and the integer base pixel is the rounded position (+0.5).
 INTERPOLATION_MARGIN = 3.5
 
 _POLICIES = ("raise", "flag")
-# flag of a row by "level": -1 on no band's frame, 0 on an incomplete field, 1 near an edge, 2 fine
-_LEVEL_FLAGS = np.array(["outside", "missing_band", "edge", ""], dtype=object)
+# flag of a row by "level": -2 on no band's frame, -1 in the window index's box of a field that has
+# no frames at all, 0 on an incomplete field, 1 near an edge, 2 fine (index: level + 2)
+_LEVEL_FLAGS = np.array(["outside", "no_frames", "missing_band", "edge", ""], dtype=object)
 _FIELD_COLS = ("run", "camcol", "field")
 
 
@@ -192,6 +204,8 @@ def _explicit_fields(table: pd.DataFrame, invalid: np.ndarray) -> np.ndarray:
 def _check_fields_param(fields):
     if fields is None:
         return None
+    if isinstance(fields, str) and fields.strip().lower() == WINDOW:
+        return WINDOW
     if isinstance(fields, (str, FieldID)):
         fields = [fields]
     try:
@@ -751,8 +765,12 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
 
     Parameters
     ----------
-    fields : list of str, optional
+    fields : list of str or ``'window'``, optional
         Candidate fields (``'8162-6-80'``) for objects without ``run``/``camcol``/``field``.
+        ``'window'`` (:data:`WINDOW`): look each such object up in SDSS's own field index
+        ``window_flist`` (:mod:`stargal.window`; anywhere in the survey): the up to
+        :data:`MAX_WINDOW_CANDIDATES` fields whose box holds it are opened and the one where it
+        lies farthest from every band's edge (by the frames' WCS) wins.
         ``None``: the fields named by those columns of ``X`` if present, else the default
         study's fields (:func:`stargal.config.load_config`).
     cutout_size : int, default=15
@@ -857,7 +875,7 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     # ------------------------------------------------------------------ the work
     @staticmethod
     def _candidates(fields, explicit: np.ndarray, need_locate: bool) -> tuple:
-        if fields is not None:
+        if fields is not None and fields != WINDOW:
             return fields
         present = tuple(dict.fromkeys(f for f in explicit if f))
         if present:
@@ -901,25 +919,52 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         has_explicit = explicit != ""
         to_locate = ~invalid & ~has_explicit
 
-        candidates = self._candidates(fields, explicit, bool(to_locate.any()))
+        fetcher = get_fetcher(sas_url=self.sas_url, cache_dir=self.cache_dir)
+        located_ix = np.flatnonzero(to_locate)
+        # rows to locate on each candidate field
+        located_on: dict[str, np.ndarray] = {}
+        from_index: set = set()  # candidates proposed by window_flist (their boxes hold the rows)
+        if fields == WINDOW and located_ix.size:
+            from .fetch import NotFoundError
+            from .window import load_window_index
+
+            try:
+                index = load_window_index(fetcher)
+            except NotFoundError as exc:
+                raise NotFoundError(
+                    f"{exc}: SDSS's field index window_flist is not at this SAS, so objects without "
+                    "run/camcol/field cannot be looked up; name the fields instead (Aligner(fields=[...]), "
+                    "predict_coordinates(fields=[...]) or stargal predict --fields)") from None
+            names, _ = index.lookup(ra[located_ix], dec[located_ix], max_candidates=MAX_WINDOW_CANDIDATES)
+            # most popular fields first, so that rows of one field are handled together
+            flat = names.ravel()
+            owner = np.repeat(located_ix, names.shape[1])
+            has = flat != ""
+            if has.any():
+                uniq, inv = np.unique(flat[has], return_inverse=True)
+                members = np.argsort(inv, kind="stable")
+                bounds = np.r_[0, np.cumsum(np.bincount(inv, minlength=uniq.size))]
+                for j in np.argsort(-np.diff(bounds), kind="stable"):
+                    located_on[str(uniq[j])] = np.unique(owner[has][members[bounds[j]:bounds[j + 1]]])
+            from_index = set(located_on)
+        elif located_ix.size:
+            for fid in self._candidates(fields, explicit, True):
+                located_on[fid] = located_ix
         # fields to open, one at a time: candidates (if anything must be located), explicit ones
-        order = list(dict.fromkeys(list(candidates if to_locate.any() else ()) + [f for f in explicit if f]))
+        order = list(dict.fromkeys(list(located_on) + [f for f in explicit if f]))
 
         flag = np.full(n, "", dtype=object)
         flag[invalid] = "invalid_coord"
         field_id = np.full(n, "", dtype=object)
         pos = {b: (np.full(n, np.nan), np.full(n, np.nan)) for b in BANDS}
-        best_level = np.full(n, -1, dtype=int)  # see _LEVEL_FLAGS
+        best_level = np.full(n, -2, dtype=int)  # see _LEVEL_FLAGS
         best_d = np.full(n, -np.inf)
         best_field = np.full(n, "", dtype=object)
         missing_by_field: dict[str, tuple] = {}
 
-        fetcher = get_fetcher(sas_url=self.sas_url, cache_dir=self.cache_dir)
-        located_ix = np.flatnonzero(to_locate)
-        candidate_set = set(candidates)
         for fid in order:
             rows_e = np.flatnonzero(explicit == fid)
-            rows_l = located_ix if fid in candidate_set else np.zeros(0, dtype=int)
+            rows_l = located_on.get(fid, np.zeros(0, dtype=int))
             rows = np.union1d(rows_e, rows_l)
             if rows.size == 0:
                 continue
@@ -933,7 +978,7 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             complete = not missing
             if missing:
                 missing_by_field[fid] = tuple(missing)
-            if not frames:
+            if not frames and fid not in from_index:
                 warnings.warn(f"Aligner: field {fid} has no frames at all (bands "
                               f"{', '.join(missing)} not found); its objects cannot be aligned",
                               stacklevel=2)
@@ -965,8 +1010,8 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                 dist = np.minimum(dist, d)
                 on_any = np.maximum(on_any, d)
             field.release()
-            # -1 on no band's frame, 0 on an incomplete field, 1 near an edge, 2 fine
-            level = np.where(on_any < 0, -1, 0 if not complete else np.where(dist >= margin, 2, 1))
+            # -2 on no band's frame, 0 on an incomplete field, 1 near an edge, 2 fine
+            level = np.where(on_any < 0, -2, 0 if not complete else np.where(dist >= margin, 2, 1))
 
             # explicit rows: this is their field, whatever the distance
             sel_e = np.isin(rows, rows_e)
@@ -975,15 +1020,17 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                 field_id[idx] = fid
                 for band, (x, y) in xy.items():
                     pos[band][0][idx], pos[band][1][idx] = x[sel_e], y[sel_e]
-                flag[idx] = _LEVEL_FLAGS[level[sel_e] + 1]
+                flag[idx] = _LEVEL_FLAGS[level[sel_e] + 2]
 
             # located rows: keep the best field so far
             sel_l = np.isin(rows, rows_l)
             if sel_l.any():
                 idx = rows[sel_l]
                 d, lev = dist[sel_l], level[sel_l]
+                if not frames and fid in from_index:
+                    lev = np.full(lev.shape, -1)  # window_flist lists the field; the SAS has no frames
                 prev_lev, prev_d = best_level[idx], best_d[idx]
-                better = (lev >= 0) & ((lev > prev_lev) | ((lev == prev_lev) & (d > prev_d)))
+                better = (lev >= -1) & ((lev > prev_lev) | ((lev == prev_lev) & (d > prev_d)))
                 if better.any():
                     bi = idx[better]
                     best_level[bi], best_d[bi] = lev[better], d[better]
@@ -997,9 +1044,9 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
 
         if located_ix.size:
             idx = located_ix
-            found = best_level[idx] >= 0
+            found = best_level[idx] >= -1
             field_id[idx[found]] = best_field[idx[found]]
-            flag[idx] = _LEVEL_FLAGS[best_level[idx] + 1]
+            flag[idx] = _LEVEL_FLAGS[best_level[idx] + 2]
 
         if self.policy == "raise":
             self._raise_for_flags(table, ra, dec, flag, field_id, missing_by_field)
@@ -1025,6 +1072,8 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
                 reasons[i] = f"within {margin:g} px of an edge of field {fid}"
             elif f == "missing_band":
                 reasons[i] = f"field {fid} lacks band(s) {', '.join(missing_by_field.get(fid, ()))}"
+            elif f == "no_frames":
+                reasons[i] = f"window_flist lists field {fid} here, but the SAS has none of its frames"
             else:
                 reasons[i] = "invalid coordinates"
         counts = pd.Series(flag[bad]).value_counts().to_dict()

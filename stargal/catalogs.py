@@ -70,17 +70,21 @@ def labels_to_y(labels) -> np.ndarray:
 _CENTROID_COLUMNS = {"ROWC", "COLC", "PSFFLUX_IVAR"}
 
 
+class _NotASweepError(ValueError):
+    """A readable FITS table without the columns of a calibObj sweep (not a damaged copy)."""
+
+
 def _read_sweep(path: Path, kind: str, fid: FieldID, band_centroids: bool = False) -> pd.DataFrame:
     with fits.open(path, memmap=False) as hdul:
         data = hdul[1].data
         names = {n.upper() for n in data.columns.names}
         if band_centroids and _CENTROID_COLUMNS - names:
-            raise ValueError(f"{path}: this sweep has no per-band centroids, missing columns "
+            raise _NotASweepError(f"{path}: this sweep has no per-band centroids, missing columns "
                              f"{sorted(_CENTROID_COLUMNS - names)}")
         need = {"RUN", "CAMCOL", "FIELD", "ID", "OBJC_TYPE", "RA", "DEC", "PSFFLUX", "MODELFLUX"}
         missing = need - names
         if missing:
-            raise ValueError(f"{path}: not a calibObj sweep, missing columns {sorted(missing)}")
+            raise _NotASweepError(f"{path}: not a calibObj sweep, missing columns {sorted(missing)}")
         sel = (data["RUN"] == fid.run) & (data["CAMCOL"] == fid.camcol) & (data["FIELD"] == fid.field)
         d = data[sel]
         types = np.asarray(d["OBJC_TYPE"]).astype(int)
@@ -137,7 +141,9 @@ def read_calibobj(fid, fetcher=None, *, on_frames: bool = True, margin_pix: floa
     """
     fid = FieldID.parse(fid)
     fetcher = get_fetcher(fetcher, sas_url=sas_url, cache_dir=cache_dir)
-    parts = [_read_sweep(fetcher.fetch(calibobj_path(fid, k)), k, fid, band_centroids) for k in ("star", "gal")]
+    # a cached sweep that cannot be read is named in a warning, removed and fetched again once
+    parts = [fetcher.read(calibobj_path(fid, k), lambda p, k=k: _read_sweep(p, k, fid, band_centroids),
+                          passthrough=(_NotASweepError,)) for k in ("star", "gal")]
     table = pd.concat(parts, ignore_index=True).sort_values("objid", kind="stable")
     table = table.reset_index(drop=True)
     if on_frames and len(table):

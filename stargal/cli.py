@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
@@ -54,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("coords", help="CSV with ra, dec columns (degrees)")
     p.add_argument("--model", required=True, help="model file from `stargal train`")
     p.add_argument("-o", "--output", default="-", help="output CSV (default stdout)")
-    p.add_argument("--fields", nargs="*", default=None, help="candidate fields (default: the model's study)")
+    p.add_argument("--fields", nargs="*", default=None,
+                   help="candidate fields, skipping the lookup (default: each row's run/camcol/field "
+                        "columns, else SDSS's window_flist index: anywhere in the survey)")
+    p.add_argument("--chunksize", type=int, default=100_000,
+                   help="rows read and classified at a time (memory: one chunk + one field's frames)")
     p.add_argument("--n-jobs", type=int, default=1, help="fields processed in parallel")
     p.add_argument("--scheduler", default=None, help="Dask scheduler address tcp://host:port")
     p.add_argument("--strict", action="store_true", help="error on NaN/out-of-range coordinates instead of flag")
@@ -107,21 +110,19 @@ def _cmd_train(args) -> int:
 
 def _cmd_predict(args) -> int:
     from .persist import load_model
-    from .predict import predict_coordinates
+    from .predict import predict_csv
 
     model = load_model(args.model)
-    out = predict_coordinates(model, args.coords, fields=args.fields, strict=args.strict, n_jobs=args.n_jobs,
-                              scheduler=args.scheduler, sas_url=args.sas_url, cache_dir=args.cache_dir,
-                              progress=sys.stderr.isatty())
-    if args.output == "-":
-        out.to_csv(sys.stdout, index=False)
-    else:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(args.output).with_name(Path(args.output).name + ".part")
-        out.to_csv(tmp, index=False)
-        tmp.replace(args.output)
-        n_flag = int((out["flag"] != "").sum())
-        print(f"{len(out)} objects -> {args.output} ({n_flag} flagged: no data)", file=sys.stderr)
+    if args.fields is not None and not args.fields:
+        raise ValueError("--fields needs at least one RUN-CAMCOL-FIELD (omit it to look fields up in window_flist)")
+    output = sys.stdout if args.output == "-" else args.output
+    stats = predict_csv(model, args.coords, output, chunksize=args.chunksize, fields=args.fields,
+                        strict=args.strict, n_jobs=args.n_jobs, scheduler=args.scheduler, sas_url=args.sas_url,
+                        cache_dir=args.cache_dir, progress=sys.stderr.isatty())
+    if args.output != "-":
+        detail = ", ".join(f"{k}: {v}" for k, v in sorted(stats["flags"].items()))
+        print(f"{stats['n_rows']} objects -> {args.output} ({stats['n_flagged']} flagged: no data"
+              f"{'; ' + detail if detail else ''})", file=sys.stderr)
     return 0
 
 
@@ -134,9 +135,17 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _one_line_warnings(message, category, filename, lineno, file=None, line=None):
+    """Warnings as ``stargal: warning: ...`` lines on stderr (no source line echoed)."""
+    print(f"stargal: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv=None) -> int:
     """Entry point of the ``stargal`` console script."""
+    import warnings
+
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _one_line_warnings
     handlers = {"fetch": _cmd_fetch, "train": _cmd_train, "predict": _cmd_predict, "evaluate": _cmd_evaluate}
     try:
         return handlers[args.command](args)

@@ -88,6 +88,7 @@ __all__ = [
     "FetchError",
     "NotFoundError",
     "CorruptFileError",
+    "CacheHealWarning",
     "ENV_SAS_URL",
     "ENV_CACHE",
 ]
@@ -104,6 +105,7 @@ _DECOMP_STEP = 4 << 20  # max decompressed bytes produced per decompressor call
 _FITS_BLOCK = 2880
 _FITS_MAX_HEADER_BLOCKS = 36  # the primary header's END must appear within ~100 kB
 _MAX_RETRY_AFTER = 60.0
+_BAR_MIN_BYTES = 64 << 20  # downloads at least this large show a byte progress bar (unless quiet)
 _USER_AGENT = "stargal-fetch (python urllib)"
 _FITS_SUFFIXES = (".fits", ".fits.bz2", ".fits.gz", ".fit", ".fit.gz", ".fit.bz2")
 
@@ -119,6 +121,10 @@ class NotFoundError(FetchError):
 
 class CorruptFileError(FetchError):
     """The downloaded file failed validation (truncated, wrong format, trailing garbage)."""
+
+
+class CacheHealWarning(UserWarning):
+    """A cached file could not be read; it is removed and fetched again (see :meth:`Fetcher.read`)."""
 
 
 class _Transient(Exception):
@@ -493,12 +499,96 @@ class Fetcher:
                 logger.warning("fetch %s failed (%s); retrying in %.2f s", url, exc.reason, delay)
             except _Corrupt as exc:
                 if corrupt_left <= 0 or attempt >= self.retries:
-                    raise CorruptFileError(f"downloaded file {url} is corrupt: {exc}") from None
+                    raise CorruptFileError(
+                        f"downloaded file {url} is corrupt ({exc}); nothing was cached. The file at "
+                        f"the source is damaged: check or repair it (or point STARGAL_SAS_URL / --sas-url at "
+                        f"another mirror) and try again") from None
                 corrupt_left -= 1
                 delay = self.backoff * 2**attempt
                 logger.warning("fetched %s is corrupt (%s); retrying in %.2f s", url, exc, delay)
             attempt += 1
             time.sleep(delay)
+
+    def read(self, relpath, reader, *, passthrough=()):
+        """Fetch ``relpath`` if needed and return ``reader(path)``, healing a bad cached copy.
+
+        Every cached file was validated when it was downloaded, but a cache can still go
+        bad later (a truncated copy, a disk error, a file written by another tool, or a
+        defect the streaming check cannot see, such as FITS data cut short inside a
+        complete compressed stream). When ``reader`` fails on the cached copy, the file is
+        named in a :class:`CacheHealWarning`, removed, fetched again once
+        (``force=True``) and read again. If that copy fails too,
+        :class:`CorruptFileError` names the file, its URL and what to do.
+
+        Parameters
+        ----------
+        relpath : str
+            Relative SAS path.
+        reader : callable
+            ``reader(path) -> value``; any exception it raises (other than those in
+            ``passthrough``, ``KeyboardInterrupt`` and ``SystemExit``) means "cannot read".
+        passthrough : tuple of exception types
+            Exceptions that say something other than "this copy is damaged" (e.g. a valid
+            file of the wrong kind): re-raised at once, nothing is removed.
+
+        Returns
+        -------
+        object
+            What ``reader`` returned.
+
+        Raises
+        ------
+        NotFoundError, FetchError
+            As :meth:`fetch`.
+        CorruptFileError
+            The file cannot be read even after fetching it again.
+
+        Examples
+        --------
+        >>> from astropy.io import fits
+        >>> header = fetcher.read(rel, lambda p: fits.getheader(p))        # doctest: +SKIP
+        """
+        rel = _check_relpath(relpath)
+        path = self.fetch(rel)
+        try:
+            return reader(path)
+        except passthrough:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure to read is a damaged copy
+            first = exc
+        import warnings
+
+        url = self.url(rel)
+        warnings.warn(f"cached file {path} cannot be read ({type(first).__name__}: {first}); "
+                      f"removing it and fetching it again from {url}", CacheHealWarning, stacklevel=2)
+        logger.warning("cached file %s cannot be read (%s); fetching it again", path, first)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise FetchError(f"cannot remove the damaged cached file {path}: {exc}") from exc
+        try:
+            path = self.fetch(rel, force=True)
+        except CorruptFileError as exc:
+            raise CorruptFileError(
+                f"{rel}: the cached copy at {path} could not be read ({first}) and the copy fetched again "
+                f"from {url} is corrupt too ({exc}); the file at the source is damaged: check or repair "
+                f"{url} (or point STARGAL_SAS_URL / --sas-url at another mirror) and try again") from None
+        try:
+            return reader(path)
+        except passthrough:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            try:
+                path.unlink()  # never leave a copy known to be unreadable in the cache
+            except OSError:
+                pass
+            raise CorruptFileError(
+                f"{rel}: cannot read the file fetched from {url}, even after removing the cached copy and "
+                f"fetching it again ({type(exc).__name__}: {exc}); the file at the source is damaged: "
+                f"check or repair {url} (or point STARGAL_SAS_URL / --sas-url at another mirror) and "
+                f"try again") from None
 
     def fetch_many(self, relpaths, desc=None) -> list[Path]:
         """Fetch several files in order, with a progress bar over files.
@@ -556,6 +646,16 @@ class Fetcher:
                 pass
             raise
 
+    def _bar(self, url: str, expected):
+        """A byte progress bar for one large download (``contextlib.nullcontext`` when quiet/small)."""
+        import contextlib
+
+        if self.quiet or expected is None or expected < _BAR_MIN_BYTES:
+            return contextlib.nullcontext()
+        from tqdm.auto import tqdm
+
+        return tqdm(total=expected, unit="B", unit_scale=True, leave=False, desc=url.rsplit("/", 1)[-1])
+
     def _stream(self, url: str, out, validator: _Validator) -> None:
         if url.startswith("file:"):
             self._stream_file(url, out, validator)
@@ -563,7 +663,7 @@ class Fetcher:
             self._stream_http(url, out, validator)
 
     @staticmethod
-    def _copy(read, out, validator, url, expected):
+    def _copy(read, out, validator, url, expected, bar=None):
         n = 0
         while True:
             try:
@@ -574,6 +674,8 @@ class Fetcher:
             if not chunk:
                 break
             n += len(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
             try:
                 out.write(chunk)
             except OSError as exc:
@@ -606,7 +708,8 @@ class Fetcher:
             encoding = (resp.headers.get("Content-Encoding") or "identity").strip().lower()
             if encoding not in ("identity", ""):
                 raise FetchError(f"unsupported Content-Encoding {encoding!r} for {url}")
-            self._copy(resp.read, out, validator, url, expected)
+            with self._bar(url, expected) as bar:
+                self._copy(resp.read, out, validator, url, expected, bar)
 
     def _stream_file(self, url: str, out, validator: _Validator) -> None:
         path = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path))
@@ -620,7 +723,8 @@ class Fetcher:
             raise _Transient(f"cannot open {path}: {exc}") from None
         with src:
             expected = os.fstat(src.fileno()).st_size
-            self._copy(src.read, out, validator, url, expected)
+            with self._bar(url, expected) as bar:
+                self._copy(src.read, out, validator, url, expected, bar)
 
 
 def _read_umask() -> int:

@@ -215,6 +215,17 @@ def _decompressed_paths(cache_dir: Path, relpath: str) -> tuple[Path, Path]:
     return base.with_name(base.name + ".npy"), base.with_name(base.name + ".json")
 
 
+def _read_frame_file(path) -> tuple[fits.Header, np.ndarray]:
+    """Primary header and float32 image of a frame file (decompresses all of it)."""
+    with fits.open(path, memmap=False) as hdul:
+        header = hdul[0].header
+        data = hdul[0].data
+        if data is None or data.ndim != 2:
+            raise ValueError(f"{path}: HDU 0 holds no 2-D image")
+        image = np.ascontiguousarray(data, dtype=np.float32)
+    return header, image
+
+
 def load_frame(fid: FieldID | str, band: str, fetcher=None, *, sas_url=None, cache_dir=None) -> Frame:
     """Load one band's frame, using (and filling) the decompressed cache.
 
@@ -222,6 +233,8 @@ def load_frame(fid: FieldID | str, band: str, fetcher=None, *, sas_url=None, cac
     ------
     MissingBandError
         The frame file does not exist at the source (HTTP 404 / missing file).
+    stargal.fetch.CorruptFileError
+        The frame cannot be read even after removing the cached copy and fetching it again.
     """
     fid = FieldID.parse(fid)
     fetcher = get_fetcher(fetcher, sas_url=sas_url, cache_dir=cache_dir)
@@ -240,12 +253,10 @@ def load_frame(fid: FieldID | str, band: str, fetcher=None, *, sas_url=None, cac
             meta = None
     if meta is None:
         try:
-            src = fetcher.fetch(rel)
+            # a cached .fits.bz2 that cannot be read is named in a warning, removed and fetched again
+            header, image = fetcher.read(rel, _read_frame_file)
         except NotFoundError as exc:
             raise MissingBandError(fid, [band], str(exc)) from exc
-        with fits.open(src, memmap=False) as hdul:
-            header = hdul[0].header
-            image = np.ascontiguousarray(hdul[0].data, dtype=np.float32)
         sky_median, sky_noise = robust_sky_noise(image)
         meta = {
             "version": _CACHE_VERSION,

@@ -86,7 +86,7 @@ import numpy as np
 
 from .fetch import FetchError, NotFoundError, get_fetcher
 from .frames import Field, MissingBandError, _atomic_write_bytes, _decompressed_paths
-from .sdss import BANDS, FieldID, frame_path
+from .sdss import BANDS, FieldID, frame_path, psfield_path
 
 __all__ = [
     "PSF_STAMP",
@@ -103,7 +103,6 @@ __all__ = [
     "PSFWarning",
     "InsufficientStarsError",
     "estimate_psf",
-    "psfield_path",
     "psfield_psf",
     "field_psf",
     "measure_fwhm",
@@ -810,19 +809,6 @@ def _seeing_sigma_px(field: Field, band: str) -> tuple[float, str]:
 
 
 # ----------------------------------------------------------------------------- psField
-def psfield_path(fid) -> str:
-    """Relative SAS path of a field's psField file.
-
-    ``dr17/eboss/photo/redux/301/RUN/objcs/CAMCOL/psField-RRRRRR-C-FFFF.fits`` (RUN not padded in
-    the directory, padded in the name, like frames).
-
-    >>> psfield_path("2583-2-136")
-    'dr17/eboss/photo/redux/301/2583/objcs/2/psField-002583-2-0136.fits'
-    """
-    fid = FieldID.parse(fid)
-    return f"dr17/eboss/photo/redux/{fid.rerun}/{fid.run}/objcs/{fid.camcol}/psField-{fid.padded}.fits"
-
-
 def _recentre(images: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
     """Shift all basis images by the same sub-pixel offset so that the PSF ``weights @ images``
     (the PSF at the frame centre) has its windowed centroid on the central pixel.
@@ -922,16 +908,17 @@ def psfield_psf(fid, fetcher=None, *, sas_url=None, cache_dir=None, bands=BANDS,
 
     fid = FieldID.parse(fid)
     fetcher = get_fetcher(fetcher, sas_url=sas_url, cache_dir=cache_dir)
-    try:
-        path = fetcher.fetch(psfield_path(fid))
+    shape = tuple(shape) if shape is not None else SDSS_FRAME_SHAPE
+
+    def read(path):
+        with fits.open(path, memmap=False) as hdul:
+            return {b: _band_psfield(hdul[k + 1].data, b, size, shape, PIXEL_SCALE_ARCSEC)
+                    for k, b in enumerate(BANDS) if b in bands}
+
+    try:  # a cached copy that cannot be read is removed and fetched once more (Fetcher.read)
+        models = fetcher.read(psfield_path(fid), read)
     except NotFoundError:
         return None
-    shape = tuple(shape) if shape is not None else SDSS_FRAME_SHAPE
-    models = {}
-    with fits.open(path, memmap=False) as hdul:
-        for k, b in enumerate(BANDS):
-            if b in bands:
-                models[b] = _band_psfield(hdul[k + 1].data, b, size, shape, PIXEL_SCALE_ARCSEC)
     return FieldPSF(fid, models)
 
 

@@ -7,6 +7,7 @@ layout exactly::
     dr17/eboss/photoObj/frames/301/RUN/CAMCOL/frame-BAND-RRRRRR-C-FFFF.fits.bz2
     dr17/eboss/photoObj/frames/301/RUN/CAMCOL/frame-irg-RRRRRR-C-FFFF.jpg
     dr17/eboss/sweeps/dr13_final/301/calibObj-RRRRRR-C-{star,gal}.fits.gz
+    dr17/eboss/photo/redux/301/RUN/objcs/CAMCOL/psField-RRRRRR-C-FFFF.fits
 
 RUN is not zero-padded in directory names but is in file names.
 
@@ -32,6 +33,7 @@ __all__ = [
     "frame_path",
     "preview_path",
     "calibobj_path",
+    "psfield_path",
     "field_paths",
     "sas_url",
 ]
@@ -132,6 +134,12 @@ def calibobj_path(fid: FieldID | str, kind: str) -> str:
     if kind not in ("star", "gal"):
         raise ValueError(f"calibObj kind must be 'star' or 'gal', got {kind!r}")
     return f"dr17/eboss/sweeps/dr13_final/{fid.rerun}/calibObj-{fid.run:06d}-{fid.camcol}-{kind}.fits.gz"
+
+
+def psfield_path(fid: FieldID | str) -> str:
+    """Relative SAS path of the field's ``psField`` (SDSS's PSF model; FITS, not compressed)."""
+    fid = FieldID.parse(fid)
+    return f"dr17/eboss/photo/redux/{fid.rerun}/{fid.run}/objcs/{fid.camcol}/psField-{fid.padded}.fits"
 
 
 def field_paths(fid: FieldID | str, bands=BANDS, catalogs: bool = True, preview: bool = False) -> list[str]:

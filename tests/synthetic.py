@@ -45,6 +45,8 @@ __all__ = [
     "make_synthetic_sas",
     "make_psf_sas",
     "write_psfield",
+    "window_row",
+    "write_window_flist",
 ]
 
 #: WCS keywords of the real r frame of 8162-6-80 (CRPIX/CRVAL are replaced per field/band).
@@ -467,4 +469,63 @@ def write_psfield(root, fid, sigma, size: int = 51) -> Path:
     path = root / f"dr17/eboss/photo/redux/{fidp.rerun}/{fidp.run}/objcs/{fidp.camcol}/psField-{fidp.padded}.fits"
     path.parent.mkdir(parents=True, exist_ok=True)
     fits.HDUList(hdus).writeto(path, overwrite=True)
+    return path
+
+
+WINDOW_FLIST = "dr17/eboss/resolve/2013-07-29/window_flist.fits"
+
+
+def window_row(info: dict, node: float = 95.0, incl: float = 30.0, grow_px: float = 0.0) -> dict:
+    """A ``window_flist`` row for a field written by :func:`make_synthetic_sas`.
+
+    The box is the (mu, nu) bounding box of the r frame's corners on the great circle
+    ``node``/``incl`` (degrees), grown by ``grow_px`` pixels on every side. The frames are
+    rotated against (mu, nu), as real ones are slightly, so the box holds a little sky the
+    r frame does not: points there must be rejected by the frames' WCS.
+    """
+    from stargal.window import radec_to_munu
+
+    fid = FieldID.parse(info["fid"])
+    ny, nx = info["shape"]
+    wcs = WCS(info["headers"]["r"])
+    xs, ys = np.array([-0.5, nx - 0.5, nx - 0.5, -0.5]), np.array([-0.5, -0.5, ny - 0.5, ny - 0.5])
+    ra, dec = wcs.all_pix2world(xs, ys, 0)
+    mu, nu = radec_to_munu(ra, dec, node, incl)
+    grow = grow_px * PIXEL_SCALE_DEG
+    return {"RUN": fid.run, "CAMCOL": fid.camcol, "FIELD": fid.field, "NODE": node, "INCL": incl,
+            "MU_START": float(mu.min() - grow), "MU_END": float(mu.max() + grow),
+            "NU_START": float(nu.min() - grow), "NU_END": float(nu.max() + grow),
+            "RA": float(ra.mean()), "DEC": float(dec.mean())}
+
+
+def write_window_flist(root, rows, extra_columns: bool = True, drop=(), score=None) -> Path:
+    """Write ``window_flist.fits`` (SAS layout) under ``root`` from :func:`window_row` dicts.
+
+    ``extra_columns`` adds columns the real file has and stargal must ignore (``PSF_FWHM``,
+    5 values; ``SKYFLUX``; ``QUALITY``), placed *between* the needed ones; ``drop`` leaves
+    columns out (to test a file lacking one); ``score`` a list of SCORE values (default 1).
+    """
+    n = len(rows)
+    col = lambda k: np.array([r[k] for r in rows])  # noqa: E731
+    cols = [fits.Column(name="RUN", format="K", array=col("RUN")),
+            fits.Column(name="RERUN", format="3A", array=np.array(["301"] * n))]
+    if extra_columns:
+        cols.append(fits.Column(name="PSF_FWHM", format="5E", array=np.full((n, 5), 1.3, np.float32)))
+    cols += [fits.Column(name="CAMCOL", format="K", array=col("CAMCOL")),
+             fits.Column(name="FIELD", format="K", array=col("FIELD")),
+             fits.Column(name="MJD", format="D", array=np.full(n, 55000.0)),
+             fits.Column(name="RA", format="D", array=col("RA")),
+             fits.Column(name="DEC", format="D", array=col("DEC"))]
+    if extra_columns:
+        cols.append(fits.Column(name="SKYFLUX", format="5E", array=np.ones((n, 5), np.float32)))
+    for k in ("NODE", "INCL", "MU_START", "MU_END", "NU_START", "NU_END"):
+        cols.append(fits.Column(name=k, format="D", array=col(k)))
+    scores = np.ones(n) if score is None else np.asarray(score, float)
+    cols.append(fits.Column(name="SCORE", format="D", array=scores))
+    if extra_columns:
+        cols.append(fits.Column(name="QUALITY", format="J", array=np.full(n, 3, np.int32)))
+    cols = [c for c in cols if c.name not in set(drop)]
+    path = Path(root) / WINDOW_FLIST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols)]).writeto(path, overwrite=True)
     return path

@@ -124,3 +124,54 @@ def test_loading_a_non_model_is_a_clear_cli_error(tmp_path):
     run = subprocess.run([sys.executable, "-m", "stargal.cli", "predict", "--model", str(bogus), str(bogus)],
                          capture_output=True, text=True)
     assert run.returncode == 2 and "stargal" in run.stderr.lower() and "Traceback" not in run.stderr
+
+
+def test_cli_classifies_a_field_the_model_never_saw_without_fields(trained, mirror_url, mirror_cache, tmp_path):
+    """5405-6-99 (Galactic plane, ~8,800 objects) is in no study: found through window_flist alone."""
+    paths, _ = trained
+    cat = read_calibobj("5405-6-99", sas_url=mirror_url, cache_dir=str(mirror_cache))
+    csv = tmp_path / "plain.csv"
+    cat[["ra", "dec"]].to_csv(csv, index=False)  # a plain ra,dec list: no run/camcol/field
+    out_csv = tmp_path / "out.csv"
+    env = {**os.environ, "STARGAL_SAS_URL": mirror_url, "STARGAL_CACHE": str(mirror_cache)}
+    run = subprocess.run([sys.executable, "-m", "stargal.cli", "predict", "--model", str(paths["cnn"]), str(csv),
+                          "-o", str(out_csv)], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    out = pd.read_csv(out_csv, keep_default_na=False, na_values=[""])
+    assert len(out) == len(cat)
+    classified = out["p_galaxy"].notna()
+    print(f"5405-6-99 without --fields: {classified.sum()} of {len(out)} classified ({classified.mean():.2%})")
+    assert classified.mean() >= 0.97
+    assert (out.loc[classified, "field"] == "5405-6-99").all()
+    assert set(out.loc[~classified, "flag"]) <= {"edge"}
+
+
+def test_large_list_in_chunks_matches_in_memory_prediction(trained, mirror_url, mirror_cache, tmp_path):
+    """30k coordinates over three mirror fields plus sky no field covers, read 4,000 rows at a time."""
+    from stargal.predict import predict_csv
+
+    paths, _ = trained
+    model = load_model(paths["cnn"])
+    kw = dict(sas_url=mirror_url, cache_dir=str(mirror_cache))
+    objs = pd.concat([read_calibobj(f, **kw)[["ra", "dec"]] for f in ("8162-6-80", "1035-6-17", "5405-6-99")],
+                     ignore_index=True)
+    rng = np.random.default_rng(0)
+    pick = rng.integers(0, len(objs), 30_000)
+    far = pd.DataFrame({"ra": rng.uniform(100, 140, 500), "dec": rng.uniform(-20, 20, 500)})
+    coords = pd.concat([objs.iloc[pick].assign(src=pick), far.assign(src=-1)], ignore_index=True)
+    coords = coords.sample(frac=1, random_state=1)  # fields and the empty sky mixed in every chunk
+    coords.insert(0, "row", np.arange(len(coords)))
+    csv = tmp_path / "many.csv"
+    coords.to_csv(csv, index=False)
+    out_csv = tmp_path / "many_out.csv"
+    stats = predict_csv(model, csv, out_csv, chunksize=4_000, progress=False, **kw)
+    assert stats["n_chunks"] == 8 and stats["n_rows"] == len(coords)
+    out = pd.read_csv(out_csv, keep_default_na=False, na_values=[""])
+    assert out["row"].tolist() == coords["row"].tolist()
+    assert set(out.loc[out["src"] < 0, "flag"]) == {"outside"}
+    # each coordinate's probability is the one an in-memory prediction of the distinct objects gives
+    ref = predict_coordinates(model, objs, progress=False, **kw)
+    on = out[out["src"] >= 0]
+    np.testing.assert_array_equal(on["p_galaxy"].to_numpy(), ref["p_galaxy"].to_numpy()[on["src"]])
+    assert on["flag"].fillna("").tolist() == ref["flag"].to_numpy()[on["src"]].tolist()
+    assert on["p_galaxy"].notna().mean() > 0.95

@@ -17,10 +17,9 @@ from stargal.psf import (
     PSFWarning,
     field_psf,
     measure_fwhm,
-    psfield_path,
     psfield_psf,
 )
-from stargal.sdss import BANDS
+from stargal.sdss import BANDS, psfield_path
 from synthetic import make_psf_sas, make_synthetic_sas, write_psfield
 
 SCALE = 0.396
