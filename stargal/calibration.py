@@ -26,7 +26,9 @@ own probabilities on that field's objects, without labels, by the EM iteration o
 Latinne & Decaestecker (2002, Neural Computation 14, 21): adjust the probabilities to the
 current estimate, take their mean as the next estimate, repeat. :func:`adapt_to_field` does both
 steps. It needs many objects of one field (a catalog of the field, not a handful of coordinates)
-and probabilities that are calibrated at a known mix: :func:`calibrate_pipeline` records that
+and probabilities that are well calibrated at a known mix -- EM amplifies a miscalibration (a
+weak or under-trained model can drive the estimate far from the truth; the study reports the
+estimates its models make on held-out fields): :func:`calibrate_pipeline` records that
 mix as ``calibration_fraction_`` on the pipeline it returns; a class-weighted model that was not
 calibrated corresponds to a mix of 0.5 (both classes weighted equally).
 """

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fields", nargs="*", default=None,
                    help="candidate fields, skipping the lookup (default: each row's run/camcol/field "
                         "columns, else SDSS's window_flist index: anywhere in the survey)")
+    p.add_argument("--field-prior", action="store_true",
+                   help="move each field's probabilities to that field's own galaxy fraction, estimated "
+                        "from the listed objects without labels (for catalogs of whole fields)")
     p.add_argument("--chunksize", type=int, default=100_000,
                    help="rows read and classified at a time (memory: one chunk + one field's frames)")
     p.add_argument("--n-jobs", type=int, default=1, help="fields processed in parallel")
@@ -117,6 +120,7 @@ def _cmd_predict(args) -> int:
         raise ValueError("--fields needs at least one RUN-CAMCOL-FIELD (omit it to look fields up in window_flist)")
     output = sys.stdout if args.output == "-" else args.output
     stats = predict_csv(model, args.coords, output, chunksize=args.chunksize, fields=args.fields,
+                        field_prior=args.field_prior,
                         strict=args.strict, n_jobs=args.n_jobs, scheduler=args.scheduler, sas_url=args.sas_url,
                         cache_dir=args.cache_dir, progress=sys.stderr.isatty())
     if args.output != "-":

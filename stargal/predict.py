@@ -39,6 +39,7 @@ from joblib import Parallel, delayed
 from sklearn.base import clone
 from tqdm.auto import tqdm
 
+from .calibration import adapt_to_field
 from .catalogs import LABEL_NAMES, CoordinateError, read_coordinates
 
 __all__ = ["predict_coordinates", "predict_csv", "OUTPUT_COLUMNS", "DEFAULT_CHUNKSIZE"]
@@ -115,7 +116,13 @@ def _prepare(model, fields, sas_url, cache_dir):
     return aligner, tail
 
 
-def _predict_table(aligner, tail, table: pd.DataFrame, *, strict, n_jobs, scheduler, bar) -> pd.DataFrame:
+def _calibration_fraction(model) -> float:
+    """The galaxy fraction the model's p_galaxy is calibrated at (0.5: class-weighted, uncalibrated)."""
+    return float(getattr(model, "calibration_fraction_", 0.5))
+
+
+def _predict_table(aligner, tail, table: pd.DataFrame, *, strict, n_jobs, scheduler, bar,
+                   field_prior=None) -> pd.DataFrame:
     """Classify one table (all of a small list, or one chunk of a large one)."""
     if strict:
         read_coordinates(table)  # raises with the offending rows listed
@@ -128,6 +135,7 @@ def _predict_table(aligner, tail, table: pd.DataFrame, *, strict, n_jobs, schedu
     flags = aligned["flag"].astype(str).to_numpy()
     field_ids = np.where(flags == "", aligned["field_id"].astype(str).to_numpy(), "")
     p_galaxy = np.full(len(work), np.nan)
+    priors = np.full(len(work), np.nan)
 
     groups = pd.Series(np.arange(len(work)))[flags == ""].groupby(field_ids[flags == ""])
     jobs = [(fid, idx.to_numpy()) for fid, idx in groups]
@@ -140,6 +148,8 @@ def _predict_table(aligner, tail, table: pd.DataFrame, *, strict, n_jobs, schedu
             runner = Parallel(return_as="generator", n_jobs=None if scheduler is not None else n_jobs)
             results = runner(delayed(_predict_field)(tail, aligned.iloc[idx]) for _, idx in jobs)
             for (fid, idx), p in zip(jobs, results):
+                if field_prior is not None:  # the field's own galaxy fraction, estimated without labels
+                    p, priors[idx] = adapt_to_field(p, field_prior)
                 p_galaxy[idx] = p
                 if bar is not None:
                     bar.update(len(idx))
@@ -151,11 +161,14 @@ def _predict_table(aligner, tail, table: pd.DataFrame, *, strict, n_jobs, schedu
     label = np.where(np.isnan(p_galaxy), "", LABEL_NAMES[(np.nan_to_num(p_galaxy) >= 0.5).astype(int)])
     out["label"] = label
     out["flag"] = flags
+    if field_prior is not None:
+        out["field_prior"] = priors
     return out[OUTPUT_COLUMNS + [c for c in out.columns if c not in OUTPUT_COLUMNS]]
 
 
 def predict_coordinates(model, coords, *, fields=None, strict: bool = False, n_jobs: int = 1,
-                        scheduler=None, sas_url=None, cache_dir=None, progress: bool = True) -> pd.DataFrame:
+                        scheduler=None, sas_url=None, cache_dir=None, progress: bool = True,
+                        field_prior: bool = False) -> pd.DataFrame:
     """Galaxy probabilities for a list of RA/Dec coordinates.
 
     Parameters
@@ -179,6 +192,14 @@ def predict_coordinates(model, coords, *, fields=None, strict: bool = False, n_j
         Data source and cache for the frames (default: what the model was built with).
     progress : bool, default=True
         Show a progress bar over objects (tqdm).
+    field_prior : bool, default=False
+        Move each field's probabilities to that field's own galaxy fraction, estimated from
+        the model's probabilities of the listed objects of the field, without labels
+        (:func:`stargal.calibration.adapt_to_field`; fields with fewer than
+        :data:`stargal.calibration.MIN_FIELD_OBJECTS` objects are left as they are). Meant for
+        catalogs of whole fields (SDSS fields differ from ~10 % to ~60 % galaxies); a
+        probability then depends on the other objects of its field in the list, so it is off
+        by default. Adds the column ``field_prior`` (the fraction used).
 
     Returns
     -------
@@ -195,7 +216,8 @@ def predict_coordinates(model, coords, *, fields=None, strict: bool = False, n_j
     aligner, tail = _prepare(model, fields, sas_url, cache_dir)
     bar = tqdm(total=len(table), desc="stargal predict", unit="obj", disable=not progress)
     try:
-        return _predict_table(aligner, tail, table, strict=strict, n_jobs=n_jobs, scheduler=scheduler, bar=bar)
+        return _predict_table(aligner, tail, table, strict=strict, n_jobs=n_jobs, scheduler=scheduler, bar=bar,
+                              field_prior=_calibration_fraction(model) if field_prior else None)
     finally:
         bar.close()
 
@@ -214,7 +236,8 @@ def _count_rows(path: Path) -> int | None:
 
 
 def predict_csv(model, source, output, *, chunksize: int = DEFAULT_CHUNKSIZE, fields=None, strict: bool = False,
-                n_jobs: int = 1, scheduler=None, sas_url=None, cache_dir=None, progress: bool = True) -> dict:
+                n_jobs: int = 1, scheduler=None, sas_url=None, cache_dir=None, progress: bool = True,
+                field_prior: bool = False) -> dict:
     """Classify a CSV of coordinates of any length, chunk by chunk, writing the output as it goes.
 
     Parameters
@@ -231,8 +254,8 @@ def predict_csv(model, source, output, *, chunksize: int = DEFAULT_CHUNKSIZE, fi
     chunksize : int, default=100_000
         Rows read and classified at a time: memory is bounded by one chunk plus one field's
         frames (fields are opened one at a time and released).
-    fields, strict, n_jobs, scheduler, sas_url, cache_dir
-        As for :func:`predict_coordinates`.
+    fields, strict, n_jobs, scheduler, sas_url, cache_dir, field_prior
+        As for :func:`predict_coordinates` (``field_prior``: estimated per field within each chunk).
     progress : bool, default=True
         Progress bar over objects (tqdm, on stderr).
 
@@ -275,7 +298,8 @@ def predict_csv(model, source, output, *, chunksize: int = DEFAULT_CHUNKSIZE, fi
             try:
                 for chunk in reader:
                     out = _predict_table(aligner, tail, _coerce_table(chunk), strict=strict, n_jobs=n_jobs,
-                                         scheduler=scheduler, bar=bar)
+                                         scheduler=scheduler, bar=bar,
+                                         field_prior=_calibration_fraction(model) if field_prior else None)
                     out.to_csv(fh, index=False, header=stats["n_chunks"] == 0)
                     stats["n_chunks"] += 1
                     stats["n_rows"] += len(out)

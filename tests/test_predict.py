@@ -175,3 +175,27 @@ def test_large_list_in_chunks_matches_in_memory_prediction(trained, mirror_url, 
     np.testing.assert_array_equal(on["p_galaxy"].to_numpy(), ref["p_galaxy"].to_numpy()[on["src"]])
     assert on["flag"].fillna("").tolist() == ref["flag"].to_numpy()[on["src"]].tolist()
     assert on["p_galaxy"].notna().mean() > 0.95
+
+
+def test_field_prior_estimates_each_fields_galaxy_fraction(trained, mirror_url, mirror_cache):
+    """--field-prior: the star-rich test field's galaxy fraction is found without labels."""
+    from stargal.calibration import adjust_prior
+
+    paths, _ = trained
+    model = load_model(paths["cnn"])
+    assert 0.2 < model.calibration_fraction_ < 0.8  # stargal train calibrates on the validation split
+    test = read_calibobj("8162-6-80", sas_url=mirror_url, cache_dir=str(mirror_cache))
+    kw = dict(sas_url=mirror_url, cache_dir=str(mirror_cache), fields=["8162-6-80"], progress=False)
+    plain = predict_coordinates(model, test[["ra", "dec"]], **kw)
+    adapted = predict_coordinates(model, test[["ra", "dec"]], field_prior=True, **kw)
+    assert "field_prior" not in plain.columns
+    ok = (adapted["flag"] == "").to_numpy()
+    prior = adapted["field_prior"][ok].unique()
+    assert len(prior) == 1 and np.isnan(adapted["field_prior"][~ok]).all()
+    # (how close the estimate comes depends on the model: this tiny 2-epoch one is far from calibrated;
+    # recovery of a known mix from calibrated probabilities is tested in test_psf_channels.py)
+    assert 0.001 <= prior[0] <= 0.999 and prior[0] != model.calibration_fraction_
+    np.testing.assert_allclose(adapted["p_galaxy"][ok],
+                               adjust_prior(plain["p_galaxy"][ok], prior[0], model.calibration_fraction_))
+    few = predict_coordinates(model, test[["ra", "dec"]].iloc[:20], field_prior=True, **kw)
+    np.testing.assert_allclose(few["p_galaxy"], plain["p_galaxy"].iloc[:20])  # too few objects: unchanged

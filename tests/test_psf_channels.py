@@ -131,3 +131,20 @@ def test_adjust_prior():
     assert np.all(lower < p)
     with pytest.raises(ValueError, match="galaxy_fraction"):
         adjust_prior(p, 1.0, 0.5)
+
+
+def test_estimate_prior_recovers_a_fields_mix_and_adapt_to_field_needs_enough_objects():
+    from stargal.calibration import adapt_to_field, estimate_prior
+
+    rng = np.random.default_rng(1)
+    for frac in (0.1, 0.3, 0.6):
+        y = rng.random(5000) < frac
+        s = rng.normal(np.where(y, 1.0, -1.0), 1.0)
+        p_at_40 = adjust_prior(1 / (1 + np.exp(-2 * s)), 0.4, 0.5)  # calibrated at a 40 % mix
+        assert estimate_prior(p_at_40, 0.4) == pytest.approx(frac, abs=0.03)
+        adapted, prior = adapt_to_field(np.r_[p_at_40, np.nan], 0.4)
+        assert prior == pytest.approx(frac, abs=0.03) and np.isnan(adapted[-1])
+    p, prior = adapt_to_field(np.full(50, 0.9), 0.4)
+    assert prior == 0.4 and np.all(p == 0.9)
+    with pytest.raises(ValueError, match="finite"):
+        estimate_prior([np.nan], 0.5)
