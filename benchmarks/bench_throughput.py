@@ -107,18 +107,23 @@ def _models(kw):
     from stargal.models import make_cnn_pipeline, make_forest_pipeline
     from stargal.persist import load_model
 
+    from stargal.psf_channels import PSFChannels
+
     cnn = load_model(CNN_MODEL) if CNN_MODEL.is_file() else None
     cut_size = cnn["cut"].size if cnn is not None else 15
+    psf = bool(cnn["cut"].psf) if cnn is not None else True  # the forest gets the same cutouts
     train = read_calibobj(TRAIN_FIELD, margin_pix=edge_margin(cut_size) + 1, **kw)
     y = labels_to_y(train["label"])
 
     def front():
-        return [("align", Aligner(cutout_size=cut_size, **kw)), ("cut", Cutter(size=cut_size, **kw))]
+        return [("align", Aligner(cutout_size=cut_size, **kw)), ("cut", Cutter(size=cut_size, psf=psf, **kw))]
 
     if cnn is not None:
-        cnn_note = f"the study's CNN ({CNN_MODEL.relative_to(REPO_ROOT)}, {cut_size}x{cut_size} cutouts)"
+        cnn_note = (f"the study's CNN ({CNN_MODEL.relative_to(REPO_ROOT)}, {cut_size}x{cut_size} cutouts"
+                    f"{', PSF-aware: 5 images + 5 PSF channels' if psf else ''})")
     else:
-        cnn = make_cnn_pipeline(front=front(), width=32, depth=2, max_epochs=2).fit(train, y)
+        cnn = make_cnn_pipeline(front=front(), psf=PSFChannels() if psf else None, width=32, depth=2,
+                                max_epochs=2).fit(train, y)
         cnn_note = f"a CNN trained here for 2 epochs on {TRAIN_FIELD} ({CNN_MODEL.name} missing)"
     forest = make_forest_pipeline(front=front(), n_estimators=300).fit(train, y)
     return cnn, cnn_note, forest
@@ -132,6 +137,8 @@ def _legacy_child(n_objects: int, repeat: int, wait_policy: str) -> None:  # in 
 
     X = np.load(os.environ["STARGAL_BENCH_X"])
     net = load_model(CNN_MODEL)[-1]
+    while not isinstance(net, NeuralNetClassifier):  # calibrated: CalibratedClassifierCV(FrozenEstimator(net))
+        net = net.estimator
     X = np.resize(X, (n_objects,) + X.shape[1:])
     NeuralNetClassifier.predict_proba(net, X[:500])
     t = best_time(lambda: NeuralNetClassifier.predict_proba(net, X), repeat)
