@@ -69,7 +69,7 @@ def _model():
 
 
 def _fake_predict(calls, fail_at=None):
-    def fake(aligner, tail, table, *, strict, n_jobs, scheduler, bar):
+    def fake(aligner, tail, table, *, strict, n_jobs, scheduler, bar, field_prior=None):
         calls.append(len(table))
         if fail_at is not None and len(calls) == fail_at:
             raise KeyboardInterrupt
