@@ -176,16 +176,18 @@ def run(ctx, cnn=None) -> dict:
         cells = [f"{fmt(by_mag[n]['recall_star'].iloc[i])} / {fmt(by_mag[n]['recall_galaxy'].iloc[i])}"
                  for n in shown]
         recall_lines.append(f"| {first['bin'].iloc[i]} | " + " | ".join(cells) + " |")
-    faint = test["psfmag_r"].to_numpy() > 22.0
-    faint_star = {name: float((model.predict(test[faint & (ctx.y(test) == 0)]) == 0).mean())
-                  if (faint & (ctx.y(test) == 0)).any() else float("nan")
-                  for name, model in models.items() if name != "majority class"}
+    # Predictions on the whole test field once, then subsets (a field prior is estimated on the whole field).
+    test_pred = {name: model.predict(test) for name, model in models.items()}
+    faint_stars = (test["psfmag_r"].to_numpy() > 22.0) & (ctx.y(test) == 0)
+    faint_star = {name: float((test_pred[name][faint_stars] == 0).mean()) if faint_stars.any() else float("nan")
+                  for name in models if name != "majority class"}
+    faint = faint_stars
 
     # Accuracy of each model on bright (r < 20) and faint (r >= 21) test objects, from the predictions.
     mags = test["psfmag_r"].to_numpy()
     y_test = ctx.y(test)
     ranges = {"r < 20": mags < 20, "20 <= r < 21": (mags >= 20) & (mags < 21), "r >= 21": mags >= 21}
-    acc_ranges = {name: {k: float((model.predict(test[m]) == y_test[m]).mean()) for k, m in ranges.items()}
+    acc_ranges = {name: {k: float((test_pred[name][m] == y_test[m]).mean()) for k, m in ranges.items()}
                   for name, model in models.items() if name != "majority class"}
     range_text = "; ".join(
         f"{name}: " + ", ".join(f"{fmt(v)} at {k}" for k, v in acc.items()) for name, acc in acc_ranges.items())
