@@ -129,6 +129,15 @@ def _models(kw):
     return cnn, cnn_note, forest
 
 
+def _net(final):
+    """The skorch net of a final step (a calibrated one wraps it: CalibratedClassifierCV(FrozenEstimator(net)))."""
+    from skorch import NeuralNet
+
+    while not isinstance(final, NeuralNet):
+        final = final.estimator
+    return final
+
+
 def _legacy_child(n_objects: int, repeat: int, wait_policy: str) -> None:  # in a child process (see _legacy)
     import torch
     from skorch import NeuralNetClassifier
@@ -136,9 +145,7 @@ def _legacy_child(n_objects: int, repeat: int, wait_policy: str) -> None:  # in 
     from stargal.persist import load_model
 
     X = np.load(os.environ["STARGAL_BENCH_X"])
-    net = load_model(CNN_MODEL)[-1]
-    while not isinstance(net, NeuralNetClassifier):  # calibrated: CalibratedClassifierCV(FrozenEstimator(net))
-        net = net.estimator
+    net = _net(load_model(CNN_MODEL)[-1])
     X = np.resize(X, (n_objects,) + X.shape[1:])
     NeuralNetClassifier.predict_proba(net, X[:500])
     t = best_time(lambda: NeuralNetClassifier.predict_proba(net, X), repeat)
@@ -248,7 +255,7 @@ def bench_throughput(ctx) -> list[Result]:
                    rates[("cnn", None)], legacy[None]["rate"], "objects/s", None,
                    f"diagnostic: the old path in a child process ({legacy[None]['threads']} threads, "
                    f"OMP_WAIT_POLICY {legacy[None]['omp_wait_policy_at_torch_import']} when torch loaded, "
-                   f"batches of {cnn[-1].batch_size} through skorch's DataLoader); other users' load hits it "
+                   f"batches of {_net(cnn[-1]).batch_size} through skorch's DataLoader); other users' load hits it "
                    f"hardest, since its threads spin while they wait for each other"),
             Result("CNN predict, ours vs skorch's predict_proba, beside a CPU-bound process",
                    rates[("cnn", "cpu")], legacy["cpu"]["rate"], "objects/s", None,
