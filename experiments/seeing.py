@@ -190,12 +190,14 @@ def _plot(frame, fwhm, path, test_points=None):
             for variant, row in test_points.iterrows():
                 color, marker, _ = styles.get(variant, ("k", ".", "-"))
                 ax.plot([row["fwhm"]], [row[col]], marker=marker, color=color, mfc="none", ms=10, ls="none")
+                ax.annotate("blind" if "blind" in variant else "aware", (row["fwhm"], row[col]),
+                            xytext=(7, -3), textcoords="offset points", fontsize=7, color=color)
         ax.set_xlabel("held-out field's r seeing FWHM (″)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle("Leave one field out (filled, dashed = PSF-blind); open symbols: the test field "
-                 "(models fitted on the train split)", fontsize=9)
+    fig.suptitle("Leave one field out: filled symbols (solid line PSF-aware, dashed PSF-blind); open symbols: "
+                 "the test field (models fitted on the train split)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
