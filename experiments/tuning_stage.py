@@ -705,7 +705,9 @@ def _markdown(ctx, *, arch_text, n_params, n_params_tuned, class_weight, train_r
     # ---- tuning
     grid_txt = "; ".join(f"`{_config_name(k)}` {list(v)}" for k, v in grid.items())
     L += ["### Tuning", "",
-          f"`GridSearchCV` over the whole pipeline (objects table -> align -> cut -> scale -> CNN, so "
+          "`GridSearchCV` over the whole pipeline (objects table -> align -> cut"
+          + (" (with the PSF stamps) -> PSF channels" if ctx.config.psf != "none" else "")
+          + f" -> scale -> CNN, so "
           f"`cutout_size` can be tuned) on the {len(train_rows)} train objects: "
           f"`StratifiedGroupKFold` with {t['n_splits']} folds on the {train_rows['group'].nunique()} "
           f"sky cells, scored by MCC on the held-out fold, `net__groups` routed to each fit's "
