@@ -67,7 +67,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from .catalogs import CoordinateError, read_coordinates
 from .fetch import get_fetcher
-from .frames import Field, MissingBandError, _atomic_write_bytes, _decompressed_paths
+from ._io import atomic_write_bytes
+from .frames import Field, MissingBandError, _decompressed_paths
 from .sdss import BANDS, FieldID, frame_path
 
 __all__ = [
@@ -742,7 +743,7 @@ def field_registration(field, fetcher=None, *, sas_url=None, cache_dir=None, ref
     reg = Registration.from_dict(json.loads(json.dumps(data)))
     try:
         payload = json.dumps(data).encode()
-        _atomic_write_bytes(path, lambda fh: fh.write(payload))
+        atomic_write_bytes(path, lambda fh: fh.write(payload))
     except OSError as exc:
         warnings.warn(f"Aligner: could not cache the registration of field {fid} at {path}: {exc}",
                       RuntimeWarning, stacklevel=2)

@@ -26,8 +26,6 @@ Examples
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -35,6 +33,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
+from ._io import atomic_write_bytes as _atomic_write_bytes
 from .fetch import FetchError, NotFoundError, get_fetcher
 from .sdss import BANDS, FieldID, frame_path
 
@@ -190,23 +189,6 @@ class Frame:
                 & (y >= -0.5 + margin_pix)
                 & (y <= ny - 0.5 - margin_pix)
             )
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _decompressed_paths(cache_dir: Path, relpath: str) -> tuple[Path, Path]:

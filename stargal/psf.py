@@ -85,7 +85,8 @@ from pathlib import Path
 import numpy as np
 
 from .fetch import FetchError, NotFoundError, get_fetcher
-from .frames import Field, MissingBandError, _atomic_write_bytes, _decompressed_paths
+from ._io import atomic_write_bytes
+from .frames import Field, MissingBandError, _decompressed_paths
 from .sdss import BANDS, FieldID, frame_path, psfield_path
 
 __all__ = [
@@ -1057,7 +1058,7 @@ def field_psf(field, fetcher=None, *, sas_url=None, cache_dir=None, source: str 
     psf = FieldPSF.from_dict(json.loads(json.dumps(data)))  # exactly what the cache holds
     try:
         payload = json.dumps(data).encode()
-        _atomic_write_bytes(path, lambda fh: fh.write(payload))
+        atomic_write_bytes(path, lambda fh: fh.write(payload))
     except OSError as exc:
         _warn(f"field {fid}: could not cache the PSF model at {path}: {exc}")
     with _MEMO_LOCK:

@@ -39,14 +39,13 @@ array(['5405-6-99'], dtype=object)
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 import threading
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from ._io import atomic_write_bytes
 from .fetch import get_fetcher
 from .sdss import DEFAULT_RERUN
 
@@ -315,20 +314,7 @@ class WindowIndex:
         if source_stat is not None:
             payload["source_size"] = np.array(int(source_stat.st_size))
             payload["source_mtime_ns"] = np.array(int(source_stat.st_mtime_ns))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        atomic_write_bytes(path, lambda fh: np.savez(fh, **payload))
 
     @classmethod
     def load(cls, path, source_stat=None) -> "WindowIndex":
