@@ -128,7 +128,8 @@ def _describe(name: str) -> str:
         elif key == "blur":
             parts.append(f"extra Gaussian PSF σ ≤ {value} px")
         elif key == "seeing":
-            parts.append(f"image and PSF broadened together to r FWHM U(own, {value}″), sky noise restored")
+            parts.append(f"image and PSF broadened together to r FWHM U(own, {value}″), sky noise restored; galaxy "
+                         "copies this makes point-like by SDSS's rule left out")
     return ", ".join(parts)
 
 

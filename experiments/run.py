@@ -248,7 +248,12 @@ def targets_markdown(ctx, meta: dict) -> str:
     cmp = [r for r in ali.get("psf_vs_psfield", []) if r["band"] in "gri"]
     if cmp:
         add("PSF FWHM within 5 % of SDSS's psField in g, r, i (2583-2-136)",
-            ", ".join(f"{r['band']} {fmt(r['ratio'], 3)}" for r in cmp), all(abs(r["ratio"] - 1) <= 0.05 for r in cmp))
+            ", ".join(f"{r['band']} {fmt(r['ratio'], 3)}" for r in cmp), all(abs(r["ratio"] - 1) <= 0.05 for r in cmp),
+            "at the frame centre; at the PSF stars themselves our model / their own stamps: "
+            + ", ".join(f"{r['band']} {fmt(r['fwhm_stars_at_stars'] / r['fwhm_star_stamps'], 3)}" for r in cmp)
+            + ", psField / stamps: "
+            + ", ".join(f"{r['band']} {fmt(r['fwhm_psfield_at_stars'] / r['fwhm_star_stamps'], 3)}" for r in cmp)
+            if all("fwhm_star_stamps" in r for r in cmp) else "")
     if not ctx.quick:
         add("`make experiments` ≤ 20 min on this machine", f"{meta['total_seconds'] / 60:.1f} min",
             meta["total_seconds"] <= 1200)

@@ -94,7 +94,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import type_of_target
 
-from ._imaging import N_IMAGE_BANDS, border_median
+from ._imaging import N_IMAGE_BANDS, border_median, point_source_ratio
 from .sdss import BANDS
 
 __all__ = [
@@ -107,6 +107,8 @@ __all__ = [
     "psf_fwhm",
     "PIXEL_SCALE",
     "FWHM_PER_SIGMA",
+    "SEEING_LABELS",
+    "SDSS_TYPE_RATIO",
 ]
 
 #: Names of the augmentation techniques, in the order they are documented.
@@ -149,6 +151,12 @@ FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 #: Channel of the r-band PSF in PSF-aware cutouts (``seeing`` measures this one).
 _R_PSF = N_IMAGE_BANDS + BANDS.index("r")
+
+#: Values of ``seeing_labels``.
+SEEING_LABELS = ("consistent", "keep")
+#: SDSS's star/galaxy boundary psfMag - cModelMag = 0.145 mag as a flux ratio F_psf / F_total:
+#: below it an object is extended (a galaxy) by SDSS's rule.
+SDSS_TYPE_RATIO = 10 ** (-0.4 * 0.145)
 
 
 def augmentation_names() -> tuple[str, ...]:
@@ -447,6 +455,16 @@ class CutoutAugmenter(BaseEstimator):
         of fields with seeing already at least ``seeing`` stay as they are.
         ``0`` disables; a value > 0 on 5-channel input is a ``ValueError``.
         See *Seeing augmentation* below.
+    seeing_labels : {'consistent', 'keep'}, default='consistent'
+        SDSS's label is relative to the PSF: broadened enough, a compact galaxy
+        is a point source by SDSS's own rule, i.e. a star at that seeing.
+        ``'consistent'``: a galaxy's copy that ``seeing`` turns point-like by
+        that rule, measured on the copy before and after broadening
+        (:func:`stargal._imaging.point_source_ratio` crossing
+        :data:`SDSS_TYPE_RATIO`), is not added (``n_seeing_dropped_`` counts
+        them; with ``balance=True`` the classes can then end a few rows apart).
+        ``'keep'``: every copy keeps its label (the behaviour before this
+        option existed).
     balance : bool, 'smote' or imblearn sampler, default=False
         ``True``: the minority class gets extra augmented copies (of its
         cutouts, cycled in random order) so both classes end with the same
@@ -478,6 +496,9 @@ class CutoutAugmenter(BaseEstimator):
         Number of bands (channels) seen during fit.
     cutout_shape_ : tuple of int
         ``(H, W)`` seen during fit.
+    n_seeing_dropped_ : int
+        Set by ``fit_resample``: galaxy copies left out by
+        ``seeing_labels='consistent'`` (0 without ``seeing``).
     sampler_ : estimator or None
         The fitted clone of ``balance`` when it is a sampler, else ``None``.
 
@@ -567,6 +588,7 @@ class CutoutAugmenter(BaseEstimator):
         shear=0.0,
         blur=0.0,
         seeing=0.0,
+        seeing_labels="consistent",
         balance=False,
         random_state=None,
     ):
@@ -578,6 +600,7 @@ class CutoutAugmenter(BaseEstimator):
         self.shear = shear
         self.blur = blur
         self.seeing = seeing
+        self.seeing_labels = seeing_labels
         self.balance = balance
         self.random_state = random_state
 
@@ -610,6 +633,10 @@ class CutoutAugmenter(BaseEstimator):
                 raise ValueError(
                     f"{who}: {name} must be a finite number >= 0 (0 disables it), got {value!r}"
                 )
+        if not (isinstance(self.seeing_labels, str) and self.seeing_labels in SEEING_LABELS):
+            raise ValueError(
+                f"{who}: seeing_labels must be one of {list(SEEING_LABELS)}, got {self.seeing_labels!r}"
+            )
         if self.zoom >= 1:
             raise ValueError(
                 f"{who}: zoom must be < 1 (scale factor 1 +/- zoom > 0), got {self.zoom!r}"
@@ -740,7 +767,11 @@ class CutoutAugmenter(BaseEstimator):
         src = np.tile(np.arange(n), self.n_copies)
         if self.balance is True:
             src = np.concatenate([src, self._balance_sources(y, streams["balance"])])
-        copies = self._augment(X[src], streams)
+        copies = self._augment(X[src], streams, y[src])
+        keep = self._seeing_keep_
+        self.n_seeing_dropped_ = int(keep.size - keep.sum())
+        if not keep.all():
+            copies, src = copies[keep], src[keep]
         # imblearn convention: the input row behind every output row (used to carry
         # sky-region groups onto augmented rows, so validation splits cannot leak).
         self.sample_indices_ = np.concatenate([origin, origin[src]])
@@ -812,14 +843,17 @@ class CutoutAugmenter(BaseEstimator):
         self.sampler_ = sampler
         return X2.reshape(-1, *shape).astype(np.float32, copy=False), np.asarray(y2)
 
-    def _augment(self, X, streams):
+    def _augment(self, X, streams, y=None):
         """One randomly perturbed version of every row of validated ``X``.
 
         ``streams`` maps technique names to numpy Generators (see
-        ``_streams``); the row count is unchanged.
+        ``_streams``); the row count is unchanged. Sets ``_seeing_keep_``: which
+        copies keep a label consistent with SDSS's rule (``seeing_labels``; all
+        True unless ``seeing`` turned a galaxy's copy point-like).
         """
         out = np.array(X, dtype=np.float32, copy=True)
         m, n_bands, h, w = out.shape
+        self._seeing_keep_ = np.ones(m, dtype=bool)
         if m == 0:
             return out
 
@@ -854,7 +888,18 @@ class CutoutAugmenter(BaseEstimator):
                         out[i, nb:] = _convolve_psf(out[i, nb:], kernel)
 
         if self.seeing > 0:
+            check = self.seeing_labels == "consistent" and y is not None
+            galaxy = np.flatnonzero(np.asarray(y) == 1) if check else np.zeros(0, dtype=np.intp)
+            before = point_source_ratio(out[galaxy]) if galaxy.size else None
             out = self._seeing(out, streams["seeing"], noise_level)
+            if galaxy.size:
+                # SDSS's label is relative to the PSF: a galaxy that the broader seeing makes
+                # point-like by SDSS's rule (measured on the copy as on the original, without
+                # noise added after this step) would be a star at that seeing. Such copies
+                # are not added, instead of teaching the model that a point source is a galaxy.
+                after = point_source_ratio(out[galaxy])
+                flipped = (before < SDSS_TYPE_RATIO) & (after >= SDSS_TYPE_RATIO)
+                self._seeing_keep_[galaxy[flipped]] = False
 
         if self.dihedral:
             out = _dihedral(out, streams["dihedral"].integers(0, 8, size=m))

@@ -713,3 +713,54 @@ def test_noise_variance_factor_is_exact_including_edges(sigma):
     rtol = 1e-10 if 4 * sigma + 1 <= C else 1e-3  # the kernel may overhang even the centre
     np.testing.assert_allclose(np.sqrt(f2[7, 7]), np.sum(kernel**2), rtol=rtol)
     assert f2[0, 0] < f2[0, 7] < f2[7, 7] + 1e-15
+
+
+def _gaussian_galaxies(widths, fwhm=PSF_FWHM):
+    """PSF-aware stack: round Gaussians of the given FWHMs (px, PSF included), noise-free."""
+    img = np.stack([gaussian_psf(w) for w in widths])[:, None] * 1e3 * np.ones((1, 5, 1, 1))
+    psf = np.broadcast_to(gaussian_psf(fwhm), (len(widths), 5, SIZE, SIZE))
+    return np.concatenate([img, psf], axis=1).astype(np.float32)
+
+
+def test_point_source_ratio_is_one_for_stars_and_lower_for_broader_sources():
+    from stargal._imaging import point_source_ratio
+
+    stars = psf_stars(3, noise=None)
+    np.testing.assert_allclose(point_source_ratio(stars), 1.0, rtol=1e-5)
+    r = point_source_ratio(_gaussian_galaxies([3.0, 3.5, 4.5, 6.0]))
+    assert r[0] == pytest.approx(1.0, rel=1e-5) and np.all(np.diff(r) < 0)
+    with pytest.raises(ValueError, match=r"PSF-aware"):
+        point_source_ratio(sky(2))
+
+
+def test_seeing_labels_consistent_drops_galaxy_copies_turned_point_like():
+    from stargal._imaging import point_source_ratio
+    from stargal.augment import SDSS_TYPE_RATIO
+
+    # galaxies from barely to clearly broader than the PSF, and as many stars
+    widths = np.linspace(3.2, 7.0, 40)
+    X = np.concatenate([_gaussian_galaxies(widths), psf_stars(40, noise=None)])
+    y = np.r_[np.ones(40, int), np.zeros(40, int)]
+    keep = CutoutAugmenter(**SEEING_ONLY, seeing_labels="keep", random_state=0)
+    Xk, yk = keep.fit_resample(X, y)
+    assert len(Xk) == 160 and keep.n_seeing_dropped_ == 0
+    cons = CutoutAugmenter(**SEEING_ONLY, random_state=0)  # 'consistent' is the default
+    Xc, yc = cons.fit_resample(X, y)
+    # the same draws: the kept copies are exactly keep's copies minus the flipped galaxies
+    before, after = point_source_ratio(X), point_source_ratio(Xk[80:])
+    flipped = (y == 1) & (before < SDSS_TYPE_RATIO) & (after >= SDSS_TYPE_RATIO)
+    assert 0 < flipped.sum() < 40  # the test covers both outcomes
+    assert cons.n_seeing_dropped_ == flipped.sum()
+    np.testing.assert_array_equal(Xc[80:], Xk[80:][~flipped])
+    np.testing.assert_array_equal(yc, np.r_[y, y[~flipped]])
+    np.testing.assert_array_equal(cons.sample_indices_, np.r_[np.arange(80), np.arange(80)[~flipped]])
+    # stars' copies are never dropped; what is kept is still extended (or was never extended)
+    assert (yc[80:] == 0).sum() == 40
+    kept_gal = Xc[80:][yc[80:] == 1]
+    src = cons.sample_indices_[80:][yc[80:] == 1]
+    assert np.all((point_source_ratio(kept_gal) < SDSS_TYPE_RATIO) | (before[src] >= SDSS_TYPE_RATIO))
+
+
+def test_seeing_labels_bad_value():
+    with pytest.raises(ValueError, match="seeing_labels must be one of"):
+        CutoutAugmenter(**SEEING_ONLY, seeing_labels="relabel").fit_resample(psf_stars(4), labels(4, 2))
