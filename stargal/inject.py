@@ -30,8 +30,10 @@ camera's electrons per count (:data:`GAIN`); the pixel gets ``(Poisson(lam) - la
 gain`` added. The sky level behind the frame (HDU2, counts) is read too, to state how much of the
 measured sky noise is the sky's own Poisson noise (:attr:`FrameCalibration.sky_sigma_nmgy`).
 
-Nothing is written to disk: injected frames live in memory (:class:`InjectedField`, copies of the
-five band images), and the real frames' cache is only read.
+Injected frames live only in memory (:class:`InjectedField`, copies of the five band images); no
+injected pixel is ever written to disk. The one file this module writes is a small cache of each
+real frame's own calibration vector and sky level (``<frame>.calib.npz`` beside the decompressed
+frame, atomic), because reading HDU1 means decompressing the whole ``.fits.bz2`` (seconds).
 
 Examples
 --------
@@ -52,7 +54,8 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-from .frames import Field, Frame
+from ._io import atomic_write_bytes
+from .frames import Field, Frame, _decompressed_paths
 from .sdss import BANDS, FieldID, frame_path
 from .synth import (HLR_RANGE_ARCSEC, MAG_RANGE, PIXEL_SCALE_ARCSEC, SERSIC_RANGE, SyntheticPopulation,
                     measured_photometry, render_source, _check_range)
@@ -165,7 +168,23 @@ def frame_calibration(field: Field, band: str) -> FrameCalibration:
     with _MEMO_LOCK:
         if key in _MEMO:
             return _MEMO[key]
-    calib, sky = field.fetcher.read(frame_path(field.fid, band), _read_calibration)
+    rel = frame_path(field.fid, band)
+    npy, _ = _decompressed_paths(field.fetcher.cache_dir, rel)
+    path = npy.with_name(npy.name[: -len(".npy")] + ".calib.npz")  # real HDU1/HDU2 data, never injected
+    calib = None
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                calib, sky = np.asarray(z["calib"], np.float64), float(z["sky_counts"])
+        except (OSError, ValueError, KeyError):
+            calib = None
+    if calib is None:
+        # decompressing a frame costs seconds: keep its small calibration vector beside the frame cache
+        calib, sky = field.fetcher.read(rel, _read_calibration)
+        try:
+            atomic_write_bytes(path, lambda fh: np.savez(fh, calib=calib, sky_counts=np.float64(sky)))
+        except OSError:
+            pass
     out = FrameCalibration(band, calib, camera_gain(field.fid, band), sky)
     with _MEMO_LOCK:
         _MEMO[key] = out
@@ -363,9 +382,10 @@ def inject(field: Field, sources: pd.DataFrame, *, psf_source: str = "stars",
         y = table[f"y_{band}"].to_numpy()
         stamps = psf.stamps(band, x, y, size=PSF_STAMP_PX) if len(table) else np.zeros((0, 1, 1))
         cal = frame_calibration(field, band) if noise else None
+        rows = table.to_dict("records")
         for i in range(len(table)):
             ix, iy = int(np.floor(x[i] + 0.5)), int(np.floor(y[i] + 0.5))
-            row = table.iloc[i]
+            row = rows[i]
             model = render_source(stamps[i], float(row[f"flux_{band}"]), x[i] - ix, y[i] - iy, kind=row["kind"],
                                   sersic_n=row.get("sersic_n", 1.0), hlr_arcsec=row.get("hlr_arcsec", 1.0),
                                   q=row.get("q", 1.0), beta_deg=row.get("beta_deg", 0.0), pixel_scale=scale)
