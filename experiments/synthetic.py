@@ -204,8 +204,9 @@ def data_limit(maps: pd.DataFrame, fwhm: dict) -> pd.DataFrame:
 
 
 def _plot(maps: pd.DataFrame, models, labels, fwhm, path: Path) -> None:
-    fields = list(dict.fromkeys(maps["field_id"]))
-    fig, axes = plt.subplots(len(fields), len(models), figsize=(4.2 * len(models), 3.6 * len(fields)),
+    present = set(maps["field_id"])
+    fields = [f for f in MAP_FIELDS if f in present] + sorted(present - set(MAP_FIELDS))
+    fig, axes = plt.subplots(len(fields), len(models), figsize=(4.8 * len(models), 3.9 * len(fields)),
                              squeeze=False)
     nm, ns = len(MAG_EDGES) - 1, len(SIZE_EDGES) - 1
     for i, fid in enumerate(fields):

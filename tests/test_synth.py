@@ -267,3 +267,56 @@ def test_injector_bad_data():
         SyntheticInjector(fields=["1035-6-17"]).fit(np.zeros((2, 7, 15, 15)), np.array([0, 1]))
     with pytest.raises(ValueError, match="binary"):
         SyntheticInjector(fields=["1035-6-17"]).fit(np.zeros((2, 5, 15, 15)), np.array([0, 2]))
+
+
+# ---------------------------------------------------------------------- the report stage's pieces
+def test_sdss_rule_types_psf_shaped_objects_as_stars():
+    from experiments.synthetic import sdss_rule
+
+    psf = FieldPSF.gaussian("8162-6-80", fwhm_arcsec=1.3).stamps("r", np.zeros(4), np.zeros(4), size=15)
+    yy, xx = np.mgrid[:15, :15] - 7
+    broad = np.exp(-(xx**2 + yy**2) / (2 * 3.0**2))
+    broad /= broad.sum()
+    X = np.zeros((4, 10, 15, 15), np.float32)
+    X[:, 5:] = psf[:, None]
+    X[:2, :5] = 20 * psf[:2, None]  # stars: the PSF
+    X[2:, :5] = 20 * broad  # galaxies: broader than the PSF
+    gal, diff = sdss_rule(X)
+    assert list(gal) == [False, False, True, True]
+    np.testing.assert_allclose(diff[:2], 0.0, atol=1e-6)
+
+
+def test_recall_maps_and_data_limit():
+    from experiments.synthetic import data_limit, recall_maps
+
+    rng = np.random.default_rng(0)
+    n = 400
+    obj = pd.DataFrame({"field_id": "8162-6-80", "label": np.arange(n) % 2, "mag_r": rng.uniform(17, 19, n),
+                        "hlr_fwhm": rng.uniform(0.07, 2.4, n)})
+    obj.loc[obj["label"] == 0, "hlr_fwhm"] = 0.0
+    # a classifier that sees galaxies larger than 0.3 FWHM and never calls a star a galaxy
+    obj["pred_m"] = ((obj["label"] == 1) & (obj["hlr_fwhm"] >= 0.3)).astype(int)
+    maps = recall_maps(obj, ["m"])
+    star = maps[maps["kind"] == "star"]
+    assert len(star) == 1 and star["recall"].iloc[0] == 1.0 and star["n"].iloc[0] == n // 2
+    gal = maps[maps["kind"] == "galaxy"].set_index("size_lo")["recall"]
+    assert gal[0.06] == 0.0 and gal[0.15] == 0.0 and (gal[[0.3, 0.6, 1.2]] == 1.0).all()
+    limit = data_limit(maps, {"8162-6-80": 1.2})
+    assert limit["size_min_over_fwhm"].iloc[0] == 0.3
+    assert abs(limit["hlr_min_arcsec"].iloc[0] - 0.36) < 1e-9
+
+
+@pytest.mark.integration
+def test_injected_stars_in_a_real_frame_are_typed_as_stars(mirror_fetcher):
+    """The real test field: injected stars (its own PSF model) pass our SDSS-like rule as stars."""
+    from experiments.synthetic import sdss_rule
+
+    field = Field("8162-6-80", mirror_fetcher)
+    pop = SyntheticPopulation(_phot(), mag_range=(17.0, 20.0), galaxy_fraction=0.0)
+    res = inject_random(field, pop, 40, random_state=0, noise=False)
+    assert res.counts["injected"] == 40 and res.counts["masked"] == 0
+    X = Cutter(size=15, psf=True, sas_url=mirror_fetcher.base_url,
+               cache_dir=str(mirror_fetcher.cache_dir)).cut_field(res.table, res.field)
+    gal, diff = sdss_rule(X)
+    assert (~gal).mean() >= 0.95
+    assert np.median(np.abs(diff)) < 0.05
