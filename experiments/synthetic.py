@@ -69,17 +69,11 @@ _RULE_BANDS = (1, 2, 3)  # g, r, i
 
 def sdss_rule(X) -> tuple[np.ndarray, np.ndarray]:
     """``(is_galaxy, psf_minus_model)`` of PSF-aware cutouts ``(n, 10, H, W)`` (see the module docstring)."""
-    from stargal._imaging import border_median, psf_fit_flux, split_psf_channels
+    from stargal._imaging import psf_fit_flux, split_psf_channels
+    from stargal.synth import aperture_flux
 
     img, psf = split_psf_channels(np.asarray(X, dtype=np.float64), who="sdss_rule")
-    h = img.shape[-1]
-    c = (h - 1) / 2
-    yy, xx = np.mgrid[:h, :h]
-    mask = ((xx - c) ** 2 + (yy - c) ** 2 <= _AP_RADIUS ** 2).astype(np.float64)
-    sky = border_median(img)[..., None, None]
-    ap = ((img - sky) * mask).sum(axis=(-2, -1))
-    frac = (psf * mask).sum(axis=(-2, -1))
-    model = np.divide(ap, frac, out=np.zeros_like(ap), where=frac > 0)[:, _RULE_BANDS].sum(axis=1)
+    model = aperture_flux(img, psf, _AP_RADIUS)[:, _RULE_BANDS].sum(axis=1)
     pf = psf_fit_flux(img, psf)[:, _RULE_BANDS].sum(axis=1)
     ok = (pf > 0) & (model > 0)
     diff = np.full(len(pf), np.nan)
