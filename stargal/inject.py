@@ -55,7 +55,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from ._io import atomic_write_bytes
-from .frames import Field, Frame, _decompressed_paths
+from .frames import Field, Frame, calibration_path, read_frame_calibration
 from .sdss import BANDS, FieldID, frame_path
 from .synth import (HLR_RANGE_ARCSEC, MAG_RANGE, PIXEL_SCALE_ARCSEC, SERSIC_RANGE, SyntheticPopulation,
                     measured_photometry, render_source, _check_range)
@@ -149,19 +149,6 @@ class FrameCalibration:
         return float(np.sqrt(self.sky_counts / self.gain) * np.median(self.calib))
 
 
-def _read_calibration(path):
-    from astropy.io import fits
-
-    with fits.open(path, memmap=False) as hdul:
-        calib = np.asarray(hdul[1].data, dtype=np.float64).ravel() if len(hdul) > 1 else None
-        sky = float("nan")
-        if len(hdul) > 2 and hdul[2].data is not None and "ALLSKY" in (hdul[2].columns.names or []):
-            sky = float(np.median(hdul[2].data["ALLSKY"][0]))
-    if calib is None or calib.size == 0:
-        raise ValueError(f"{path}: no calibration vector in HDU1")
-    return calib, sky
-
-
 def frame_calibration(field: Field, band: str) -> FrameCalibration:
     """The calibration (HDU1), gain and sky level (HDU2) of one band's frame (memoised per process)."""
     key = ("calib", str(field.fetcher.cache_dir), str(field.fid), band)
@@ -169,8 +156,7 @@ def frame_calibration(field: Field, band: str) -> FrameCalibration:
         if key in _MEMO:
             return _MEMO[key]
     rel = frame_path(field.fid, band)
-    npy, _ = _decompressed_paths(field.fetcher.cache_dir, rel)
-    path = npy.with_name(npy.name[: -len(".npy")] + ".calib.npz")  # real HDU1/HDU2 data, never injected
+    path = calibration_path(field.fetcher.cache_dir, rel)  # real HDU1/HDU2 data, never injected
     calib = None
     if path.exists():
         try:
@@ -179,8 +165,8 @@ def frame_calibration(field: Field, band: str) -> FrameCalibration:
         except (OSError, ValueError, KeyError):
             calib = None
     if calib is None:
-        # decompressing a frame costs seconds: keep its small calibration vector beside the frame cache
-        calib, sky = field.fetcher.read(rel, _read_calibration)
+        # frames decompressed before this cache existed: read HDU1/HDU2 once and keep them
+        calib, sky = field.fetcher.read(rel, read_frame_calibration)
         try:
             atomic_write_bytes(path, lambda fh: np.savez(fh, calib=calib, sky_counts=np.float64(sky)))
         except OSError:
