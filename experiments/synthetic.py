@@ -365,18 +365,18 @@ def run(ctx, cnn=None, forest=None, log=print) -> dict:
             lim_rows.append([f"{fid} ({fwhm.get(fid, np.nan):.2f}″)", f"{lo:g}–{hi:g}"] + cells)
     sentences = []
     for fid in MAP_FIELDS:
-        lf = limit[(limit["field_id"] == fid) & np.isfinite(limit["hlr_min_arcsec"])]
-        if not len(lf):
-            sentences.append(f"at {fwhm.get(fid, np.nan):.1f}″ seeing ({fid}) no classifier separates galaxies "
-                             f"from stars in any r bin by this criterion")
+        lf = limit[limit["field_id"] == fid]
+        best = lf.groupby(["mag_lo", "mag_hi"])["hlr_min_arcsec"].min().reset_index().sort_values("mag_lo")
+        told = best[np.isfinite(best["hlr_min_arcsec"])]
+        see = f"at {fwhm.get(fid, np.nan):.2f}″ seeing ({fid})"
+        if not len(told):
+            sentences.append(f"{see} no classifier separates galaxies from stars in any r bin by this criterion")
             continue
-        best = lf.groupby(["mag_lo", "mag_hi"])["hlr_min_arcsec"].min().reset_index()
-        faintest = best.sort_values("mag_hi").iloc[-1]
-        brightest = best.sort_values("mag_lo").iloc[0]
-        sentences.append(
-            f"at {fwhm.get(fid, np.nan):.1f}″ seeing ({fid}) the best of the three tells galaxies with hlr ≥ "
-            f"{brightest['hlr_min_arcsec']:.2f}″ from stars at r {brightest['mag_lo']:g}–{brightest['mag_hi']:g}, "
-            f"and down to r {faintest['mag_hi']:g} only galaxies with hlr ≥ {faintest['hlr_min_arcsec']:.2f}″")
+        parts = ", ".join(f"r {r['mag_lo']:g}–{r['mag_hi']:g}: hlr ≥ {r['hlr_min_arcsec']:.2f}″" for _, r in told.iterrows())
+        never = best[~np.isfinite(best["hlr_min_arcsec"])]
+        tail = (f"; at r {', '.join(f'{r.mag_lo:g}–{r.mag_hi:g}' for r in never.itertuples())} none of the three "
+                "meets it at any size") if len(never) else ""
+        sentences.append(f"{see}, the best of the three classifiers per r bin: {parts}{tail}")
     cnt_txt = "; ".join(f"{fid}: " + ", ".join(f"{k} {v}" for k, v in c.items()) for fid, c in counts.items())
     md = [
         "Synthetic stars and galaxies injected into real frames (`stargal.synth`, `stargal.inject`): the sky, "
