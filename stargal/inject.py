@@ -266,10 +266,12 @@ def random_positions(field: Field, n: int, rng, margin_pix: float = 0.0):
 
 
 def check_positions(field: Field, ra, dec, *, min_separation_arcsec=MIN_SEPARATION_ARCSEC, cutout_size=15,
-                    taken=None):
+                    taken=None, min_injected_separation_arcsec=None):
     """Aligner table of positions and the reason each is refused (``''`` when accepted).
 
-    ``taken`` is an optional ``(x_r, y_r)`` pair of r-frame positions already injected.
+    ``min_separation_arcsec``: distance to detected sources' pixels; ``min_injected_separation_arcsec``
+    (default the same): distance between injected sources. ``taken`` is an optional ``(x_r, y_r)`` pair of
+    r-frame positions already injected.
     """
     from .align import Aligner
 
@@ -300,6 +302,8 @@ def check_positions(field: Field, ra, dec, *, min_separation_arcsec=MIN_SEPARATI
     iy = np.clip(np.round(np.nan_to_num(yr)).astype(int), 0, dist.shape[0] - 1)
     near = ok & (dist[iy, ix] < min_px)
     reason[near] = "near_source"
+    sep = min_separation_arcsec if min_injected_separation_arcsec is None else min_injected_separation_arcsec
+    min_px = float(sep) / scale
     tx = list(taken[0]) if taken is not None else []
     ty = list(taken[1]) if taken is not None else []
     for i in np.flatnonzero(reason == ""):
@@ -329,7 +333,7 @@ def _counts(reason) -> dict:
 
 def inject(field: Field, sources: pd.DataFrame, *, psf_source: str = "stars",
            min_separation_arcsec: float = MIN_SEPARATION_ARCSEC, cutout_size: int = 15, noise: bool = True,
-           random_state=None) -> Injection:
+           random_state=None, min_injected_separation_arcsec=None) -> Injection:
     """Add ``sources`` (``ra``, ``dec`` + :data:`stargal.synth.SOURCE_COLUMNS`) to copies of ``field``'s frames.
 
     Refused positions (:data:`REFUSALS`) are counted in ``counts`` and returned in ``refused``; the
@@ -351,7 +355,8 @@ def inject(field: Field, sources: pd.DataFrame, *, psf_source: str = "stars",
     rng = np.random.default_rng(random_state)
     psf = field_psf(field, field.fetcher, source=psf_source)  # the real field's model (cached)
     aligned, reason = check_positions(field, sources["ra"], sources["dec"],
-                                      min_separation_arcsec=min_separation_arcsec, cutout_size=cutout_size)
+                                      min_separation_arcsec=min_separation_arcsec, cutout_size=cutout_size,
+                                      min_injected_separation_arcsec=min_injected_separation_arcsec)
     keep = reason == ""
     src = sources.reset_index(drop=True)
     truth_cols = [c for c in src.columns if c not in ("ra", "dec")]
@@ -391,7 +396,8 @@ def inject(field: Field, sources: pd.DataFrame, *, psf_source: str = "stars",
 
 def inject_random(field: Field, population: SyntheticPopulation, n: int, *, random_state=None,
                   psf_source: str = "stars", min_separation_arcsec: float = MIN_SEPARATION_ARCSEC,
-                  cutout_size: int = 15, noise: bool = True, kinds=None, max_rounds: int = 8) -> Injection:
+                  cutout_size: int = 15, noise: bool = True, kinds=None, max_rounds: int = 8,
+                  min_injected_separation_arcsec=None) -> Injection:
     """Inject ``n`` sources of ``population`` at random positions of ``field``.
 
     Candidate positions are drawn uniformly over the r frame; refused ones are counted (``counts``
@@ -409,7 +415,8 @@ def inject_random(field: Field, population: SyntheticPopulation, n: int, *, rand
         m = int(np.ceil(need * 1.3)) + 5
         ra, dec = random_positions(field, m, rng)
         aligned, reason = check_positions(field, ra, dec, min_separation_arcsec=min_separation_arcsec,
-                                          cutout_size=cutout_size, taken=(xr, yr))
+                                          cutout_size=cutout_size, taken=(xr, yr),
+                                          min_injected_separation_arcsec=min_injected_separation_arcsec)
         ok = np.flatnonzero(reason == "")[:need]
         extra = np.flatnonzero(reason == "")[need:]
         for k in REFUSALS:
@@ -426,7 +433,8 @@ def inject_random(field: Field, population: SyntheticPopulation, n: int, *, rand
     sources.insert(0, "dec", accepted_dec)
     sources.insert(0, "ra", accepted_ra)
     res = inject(field, sources, psf_source=psf_source, min_separation_arcsec=min_separation_arcsec,
-                 cutout_size=cutout_size, noise=noise, random_state=rng)
+                 cutout_size=cutout_size, noise=noise, random_state=rng,
+                 min_injected_separation_arcsec=min_injected_separation_arcsec)
     counts["injected"] = res.counts["injected"]
     for r in REFUSALS:  # the final call re-checks accepted positions: anything refused there counts too
         counts[r] += res.counts[r]

@@ -170,6 +170,9 @@ def test_near_source_masked_and_near_injected_are_refused(sas):
     twin = pd.concat([src, src], ignore_index=True)
     _, reason = check_positions(field, twin["ra"], twin["dec"], min_separation_arcsec=1.0)
     assert reason[1] == "near_injected"
+    _, reason = check_positions(field, twin["ra"], twin["dec"], min_separation_arcsec=1.0,
+                                min_injected_separation_arcsec=0.0)
+    assert list(reason) == ["", ""]  # injected-injected distance has its own threshold
     # a masked (non-finite) pixel beside the position
     x, y = field.frame("g").world_to_pixel(src["ra"], src["dec"])
     img = np.array(field.frame("g").image)
