@@ -45,7 +45,7 @@ from stargal.augment import DEFAULT_STRENGTHS, CutoutAugmenter  # noqa: E402
 
 from .common import fmt, write_csv  # noqa: E402
 
-__all__ = ["CONFIGS", "PROXY_WIDTH", "FAINT_MAG", "make_augmenter", "proxy_params", "ablation",
+__all__ = ["CONFIGS", "SAMPLER_CONFIGS", "PROXY_WIDTH", "FAINT_MAG", "make_augmenter", "proxy_params", "ablation",
            "summarise", "choose", "run", "main"]
 
 #: Ablation configurations: name -> the CutoutAugmenter parameters switched on (all others off).
@@ -61,6 +61,29 @@ CONFIGS: dict[str, dict] = {
     "seeing": {"seeing": DEFAULT_STRENGTHS["seeing"]},
     "balance": {"balance": True},
 }
+
+
+
+def _synthetic_injector(ctx, random_state):
+    """Injected synthetic stars and galaxies in the training fields' frames (:class:`~stargal.inject.SyntheticInjector`).
+
+    As many objects as training rows (the row count of the control's unperturbed copies); fewer in quick
+    mode. Magnitudes and colours from the training fields' measured photometry, r in 17-23, hlr 0.1-3″.
+    """
+    from stargal.inject import SyntheticInjector
+
+    train = ctx.rows("train")
+    fields = sorted(train["field_id"].unique())
+    n = min(len(train), 300) if ctx.quick else len(train)
+    return SyntheticInjector(fields=fields, n_objects=int(n), mag_range=(17.0, 23.0), hlr_range=(0.1, 3.0),
+                             galaxy_fraction=0.5, psf_source=ctx.config.psf_source, random_state=random_state,
+                             sas_url=ctx.fetcher.base_url, cache_dir=str(ctx.fetcher.cache_dir))
+
+
+#: Ablation configurations that are samplers other than the CutoutAugmenter: name -> ``factory(ctx,
+#: random_state)``. They are not in the default ablation (rendering costs time): ``experiments/synthetic.py``
+#: runs them paired with the control, ``ablation(ctx, configs=['none', 'synthetic'])``.
+SAMPLER_CONFIGS: dict = {"synthetic": _synthetic_injector}
 
 #: Width of the proxy CNNs (the study's depth, dropout, lr, ... are kept).
 PROXY_WIDTH = 16
@@ -169,7 +192,10 @@ def ablation(ctx, configs=None, seeds=None, log=print) -> pd.DataFrame:
         for seed in seeds:
             for name in configs:
                 params = proxy_params(ctx, seed)
-                aug = make_augmenter(name, random_state=params["net__random_state"])
+                if name in SAMPLER_CONFIGS:
+                    aug = SAMPLER_CONFIGS[name](ctx, params["net__random_state"])
+                else:
+                    aug = make_augmenter(name, random_state=params["net__random_state"])
                 pipe = ctx.pipeline("cnn", augmenter=aug, params=params)
                 t0 = time.perf_counter()
                 ctx.fit(pipe, train)

@@ -10,6 +10,7 @@ returns the numbers quoted in ``report.md``:
 5. baselines                        (``experiments/baselines.py``)
 6. explanations                     (``experiments/explanations.py``)
 7. seeing robustness                (``experiments/seeing.py``: leave one field out, PSF-blind vs -aware)
+8. how hard, with exact truth       (``experiments/synthetic.py``: injected stars and galaxies)
 
 Usage::
 
@@ -45,6 +46,7 @@ SECTIONS = [
     ("baselines", "5. Baselines"),
     ("explanations", "6. Explanations"),
     ("seeing", "7. Seeing robustness: PSF-blind vs PSF-aware models"),
+    ("synthetic", "8. How hard is it, with exact truth: synthetic objects injected into real frames"),
 ]
 
 
@@ -471,6 +473,12 @@ def main(argv=None) -> int:
                 augmenter=aug.get("augmenter") if choice.startswith("tuned + augmentation") else None)
     if "baselines" in ctx.results:  # ship the calibrated CNN (calibrated on the validation groups)
         final = ctx.results["baselines"]["_objects"].get("cnn", final)
+    if "synthetic" in stages:
+        from . import synthetic
+
+        objs = ctx.results.get("baselines", {}).get("_objects", {})
+        with stage_timer("8 synthetic", timings):
+            ctx.results["synthetic"] = synthetic.run(ctx, cnn=final, forest=objs.get("forest"))
 
     if final is not None:
         from stargal.persist import save_model

@@ -588,17 +588,45 @@ class Cutter(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             idx = np.flatnonzero(ok & (fids == fid))
             field = Field(fid, fetcher)
             try:
-                for bi, band in enumerate(BANDS):
-                    frame = field.frame(band)
-                    x = np.ascontiguousarray(table[f"x_{band}"].to_numpy(dtype=np.float64)[idx])
-                    y = np.ascontiguousarray(table[f"y_{band}"].to_numpy(dtype=np.float64)[idx])
-                    _cut_into(out, idx, bi, frame.image, x, y, size, self.interpolation, self.fill_value,
-                              self.n_jobs)
-                if self.psf:
-                    self._cut_psf(out, idx, table, field, fetcher, size)
+                self._cut_rows(out, idx, table, field, field.fetcher, size)
             finally:
                 field.release()
         return out
+
+    def cut_field(self, X, field) -> np.ndarray:
+        """Cut the rows of ``X`` from the frames of one given :class:`~stargal.frames.Field` object.
+
+        Like :meth:`transform`, but the images come from ``field`` instead of the cache: e.g. an
+        in-memory :class:`stargal.inject.InjectedField` holding copies of a field's frames with
+        synthetic sources added. Every row must be unflagged and on that field (``field_id``);
+        the PSF channels (``psf=True``) are the real field's PSF model.
+        """
+        self._validate_params()
+        table = self._check_table(X)
+        size = int(self.size)
+        nb = len(BANDS)
+        out = np.empty((len(table), 2 * nb if self.psf else nb, size, size), dtype=np.float32)
+        if len(table) == 0:
+            return out
+        flag = table["flag"].fillna("").astype(str).to_numpy() if "flag" in table.columns else np.full(len(table), "")
+        fids = table["field_id"].fillna("").astype(str).to_numpy()
+        bad = np.flatnonzero((flag != "") | (fids != field.name))
+        if bad.size:
+            raise ValueError(f"Cutter.cut_field: {bad.size} row(s) are flagged or not on field {field.name} "
+                             f"(rows {list(table.index[bad[:10]])})")
+        self._cut_rows(out, np.arange(len(table)), table, field, field.fetcher, size)
+        return out
+
+    def _cut_rows(self, out, idx, table, field, fetcher, size):
+        """Rows ``idx`` of ``table``, all on ``field``, into ``out`` (images, then PSF stamps)."""
+        for bi, band in enumerate(BANDS):
+            frame = field.frame(band)
+            x = np.ascontiguousarray(table[f"x_{band}"].to_numpy(dtype=np.float64)[idx])
+            y = np.ascontiguousarray(table[f"y_{band}"].to_numpy(dtype=np.float64)[idx])
+            _cut_into(out, idx, bi, frame.image, x, y, size, self.interpolation, self.fill_value,
+                      self.n_jobs)
+        if self.psf:
+            self._cut_psf(out, idx, table, field, fetcher, size)
 
     def _cut_psf(self, out, idx, table, field, fetcher, size):
         """PSF stamps of one field's rows ``idx`` into channels 5-9 of ``out``."""

@@ -9,6 +9,7 @@ frame writes a decompressed cache next to the fetcher's cache::
 
     <cache>/decompressed/<relative SAS path without .fits.bz2>.npy        float32 image
     <cache>/decompressed/<relative SAS path without .fits.bz2>.json       header + sky stats
+    <cache>/decompressed/<relative SAS path without .fits.bz2>.calib.npz  HDU1 calibration, HDU2 sky level
 
 Both are written to a temporary file and renamed atomically; later loads memory-map
 the ``.npy`` (no decompression, no copy), which is what makes the second load of a
@@ -45,6 +46,8 @@ __all__ = [
     "MissingBandError",
     "NoFieldError",
     "robust_sky_noise",
+    "calibration_path",
+    "read_frame_calibration",
 ]
 
 _CACHE_VERSION = 1
@@ -197,15 +200,47 @@ def _decompressed_paths(cache_dir: Path, relpath: str) -> tuple[Path, Path]:
     return base.with_name(base.name + ".npy"), base.with_name(base.name + ".json")
 
 
-def _read_frame_file(path) -> tuple[fits.Header, np.ndarray]:
-    """Primary header and float32 image of a frame file (decompresses all of it)."""
+def calibration_path(cache_dir: Path, relpath: str) -> Path:
+    """Where a frame's calibration vector and sky level are cached (beside its decompressed image)."""
+    npy, _ = _decompressed_paths(cache_dir, relpath)
+    return npy.with_name(npy.name[: -len(".npy")] + ".calib.npz")
+
+
+def _calibration(hdul):
+    """``(calib, sky_counts)`` of an open frame: HDU1 (nanomaggies per count, one per column) and the
+    median of HDU2's ``ALLSKY`` grid (counts; NaN without one); ``(None, nan)`` when HDU1 is absent."""
+    try:
+        calib = np.asarray(hdul[1].data, dtype=np.float64).ravel() if len(hdul) > 1 else None
+    except (TypeError, ValueError):
+        calib = None
+    sky = float("nan")
+    try:
+        if len(hdul) > 2 and hdul[2].data is not None and "ALLSKY" in (hdul[2].columns.names or []):
+            sky = float(np.median(hdul[2].data["ALLSKY"][0]))
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError):
+        pass
+    return (calib if calib is not None and calib.size else None), sky
+
+
+def read_frame_calibration(path) -> tuple[np.ndarray, float]:
+    """``(calib, sky_counts)`` of a frame file (see :func:`_calibration`); ValueError without HDU1."""
+    with fits.open(path, memmap=False) as hdul:
+        calib, sky = _calibration(hdul)
+    if calib is None:
+        raise ValueError(f"{path}: no calibration vector in HDU1")
+    return calib, sky
+
+
+def _read_frame_file(path) -> tuple[fits.Header, np.ndarray, tuple]:
+    """Primary header, float32 image and ``(calib, sky_counts)`` of a frame file (decompresses all of it)."""
     with fits.open(path, memmap=False) as hdul:
         header = hdul[0].header
         data = hdul[0].data
         if data is None or data.ndim != 2:
             raise ValueError(f"{path}: HDU 0 holds no 2-D image")
         image = np.ascontiguousarray(data, dtype=np.float32)
-    return header, image
+        calibration = _calibration(hdul)
+    return header, image, calibration
 
 
 def load_frame(fid: FieldID | str, band: str, fetcher=None, *, sas_url=None, cache_dir=None) -> Frame:
@@ -236,7 +271,7 @@ def load_frame(fid: FieldID | str, band: str, fetcher=None, *, sas_url=None, cac
     if meta is None:
         try:
             # a cached .fits.bz2 that cannot be read is named in a warning, removed and fetched again
-            header, image = fetcher.read(rel, _read_frame_file)
+            header, image, (calib, sky_counts) = fetcher.read(rel, _read_frame_file)
         except NotFoundError as exc:
             raise MissingBandError(fid, [band], str(exc)) from exc
         sky_median, sky_noise = robust_sky_noise(image)
@@ -250,6 +285,12 @@ def load_frame(fid: FieldID | str, band: str, fetcher=None, *, sas_url=None, cac
             "sky_noise": sky_noise,
         }
         _atomic_write_bytes(npy, lambda fh: np.save(fh, image, allow_pickle=False))
+        if calib is not None:  # kept for stargal.inject's Poisson noise: saves decompressing the frame again
+            try:
+                _atomic_write_bytes(calibration_path(fetcher.cache_dir, rel),
+                                    lambda fh: np.savez(fh, calib=calib, sky_counts=np.float64(sky_counts)))
+            except OSError:
+                pass  # optional: stargal.inject reads HDU1 itself when this file is missing
         _atomic_write_bytes(meta_path, lambda fh: fh.write(json.dumps(meta).encode()))
         image = np.load(npy, mmap_mode="r")
     # header parsing and WCS construction are deferred to first use (Frame.header / Frame.wcs)

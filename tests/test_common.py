@@ -24,6 +24,7 @@ from stargal.align import Aligner
 from stargal.augment import CutoutAugmenter
 from stargal.cutouts import Cutter
 from stargal.features import PhotometricFeatures
+from stargal.inject import SyntheticInjector
 from stargal.models import make_cnn_net
 from stargal.psf_channels import PSFChannels
 from stargal.scale import AsinhScaler
@@ -32,6 +33,7 @@ ESTIMATORS = [
     Aligner(),
     Cutter(),
     CutoutAugmenter(random_state=0),
+    SyntheticInjector(fields=["1035-6-17"], n_objects=10, random_state=0),
     AsinhScaler(),
     PhotometricFeatures(),
     PSFChannels(),

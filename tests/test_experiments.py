@@ -24,11 +24,12 @@ def test_make_experiments_quick(mirror_url, mirror_cache, tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     # progress and per-stage timings are printed
     for stage in ("1 alignment", "2 splits", "3 tuning", "4 augmentation", "5 baselines", "6 explanations",
-                  "7 seeing"):
+                  "7 seeing", "8 synthetic"):
         assert re.search(rf"=== {stage}: [0-9.]+ s ===", run.stdout), stage
     report = (out / "report.md").read_text()
     for title in ("1. Data acquisition and alignment", "2. Data preparation", "3. Modelling and tuning",
-                  "4. Data augmentation", "5. Baselines", "6. Explanations", "7. Seeing robustness", "Headline"):
+                  "4. Data augmentation", "5. Baselines", "6. Explanations", "7. Seeing robustness", "8. How hard is it, with exact truth",
+                  "Headline"):
         assert f"## {title}" in report
     assert "(stage not run)" not in report
     # every figure the report links exists
