@@ -40,6 +40,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from stargal._imaging import SDSS_TYPE_MAG  # noqa: E402
+
 from .common import fmt, write_csv  # noqa: E402
 
 __all__ = ["MAP_FIELDS", "MAG_EDGES", "SIZE_EDGES", "BATCH", "SDSS_THRESHOLD", "sdss_rule", "recall_maps",
@@ -62,7 +64,7 @@ N_SEEDS = {"full": 3, "quick": 1}
 #: Size check: galaxies per batch and their minimum mutual separation (arcsec; a 3″ galaxy's stamp is 46 px).
 HLR_BATCH, HLR_SEPARATION_ARCSEC = 50, 40.0
 #: SDSS's psfMag - cModelMag threshold.
-SDSS_THRESHOLD = 0.145
+SDSS_THRESHOLD = SDSS_TYPE_MAG
 #: Galaxy recall at least this (with star recall at least STAR_OK in the same r bin) counts as "told apart".
 GALAXY_OK, STAR_OK = 0.8, 0.9
 _AP_RADIUS = 5.0
@@ -70,16 +72,17 @@ _RULE_BANDS = (1, 2, 3)  # g, r, i
 
 
 def sdss_rule(X) -> tuple[np.ndarray, np.ndarray]:
-    """``(is_galaxy, psf_minus_model)`` of PSF-aware cutouts ``(n, 10, H, W)`` (see the module docstring)."""
-    from stargal._imaging import psf_fit_flux, split_psf_channels
-    from stargal.synth import aperture_flux
+    """``(is_galaxy, psf_minus_model)`` of PSF-aware cutouts ``(n, 10, H, W)`` (see the module docstring).
 
-    img, psf = split_psf_channels(np.asarray(X, dtype=np.float64), who="sdss_rule")
-    model = aperture_flux(img, psf, _AP_RADIUS)[:, _RULE_BANDS].sum(axis=1)
-    pf = psf_fit_flux(img, psf)[:, _RULE_BANDS].sum(axis=1)
-    ok = (pf > 0) & (model > 0)
-    diff = np.full(len(pf), np.nan)
-    diff[ok] = -2.5 * np.log10(pf[ok] / model[ok])
+    ``psf_minus_model = -2.5 log10`` of :func:`stargal._imaging.point_source_ratio` (g, r, i summed,
+    PSF-corrected aperture of ``_AP_RADIUS`` px as the "model" flux); galaxy above ``SDSS_THRESHOLD``.
+    """
+    from stargal._imaging import point_source_ratio
+
+    ratio = point_source_ratio(np.asarray(X, dtype=np.float64), bands=_RULE_BANDS, radius=_AP_RADIUS)
+    ok = np.isfinite(ratio)
+    diff = np.full(len(ratio), np.nan)
+    diff[ok] = -2.5 * np.log10(ratio[ok])
     return ok & (diff > SDSS_THRESHOLD), diff
 
 

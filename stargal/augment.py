@@ -94,7 +94,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import type_of_target
 
-from ._imaging import N_IMAGE_BANDS, border_median, point_source_ratio
+from ._imaging import N_IMAGE_BANDS, SDSS_TYPE_RATIO, border_median, point_source_ratio
 from .sdss import BANDS
 
 __all__ = [
@@ -154,9 +154,6 @@ _R_PSF = N_IMAGE_BANDS + BANDS.index("r")
 
 #: Values of ``seeing_labels``.
 SEEING_LABELS = ("consistent", "keep")
-#: SDSS's star/galaxy boundary psfMag - cModelMag = 0.145 mag as a flux ratio F_psf / F_total:
-#: below it an object is extended (a galaxy) by SDSS's rule.
-SDSS_TYPE_RATIO = 10 ** (-0.4 * 0.145)
 
 
 def augmentation_names() -> tuple[str, ...]:

@@ -46,6 +46,7 @@ import numbers
 import numpy as np
 import pandas as pd
 
+from ._imaging import aperture_flux
 from .sdss import BANDS
 
 __all__ = [
@@ -62,7 +63,6 @@ __all__ = [
     "sersic_moment_ratio",
     "deconvolved_hlr",
     "measured_photometry",
-    "aperture_flux",
     "SyntheticPopulation",
     "SOURCE_COLUMNS",
 ]
@@ -245,26 +245,6 @@ _APERTURE_PX = 5.0
 _MEASURED_MEMO: dict = {}
 
 
-def aperture_flux(images, psfs, radius: float = _APERTURE_PX) -> np.ndarray:
-    """PSF-corrected aperture flux of centred cutouts, ``(n, B)`` from ``(n, B, H, W)`` images and PSFs.
-
-    Flux within ``radius`` pixels of the central pixel (pixel centres inside the circle), above the
-    border median, divided by the fraction of the unit PSF inside the same circle: the total flux of
-    a point source, and a "model"-like flux of an extended one.
-    """
-    from ._imaging import border_median
-
-    img = np.asarray(images, dtype=np.float64)
-    psf = np.asarray(psfs, dtype=np.float64)
-    size = img.shape[-1]
-    c = (size - 1) / 2
-    yy, xx = np.mgrid[:size, :size]
-    mask = ((xx - c) ** 2 + (yy - c) ** 2 <= radius * radius).astype(np.float64)
-    ap = ((img - border_median(img)[..., None, None]) * mask).sum(axis=(-2, -1))
-    frac = (psf * mask).sum(axis=(-2, -1))
-    return np.divide(ap, frac, out=np.zeros_like(ap), where=frac > 0)
-
-
 def measured_photometry(fields, fetcher=None, *, psf_source="stars", sas_url=None, cache_dir=None):
     """Our own photometry of the catalog objects of ``fields`` (one row per object).
 
@@ -297,7 +277,7 @@ def measured_photometry(fields, fetcher=None, *, psf_source="stars", sas_url=Non
     img, psf = cut[:, :5].astype(np.float64), cut[:, 5:].astype(np.float64)
     y = labels_to_y(aligned["label"])
     psf_flux = psf_fit_flux(img, psf)
-    ap_flux = aperture_flux(img, psf)
+    ap_flux = aperture_flux(img, psf, _APERTURE_PX)
     flux = np.where(y[:, None] == 1, ap_flux, psf_flux)
     out = pd.DataFrame({"label": y, "field_id": aligned["field_id"].to_numpy()})
     for bi, b in enumerate(BANDS):
