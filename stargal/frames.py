@@ -45,6 +45,7 @@ __all__ = [
     "MissingBandError",
     "NoFieldError",
     "robust_sky_noise",
+    "decompressed_paths",
 ]
 
 _CACHE_VERSION = 1
@@ -178,23 +179,44 @@ class Frame:
         ra, dec = self.wcs.all_pix2world(np.asarray(x, float), np.asarray(y, float), 0)
         return np.asarray(ra, float), np.asarray(dec, float)
 
-    def inside(self, x, y, margin_pix: float = 0.0) -> np.ndarray:
-        """True where 0-based pixel ``(x, y)`` lies at least ``margin_pix`` inside the frame."""
+    def edge_distance(self, x, y) -> np.ndarray:
+        """Distance (pixels) from 0-based pixel ``(x, y)`` to the nearest frame edge.
+
+        Negative outside the frame (the frame covers ``-0.5 <= x <= nx - 0.5``); ``-inf`` for
+        non-finite positions.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> f = Frame("r", np.zeros((10, 20), np.float32))
+        >>> f.edge_distance([0.0, 9.5, 25.0], [4.5, 4.5, 4.5]).tolist()
+        [0.5, 5.0, -5.5]
+        """
         ny, nx = self.shape
         x, y = np.asarray(x, float), np.asarray(y, float)
         with np.errstate(invalid="ignore"):
-            return (
-                (x >= -0.5 + margin_pix)
-                & (x <= nx - 0.5 - margin_pix)
-                & (y >= -0.5 + margin_pix)
-                & (y <= ny - 0.5 - margin_pix)
-            )
+            d = np.minimum.reduce([x + 0.5, nx - 0.5 - x, y + 0.5, ny - 0.5 - y])
+        return np.where(np.isfinite(d), d, -np.inf)
+
+    def inside(self, x, y, margin_pix: float = 0.0) -> np.ndarray:
+        """True where 0-based pixel ``(x, y)`` lies at least ``margin_pix`` inside the frame.
+
+        A negative ``margin_pix`` accepts positions up to ``-margin_pix`` pixels outside it.
+        """
+        return self.edge_distance(x, y) >= margin_pix
 
 
-def _decompressed_paths(cache_dir: Path, relpath: str) -> tuple[Path, Path]:
+def decompressed_paths(cache_dir: Path, relpath: str) -> tuple[Path, Path]:
+    """``(.npy, .json)`` paths of a frame's decompressed cache (``relpath``: its SAS path).
+
+    Other per-field caches (registration, PSF) are kept beside them.
+    """
     stem = relpath[: -len(".fits.bz2")] if relpath.endswith(".fits.bz2") else relpath
     base = Path(cache_dir) / "decompressed" / stem
     return base.with_name(base.name + ".npy"), base.with_name(base.name + ".json")
+
+
+_decompressed_paths = decompressed_paths  # the name other branches may still use
 
 
 def _read_frame_file(path) -> tuple[fits.Header, np.ndarray]:
@@ -221,7 +243,7 @@ def load_frame(fid: FieldID | str, band: str, fetcher=None, *, sas_url=None, cac
     fid = FieldID.parse(fid)
     fetcher = get_fetcher(fetcher, sas_url=sas_url, cache_dir=cache_dir)
     rel = frame_path(fid, band)
-    npy, meta_path = _decompressed_paths(fetcher.cache_dir, rel)
+    npy, meta_path = decompressed_paths(fetcher.cache_dir, rel)
     meta = None
     if npy.exists() and meta_path.exists():
         try:
@@ -333,10 +355,7 @@ class Field:
         ra, dec = np.atleast_1d(ra), np.atleast_1d(dec)
         dist = np.full(ra.shape, np.inf)
         for fr in self.frames().values():
-            x, y = fr.world_to_pixel(ra, dec)
-            ny, nx = fr.shape
-            d = np.minimum.reduce([x + 0.5, nx - 0.5 - x, y + 0.5, ny - 0.5 - y])
-            dist = np.minimum(dist, np.where(np.isfinite(d), d, -np.inf))
+            dist = np.minimum(dist, fr.edge_distance(*fr.world_to_pixel(ra, dec)))
         return dist
 
     def contains(self, ra, dec, margin_pix: float = 0.0) -> np.ndarray:
