@@ -36,20 +36,12 @@ for missing bands :class:`MissingBandAlignmentError`, which is also a
 :class:`~stargal.frames.MissingBandError`; for bad coordinates
 :class:`~stargal.catalogs.CoordinateError`), naming the first 10 offending rows.
 With ``policy='flag'`` rows are kept and flagged. Rows are never dropped, added or reordered;
-the index is preserved.
-
-Examples
---------
->>> from stargal.align import Aligner
->>> aligner = Aligner(fields=["8162-6-80"], policy="flag")              # doctest: +SKIP
->>> table = aligner.fit_transform({"ra": [331.70], "dec": [26.95]})     # doctest: +SKIP
->>> table[["field_id", "x_r", "y_r", "x_g", "y_g", "flag"]]              # doctest: +SKIP
+the index is preserved. Examples: :class:`Aligner`.
 """
 
 from __future__ import annotations
 
 import warnings
-from numbers import Integral
 
 import numpy as np
 import pandas as pd
@@ -59,36 +51,15 @@ from sklearn.utils.validation import check_is_fitted
 from .catalogs import CoordinateError, explicit_field_ids, objects_table, table_coordinates
 from .fetch import get_fetcher
 from .frames import Field, MissingBandError
-from .registration import (  # noqa: F401 - re-exported: the registration used to live here
-    _MEMO,
-    LOCAL_PRIOR,
-    LOCAL_SCALE_PX,
-    MIN_REFERENCES,
-    REFERENCE_CRITERIA,
-    REGISTRATION_VERSION,
-    Registration,
-    field_registration,
-    find_reference_stars,
-    registration_path,
-)
-from .sdss import BANDS, parse_field_list
+# the registration used to live here: its names stay importable from stargal.align
+from .registration import (_MEMO, LOCAL_PRIOR, LOCAL_SCALE_PX, MIN_REFERENCES, REFERENCE_CRITERIA,  # noqa: F401
+                           REGISTRATION_VERSION, Registration, field_registration, find_reference_stars,
+                           registration_path)
+from ._validation import PATH_LIKE, POSITIVE_INT, StrOptions, check_odd, validate_params
+from .sdss import BANDS, FieldID, parse_field_list
 
-__all__ = [
-    "Aligner",
-    "WINDOW",
-    "MAX_WINDOW_CANDIDATES",
-    "AlignmentError",
-    "MissingBandAlignmentError",
-    "FLAGS",
-    "INTERPOLATION_MARGIN",
-    "aligned_columns",
-    "edge_margin",
-    "Registration",
-    "field_registration",
-    "find_reference_stars",
-    "REGISTRATION_VERSION",
-    "REFERENCE_CRITERIA",
-]
+__all__ = ["Aligner", "WINDOW", "MAX_WINDOW_CANDIDATES", "AlignmentError", "MissingBandAlignmentError",
+           "FLAGS", "INTERPOLATION_MARGIN", "aligned_columns", "edge_margin"]
 
 #: The values the ``flag`` column can take besides ``''``.
 FLAGS = ("outside", "edge", "missing_band", "no_frames", "invalid_coord")
@@ -119,10 +90,7 @@ class MissingBandAlignmentError(MissingBandError, AlignmentError):
 
 def aligned_columns(bands=BANDS) -> list[str]:
     """Columns the :class:`Aligner` adds: ``field_id, x_u, y_u, ..., x_z, y_z, flag``."""
-    cols = ["field_id"]
-    for b in bands:
-        cols += [f"x_{b}", f"y_{b}"]
-    return cols + ["flag"]
+    return ["field_id"] + [f"{c}_{b}" for b in bands for c in ("x", "y")] + ["flag"]
 
 
 def edge_margin(cutout_size: int) -> float:
@@ -150,14 +118,6 @@ def _window_index(fetcher):
             f"{exc}: SDSS's field index window_flist is not at this SAS, so objects without "
             "run/camcol/field cannot be looked up; name the fields instead (Aligner(fields=[...]), "
             "predict_coordinates(fields=[...]) or stargal predict --fields)") from None
-
-
-def _describe(table, ra, dec, rows, reasons) -> str:
-    parts = []
-    for i in rows[:10]:
-        parts.append(f"row {table.index[i]!r} (ra={ra[i]:.6f}, dec={dec[i]:.6f}): {reasons[i]}")
-    more = f"; ... and {len(rows) - 10} more" if len(rows) > 10 else ""
-    return "; ".join(parts) + more
 
 
 class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
@@ -227,23 +187,25 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         tags.input_tags.two_d_array = False
         return tags
 
-    def _validate_params(self):
-        size = self.cutout_size
-        if isinstance(size, bool) or not isinstance(size, Integral) or size < 1:
-            raise ValueError(f"Aligner: cutout_size must be a positive odd integer, got {size!r}")
-        if size % 2 == 0:
-            raise ValueError(
-                f"Aligner: cutout_size must be odd, got {size}: an even cutout has no central pixel, "
-                "so the object could not sit exactly on the centre"
-            )
-        if self.policy not in _POLICIES:
-            raise ValueError(f"Aligner: policy must be one of {_POLICIES}, got {self.policy!r}")
-        if not isinstance(self.refine, (bool, np.bool_)):
-            raise ValueError(f"Aligner: refine must be True or False, got {self.refine!r}")
-        for name in ("sas_url", "cache_dir"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str) and not hasattr(value, "__fspath__"):
-                raise ValueError(f"Aligner: {name} must be None or a string, got {value!r}")
+    _parameter_constraints = {
+        "fields": [None, str, FieldID, "array-like"],
+        "cutout_size": POSITIVE_INT,
+        "policy": [StrOptions(set(_POLICIES))],
+        "sas_url": PATH_LIKE,
+        "cache_dir": PATH_LIKE,
+        "refine": ["boolean"],
+    }
+    _parameter_hints = {
+        "fields": "fields must be None, 'window' or a list of field strings such as ['8162-6-80']",
+        "cutout_size": "cutout_size must be a positive odd integer",
+        "refine": "refine must be True or False",
+    }
+
+    def _check_params(self):
+        """Validate the parameters; the canonical ``fields``."""
+        validate_params(self)
+        check_odd(self, "cutout_size", "an even cutout has no central pixel, so the object could "
+                  "not sit exactly on the centre")
         return _check_fields_param(self.fields)
 
     def fit(self, X, y=None):
@@ -260,7 +222,7 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         -------
         self
         """
-        self.fields_ = self._validate_params()
+        self.fields_ = self._check_params()
         table = objects_table(X)
         table_coordinates(table, self.policy)
         self.edge_margin_ = edge_margin(int(self.cutout_size))
@@ -312,7 +274,7 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             With ``policy='raise'``, for any row that would be flagged.
         """
         check_is_fitted(self)
-        fields = self._validate_params()
+        fields = self._check_params()
         margin = edge_margin(int(self.cutout_size))
         table = objects_table(X)
         n = len(table)
@@ -411,31 +373,23 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         bad = np.flatnonzero(flag != "")
         if bad.size == 0:
             return
-        margin = edge_margin(int(self.cutout_size))
-        reasons = {}
-        for i in bad:
+        why = {"outside": "outside field {f}", "edge": f"within {edge_margin(int(self.cutout_size)):g} px "
+               "of an edge of field {f}", "missing_band": "field {f} lacks band(s) {m}",
+               "no_frames": "window_flist lists field {f} here, but the SAS has none of its frames"}
+        parts = []
+        for i in bad[:10]:
             f, fid = flag[i], field_id[i]
-            if f == "outside":
-                reasons[i] = f"outside field {fid}" if fid else "outside every candidate field"
-            elif f == "edge":
-                reasons[i] = f"within {margin:g} px of an edge of field {fid}"
-            elif f == "missing_band":
-                reasons[i] = f"field {fid} lacks band(s) {', '.join(missing_by_field.get(fid, ()))}"
-            elif f == "no_frames":
-                reasons[i] = f"window_flist lists field {fid} here, but the SAS has none of its frames"
-            else:
-                reasons[i] = "invalid coordinates"
-        counts = pd.Series(flag[bad]).value_counts().to_dict()
-        summary = ", ".join(f"{k}: {v}" for k, v in counts.items())
-        hint = "use Aligner(policy='flag') to keep such rows with a flag instead"
-        detail = f"{bad.size} of {len(flag)} row(s) cannot be aligned ({summary}): " \
-                 f"{_describe(table, ra, dec, bad, reasons)}; {hint}"
+            reason = ("outside every candidate field" if f == "outside" and not fid else
+                      why.get(f, "invalid coordinates").format(f=fid, m=", ".join(missing_by_field.get(fid, ()))))
+            parts.append(f"row {table.index[i]!r} (ra={ra[i]:.6f}, dec={dec[i]:.6f}): {reason}")
+        more = f"; ... and {bad.size - 10} more" if bad.size > 10 else ""
+        summary = ", ".join(f"{k}: {v}" for k, v in pd.Series(flag[bad]).value_counts().to_dict().items())
+        detail = (f"{bad.size} of {len(flag)} row(s) cannot be aligned ({summary}): {'; '.join(parts)}{more}; "
+                  "use Aligner(policy='flag') to keep such rows with a flag instead")
         mb = np.flatnonzero(flag == "missing_band")
         if mb.size:
-            fields = list(dict.fromkeys(field_id[mb]))
-            first = fields[0]
-            others = "; ".join(f"field {f} lacks {', '.join(missing_by_field.get(f, ()))}"
-                               for f in fields[1:])
+            first, *rest = list(dict.fromkeys(field_id[mb]))
+            others = "; ".join(f"field {f} lacks {', '.join(missing_by_field.get(f, ()))}" for f in rest)
             raise MissingBandAlignmentError(first, missing_by_field.get(first, ()),
                                             (others + "; " if others else "") + detail)
         raise AlignmentError(detail)

@@ -1,0 +1,99 @@
+"""Parameter validation the scikit-learn way, in one place (private).
+
+Every stargal estimator declares ``_parameter_constraints`` (scikit-learn's
+:class:`~sklearn.utils._param_validation.Interval` / ``StrOptions`` / type constraints) and calls
+:func:`validate_params` at the start of ``fit`` (and of ``transform`` for the stateless data
+readers, whose parameters may be changed with ``set_params`` after fitting). A bad value raises
+scikit-learn's :class:`InvalidParameterError` (a ``ValueError`` and ``TypeError``) whose message
+starts with scikit-learn's own sentence and ends with the estimator's domain-specific hint, e.g.
+why a cutout size must be odd. Checks that a constraint cannot express (odd sizes) are
+:func:`check_odd`.
+
+This module is the only one that imports scikit-learn's private validation names, so an
+upgrade that moves them is fixed here.
+
+Examples
+--------
+>>> from sklearn.base import BaseEstimator
+>>> class Toy(BaseEstimator):
+...     _parameter_constraints = {"size": [Interval(Integral, 1, None, closed="left")]}
+...     _parameter_hints = {"size": "size is the cutout side in pixels"}
+...     def __init__(self, size=15):
+...         self.size = size
+>>> validate_params(Toy(size=0))
+Traceback (most recent call last):
+...
+sklearn.utils._param_validation.InvalidParameterError: The 'size' parameter of Toy must be an int in the range [1, inf). Got 0 instead. (Toy: size is the cutout side in pixels)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from numbers import Integral, Real
+
+from sklearn.base import _fit_context
+from sklearn.utils._param_validation import (
+    HasMethods,
+    Hidden,
+    InvalidParameterError,
+    Interval,
+    Options,
+    RealNotInt,
+    StrOptions,
+    validate_parameter_constraints,
+)
+
+__all__ = [
+    "HasMethods",
+    "Hidden",
+    "Integral",
+    "Interval",
+    "InvalidParameterError",
+    "Options",
+    "Real",
+    "RealNotInt",
+    "StrOptions",
+    "_fit_context",
+    "PATH_LIKE",
+    "POSITIVE_INT",
+    "N_JOBS",
+    "validate_params",
+    "check_odd",
+]
+
+#: ``sas_url`` / ``cache_dir``: ``None`` (environment / defaults), a string or a path.
+PATH_LIKE = [None, str, os.PathLike]
+#: An int >= 1.
+POSITIVE_INT = [Interval(Integral, 1, None, closed="left")]
+#: joblib-style ``n_jobs``: ``None``, a positive int, or a negative int (``-1``: all CPUs).
+N_JOBS = [None, Interval(Integral, 1, None, closed="left"), Interval(Integral, None, -1, closed="right")]
+
+_PARAM = re.compile(r"^The '([^']+)' parameter")
+
+
+def validate_params(estimator) -> None:
+    """Check ``estimator``'s parameters against its ``_parameter_constraints``.
+
+    On a bad value, raises :class:`InvalidParameterError` with scikit-learn's message followed
+    by the estimator's ``_parameter_hints[name]`` (when it has one) in parentheses.
+    """
+    name = type(estimator).__name__
+    try:
+        validate_parameter_constraints(estimator._parameter_constraints,
+                                       estimator.get_params(deep=False), caller_name=name)
+    except InvalidParameterError as exc:
+        match = _PARAM.match(str(exc))
+        hint = getattr(estimator, "_parameter_hints", {}).get(match.group(1)) if match else None
+        if not hint:
+            raise
+        raise InvalidParameterError(f"{exc} ({name}: {hint})") from None
+
+
+def check_odd(estimator, param: str, why: str) -> int:
+    """The int value of ``param``, which must be odd (a ``ValueError`` saying ``why`` if not)."""
+    value = int(getattr(estimator, param))
+    if value % 2 == 0:
+        raise InvalidParameterError(
+            f"{type(estimator).__name__}: {param} must be odd, got {value}: {why}")
+    return value
