@@ -198,12 +198,69 @@ class Frame:
             d = np.minimum.reduce([x + 0.5, nx - 0.5 - x, y + 0.5, ny - 0.5 - y])
         return np.where(np.isfinite(d), d, -np.inf)
 
+    def outside_distance(self, x, y) -> np.ndarray:
+        """Distance (pixels) from 0-based pixel ``(x, y)`` to the frame: 0 on it, ``inf`` if not finite.
+
+        Euclidean distance to the frame's rectangle ``-0.5 <= x <= nx - 0.5`` (same in y), so the
+        positions within ``m`` pixels of a frame form the rectangle grown by ``m`` with rounded
+        corners.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> f = Frame("r", np.zeros((10, 20), np.float32))
+        >>> f.outside_distance([5.0, 22.5, 22.5], [4.0, 4.0, 13.5]).tolist()
+        [0.0, 3.0, 5.0]
+        """
+        ny, nx = self.shape
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        with np.errstate(invalid="ignore"):
+            dx = np.maximum(np.maximum(-0.5 - x, x - (nx - 0.5)), 0.0)
+            dy = np.maximum(np.maximum(-0.5 - y, y - (ny - 0.5)), 0.0)
+            d = np.hypot(dx, dy)
+        return np.where(np.isfinite(d), d, np.inf)
+
+    @property
+    def pixel_scale(self) -> float:
+        """Mean pixel side in arcsec, from the WCS (0.396" for SDSS frames)."""
+        from astropy.wcs.utils import proj_plane_pixel_scales
+
+        return float(np.mean(proj_plane_pixel_scales(self.wcs.celestial)) * 3600.0)
+
+    def near(self, ra, dec, margin_arcsec: float = 0.0) -> np.ndarray:
+        """True where sky ``(ra, dec)`` (degrees) lies on this frame or within ``margin_arcsec`` of it.
+
+        Pixel space: the frame's WCS and :meth:`outside_distance` in pixels times
+        :attr:`pixel_scale` (exact for the frame's TAN projection up to its ~1e-5 relative scale
+        change across a frame). Points more than the frame's half-diagonal plus the margin plus
+        1 degree from its centre are never projected (the tangent plane ends at 90 degrees).
+        """
+        ra, dec = np.atleast_1d(np.asarray(ra, float)), np.atleast_1d(np.asarray(dec, float))
+        ny, nx = self.shape
+        scale = self.pixel_scale
+        cra, cdec = self.pixel_to_world((nx - 1) / 2, (ny - 1) / 2)
+        reach = np.hypot(nx, ny) / 2 * scale / 3600 + margin_arcsec / 3600 + 1.0
+        hit = np.zeros(ra.shape, dtype=bool)
+        cand = np.flatnonzero(_separation_deg(ra, dec, float(cra), float(cdec)) <= reach)
+        if cand.size:
+            x, y = self.world_to_pixel(ra[cand], dec[cand])
+            hit[cand] = self.outside_distance(x, y) * scale <= margin_arcsec
+        return hit
+
     def inside(self, x, y, margin_pix: float = 0.0) -> np.ndarray:
         """True where 0-based pixel ``(x, y)`` lies at least ``margin_pix`` inside the frame.
 
         A negative ``margin_pix`` accepts positions up to ``-margin_pix`` pixels outside it.
         """
         return self.edge_distance(x, y) >= margin_pix
+
+
+def _separation_deg(ra, dec, ra0: float, dec0: float) -> np.ndarray:
+    """Great-circle distance (degrees) from ``(ra0, dec0)`` (haversine; exact at small angles)."""
+    r = np.deg2rad
+    h = (np.sin((r(dec) - r(dec0)) / 2) ** 2
+         + np.cos(r(dec)) * np.cos(r(dec0)) * np.sin((r(ra) - r(ra0)) / 2) ** 2)
+    return np.rad2deg(2 * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0))))
 
 
 def decompressed_paths(cache_dir: Path, relpath: str) -> tuple[Path, Path]:

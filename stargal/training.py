@@ -106,7 +106,7 @@ def study_table(config=None, fetcher=None, *, sas_url=None, cache_dir=None, fiel
     flags = aligner.fit_transform(table)["flag"].to_numpy()
     n_before = len(table)
     table = table[flags == ""].reset_index(drop=True)
-    test_footprints = [Field(f, fetcher).footprint() for f in config.test_fields]
+    test_footprints = [Field(f, fetcher) for f in config.test_fields]  # their r frames
     table["group"] = make_groups(table, by=config.group_by, cell_arcmin=config.group_cell_arcmin)
     table["split"] = assign_splits(
         table, config.test_fields, test_footprints, margin_arcsec=config.exclusion_margin_arcsec,
