@@ -52,7 +52,7 @@ from .catalogs import CoordinateError, explicit_field_ids, objects_table, table_
 from .fetch import get_fetcher
 from .frames import Field, MissingBandError
 # the registration used to live here: its names stay importable from stargal.align
-from .registration import (_MEMO, LOCAL_PRIOR, LOCAL_SCALE_PX, MIN_REFERENCES, REFERENCE_CRITERIA,  # noqa: F401
+from .registration import (LOCAL_PRIOR, LOCAL_SCALE_PX, MIN_REFERENCES, REFERENCE_CRITERIA,  # noqa: F401
                            REGISTRATION_VERSION, Registration, field_registration, find_reference_stars,
                            registration_path)
 from ._validation import PATH_LIKE, POSITIVE_INT, StrOptions, check_odd, validate_params

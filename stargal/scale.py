@@ -42,7 +42,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from stargal._imaging import N_IMAGE_BANDS
-from stargal.augment import _check_cutouts, sky_noise
+from stargal._validation import check_cutouts as _check_cutouts
+from stargal.augment import sky_noise
 
 __all__ = ["AsinhScaler", "MIN_SOFTENING"]
 
