@@ -45,6 +45,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import BaseCrossValidator
 
 from stargal.sdss import FieldID
 
@@ -58,6 +59,7 @@ __all__ = [
     "footprint_overlap",
     "min_separation_arcsec",
     "group_train_valid_indices",
+    "GroupHoldOut",
     "make_cv",
     "assign_splits",
     "split_report",
@@ -418,12 +420,100 @@ def make_cv(n_splits=5, stratified=True, shuffle=True, random_state=0):
     return cls(n_splits=int(n_splits), shuffle=bool(shuffle), random_state=rs)
 
 
+class GroupHoldOut(BaseCrossValidator):
+    """One train/validation split holding out whole groups: the study's one group chooser.
+
+    ``StratifiedGroupKFold(n_splits=round(1 / fraction), shuffle=True)`` (``GroupKFold`` with
+    shuffled groups when ``y`` is None) and the fold whose size is closest to ``fraction`` of the
+    rows (the first such fold on ties) is the validation set. No group appears on both sides.
+    It serves the study's ``'valid'`` split (:func:`group_train_valid_indices`) and the CNN's
+    early-stopping split (:class:`stargal.models.SkyValidSplit`, through skorch's ``ValidSplit``).
+    A scikit-learn CV splitter (``split``, ``get_n_splits`` = 1) that requests ``groups``.
+
+    Parameters
+    ----------
+    fraction : float, default=0.2
+        In (0, 0.5].
+    random_state : int, RandomState or None, default=0
+        Seed of the group shuffling.
+
+    Examples
+    --------
+    >>> g = np.repeat(np.arange(10), 5)
+    >>> y = np.tile([0, 1, 0, 1, 1], 10)
+    >>> tr, va = next(GroupHoldOut(0.2).split(g, y, g))
+    >>> len(va), set(g[tr]) & set(g[va])
+    (10, set())
+    """
+
+    __metadata_request__split = {"groups": True}
+
+    def __init__(self, fraction=0.2, random_state=0):
+        self.fraction = fraction
+        self.random_state = random_state
+
+    def get_n_splits(self, X=None, y=None, groups=None) -> int:
+        """Always 1."""
+        return 1
+
+    def split(self, X, y=None, groups=None):
+        """Yield one ``(train, valid)`` pair of sorted int64 positional indices.
+
+        Parameters
+        ----------
+        X : array-like of length n
+            Only its length is used.
+        y : array-like of shape (n,), optional
+            Class labels (stratification).
+        groups : array-like of shape (n,)
+            Group of every row (e.g. from :func:`make_groups`).
+        """
+        fraction = self.fraction
+        if not _is_real(fraction) or not 0 < fraction <= 0.5:
+            raise ValueError(f"valid_fraction (fraction) must be in (0, 0.5], got {fraction!r}")
+        if groups is None:
+            raise ValueError("GroupHoldOut needs groups (e.g. stargal.split.make_groups)")
+        groups = np.asarray(groups).ravel()
+        n = len(X) if hasattr(X, "__len__") else groups.shape[0]
+        if groups.ndim != 1 or len(groups) == 0:
+            raise ValueError(f"groups must be a non-empty 1-d array, got shape {groups.shape}")
+        if groups.shape[0] != n:
+            raise ValueError(
+                f"groups has {groups.shape[0]} entries but the data has {n} rows; if a sampler "
+                f"added rows, use stargal.models.SkyPipeline and a sampler with sample_indices_")
+        if y is not None:
+            y = np.asarray(y).ravel()
+            if y.shape != groups.shape:
+                raise ValueError(
+                    f"y and groups must have the same length, got {len(y)} and {len(groups)}")
+        n_splits = max(2, int(round(1.0 / fraction)))
+        n_groups = len(np.unique(groups))
+        if n_groups < 2:
+            raise ValueError(f"a group-aware validation split needs at least 2 groups, got {n_groups}")
+        if n_groups < n_splits:
+            raise ValueError(
+                f"cannot hold out {fraction:.0%} of the data as whole groups: "
+                f"only {n_groups} group(s), "
+                f"need at least {n_splits}; use smaller sky cells or more fields"
+            )
+        cv = make_cv(n_splits, stratified=y is not None, shuffle=True, random_state=self.random_state)
+        import warnings
+
+        with warnings.catch_warnings():
+            # "The least populated class in y has only k members" is expected for small group counts
+            warnings.filterwarnings("ignore", message=".*least populated class.*", category=UserWarning)
+            folds = list(cv.split(np.zeros((len(groups), 1)), y, groups))
+        target = fraction * len(groups)
+        best = min(range(len(folds)), key=lambda k: (abs(len(folds[k][1]) - target), k))
+        train_idx, valid_idx = folds[best]
+        yield np.sort(train_idx).astype(np.int64), np.sort(valid_idx).astype(np.int64)
+
+
 def group_train_valid_indices(groups, y=None, valid_fraction=0.2, random_state=0):
     """Hold out whole groups for validation, keeping class balance where possible.
 
-    Runs ``StratifiedGroupKFold(n_splits=round(1 / valid_fraction), shuffle=True)`` (or
-    ``GroupKFold`` when ``y`` is None) and returns the fold whose size is closest to
-    ``valid_fraction`` of the rows. No group appears in both outputs.
+    ``next(GroupHoldOut(valid_fraction, random_state).split(groups, y, groups))``: see
+    :class:`GroupHoldOut`. No group appears in both outputs.
 
     Parameters
     ----------
@@ -451,34 +541,7 @@ def group_train_valid_indices(groups, y=None, valid_fraction=0.2, random_state=0
     groups = np.asarray(groups)
     if groups.ndim != 1 or len(groups) == 0:
         raise ValueError(f"groups must be a non-empty 1-d array, got shape {groups.shape}")
-    if y is not None:
-        y = np.asarray(y)
-        if y.shape != groups.shape:
-            raise ValueError(
-                f"y and groups must have the same length, got {len(y)} and {len(groups)}"
-            )
-    if not _is_real(valid_fraction) or not 0 < valid_fraction <= 0.5:
-        raise ValueError(f"valid_fraction must be in (0, 0.5], got {valid_fraction!r}")
-    n_splits = max(2, int(round(1.0 / valid_fraction)))
-    n_groups = len(np.unique(groups))
-    if n_groups < n_splits:
-        raise ValueError(
-            f"cannot hold out {valid_fraction:.0%} of the data as whole groups: "
-            f"only {n_groups} group(s), "
-            f"need at least {n_splits}; use smaller sky cells or more fields"
-        )
-    cv = make_cv(n_splits, stratified=y is not None, shuffle=True, random_state=random_state)
-    X = np.zeros((len(groups), 1))
-    import warnings
-
-    with warnings.catch_warnings():
-        # "The least populated class in y has only k members" is expected for small group counts
-        warnings.filterwarnings("ignore", message=".*least populated class.*", category=UserWarning)
-        folds = list(cv.split(X, y, groups))
-    target = valid_fraction * len(groups)
-    best = min(range(len(folds)), key=lambda k: (abs(len(folds[k][1]) - target), k))
-    train_idx, valid_idx = folds[best]
-    return np.sort(train_idx).astype(np.int64), np.sort(valid_idx).astype(np.int64)
+    return next(GroupHoldOut(valid_fraction, random_state).split(groups, y, groups))
 
 
 def assign_splits(
