@@ -89,13 +89,14 @@ import numbers
 import warnings
 
 import numpy as np
-from scipy import ndimage, sparse, special
+from scipy import ndimage, special
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import type_of_target
 
 from ._imaging import N_IMAGE_BANDS, border_median
-from ._validation import check_cutouts
+from ._validation import (HasMethods, Integral, InvalidParameterError, Interval, Real, StrOptions,
+                          check_cutouts, validate_params)
 from .sdss import BANDS
 
 __all__ = [
@@ -556,35 +557,32 @@ class CutoutAugmenter(BaseEstimator):
         return tags
 
     # ------------------------------------------------------------ validation
-    def _check_params(self):
-        who = type(self).__name__
-        n_copies = self.n_copies
-        if not isinstance(n_copies, numbers.Integral) or isinstance(n_copies, bool) or n_copies < 0:
-            raise ValueError(f"{who}: n_copies must be an integer >= 0, got {self.n_copies!r}")
-        if not isinstance(self.dihedral, (bool, np.bool_)):
-            raise ValueError(f"{who}: dihedral must be True or False, got {self.dihedral!r}")
-        for name in ("shift", "noise", "zoom", "shear", "blur", "seeing"):
-            value = getattr(self, name)
-            if not _is_real(value) or value < 0:
-                raise ValueError(
-                    f"{who}: {name} must be a finite number >= 0 (0 disables it), got {value!r}"
-                )
-        if self.zoom >= 1:
-            raise ValueError(
-                f"{who}: zoom must be < 1 (scale factor 1 +/- zoom > 0), got {self.zoom!r}"
-            )
-        b = self.balance
-        if not (
-            isinstance(b, (bool, np.bool_))
-            or (isinstance(b, str) and b == "smote")
-            or hasattr(b, "fit_resample")
-        ):
-            raise ValueError(
-                f"{who}: balance must be True, False, 'smote' or an imbalanced-learn sampler "
-                f"(an object with fit_resample), got {b!r}"
-            )
+    _parameter_constraints = {
+        "n_copies": [Interval(Integral, 0, None, closed="left")],
+        "dihedral": ["boolean"],
+        **{name: [Interval(Real, 0, None, closed="left")] for name in ("shift", "noise", "shear", "blur", "seeing")},
+        "zoom": [Interval(Real, 0, 1, closed="left")],
+        "balance": ["boolean", StrOptions({"smote"}), HasMethods(["fit_resample"])],
+        "random_state": ["random_state"],
+    }
+    _parameter_hints = {
+        "n_copies": "n_copies must be an integer >= 0",
+        "dihedral": "dihedral must be True or False",
+        **{name: f"{name} must be a finite number >= 0 (0 disables it)"
+           for name in ("shift", "noise", "shear", "blur", "seeing")},
+        "zoom": "zoom must be < 1 (scale factor 1 +/- zoom > 0)",
+        "balance": "balance must be True, False, 'smote' or an imbalanced-learn sampler (an object with "
+                   "fit_resample)",
+    }
 
-    def _validate_data(self, X, y):
+    def _check_params(self):
+        validate_params(self)
+        for name in ("shift", "noise", "zoom", "shear", "blur", "seeing"):
+            if not np.isfinite(getattr(self, name)):
+                raise InvalidParameterError(f"{type(self).__name__}: {name} must be a finite number >= 0 "
+                                            f"(0 disables it), got {getattr(self, name)!r}")
+
+    def _check_data(self, X, y):
         who = type(self).__name__
         X = _check_cutouts(X, who=who)
         n, _, h, w = X.shape
@@ -649,7 +647,7 @@ class CutoutAugmenter(BaseEstimator):
         self : CutoutAugmenter
         """
         self._check_params()
-        X, y = self._validate_data(X, y)
+        X, y = self._check_data(X, y)
         self._fit_stats(X)
         self.sampler_ = None
         return self
@@ -677,7 +675,7 @@ class CutoutAugmenter(BaseEstimator):
             Labels of ``X_res``.
         """
         self._check_params()
-        X, y = self._validate_data(X, y)
+        X, y = self._check_data(X, y)
         return self._fit_resample(X, y)
 
     # ----------------------------------------------------------------- work

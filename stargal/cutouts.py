@@ -55,7 +55,6 @@ Examples
 
 from __future__ import annotations
 
-from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
@@ -63,6 +62,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from .fetch import get_fetcher
 from .frames import Field
+from ._validation import N_JOBS, PATH_LIKE, POSITIVE_INT, Real, StrOptions, check_odd, validate_params
 from .sdss import BANDS
 
 #: Values of :class:`Cutter`'s ``psf_source`` (see :func:`stargal.psf.field_psf`).
@@ -147,33 +147,29 @@ class Cutter(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         tags.input_tags.two_d_array = False
         return tags
 
-    def _validate_params(self) -> None:
-        size = self.size
-        if isinstance(size, bool) or not isinstance(size, Integral) or size < 1:
-            raise ValueError(f"Cutter: size must be a positive odd integer, got {size!r}")
-        if size % 2 == 0:
-            raise ValueError(
-                f"Cutter: size must be odd, got {size}. An even cutout has no central pixel: the object "
-                "would sit on a pixel corner, half a pixel off-centre in an arbitrary direction "
-                f"(a 1-pixel ambiguity). Use {size - 1} or {size + 1}."
-            )
-        if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"Cutter: interpolation must be one of {list(INTERPOLATIONS)}, "
-                             f"got {self.interpolation!r}")
-        if isinstance(self.fill_value, bool) or not isinstance(self.fill_value, Real):
-            raise ValueError(
-                f"Cutter: fill_value must be a real number (NaN allowed), got {self.fill_value!r}")
-        for name in ("sas_url", "cache_dir"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str) and not hasattr(value, "__fspath__"):
-                raise ValueError(f"Cutter: {name} must be None or a string, got {value!r}")
-        n_jobs = self.n_jobs
-        if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, Integral) or n_jobs == 0):
-            raise ValueError(f"Cutter: n_jobs must be None or a non-zero integer (-1: all CPUs), got {n_jobs!r}")
-        if not isinstance(self.psf, (bool, np.bool_)):
-            raise ValueError(f"Cutter: psf must be True or False, got {self.psf!r}")
-        if self.psf_source not in PSF_SOURCES:
-            raise ValueError(f"Cutter: psf_source must be one of {list(PSF_SOURCES)}, got {self.psf_source!r}")
+    _parameter_constraints = {
+        "size": POSITIVE_INT,
+        "interpolation": [StrOptions(set(INTERPOLATIONS))],
+        "sas_url": PATH_LIKE,
+        "cache_dir": PATH_LIKE,
+        "fill_value": [Real],
+        "n_jobs": N_JOBS,
+        "psf": ["boolean"],
+        "psf_source": [StrOptions(set(PSF_SOURCES))],
+    }
+    _parameter_hints = {
+        "size": "size must be a positive odd integer",
+        "fill_value": "fill_value must be a real number (NaN allowed)",
+        "n_jobs": "n_jobs must be None or a non-zero integer (-1: all CPUs)",
+        "psf": "psf must be True or False",
+    }
+
+    def _check_params(self) -> None:
+        validate_params(self)
+        size = int(self.size)
+        check_odd(self, "size", "an even cutout has no central pixel: the object would sit on a pixel "
+                  "corner, half a pixel off-centre in an arbitrary direction (a 1-pixel ambiguity). "
+                  f"Use {size - 1} or {size + 1}.")
 
     @staticmethod
     def _check_table(X) -> pd.DataFrame:
@@ -205,7 +201,7 @@ class Cutter(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         -------
         self
         """
-        self._validate_params()
+        self._check_params()
         self._check_table(X)
         return self
 
@@ -229,7 +225,7 @@ class Cutter(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
             ``fill_value``. With ``psf=True`` channels 5-9 are the unit-sum PSF stamps of
             the same bands at the object's position.
         """
-        self._validate_params()
+        self._check_params()
         table = self._check_table(X)
         size = int(self.size)
         n = len(table)

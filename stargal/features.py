@@ -38,6 +38,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from stargal._imaging import N_IMAGE_BANDS, border_pixels, split_psf_channels
+from stargal._validation import Real, validate_params
 from stargal.sdss import BANDS
 
 __all__ = ["PhotometricFeatures", "SOFTENING", "asinh_magnitude"]
@@ -476,7 +477,12 @@ class PhotometricFeatures(TransformerMixin, BaseEstimator):
         self.zero_point = zero_point
 
     # ------------------------------------------------------------------ checks
+    _parameter_constraints = {"radii": ["array-like"], "zero_point": [Real]}
+    _parameter_hints = {"radii": "radii must be a sequence of at least two increasing radii (pixels)",
+                        "zero_point": "zero_point must be a finite number"}
+
     def _check_params(self):
+        validate_params(self)
         try:
             radii = np.asarray(self.radii, dtype=np.float64).ravel()
         except (TypeError, ValueError):
