@@ -8,8 +8,6 @@ runs the stages in order and writes ``report.md`` from what they return.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from stargal._io import atomic_write_text  # noqa: E402
 from stargal.catalogs import labels_to_y  # noqa: E402
 from stargal.config import StudyConfig  # noqa: E402
 from stargal.fetch import Fetcher  # noqa: E402
@@ -112,11 +111,8 @@ def stage_timer(name: str, timings: dict):
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    """Write ``text`` atomically (:func:`stargal._io.atomic_write_text`)."""
+    atomic_write_text(Path(path), text)
 
 
 def _default(obj):
