@@ -66,7 +66,7 @@ FULL_CUT_SIZES = (9, 11, 15)
 
 
 # --------------------------------------------------------------------------- settings
-def search_settings(quick: bool) -> dict:
+def search_settings(quick: bool, cv_folds: int = 3) -> dict:
     """Budget of the searches (CV folds and epochs), by mode.
 
     Returns
@@ -83,9 +83,9 @@ def search_settings(quick: bool) -> dict:
     (2, 3)
     """
     if quick:
-        return {"cv": 2, "search_epochs": 3, "timing_epochs": 3, "timing_cv": 2,
+        return {"cv": min(2, cv_folds), "search_epochs": 3, "timing_epochs": 3, "timing_cv": 2,
                 "timing_grid": {"lr": [1e-3, 3e-3], "width": [16]}}
-    return {"cv": 3, "search_epochs": 15, "timing_epochs": 8, "timing_cv": 2,
+    return {"cv": cv_folds, "search_epochs": 15, "timing_epochs": 8, "timing_cv": 2,
             "timing_grid": {"lr": [1e-3, 3e-3], "width": [32]}}
 
 
@@ -545,7 +545,7 @@ def run(ctx) -> dict:
     out = Path(ctx.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = ctx.config
-    settings = search_settings(ctx.quick)
+    settings = search_settings(ctx.quick, ctx.config.cv_folds)
     full_epochs = ctx.epochs(cfg.cnn["max_epochs"])
     timings = {}
     train_rows = ctx.rows("train")

@@ -557,7 +557,7 @@ class StarGalaxyNet(NeuralNetClassifier):
         return np.concatenate(chunks).astype(np.float64)
 
 
-def make_cnn_net(width=32, depth=2, dropout=0.3, lr=1e-3, weight_decay=1e-4, max_epochs=30,
+def make_cnn_net(width=32, depth=3, dropout=0.3, lr=1e-3, weight_decay=1e-4, max_epochs=30,
                  batch_size=128, patience=5, valid_fraction=0.2, class_weight="balanced",
                  random_state=0, device=None, verbose=0, in_channels=None, n_classes=2,
                  input_size=15, **kwargs):
