@@ -150,3 +150,9 @@ def fmt(value, digits=3) -> str:
     if not np.isfinite(v):
         return "–"
     return f"{v:.{digits}f}"
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
+    """A DataFrame as a Markdown table (pandas ``to_markdown``; floats through :func:`fmt`)."""
+    shown = frame.map(lambda v: fmt(v, digits) if isinstance(v, (float, np.floating)) else str(v))
+    return shown.to_markdown(index=False, disable_numparse=True)
