@@ -70,7 +70,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -840,10 +839,9 @@ def main(argv=None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    if not os.environ.get("STARGAL_SAS_URL"):
-        mirror = Path(__file__).resolve().parents[2] / "shared" / "sdss"
-        if (mirror / "dr17").is_dir():
-            os.environ["STARGAL_SAS_URL"] = mirror.as_uri()
+    from .common import use_local_mirror
+
+    use_local_mirror()
     result = measure(args.out, args.fields or _default_fields(), quick=args.quick, binning=args.binning)
     print(json.dumps(result, indent=2))
     return 0

@@ -156,3 +156,17 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
     """A DataFrame as a Markdown table (pandas ``to_markdown``; floats through :func:`fmt`)."""
     shown = frame.map(lambda v: fmt(v, digits) if isinstance(v, (float, np.floating)) else str(v))
     return shown.to_markdown(index=False, disable_numparse=True)
+
+
+#: The local SAS mirror beside the project (``../shared/sdss``), used when ``STARGAL_SAS_URL`` is unset.
+LOCAL_MIRROR = Path(__file__).resolve().parents[2] / "shared" / "sdss"
+
+
+def use_local_mirror() -> str | None:
+    """Like the Makefile: point ``STARGAL_SAS_URL`` at :data:`LOCAL_MIRROR` when it is unset and
+    the mirror exists; returns the URL in effect (``None``: the library's default SAS)."""
+    import os
+
+    if not os.environ.get("STARGAL_SAS_URL", "").strip() and (LOCAL_MIRROR / "dr17").is_dir():
+        os.environ["STARGAL_SAS_URL"] = LOCAL_MIRROR.as_uri()
+    return os.environ.get("STARGAL_SAS_URL") or None

@@ -684,12 +684,9 @@ def _eq(a, b) -> bool:
 
 # --------------------------------------------------------------------------- command line
 def _context(quick: bool, out: Path, n_jobs: int, scheduler):
-    import os
+    from .common import use_local_mirror
 
-    # Like the Makefile: the SAS mirror beside the project when STARGAL_SAS_URL is unset.
-    mirror = Path(__file__).resolve().parents[2] / "shared" / "sdss"
-    if not os.environ.get("STARGAL_SAS_URL") and (mirror / "dr17").is_dir():
-        os.environ["STARGAL_SAS_URL"] = mirror.as_uri()
+    use_local_mirror()
     from stargal.config import load_config
     from stargal.fetch import get_fetcher
     from stargal.training import study_table
