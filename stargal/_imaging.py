@@ -19,12 +19,29 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .sdss import BANDS
 
-__all__ = ["N_IMAGE_BANDS", "border_pixels", "border_median", "split_psf_channels", "psf_fit_flux",
+__all__ = ["N_IMAGE_BANDS", "MAD_TO_SIGMA", "mad_std", "border_pixels", "border_median", "split_psf_channels", "psf_fit_flux",
            "INTERPOLATIONS", "ENGINES", "kernel_weights", "resample_stamps", "centroid_offsets",
            "numba_available"]
 
 #: Number of image channels of a cutout; PSF-aware cutouts carry as many PSF channels after them.
 N_IMAGE_BANDS = len(BANDS)
+
+
+#: Normal-consistency factor of the median absolute deviation (``sigma ~ 1.4826 MAD``).
+MAD_TO_SIGMA = 1.4826
+
+
+def mad_std(values, axis=None) -> np.ndarray:
+    """Robust standard deviation ``1.4826 * median(|x - median(x)|)`` (along ``axis``).
+
+    Examples
+    --------
+    >>> float(mad_std([1.0, 2.0, 3.0, 4.0, 100.0]))
+    1.4826
+    """
+    x = np.asarray(values)
+    med = np.median(x, axis=axis, keepdims=True)
+    return MAD_TO_SIGMA * np.median(np.abs(x - med), axis=axis)
 
 
 def border_pixels(stamps: np.ndarray) -> np.ndarray:

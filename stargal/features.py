@@ -37,7 +37,7 @@ from photutils.aperture import CircularAperture
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from stargal._imaging import N_IMAGE_BANDS, border_pixels, split_psf_channels
+from stargal._imaging import MAD_TO_SIGMA, N_IMAGE_BANDS, border_pixels, split_psf_channels
 from stargal._validation import Real, validate_params
 from stargal.sdss import BANDS
 
@@ -65,7 +65,7 @@ _CHI2_RADIUS = 3.0
 #: reduced chi^2 is clipped to ``[0, _CHI2_MAX]``
 _CHI2_MAX = 1e12
 #: ``1.4826 * MAD`` estimates a Gaussian sigma
-_MAD_TO_SIGMA = 1.4826
+_MAD_TO_SIGMA = MAD_TO_SIGMA
 #: objects per chunk of the PSF-relative block
 _CHUNK = 256
 

@@ -33,6 +33,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
+from ._imaging import mad_std
 from ._io import atomic_write_bytes as _atomic_write_bytes
 from .fetch import FetchError, NotFoundError, get_fetcher
 from .sdss import BANDS, FieldID, frame_path
@@ -77,13 +78,13 @@ def robust_sky_noise(image: np.ndarray, sample: int = 200_000, seed: int = 0) ->
         return float("nan"), float("nan")
     if flat.size > sample:
         flat = np.random.default_rng(seed).choice(flat, sample, replace=False)
-    med, sig = np.median(flat), 1.4826 * np.median(np.abs(flat - np.median(flat)))
+    med, sig = np.median(flat), mad_std(flat)
     for _ in range(3):
         keep = np.abs(flat - med) < 3 * max(sig, 1e-12)
         if keep.sum() < 100:
             break
         med = np.median(flat[keep])
-        sig = 1.4826 * np.median(np.abs(flat[keep] - med))
+        sig = mad_std(flat[keep])
     return float(med), float(sig)
 
 

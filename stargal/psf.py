@@ -85,6 +85,7 @@ from pathlib import Path
 import numpy as np
 
 from .fetch import FetchError, NotFoundError, get_fetcher
+from ._imaging import mad_std
 from ._io import atomic_write_bytes
 from .frames import Field, MissingBandError, decompressed_paths
 from .sdss import BANDS, FieldID, frame_path, psfield_path
@@ -706,7 +707,7 @@ def _fit_stack(stamps, x, y, shape, noise, nmgy, degree, phase=True):
             chi = np.sqrt(np.mean((resid[:, core] / sig_core) ** 2, axis=1))
             ref = chi[used] if used.any() else chi
             med = np.median(ref)
-            mad = 1.4826 * np.median(np.abs(ref - med))
+            mad = mad_std(ref)
             used = good & (chi <= max(med + crit["star_clip"] * mad, 2.0 * med))
             if used.sum() < max(MIN_STARS, A.shape[1]):
                 used = good.copy()

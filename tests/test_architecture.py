@@ -21,10 +21,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "stargal"
 
 #: The pipeline order, earliest step first.
 LAYERS: list[set[str]] = [
-    {"sdss", "_io", "_validation", "_cutout_kernels"},          # identifiers, files, validation
+    {"sdss", "_io", "_validation", "_cutout_kernels", "_imaging"},  # identifiers, files, checks, images
     {"fetch"},                                                   # data source
     {"window", "frames", "catalogs", "config", "split"},         # where things are; the study
-    {"_imaging"},                                                # shared image helpers
     {"registration", "align"},                                   # per-band positions
     {"psf"},                                                     # PSF models
     {"cutouts"},                                                 # cutouts
