@@ -83,9 +83,15 @@ def validate_params(estimator) -> None:
     by the estimator's ``_parameter_hints[name]`` (when it has one) in parentheses.
     """
     name = type(estimator).__name__
+    params = estimator.get_params(deep=False)
     try:
-        validate_parameter_constraints(estimator._parameter_constraints,
-                                       estimator.get_params(deep=False), caller_name=name)
+        validate_parameter_constraints(estimator._parameter_constraints, params, caller_name=name)
+        for key, value in params.items():  # scikit-learn's int/real constraints let True/False through
+            constraints = estimator._parameter_constraints.get(key, [])
+            if (isinstance(value, (bool, np.bool_)) and constraints != "no_validation"
+                    and not any(c == "boolean" or c is bool for c in constraints)):
+                raise InvalidParameterError(
+                    f"The {key!r} parameter of {name} must be a number, not a boolean. Got {value!r} instead.")
     except InvalidParameterError as exc:
         match = _PARAM.match(str(exc))
         hint = getattr(estimator, "_parameter_hints", {}).get(match.group(1)) if match else None

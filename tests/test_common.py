@@ -135,3 +135,19 @@ def test_augmenter_sampler_contract():
     aug = CutoutAugmenter(n_copies=1, random_state=0)
     Xr, yr = aug.fit_resample(X, y)
     assert len(Xr) == 2 * len(X) and not hasattr(aug, "transform")
+
+
+@pytest.mark.parametrize("estimator, param", [
+    (Aligner(), "cutout_size"), (Cutter(), "size"), (Cutter(), "fill_value"), (Cutter(), "n_jobs"),
+    (CutoutAugmenter(), "n_copies"), (CutoutAugmenter(), "shift"), (AsinhScaler(), "clip"),
+    (PhotometricFeatures(), "zero_point"),
+], ids=lambda v: v if isinstance(v, str) else type(v).__name__)
+def test_numbers_are_not_booleans(estimator, param):
+    """scikit-learn's int/real constraints accept True; stargal's validation does not."""
+    from sklearn.base import clone
+
+    from stargal._validation import InvalidParameterError, validate_params
+
+    validate_params(estimator)  # the defaults are valid
+    with pytest.raises(InvalidParameterError, match=f"'{param}' parameter .* not a boolean"):
+        validate_params(clone(estimator).set_params(**{param: True}))
