@@ -176,7 +176,7 @@ def bench_throughput(ctx) -> list[Result]:
     """Align+cut, forest and CNN objects/s on 5405-6-99: quiet and beside two kinds of competitor."""
     import torch
 
-    import stargal.align as align
+    import stargal.registration as align
     from stargal.catalogs import read_calibobj
     from stargal.models import _thread_candidates
 

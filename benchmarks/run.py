@@ -176,7 +176,7 @@ def bench_cutter(ctx: Context) -> list[Result]:
     from astropy.coordinates import SkyCoord
     from astropy.nddata import Cutout2D
 
-    import stargal.align as align
+    import stargal.registration as align
     from stargal.align import Aligner
     from stargal.catalogs import read_calibobj
     from stargal.cutouts import Cutter, kernel_weights, numba_available

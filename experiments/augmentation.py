@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from contextlib import contextmanager
@@ -564,10 +563,9 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=None, help="study TOML (default: the packaged study)")
     parser.add_argument("--fields", nargs="*", default=None, help="train fields (default: the study's)")
     args = parser.parse_args(argv)
-    if not os.environ.get("STARGAL_SAS_URL"):
-        mirror = Path(__file__).resolve().parents[2] / "shared" / "sdss"
-        if (mirror / "dr17").is_dir():
-            os.environ["STARGAL_SAS_URL"] = mirror.as_uri()
+    from .common import use_local_mirror
+
+    use_local_mirror()
     from stargal.config import load_config
     from stargal.fetch import get_fetcher
     from stargal.training import study_table

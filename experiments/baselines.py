@@ -55,7 +55,8 @@ def _forest(ctx):
         grid = {k: v[:1] for k, v in grid.items()}
         grid["forest__n_estimators"] = [100]
     search = grid_search(ctx.pipeline("forest"), grid, train, ctx.y(train), train["group"].to_numpy(),
-                         cv=2 if ctx.quick else 3, n_jobs=ctx.n_jobs, random_state=ctx.seed)
+                         cv=min(2, ctx.config.cv_folds) if ctx.quick else ctx.config.cv_folds,
+                         n_jobs=ctx.n_jobs, random_state=ctx.seed)
     write_csv(ctx.out_dir / "forest_cv_results.csv", cv_results_frame(search))
     best = search.best_estimator_
     feats = best.named_steps["features"]

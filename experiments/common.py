@@ -8,8 +8,6 @@ runs the stages in order and writes ``report.md`` from what they return.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from stargal._io import atomic_write_text  # noqa: E402
 from stargal.catalogs import labels_to_y  # noqa: E402
 from stargal.config import StudyConfig  # noqa: E402
 from stargal.fetch import Fetcher  # noqa: E402
@@ -112,11 +111,8 @@ def stage_timer(name: str, timings: dict):
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    """Write ``text`` atomically (:func:`stargal._io.atomic_write_text`)."""
+    atomic_write_text(Path(path), text)
 
 
 def _default(obj):
@@ -154,3 +150,23 @@ def fmt(value, digits=3) -> str:
     if not np.isfinite(v):
         return "–"
     return f"{v:.{digits}f}"
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
+    """A DataFrame as a Markdown table (pandas ``to_markdown``; floats through :func:`fmt`)."""
+    shown = frame.map(lambda v: fmt(v, digits) if isinstance(v, (float, np.floating)) else str(v))
+    return shown.to_markdown(index=False, disable_numparse=True)
+
+
+#: The local SAS mirror beside the project (``../shared/sdss``), used when ``STARGAL_SAS_URL`` is unset.
+LOCAL_MIRROR = Path(__file__).resolve().parents[2] / "shared" / "sdss"
+
+
+def use_local_mirror() -> str | None:
+    """Like the Makefile: point ``STARGAL_SAS_URL`` at :data:`LOCAL_MIRROR` when it is unset and
+    the mirror exists; returns the URL in effect (``None``: the library's default SAS)."""
+    import os
+
+    if not os.environ.get("STARGAL_SAS_URL", "").strip() and (LOCAL_MIRROR / "dr17").is_dir():
+        os.environ["STARGAL_SAS_URL"] = LOCAL_MIRROR.as_uri()
+    return os.environ.get("STARGAL_SAS_URL") or None

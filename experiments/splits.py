@@ -76,7 +76,7 @@ def run(ctx) -> dict:
     # Leakage checks, independent of how the split was built.
     test = table[table["split"] == "test"]
     fit = table[table["split"].isin(["train", "valid"])]
-    test_fps = [Field(f, ctx.fetcher).footprint() for f in ctx.config.test_fields]
+    test_fps = [Field(f, ctx.fetcher) for f in ctx.config.test_fields]  # their r frames
     margin = ctx.config.exclusion_margin_arcsec
     n_fit_in_test_fp = int(in_footprints(fit["ra"], fit["dec"], test_fps, margin_arcsec=margin).sum())
     min_sep = float(min_separation_arcsec(fit["ra"], fit["dec"], test["ra"], test["dec"]))

@@ -1,4 +1,4 @@
-"""Small image helpers shared by the steps after the cutter (private).
+"""Image helpers shared by the pipeline steps (private): borders, PSF channels, resampling.
 
 Cutout conventions: float arrays ``(n, C, H, W)``, ``H`` and ``W`` odd, the object on the
 central pixel ``((W - 1) / 2, (H - 1) / 2)`` (0-based ``(x, y)``). PSF-aware cutouts have
@@ -9,15 +9,40 @@ central pixel (see :data:`N_IMAGE_BANDS`, :func:`split_psf_channels`).
 
 from __future__ import annotations
 
+import os
+import threading
+import warnings
+from numbers import Integral
+
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from .sdss import BANDS
 
-__all__ = ["N_IMAGE_BANDS", "border_pixels", "border_median", "split_psf_channels", "psf_fit_flux",
-           "aperture_flux", "point_source_ratio", "SDSS_TYPE_MAG", "SDSS_TYPE_RATIO"]
+__all__ = ["N_IMAGE_BANDS", "MAD_TO_SIGMA", "mad_std", "border_pixels", "border_median", "split_psf_channels",
+           "psf_fit_flux", "aperture_flux", "point_source_ratio", "SDSS_TYPE_MAG", "SDSS_TYPE_RATIO",
+           "INTERPOLATIONS", "ENGINES", "kernel_weights", "resample_stamps", "centroid_offsets",
+           "numba_available"]
 
 #: Number of image channels of a cutout; PSF-aware cutouts carry as many PSF channels after them.
 N_IMAGE_BANDS = len(BANDS)
+
+
+#: Normal-consistency factor of the median absolute deviation (``sigma ~ 1.4826 MAD``).
+MAD_TO_SIGMA = 1.4826
+
+
+def mad_std(values, axis=None) -> np.ndarray:
+    """Robust standard deviation ``1.4826 * median(|x - median(x)|)`` (along ``axis``).
+
+    Examples
+    --------
+    >>> float(mad_std([1.0, 2.0, 3.0, 4.0, 100.0]))
+    1.4826
+    """
+    x = np.asarray(values)
+    med = np.median(x, axis=axis, keepdims=True)
+    return MAD_TO_SIGMA * np.median(np.abs(x - med), axis=axis)
 
 
 def border_pixels(stamps: np.ndarray) -> np.ndarray:
@@ -147,3 +172,345 @@ def point_source_ratio(X: np.ndarray, bands=POINT_SOURCE_BANDS, radius: float = 
     ok = (flux > 0) & (model > 0)
     out[ok] = flux[ok] / model[ok]
     return out
+
+
+# ----------------------------------------------------------------------------- resampling
+# Stamps of one image resampled onto the object's position (Lanczos-3 by default) and windowed
+# centroids: used by the reference-star detection (registration), the PSF estimate and the cutter.
+
+#: Interpolation name -> kernel half-width in pixels.
+INTERPOLATIONS = {"lanczos3": 3, "bicubic": 2, "nearest": 0}
+
+#: Resampling engines accepted by :func:`resample_stamps` (``'auto'``: numba when it imports).
+ENGINES = ("auto", "numba", "numpy")
+
+_CHUNK = 4096  # objects per gather/resample step (bounded memory: ~7 MB of stamps per band)
+_KIND = {"nearest": 0, "lanczos3": 1, "bicubic": 2}  # kernel codes of the numba engine
+
+
+def _lanczos3(t: np.ndarray) -> np.ndarray:
+    return np.where(np.abs(t) < 3.0, np.sinc(t) * np.sinc(t / 3.0), 0.0)
+
+
+def _keys_cubic(t: np.ndarray, a: float = -0.5) -> np.ndarray:
+    t = np.abs(t)
+    near = ((a + 2) * t - (a + 3)) * t * t + 1
+    far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+    return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
+
+
+def _taps(d: np.ndarray, interpolation: str) -> np.ndarray:
+    """Normalised kernel taps ``(n, 2k + 1)``: weight of pixel ``base + i`` (``i = -k..k``)."""
+    k = INTERPOLATIONS[interpolation]
+    t = np.arange(-k, k + 1, dtype=np.float64)[None, :] - d[:, None]
+    w = _lanczos3(t) if interpolation == "lanczos3" else _keys_cubic(t)
+    w /= w.sum(axis=1, keepdims=True)
+    return w.astype(np.float32)
+
+
+def kernel_weights(d, size: int, interpolation: str = "lanczos3") -> np.ndarray:
+    """1-D resampling weights ``(n, size, size + 2k)`` for fractional offsets ``d``.
+
+    Row ``j`` maps a stamp of ``size + 2k`` pixels (centred on the base pixel) to output pixel
+    ``j``, which samples position ``base + d + j - (size - 1) / 2``; the weight of stamp pixel
+    ``m`` is ``K(m - j - k - d)``. The matrix is banded (``2k + 1`` taps) and rows sum to 1.
+
+    Parameters
+    ----------
+    d : array-like, shape (n,)
+        Fractional offsets ``x - floor(x + 0.5)`` in ``[-0.5, 0.5)``.
+    size : int
+        Output length (odd).
+    interpolation : {'lanczos3', 'bicubic', 'nearest'}
+
+    Examples
+    --------
+    >>> w = kernel_weights([0.0, 0.25], 5)
+    >>> w.shape, bool(np.allclose(w.sum(-1), 1))
+    ((2, 5, 11), True)
+    >>> bool(np.allclose(w[0, 2], np.eye(11)[5]))   # d = 0: the centre pixel itself
+    True
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {interpolation!r}")
+    return np.ascontiguousarray(_banded(np.asarray(d, dtype=np.float64).reshape(-1), size, interpolation))
+
+
+def _banded(d: np.ndarray, size: int, interpolation: str) -> np.ndarray:
+    """:func:`kernel_weights` as a read-only strided view (no copy)."""
+    k = INTERPOLATIONS[interpolation]
+    taps = np.ones((d.size, 1), np.float32) if k == 0 else _taps(d, interpolation)
+    # Row j holds the taps at columns j .. j + 2k: windows of a zero-padded tap vector, read
+    # backwards (a strided view; no per-element scatter).
+    padded = np.zeros((d.size, 2 * (size - 1) + 2 * k + 1), dtype=np.float32)
+    padded[:, size - 1:size + 2 * k] = taps
+    return sliding_window_view(padded, size + 2 * k, axis=1)[:, ::-1]
+
+
+def _gather(image: np.ndarray, ix: np.ndarray, iy: np.ndarray, half: int) -> np.ndarray:
+    """Stamps ``(n, 2 half + 1, 2 half + 1)`` centred on integer pixels; edge indices clipped."""
+    ny, nx = image.shape
+    w = 2 * half + 1
+    out = np.empty((ix.size, w, w), dtype=np.float32)
+    inner = (ix >= half) & (ix < nx - half) & (iy >= half) & (iy < ny - half)
+    if ny >= w and nx >= w and inner.any():
+        windows = sliding_window_view(image, (w, w))  # a view: no copy of the frame
+        out[inner] = windows[iy[inner] - half, ix[inner] - half]
+    if not inner.all():
+        offs = np.arange(-half, half + 1)
+        rows = np.clip(iy[~inner, None] + offs, 0, ny - 1)
+        cols = np.clip(ix[~inner, None] + offs, 0, nx - 1)
+        out[~inner] = image[rows[:, :, None], cols[:, None, :]]
+    return out
+
+
+# ----------------------------------------------------------------------------- numba engine
+# stargal._cutout_kernels holds the same computation compiled with numba (imported lazily, on the
+# first resampling: importing numba takes ~1 s). It is used when numba imports, unless the
+# environment variable STARGAL_NUMBA=0; a numba failure falls back to numpy with a warning.
+_NUMBA_STATE = {"kernels": None, "error": None}
+_PARALLEL_LOCK = threading.Lock()  # numba's 'workqueue' layer does not allow concurrent launches
+
+
+def numba_available() -> bool:
+    """True when the numba engine can be used (numba imports and ``STARGAL_NUMBA`` is not ``0``)."""
+    if os.environ.get("STARGAL_NUMBA", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False  # checked on every call: the variable may change within a process
+    state = _NUMBA_STATE
+    if state["kernels"] is None and state["error"] is None:
+        try:
+            from . import _cutout_kernels
+
+            state["kernels"] = _cutout_kernels
+        except Exception as exc:  # noqa: BLE001 - ImportError or a broken numba: numpy engine instead
+            state["error"] = exc
+    return state["kernels"] is not None
+
+
+def _resample_numba(image, x, y, size, interpolation, fill_value, n_jobs, out=None, rows=None, band=0):
+    """The numba engine. Writes cutout ``i`` into ``out[rows[i], band]`` (``out``: C-contiguous
+    float32 ``(N, B, size, size)``; default a new ``(n, 1, size, size)`` array, ``rows = 0..n-1``)
+    and returns ``out``; ``n_jobs`` threads (``None``/1: the serial kernel)."""
+    kernels = _NUMBA_STATE["kernels"]
+    img = np.asarray(image)
+    if img.dtype != np.float32:
+        img = img.astype(np.float32)
+    if img.flags.writeable:  # one compiled specialisation: read-only, like the memory-mapped frames
+        img = img.view()
+        img.flags.writeable = False
+    if out is None:
+        out = np.empty((x.size, 1, size, size), dtype=np.float32)
+        rows = np.arange(x.size, dtype=np.int64)
+    args = (img, x, y, size, _KIND[interpolation], np.float32(fill_value), out, rows, int(band))
+    threads = _numba_threads(n_jobs)
+    if threads == 1 or x.size <= kernels.BLOCK:
+        kernels.resample_serial(*args)
+        return out
+    numba = kernels.numba
+    with _PARALLEL_LOCK:
+        previous = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            kernels.resample_parallel(*args)
+        finally:
+            numba.set_num_threads(previous)
+    return out
+
+
+def _cut_into(out, rows, band, image, x, y, size, interpolation, fill_value, n_jobs):
+    """``out[rows, band] = resample_stamps(image, x, y, ...)`` without a temporary when numba is used."""
+    if numba_available():
+        try:
+            _resample_numba(image, x, y, size, interpolation, fill_value, n_jobs, out, rows, band)
+            return
+        except Exception as exc:  # noqa: BLE001 - same fallback as resample_stamps
+            _numba_failed(exc)
+    out[rows, band] = _resample_numpy(image, x, y, size, interpolation, fill_value)
+
+
+def _numba_failed(exc) -> None:
+    _NUMBA_STATE["kernels"], _NUMBA_STATE["error"] = None, exc
+    warnings.warn(f"stargal: numba resampling failed ({type(exc).__name__}: {exc}); "
+                  "using the numpy engine from now on", RuntimeWarning, stacklevel=3)
+
+
+def _numba_threads(n_jobs) -> int:
+    """Threads the numba engine uses for ``n_jobs`` (``None``/1 -> 1; -1 -> every CPU numba may use)."""
+    if n_jobs is None or int(n_jobs) == 1 or not numba_available():
+        return 1
+    limit = int(_NUMBA_STATE["kernels"].numba.config.NUMBA_NUM_THREADS)
+    want = limit if int(n_jobs) < 0 else int(n_jobs)
+    return max(1, min(limit, want))
+
+
+def resample_stamps(image: np.ndarray, x, y, size: int, interpolation: str = "lanczos3",
+                    fill_value: float = np.nan, *, engine: str = "auto", n_jobs=None) -> np.ndarray:
+    """Cutouts ``(n, size, size)`` of one image, each centred on its 0-based ``(x, y)``.
+
+    Stamps of ``size + 2k`` pixels around each position's base pixel are gathered (indices
+    clipped at the frame edges) and resampled separably, ``out = Ky @ stamp @ Kx^T`` (see
+    :func:`kernel_weights`). Output pixels whose sample position lies outside the image, and
+    rows with non-finite positions, get ``fill_value``.
+
+    Two engines compute exactly this: ``'numpy'`` (fancy indexing through a strided window view
+    and two batched matrix products, in chunks of 4096 objects) and ``'numba'`` (a compiled
+    loop over blocks of 64 objects, vectorised over objects; 2-3x faster on one thread, and it
+    can use several threads). They agree to float32 rounding (relative differences < 1e-6).
+
+    Parameters
+    ----------
+    image : ndarray, shape (ny, nx)
+        A frame (memory map is fine); float32 nanomaggies for SDSS frames.
+    x, y : array-like, shape (n,)
+        0-based pixel positions of the objects in *this* image.
+    size : int
+        Odd cutout side.
+    interpolation : {'lanczos3', 'bicubic', 'nearest'}
+    fill_value : float
+    engine : {'auto', 'numba', 'numpy'}, default='auto'
+        ``'auto'``: numba when it imports (and the environment variable ``STARGAL_NUMBA`` is
+        not ``0``), else numpy; a numba failure then falls back to numpy with a warning.
+        ``'numba'`` raises :class:`ImportError` when numba is unavailable.
+    n_jobs : int, optional
+        Threads of the numba engine (``None`` or 1: one; ``-1``: all numba may use). Ignored by
+        the numpy engine.
+
+    Returns
+    -------
+    ndarray, float32, shape (n, size, size)
+        ``out[i, j, l]`` is the image at ``(x[i] + l - c, y[i] + j - c)``, ``c = (size - 1) / 2``
+        (for ``'nearest'``: at the integer pixel ``(floor(x[i] + 0.5) + l - c, ...)``).
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[:40, :40]
+    >>> image = np.exp(-((xx - 20.3) ** 2 + (yy - 17.8) ** 2) / 4.5).astype(np.float32)
+    >>> cut = resample_stamps(image, [20.3], [17.8], 7)
+    >>> cut.shape, bool(cut[0].argmax() == 3 * 7 + 3)
+    ((1, 7, 7), True)
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {interpolation!r}")
+    if isinstance(size, bool) or not isinstance(size, Integral) or size < 1 or size % 2 == 0:
+        raise ValueError(f"size must be a positive odd integer, got {size!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
+    if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, Integral) or n_jobs == 0):
+        raise ValueError(f"n_jobs must be None or a non-zero integer, got {n_jobs!r}")
+    if np.ndim(image) != 2:
+        raise ValueError(f"image must be 2-D, got shape {np.shape(image)}")
+    size = int(size)
+    x = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
+    y = np.ascontiguousarray(y, dtype=np.float64).reshape(-1)
+    if x.size != y.size:
+        raise ValueError(f"x and y must have the same length, got {x.size} and {y.size}")
+    if engine == "numba" and not numba_available():
+        raise ImportError(f"engine='numba' needs numba ({_NUMBA_STATE['error'] or 'disabled by STARGAL_NUMBA=0'})")
+    if engine != "numpy" and numba_available():
+        try:
+            return _resample_numba(image, x, y, size, interpolation, fill_value, n_jobs)[:, 0]
+        except Exception as exc:  # noqa: BLE001 - compilation/caching problems: numpy does the same job
+            if engine == "numba":
+                raise
+            _numba_failed(exc)
+    return _resample_numpy(image, x, y, size, interpolation, fill_value)
+
+
+def _resample_numpy(image, x, y, size, interpolation, fill_value):
+    """The numpy engine of :func:`resample_stamps` (validated float64 ``x``, ``y``)."""
+    image = np.asarray(image)  # a memory map stays a view (no copy)
+    n = x.size
+    out = np.full((n, size, size), fill_value, dtype=np.float32)
+    ny, nx = image.shape
+    k = INTERPOLATIONS[interpolation]
+    h = (size - 1) // 2
+    good = np.isfinite(x) & np.isfinite(y) & (np.abs(x) < 1e9) & (np.abs(y) < 1e9)
+    jpos = np.arange(-h, h + 1, dtype=np.float64)
+    for start in range(0, n, _CHUNK):
+        stop = min(start + _CHUNK, n)
+        sl = np.flatnonzero(good[start:stop]) + start
+        if sl.size == 0:
+            continue
+        xs, ys = x[sl], y[sl]
+        ix, iy = np.floor(xs + 0.5).astype(np.int64), np.floor(ys + 0.5).astype(np.int64)
+        stamps = _gather(image, ix, iy, h + k)
+        in_place = False
+        if k == 0:
+            res = stamps
+            cx, cy = ix.astype(np.float64), iy.astype(np.float64)
+        else:
+            kx = _banded(xs - ix, size, interpolation)
+            ky = _banded(ys - iy, size, interpolation)
+            in_place = sl.size == stop - start  # no bad rows in this chunk: write into `out`
+            res = np.matmul(np.matmul(ky, stamps), kx.transpose(0, 2, 1),
+                            out=out[start:stop] if in_place else None)
+            cx, cy = xs, ys
+        # sample positions outside the frame -> fill_value (edge rows should not get here)
+        edge = (cx - h < -0.5) | (cx + h >= nx - 0.5) | (cy - h < -0.5) | (cy + h >= ny - 0.5)
+        if edge.any():
+            sx, sy = cx[edge, None] + jpos, cy[edge, None] + jpos
+            in_y = (sy >= -0.5) & (sy < ny - 0.5)
+            in_x = (sx >= -0.5) & (sx < nx - 0.5)
+            inside = in_y[:, :, None] & in_x[:, None, :]
+            res[edge] = np.where(inside, res[edge], np.float32(fill_value))
+        if not in_place:
+            out[sl] = res
+    return out
+
+
+def centroid_offsets(cutouts, sigma: float = 1.5, n_iter: int = 30, max_shift: float = 3.0) -> np.ndarray:
+    """Windowed (Gaussian-weighted) centroid of every cutout and band, relative to the centre.
+
+    The iterative "windowed" centroid of SExtractor (``XWIN_IMAGE``): with a Gaussian window
+    of width ``sigma`` centred on the current estimate ``c``, ``c <- c + 2 sum(w I (x - c)) /
+    sum(w I)``. It converges to the centre of any symmetric profile and is nearly as precise
+    as a PSF fit. The background (median of the one-pixel border) is subtracted first.
+
+    Parameters
+    ----------
+    cutouts : array-like, shape (n, B, H, W)
+    sigma : float
+        Window width in pixels (about the PSF's sigma: 1.5 px for SDSS seeing).
+    n_iter : int
+        Iterations.
+    max_shift : float
+        Estimates farther than this from the centre are returned as NaN (no convergence).
+
+    Returns
+    -------
+    ndarray, shape (n, B, 2)
+        ``(dx, dy)`` in pixels: centroid minus the centre pixel ``((W - 1) / 2, (H - 1) / 2)``;
+        NaN where the flux in the window is not positive or the iteration diverged.
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[:15, :15]
+    >>> star = np.exp(-((xx - 7.3) ** 2 + (yy - 6.8) ** 2) / (2 * 1.5 ** 2))
+    >>> np.round(centroid_offsets(star[None, None]), 3)
+    array([[[ 0.3, -0.2]]])
+    """
+    arr = np.asarray(cutouts, dtype=np.float64)
+    if arr.ndim != 4:
+        raise ValueError(f"centroid_offsets expects (n, bands, H, W) cutouts, got shape {arr.shape}")
+    n, nb, hh, ww = arr.shape
+    img = arr - border_median(arr)[..., None, None]
+    xx = np.arange(ww, dtype=np.float64) - (ww - 1) / 2
+    yy = np.arange(hh, dtype=np.float64) - (hh - 1) / 2
+    cx = np.zeros((n, nb))
+    cy = np.zeros((n, nb))
+    ok = np.ones((n, nb), dtype=bool)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        for _ in range(n_iter):
+            wx = np.exp(-0.5 * ((xx[None, None, :] - cx[..., None]) / sigma) ** 2)  # (n, B, W)
+            wy = np.exp(-0.5 * ((yy[None, None, :] - cy[..., None]) / sigma) ** 2)  # (n, B, H)
+            wi = img * wy[..., :, None] * wx[..., None, :]
+            s = wi.sum(axis=(-2, -1))
+            mx = (wi * (xx[None, None, None, :] - cx[..., None, None])).sum(axis=(-2, -1))
+            my = (wi * (yy[None, None, :, None] - cy[..., None, None])).sum(axis=(-2, -1))
+            ok &= np.isfinite(s) & (s > 0)
+            cx = np.where(ok, np.clip(cx + 2 * mx / s, -max_shift - 1, max_shift + 1), 0.0)
+            cy = np.where(ok, np.clip(cy + 2 * my / s, -max_shift - 1, max_shift + 1), 0.0)
+    ok &= (np.abs(cx) <= max_shift) & (np.abs(cy) <= max_shift)
+    res = np.stack([cx, cy], axis=-1)
+    res[~ok] = np.nan
+    return res

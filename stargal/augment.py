@@ -89,12 +89,14 @@ import numbers
 import warnings
 
 import numpy as np
-from scipy import ndimage, sparse, special
+from scipy import ndimage, special
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import type_of_target
 
 from ._imaging import N_IMAGE_BANDS, SDSS_TYPE_RATIO, border_median, point_source_ratio
+from ._validation import (HasMethods, Integral, InvalidParameterError, Interval, Real, StrOptions,
+                          check_cutouts, validate_params)
 from .sdss import BANDS
 
 __all__ = [
@@ -227,49 +229,7 @@ def single_technique(name: str, **kw) -> "CutoutAugmenter":
     return CutoutAugmenter(**params)
 
 
-def _check_cutouts(X, *, who: str, allow_nan: bool = False) -> np.ndarray:
-    """Validate a cutout tensor and return it as float32 ``(n, B, H, W)``.
-
-    ``allow_nan=True`` lets NaN/inf through (the caller handles them).
-    """
-    if sparse.issparse(X):
-        raise TypeError(
-            f"{who}: sparse input is not supported; expected a dense (n, bands, H, W) array"
-        )
-    if hasattr(X, "iloc") or hasattr(X, "columns"):
-        raise TypeError(
-            f"{who}: expected a cutout array of shape (n, bands, H, W), got a {type(X).__name__}; "
-            "build cutouts with stargal.cutouts.Cutter first"
-        )
-    try:
-        arr = np.asarray(X)
-    except Exception as exc:  # ragged lists and the like
-        raise ValueError(f"{who}: could not convert X to an array: {exc}") from exc
-    if arr.dtype.kind not in "biuf":
-        raise ValueError(
-            f"{who}: cutouts must be real numbers (nanomaggies), got dtype {arr.dtype}"
-        )
-    if arr.ndim != 4:
-        raise ValueError(
-            f"{who}: expected a 4-D cutout array of shape (n, bands, H, W), got shape {arr.shape} "
-            f"({arr.ndim}-D)"
-        )
-    n, n_bands, h, w = arr.shape
-    if n == 0:
-        raise ValueError(f"{who}: found 0 cutouts (shape {arr.shape}); at least 1 is required")
-    if n_bands == 0 or h == 0 or w == 0:
-        raise ValueError(f"{who}: cutouts have an empty band or pixel axis: shape {arr.shape}")
-    arr = arr.astype(np.float32, copy=False)
-    if not allow_nan:
-        finite = np.isfinite(arr).all(axis=(1, 2, 3))
-        if not finite.all():
-            bad = np.flatnonzero(~finite)
-            raise ValueError(
-                f"{who}: {bad.size} of {n} cutouts contain NaN or infinite pixels "
-                f"(rows {bad[:10].tolist()}{' ...' if bad.size > 10 else ''}); drop the rows the "
-                "Aligner/Cutter flagged (flag != '') before fitting"
-            )
-    return arr
+_check_cutouts = check_cutouts  # the name other branches may still import
 
 
 def sky_noise(X, *, allow_nan: bool = False) -> np.ndarray:
@@ -617,39 +577,34 @@ class CutoutAugmenter(BaseEstimator):
         return tags
 
     # ------------------------------------------------------------ validation
-    def _check_params(self):
-        who = type(self).__name__
-        n_copies = self.n_copies
-        if not isinstance(n_copies, numbers.Integral) or isinstance(n_copies, bool) or n_copies < 0:
-            raise ValueError(f"{who}: n_copies must be an integer >= 0, got {self.n_copies!r}")
-        if not isinstance(self.dihedral, (bool, np.bool_)):
-            raise ValueError(f"{who}: dihedral must be True or False, got {self.dihedral!r}")
-        for name in ("shift", "noise", "zoom", "shear", "blur", "seeing"):
-            value = getattr(self, name)
-            if not _is_real(value) or value < 0:
-                raise ValueError(
-                    f"{who}: {name} must be a finite number >= 0 (0 disables it), got {value!r}"
-                )
-        if not (isinstance(self.seeing_labels, str) and self.seeing_labels in SEEING_LABELS):
-            raise ValueError(
-                f"{who}: seeing_labels must be one of {list(SEEING_LABELS)}, got {self.seeing_labels!r}"
-            )
-        if self.zoom >= 1:
-            raise ValueError(
-                f"{who}: zoom must be < 1 (scale factor 1 +/- zoom > 0), got {self.zoom!r}"
-            )
-        b = self.balance
-        if not (
-            isinstance(b, (bool, np.bool_))
-            or (isinstance(b, str) and b == "smote")
-            or hasattr(b, "fit_resample")
-        ):
-            raise ValueError(
-                f"{who}: balance must be True, False, 'smote' or an imbalanced-learn sampler "
-                f"(an object with fit_resample), got {b!r}"
-            )
+    _parameter_constraints = {
+        "n_copies": [Interval(Integral, 0, None, closed="left")],
+        "dihedral": ["boolean"],
+        **{name: [Interval(Real, 0, None, closed="left")] for name in ("shift", "noise", "shear", "blur", "seeing")},
+        "zoom": [Interval(Real, 0, 1, closed="left")],
+        "seeing_labels": [StrOptions(set(SEEING_LABELS))],
+        "balance": ["boolean", StrOptions({"smote"}), HasMethods(["fit_resample"])],
+        "random_state": ["random_state"],
+    }
+    _parameter_hints = {
+        "n_copies": "n_copies must be an integer >= 0",
+        "dihedral": "dihedral must be True or False",
+        **{name: f"{name} must be a finite number >= 0 (0 disables it)"
+           for name in ("shift", "noise", "shear", "blur", "seeing")},
+        "zoom": "zoom must be < 1 (scale factor 1 +/- zoom > 0)",
+        "seeing_labels": f"seeing_labels must be one of {list(SEEING_LABELS)}",
+        "balance": "balance must be True, False, 'smote' or an imbalanced-learn sampler (an object with "
+                   "fit_resample)",
+    }
 
-    def _validate_data(self, X, y):
+    def _check_params(self):
+        validate_params(self)
+        for name in ("shift", "noise", "zoom", "shear", "blur", "seeing"):
+            if not np.isfinite(getattr(self, name)):
+                raise InvalidParameterError(f"{type(self).__name__}: {name} must be a finite number >= 0 "
+                                            f"(0 disables it), got {getattr(self, name)!r}")
+
+    def _check_data(self, X, y):
         who = type(self).__name__
         X = _check_cutouts(X, who=who)
         n, _, h, w = X.shape
@@ -714,7 +669,7 @@ class CutoutAugmenter(BaseEstimator):
         self : CutoutAugmenter
         """
         self._check_params()
-        X, y = self._validate_data(X, y)
+        X, y = self._check_data(X, y)
         self._fit_stats(X)
         self.sampler_ = None
         return self
@@ -742,7 +697,7 @@ class CutoutAugmenter(BaseEstimator):
             Labels of ``X_res``.
         """
         self._check_params()
-        X, y = self._validate_data(X, y)
+        X, y = self._check_data(X, y)
         return self._fit_resample(X, y)
 
     # ----------------------------------------------------------------- work

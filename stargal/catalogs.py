@@ -24,6 +24,9 @@ from .fetch import get_fetcher
 from .sdss import FieldID, calibobj_path
 
 __all__ = [
+    "objects_table",
+    "table_coordinates",
+    "explicit_field_ids",
     "LABELS",
     "LABEL_NAMES",
     "CoordinateError",
@@ -267,3 +270,79 @@ def read_coordinates(source, *, ra: str = "ra", dec: str = "dec") -> pd.DataFram
     if len(table) == 0:
         raise CoordinateError("coordinate list is empty")
     return table
+
+
+# ----------------------------------------------------------------------------- objects tables
+# The estimators' input: a table with ``ra``/``dec`` (degrees) and optionally ``run``/``camcol``/``field``.
+
+def objects_table(X) -> pd.DataFrame:
+    """An objects table from a DataFrame, a dict of columns or an ``(n, 2)`` array of ``(ra, dec)``."""
+    if isinstance(X, pd.DataFrame):
+        return X
+    if isinstance(X, dict):
+        return pd.DataFrame(X)
+    if isinstance(X, (str, bytes)) or hasattr(X, "__fspath__"):
+        raise TypeError(
+            "Aligner expects a table (DataFrame, dict or (n, 2) array), not a path; "
+            "read the file with stargal.catalogs.read_coordinates first"
+        )
+    arr = np.asarray(X, dtype=object)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise CoordinateError(
+            f"Aligner expects a DataFrame with 'ra' and 'dec' columns or an (n, 2) array of "
+            f"(ra, dec) in degrees; got an array of shape {arr.shape}"
+        )
+    return pd.DataFrame({"ra": arr[:, 0], "dec": arr[:, 1]})
+
+
+def _coordinate_columns(table: pd.DataFrame) -> tuple:
+    lower = {str(c).strip().lower(): c for c in table.columns}
+    missing = [c for c in ("ra", "dec") if c not in lower]
+    if missing:
+        raise CoordinateError(
+            f"Aligner input lacks column(s) {missing}; found {list(table.columns)} "
+            "(expected 'ra' and 'dec' in degrees, ICRS)"
+        )
+    return lower["ra"], lower["dec"]
+
+
+def table_coordinates(table: pd.DataFrame, policy: str = "raise"):
+    """``(ra, dec, invalid)`` float arrays of an objects table; ``invalid`` marks bad rows.
+
+    With ``policy='raise'`` bad rows raise :class:`CoordinateError` naming them.
+    """
+    ra_col, dec_col = _coordinate_columns(table)
+    ra = pd.to_numeric(table[ra_col], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    dec = pd.to_numeric(table[dec_col], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        invalid = ~(np.isfinite(ra) & np.isfinite(dec) & (ra >= 0) & (ra < 360) & (dec >= -90) & (dec <= 90))
+    if policy == "raise" and invalid.any():
+        # Same checks and message as the catalog reader (it names the rows and reasons).
+        read_coordinates(table[[ra_col, dec_col]], ra=str(ra_col), dec=str(dec_col))
+        rows = list(table.index[invalid])
+        raise CoordinateError(f"invalid coordinates in {len(rows)} row(s): {rows[:10]}")
+    return ra, dec, invalid
+
+
+def explicit_field_ids(table: pd.DataFrame, invalid: np.ndarray) -> np.ndarray:
+    """Per row, the canonical field string from ``run``/``camcol``/``field`` ('' if absent)."""
+    out = np.full(len(table), "", dtype=object)
+    lower = {str(c).strip().lower(): c for c in table.columns}
+    if not all(c in lower for c in ("run", "camcol", "field")):
+        return out
+    vals = np.column_stack([
+        pd.to_numeric(table[lower[c]], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        for c in ("run", "camcol", "field")
+    ])
+    ok = np.isfinite(vals).all(axis=1) & ~invalid
+    if not ok.any():
+        return out
+    combos, inverse = np.unique(vals[ok].astype(np.int64), axis=0, return_inverse=True)
+    names = []
+    for run, camcol, fld in combos:
+        try:
+            names.append(str(FieldID(int(run), int(camcol), int(fld))))
+        except ValueError as exc:
+            raise ValueError(f"Aligner input has an invalid run/camcol/field: {exc}") from None
+    out[np.flatnonzero(ok)] = np.asarray(names, dtype=object)[inverse.ravel()]
+    return out

@@ -39,19 +39,24 @@ from pathlib import Path
 
 from stargal.sdss import FieldID
 
-__all__ = ["StudyConfig", "load_config", "default_config_text", "CNN_KEYS"]
+__all__ = ["StudyConfig", "load_config", "default_config_text", "CNN_KEYS", "CNN_PARAM_NAMES"]
 
-#: The CNN settings every configuration defines (see ``[cnn]`` in ``study.toml``).
-CNN_KEYS: tuple[str, ...] = (
-    "width",
-    "depth",
-    "dropout",
-    "lr",
-    "weight_decay",
-    "max_epochs",
-    "batch_size",
-    "patience",
-)
+#: The one name map of the CNN settings: ``[cnn]`` config names (the settings every configuration
+#: defines, see ``study.toml``) -> pipeline parameter names (skorch ``prefix__param`` routing);
+#: ``cutout_size`` (a ``[study]`` key) is tunable too.
+CNN_PARAM_NAMES: dict[str, str] = {
+    "width": "net__module__width",
+    "depth": "net__module__depth",
+    "dropout": "net__module__dropout",
+    "lr": "net__lr",
+    "weight_decay": "net__optimizer__weight_decay",
+    "max_epochs": "net__max_epochs",
+    "batch_size": "net__batch_size",
+    "patience": "net__patience",
+    "cutout_size": "cut__size",
+}
+#: The CNN settings every configuration defines (``[cnn]`` in ``study.toml``).
+CNN_KEYS: tuple[str, ...] = tuple(k for k in CNN_PARAM_NAMES if k != "cutout_size")
 
 _DEFAULT_RESOURCE = ("stargal", "data/study.toml")
 
@@ -196,7 +201,8 @@ class StudyConfig:
     group_by : {'cell', 'field'}
         Grouping for cross-validation and validation hold-out.
     cv_folds : int
-        Number of group-aware CV folds (>= 2).
+        Number of group-aware CV folds of the tuning search (>= 2; ``experiments.tuning_stage``;
+        a quick run uses at most 2).
     valid_fraction : float
         Fraction of training groups held out for early stopping, in (0, 0.5].
     psf : {'scaled', 'residual', 'unit', 'none'}
@@ -231,7 +237,7 @@ class StudyConfig:
     exclusion_margin_arcsec: float = 20.0
     group_cell_arcmin: float = 3.0
     group_by: str = "cell"
-    cv_folds: int = 5
+    cv_folds: int = 3
     valid_fraction: float = 0.2
     psf: str = "scaled"
     psf_source: str = "stars"

@@ -77,6 +77,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stargal._imaging import mad_std
 from stargal.sdss import BANDS
 
 __all__ = [
@@ -831,7 +832,7 @@ def fraction_within(attributions, radius: float = 2.0, center=None) -> float:
 def _asinh_stretch(img: np.ndarray) -> np.ndarray:
     """Robust asinh stretch of one image: ``asinh((img - median) / noise)``."""
     med = np.median(img)
-    noise = 1.4826 * np.median(np.abs(img - med))
+    noise = mad_std(img)
     if not noise > 0:
         noise = img.std() if img.std() > 0 else 1.0
     return np.arcsinh((img - med) / noise)

@@ -37,7 +37,8 @@ from photutils.aperture import CircularAperture
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from stargal._imaging import N_IMAGE_BANDS, border_pixels, split_psf_channels
+from stargal._imaging import MAD_TO_SIGMA, N_IMAGE_BANDS, border_pixels, split_psf_channels
+from stargal._validation import Real, validate_params
 from stargal.sdss import BANDS
 
 __all__ = ["PhotometricFeatures", "SOFTENING", "asinh_magnitude"]
@@ -64,7 +65,7 @@ _CHI2_RADIUS = 3.0
 #: reduced chi^2 is clipped to ``[0, _CHI2_MAX]``
 _CHI2_MAX = 1e12
 #: ``1.4826 * MAD`` estimates a Gaussian sigma
-_MAD_TO_SIGMA = 1.4826
+_MAD_TO_SIGMA = MAD_TO_SIGMA
 #: objects per chunk of the PSF-relative block
 _CHUNK = 256
 
@@ -476,7 +477,12 @@ class PhotometricFeatures(TransformerMixin, BaseEstimator):
         self.zero_point = zero_point
 
     # ------------------------------------------------------------------ checks
+    _parameter_constraints = {"radii": ["array-like"], "zero_point": [Real]}
+    _parameter_hints = {"radii": "radii must be a sequence of at least two increasing radii (pixels)",
+                        "zero_point": "zero_point must be a finite number"}
+
     def _check_params(self):
+        validate_params(self)
         try:
             radii = np.asarray(self.radii, dtype=np.float64).ravel()
         except (TypeError, ValueError):

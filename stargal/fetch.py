@@ -79,6 +79,7 @@ import urllib.request
 import zlib
 from pathlib import Path, PurePosixPath
 
+from stargal._io import UMASK
 from stargal.sdss import BANDS, DEFAULT_SAS_URL, FieldID, field_paths
 
 __all__ = [
@@ -727,21 +728,7 @@ class Fetcher:
                 self._copy(src.read, out, validator, url, expected, bar)
 
 
-def _read_umask() -> int:
-    """The process umask, read without changing it where possible (Linux)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)  # other platforms: read once, at import
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
+_UMASK = UMASK  # read once, in stargal._io
 
 
 # --------------------------------------------------------------------- functions

@@ -34,6 +34,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
+from ._imaging import mad_std
 from ._io import atomic_write_bytes as _atomic_write_bytes
 from .fetch import FetchError, NotFoundError, get_fetcher
 from .sdss import BANDS, FieldID, frame_path
@@ -48,6 +49,7 @@ __all__ = [
     "robust_sky_noise",
     "calibration_path",
     "read_frame_calibration",
+    "decompressed_paths",
 ]
 
 _CACHE_VERSION = 1
@@ -79,13 +81,13 @@ def robust_sky_noise(image: np.ndarray, sample: int = 200_000, seed: int = 0) ->
         return float("nan"), float("nan")
     if flat.size > sample:
         flat = np.random.default_rng(seed).choice(flat, sample, replace=False)
-    med, sig = np.median(flat), 1.4826 * np.median(np.abs(flat - np.median(flat)))
+    med, sig = np.median(flat), mad_std(flat)
     for _ in range(3):
         keep = np.abs(flat - med) < 3 * max(sig, 1e-12)
         if keep.sum() < 100:
             break
         med = np.median(flat[keep])
-        sig = 1.4826 * np.median(np.abs(flat[keep] - med))
+        sig = mad_std(flat[keep])
     return float(med), float(sig)
 
 
@@ -181,20 +183,95 @@ class Frame:
         ra, dec = self.wcs.all_pix2world(np.asarray(x, float), np.asarray(y, float), 0)
         return np.asarray(ra, float), np.asarray(dec, float)
 
-    def inside(self, x, y, margin_pix: float = 0.0) -> np.ndarray:
-        """True where 0-based pixel ``(x, y)`` lies at least ``margin_pix`` inside the frame."""
+    def edge_distance(self, x, y) -> np.ndarray:
+        """Distance (pixels) from 0-based pixel ``(x, y)`` to the nearest frame edge.
+
+        Negative outside the frame (the frame covers ``-0.5 <= x <= nx - 0.5``); ``-inf`` for
+        non-finite positions.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> f = Frame("r", np.zeros((10, 20), np.float32))
+        >>> f.edge_distance([0.0, 9.5, 25.0], [4.5, 4.5, 4.5]).tolist()
+        [0.5, 5.0, -5.5]
+        """
         ny, nx = self.shape
         x, y = np.asarray(x, float), np.asarray(y, float)
         with np.errstate(invalid="ignore"):
-            return (
-                (x >= -0.5 + margin_pix)
-                & (x <= nx - 0.5 - margin_pix)
-                & (y >= -0.5 + margin_pix)
-                & (y <= ny - 0.5 - margin_pix)
-            )
+            d = np.minimum.reduce([x + 0.5, nx - 0.5 - x, y + 0.5, ny - 0.5 - y])
+        return np.where(np.isfinite(d), d, -np.inf)
+
+    def outside_distance(self, x, y) -> np.ndarray:
+        """Distance (pixels) from 0-based pixel ``(x, y)`` to the frame: 0 on it, ``inf`` if not finite.
+
+        Euclidean distance to the frame's rectangle ``-0.5 <= x <= nx - 0.5`` (same in y), so the
+        positions within ``m`` pixels of a frame form the rectangle grown by ``m`` with rounded
+        corners.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> f = Frame("r", np.zeros((10, 20), np.float32))
+        >>> f.outside_distance([5.0, 22.5, 22.5], [4.0, 4.0, 13.5]).tolist()
+        [0.0, 3.0, 5.0]
+        """
+        ny, nx = self.shape
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        with np.errstate(invalid="ignore"):
+            dx = np.maximum(np.maximum(-0.5 - x, x - (nx - 0.5)), 0.0)
+            dy = np.maximum(np.maximum(-0.5 - y, y - (ny - 0.5)), 0.0)
+            d = np.hypot(dx, dy)
+        return np.where(np.isfinite(d), d, np.inf)
+
+    @property
+    def pixel_scale(self) -> float:
+        """Mean pixel side in arcsec, from the WCS (0.396" for SDSS frames)."""
+        from astropy.wcs.utils import proj_plane_pixel_scales
+
+        return float(np.mean(proj_plane_pixel_scales(self.wcs.celestial)) * 3600.0)
+
+    def near(self, ra, dec, margin_arcsec: float = 0.0) -> np.ndarray:
+        """True where sky ``(ra, dec)`` (degrees) lies on this frame or within ``margin_arcsec`` of it.
+
+        Pixel space: the frame's WCS and :meth:`outside_distance` in pixels times
+        :attr:`pixel_scale` (exact for the frame's TAN projection up to its ~1e-5 relative scale
+        change across a frame). Points more than the frame's half-diagonal plus the margin plus
+        1 degree from its centre are never projected (the tangent plane ends at 90 degrees).
+        """
+        ra, dec = np.atleast_1d(np.asarray(ra, float)), np.atleast_1d(np.asarray(dec, float))
+        ny, nx = self.shape
+        scale = self.pixel_scale
+        cra, cdec = self.pixel_to_world((nx - 1) / 2, (ny - 1) / 2)
+        reach = np.hypot(nx, ny) / 2 * scale / 3600 + margin_arcsec / 3600 + 1.0
+        hit = np.zeros(ra.shape, dtype=bool)
+        cand = np.flatnonzero(_separation_deg(ra, dec, float(cra), float(cdec)) <= reach)
+        if cand.size:
+            x, y = self.world_to_pixel(ra[cand], dec[cand])
+            hit[cand] = self.outside_distance(x, y) * scale <= margin_arcsec
+        return hit
+
+    def inside(self, x, y, margin_pix: float = 0.0) -> np.ndarray:
+        """True where 0-based pixel ``(x, y)`` lies at least ``margin_pix`` inside the frame.
+
+        A negative ``margin_pix`` accepts positions up to ``-margin_pix`` pixels outside it.
+        """
+        return self.edge_distance(x, y) >= margin_pix
 
 
-def _decompressed_paths(cache_dir: Path, relpath: str) -> tuple[Path, Path]:
+def _separation_deg(ra, dec, ra0: float, dec0: float) -> np.ndarray:
+    """Great-circle distance (degrees) from ``(ra0, dec0)`` (haversine; exact at small angles)."""
+    r = np.deg2rad
+    h = (np.sin((r(dec) - r(dec0)) / 2) ** 2
+         + np.cos(r(dec)) * np.cos(r(dec0)) * np.sin((r(ra) - r(ra0)) / 2) ** 2)
+    return np.rad2deg(2 * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0))))
+
+
+def decompressed_paths(cache_dir: Path, relpath: str) -> tuple[Path, Path]:
+    """``(.npy, .json)`` paths of a frame's decompressed cache (``relpath``: its SAS path).
+
+    Other per-field caches (registration, PSF) are kept beside them.
+    """
     stem = relpath[: -len(".fits.bz2")] if relpath.endswith(".fits.bz2") else relpath
     base = Path(cache_dir) / "decompressed" / stem
     return base.with_name(base.name + ".npy"), base.with_name(base.name + ".json")
@@ -202,7 +279,7 @@ def _decompressed_paths(cache_dir: Path, relpath: str) -> tuple[Path, Path]:
 
 def calibration_path(cache_dir: Path, relpath: str) -> Path:
     """Where a frame's calibration vector and sky level are cached (beside its decompressed image)."""
-    npy, _ = _decompressed_paths(cache_dir, relpath)
+    npy, _ = decompressed_paths(cache_dir, relpath)
     return npy.with_name(npy.name[: -len(".npy")] + ".calib.npz")
 
 
@@ -256,7 +333,7 @@ def load_frame(fid: FieldID | str, band: str, fetcher=None, *, sas_url=None, cac
     fid = FieldID.parse(fid)
     fetcher = get_fetcher(fetcher, sas_url=sas_url, cache_dir=cache_dir)
     rel = frame_path(fid, band)
-    npy, meta_path = _decompressed_paths(fetcher.cache_dir, rel)
+    npy, meta_path = decompressed_paths(fetcher.cache_dir, rel)
     meta = None
     if npy.exists() and meta_path.exists():
         try:
@@ -374,10 +451,7 @@ class Field:
         ra, dec = np.atleast_1d(ra), np.atleast_1d(dec)
         dist = np.full(ra.shape, np.inf)
         for fr in self.frames().values():
-            x, y = fr.world_to_pixel(ra, dec)
-            ny, nx = fr.shape
-            d = np.minimum.reduce([x + 0.5, nx - 0.5 - x, y + 0.5, ny - 0.5 - y])
-            dist = np.minimum(dist, np.where(np.isfinite(d), d, -np.inf))
+            dist = np.minimum(dist, fr.edge_distance(*fr.world_to_pixel(ra, dec)))
         return dist
 
     def contains(self, ra, dec, margin_pix: float = 0.0) -> np.ndarray:

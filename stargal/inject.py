@@ -55,10 +55,11 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from ._io import atomic_write_bytes
+from ._validation import check_range as _check_range
 from .frames import Field, Frame, calibration_path, read_frame_calibration
 from .sdss import BANDS, FieldID, frame_path
 from .synth import (HLR_RANGE_ARCSEC, MAG_RANGE, PIXEL_SCALE_ARCSEC, SERSIC_RANGE, SyntheticPopulation,
-                    measured_photometry, render_source, _check_range)
+                    measured_photometry, render_source)
 
 __all__ = [
     "GAIN",

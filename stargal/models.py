@@ -52,16 +52,16 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-from sklearn.model_selection import BaseCrossValidator, StratifiedShuffleSplit, ShuffleSplit
-from sklearn.utils import check_random_state
+from sklearn.model_selection import StratifiedShuffleSplit, ShuffleSplit
 from sklearn.utils.validation import _num_samples, check_is_fitted
 from skorch import NeuralNetClassifier
 from skorch.callbacks import EarlyStopping, EpochScoring
-from skorch.dataset import get_len
+from skorch.dataset import ValidSplit, get_len
 from skorch.utils import is_dataset, to_numpy
 
 from stargal.features import PhotometricFeatures
 from stargal.nets import StarGalaxyCNN
+from stargal.split import GroupHoldOut
 
 __all__ = [
     "SkyValidSplit",
@@ -147,28 +147,24 @@ class LeakyValidationWarning(UserWarning):
 
 
 # --------------------------------------------------------------------------- split
-class SkyValidSplit(BaseCrossValidator):
-    """Group-aware train/valid split for skorch (``train_split``) and one-fold CV splitter.
+class SkyValidSplit(ValidSplit):
+    """Group-aware train/valid split for skorch (``train_split``): skorch's ``ValidSplit`` with
+    the study's group chooser :class:`stargal.split.GroupHoldOut` as its ``cv``.
 
-    Whole groups (sky regions) are held out so that no group has rows in both
-    the internal training and validation sets.  Among ``n_trials`` random
-    orderings of the groups, the first groups of an ordering are taken until
-    they hold about ``fraction`` of the rows; the ordering whose validation set
-    is closest to ``fraction`` of the rows and to the overall class mix (and
-    has every class in both parts, when possible) wins.  Deterministic for a
-    given ``random_state``.
-
-    Without ``groups`` the split is a stratified random split of ``fraction``
-    and a :class:`LeakyValidationWarning` is issued.
+    Whole groups (sky regions) are held out so that no group has rows in both the internal
+    training and validation sets, exactly as the study's ``'valid'`` split is chosen
+    (``StratifiedGroupKFold`` with ``round(1 / fraction)`` folds; the fold closest to
+    ``fraction`` of the rows). The subclass only adds what ``ValidSplit`` lacks: the class
+    labels ``y`` reach the group splitter (for the class balance), and without ``groups`` the
+    split falls back to a stratified random split with a :class:`LeakyValidationWarning`.
+    Deterministic for a given ``random_state``.
 
     Parameters
     ----------
     fraction : float, default=0.2
-        Target fraction of rows in the validation set, in ``(0, 1)``.
+        Target fraction of rows in the validation set, in ``(0, 0.5]``.
     random_state : int or None, default=0
-        Seed of the group ordering.
-    n_trials : int, default=64
-        Number of random group orderings tried.
+        Seed of the group shuffling.
 
     Examples
     --------
@@ -181,29 +177,26 @@ class SkyValidSplit(BaseCrossValidator):
     (True, 20)
     """
 
-    __metadata_request__split = {"groups": True}
+    stratified = False  # ValidSplit's own stratification is for non-group splitters
 
-    def __init__(self, fraction=0.2, random_state=0, n_trials=64):
+    def __init__(self, fraction=0.2, random_state=0):
         self.fraction = fraction
         self.random_state = random_state
-        self.n_trials = n_trials
+
+    def __repr__(self) -> str:
+        return f"SkyValidSplit(fraction={self.fraction!r}, random_state={self.random_state!r})"
 
     @property
-    def cv(self):
-        """The splitter skorch registers for metadata routing (``self``)."""
-        return self
+    def cv(self) -> GroupHoldOut:
+        """The group splitter (skorch routes ``groups`` to it under metadata routing)."""
+        return GroupHoldOut(self.fraction, random_state=self.random_state)
 
     def get_n_splits(self, X=None, y=None, groups=None):
         """Always 1: one train/valid split."""
         return 1
 
-    def _check(self):
-        f = self.fraction
-        if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0 < f < 1:
-            raise ValueError(f"fraction must be a float in (0, 1), got {f!r}")
-        if (isinstance(self.n_trials, bool) or not isinstance(self.n_trials, numbers.Integral)
-                or self.n_trials < 1):
-            raise ValueError(f"n_trials must be a positive integer, got {self.n_trials!r}")
+    def _is_stratified(self, cv):
+        return isinstance(cv, GroupHoldOut)  # so that ValidSplit passes y to the group splitter
 
     def split(self, X, y=None, groups=None):
         """Yield one ``(train_indices, valid_indices)`` pair.
@@ -221,77 +214,36 @@ class SkyValidSplit(BaseCrossValidator):
         ------
         train, valid : ndarray of int
         """
-        self._check()
+        f = self.fraction
+        if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0 < f <= 0.5:
+            raise ValueError(f"fraction must be a float in (0, 0.5], got {f!r}")
         n = _num_samples(X)
         y = None if y is None else np.asarray(to_numpy(y)).ravel()
         if y is not None and y.shape[0] != n:
             raise ValueError(f"y has {y.shape[0]} rows but X has {n}")
-        if groups is None:
-            warnings.warn(
-                "SkyValidSplit got no groups: falling back to a random stratified validation "
-                "split, which can leak neighbouring objects between internal train and valid "
-                "sets. Pass groups (e.g. pipe.fit(X, y, net__groups=g)).",
-                LeakyValidationWarning, stacklevel=3)
-            strat = y is not None and np.unique(y).size > 1 and np.bincount(
-                np.unique(y, return_inverse=True)[1]).min() >= 2
-            cls = StratifiedShuffleSplit if strat else ShuffleSplit
-            splitter = cls(n_splits=1, test_size=self.fraction, random_state=self.random_state)
-            yield next(splitter.split(np.zeros(n), y if strat else None))
+        if groups is not None:
+            yield next(self.cv.split(np.zeros(n), y, np.asarray(to_numpy(groups)).ravel()))
             return
-        groups = np.asarray(to_numpy(groups)).ravel()
-        if groups.shape[0] != n:
-            raise ValueError(
-                f"groups has {groups.shape[0]} entries but the data has {n} rows; if a sampler "
-                f"added rows, use stargal.models.SkyPipeline and a sampler with sample_indices_")
-        _, codes = np.unique(groups, return_inverse=True)
-        n_groups = int(codes.max()) + 1 if n else 0
-        if n_groups < 2:
-            raise ValueError(f"a group-aware validation split needs at least 2 groups, "
-                             f"got {n_groups}")
-        gsize = np.bincount(codes, minlength=n_groups).astype(np.float64)
-        if y is None:
-            counts = gsize[:, None]
-        else:
-            _, ycodes = np.unique(y, return_inverse=True)
-            k = int(ycodes.max()) + 1
-            counts = np.zeros((n_groups, k))
-            np.add.at(counts, (codes, ycodes), 1.0)
-        total = counts.sum(axis=0)
-        mix = total / n
-        rng = check_random_state(self.random_state)
-        target = self.fraction * n
-        best, best_score = None, np.inf
-        for _ in range(self.n_trials):
-            perm = rng.permutation(n_groups)
-            cum = np.cumsum(gsize[perm])
-            k = int(np.searchsorted(cum, target)) + 1
-            for kk in sorted({max(1, k - 1), min(k, n_groups - 1)}):
-                kk = min(max(kk, 1), n_groups - 1)
-                vc = counts[perm[:kk]].sum(axis=0)
-                nv = vc.sum()
-                missing = np.sum(vc == 0) + np.sum((total - vc) == 0)
-                score = (10.0 * missing + abs(nv / n - self.fraction)
-                         + 0.5 * np.abs(vc / nv - mix).sum())
-                if score < best_score:
-                    best, best_score = perm[:kk], score
-        is_valid = np.isin(codes, best)
-        yield np.flatnonzero(~is_valid), np.flatnonzero(is_valid)
+        warnings.warn(
+            "SkyValidSplit got no groups: falling back to a random stratified validation "
+            "split, which can leak neighbouring objects between internal train and valid "
+            "sets. Pass groups (e.g. pipe.fit(X, y, net__groups=g)).",
+            LeakyValidationWarning, stacklevel=3)
+        strat = y is not None and np.unique(y).size > 1 and np.bincount(
+            np.unique(y, return_inverse=True)[1]).min() >= 2
+        cls = StratifiedShuffleSplit if strat else ShuffleSplit
+        splitter = cls(n_splits=1, test_size=self.fraction, random_state=self.random_state)
+        yield next(splitter.split(np.zeros(n), y if strat else None))
 
     def __call__(self, dataset, y=None, groups=None):
         """skorch ``train_split`` protocol: return ``(dataset_train, dataset_valid)``.
 
-        Parameters
-        ----------
-        dataset : torch.utils.data.Dataset
-        y : array-like, optional
-        groups : array-like, optional
-
-        Returns
-        -------
-        dataset_train, dataset_valid : torch.utils.data.Subset
+        With ``groups``, ``ValidSplit.__call__`` (the first split of :attr:`cv`); without,
+        the warned random fallback of :meth:`split`.
         """
-        n = get_len(dataset)
-        train, valid = next(self.split(np.zeros(n), y, groups))
+        if groups is not None and y is not None:
+            return super().__call__(dataset, y, groups)
+        train, valid = next(self.split(np.zeros(get_len(dataset)), y, groups))
         return (torch.utils.data.Subset(dataset, train),
                 torch.utils.data.Subset(dataset, valid))
 
@@ -605,7 +557,7 @@ class StarGalaxyNet(NeuralNetClassifier):
         return np.concatenate(chunks).astype(np.float64)
 
 
-def make_cnn_net(width=32, depth=2, dropout=0.3, lr=1e-3, weight_decay=1e-4, max_epochs=30,
+def make_cnn_net(width=32, depth=3, dropout=0.3, lr=1e-3, weight_decay=1e-4, max_epochs=30,
                  batch_size=128, patience=5, valid_fraction=0.2, class_weight="balanced",
                  random_state=0, device=None, verbose=0, in_channels=None, n_classes=2,
                  input_size=15, **kwargs):

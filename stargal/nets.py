@@ -42,7 +42,7 @@ class StarGalaxyCNN(nn.Module):
         Number of input bands (``u, g, r, i, z``).
     width : int, default=32
         Channels of the first block; doubled after every block.
-    depth : int, default=2
+    depth : int, default=3
         Number of convolutional blocks (``>= 1``).
     dropout : float, default=0.3
         Dropout probability before the linear layer, in ``[0, 1)``.
@@ -63,7 +63,7 @@ class StarGalaxyCNN(nn.Module):
     torch.Size([1, 2])
     """
 
-    def __init__(self, in_channels=5, width=32, depth=2, dropout=0.3, n_classes=2,
+    def __init__(self, in_channels=5, width=32, depth=3, dropout=0.3, n_classes=2,
                  input_size=15):
         super().__init__()
         for name, value, low in (("in_channels", in_channels, 1), ("width", width, 1),

@@ -57,6 +57,8 @@ from sklearn.pipeline import Pipeline as _SkPipeline
 from skorch import NeuralNet
 from skorch.history import History
 
+from ._io import atomic_write_bytes
+
 __all__ = [
     "save_model",
     "load_model",
@@ -406,11 +408,7 @@ def save_model(model, path, metadata=None):
     if leaked:
         raise TypeError(f"cannot save: torch/skorch objects {leaked} are outside the places nets "
                         f"are supported (the model itself or pipeline steps)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, lambda fh: fh.write(data))
 
 
 def _check_marker(path):

@@ -11,7 +11,7 @@ Where a band's PSF comes from (``FieldPSF.source[band]``)
 ``'stars'``
     :func:`estimate_psf`: a stack of the frame's own bright, isolated, unsaturated point
     sources, found **without any catalog** (the reference stars of
-    :func:`stargal.align.find_reference_stars`, cached with the field's registration, plus a
+    :func:`stargal.registration.find_reference_stars`, cached with the field's registration, plus a
     stricter isolation cut at the scale of the stamp, :data:`PSF_CRITERIA`; saturated stars,
     stars near a frame edge and broad sources never enter). Each star's stamp is resampled
     (Lanczos-3, :func:`stargal.cutouts.resample_stamps`) so that its windowed centroid
@@ -58,7 +58,7 @@ Conventions
 
 Caching: :func:`field_psf` stores the model as JSON beside the field's decompressed frames
 (``psf-RRRRRR-C-FFFF.<source>.v<N>-<R>.json``, written atomically; ``N`` =
-:data:`PSF_VERSION`, ``R`` = :data:`stargal.align.REGISTRATION_VERSION`, whose reference
+:data:`PSF_VERSION`, ``R`` = :data:`stargal.registration.REGISTRATION_VERSION`, whose reference
 stars it uses), keeps it in a per-process memo, and rebuilds (with a
 :class:`PSFWarning`) a cache file it cannot read.
 
@@ -85,8 +85,9 @@ from pathlib import Path
 import numpy as np
 
 from .fetch import FetchError, NotFoundError, get_fetcher
+from ._imaging import mad_std
 from ._io import atomic_write_bytes
-from .frames import Field, MissingBandError, _decompressed_paths
+from .frames import Field, MissingBandError, decompressed_paths
 from .sdss import BANDS, FieldID, frame_path, psfield_path
 
 __all__ = [
@@ -520,7 +521,7 @@ def _pixel_scale(frame) -> float:
 
 def _references(field: Field):
     """Reference stars of the field (cached with its registration: no second detection pass)."""
-    from .align import field_registration
+    from .registration import field_registration
 
     return field_registration(field).references
 
@@ -586,7 +587,7 @@ def _band_positions(field: Field, band: str, refs):
 def psf_star_table(field, band: str, size: int = PSF_STAMP):
     """Candidate PSF stars of one band: centred, background-subtracted stamps.
 
-    Candidates are the field's reference stars (:func:`stargal.align.find_reference_stars`:
+    Candidates are the field's reference stars (:func:`stargal.registration.find_reference_stars`:
     bright, isolated, unsaturated, point-like, not near the r frame's edge, detected without
     any catalog) that are usable in ``band`` (``ok_<band>``: inside the frame, S/N > 20, peak
     below the saturation guard), pass the stricter isolation of :data:`PSF_CRITERIA` and lie at
@@ -602,8 +603,8 @@ def psf_star_table(field, band: str, size: int = PSF_STAMP):
         reference star in this band, pixels; also of those that fail the stricter cuts),
         ``n_candidates``.
     """
-    from .align import _windowed_size
-    from .cutouts import centroid_offsets, resample_stamps
+    from .registration import windowed_size as _windowed_size
+    from ._imaging import centroid_offsets, resample_stamps
 
     if not isinstance(field, Field):
         field = Field(field)
@@ -706,7 +707,7 @@ def _fit_stack(stamps, x, y, shape, noise, nmgy, degree, phase=True):
             chi = np.sqrt(np.mean((resid[:, core] / sig_core) ** 2, axis=1))
             ref = chi[used] if used.any() else chi
             med = np.median(ref)
-            mad = 1.4826 * np.median(np.abs(ref - med))
+            mad = mad_std(ref)
             used = good & (chi <= max(med + crit["star_clip"] * mad, 2.0 * med))
             if used.sum() < max(MIN_STARS, A.shape[1]):
                 used = good.copy()
@@ -789,7 +790,7 @@ def estimate_psf(field, band: str, *, degree: int = 1, size: int = PSF_STAMP) ->
 
 def _seeing_sigma_px(field: Field, band: str) -> tuple[float, str]:
     """Gaussian sigma (px) of the frame's measured seeing, and where it came from."""
-    win = 2.0  # window sigma of stargal.align._windowed_size: size = s w / sqrt(s^2 + w^2)
+    win = 2.0  # window sigma of stargal.registration.windowed_size: size = s w / sqrt(s^2 + w^2)
 
     def from_sizes(sizes):
         s = float(np.median(sizes))
@@ -815,7 +816,7 @@ def _recentre(images: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, tupl
     (the PSF at the frame centre) has its windowed centroid on the central pixel.
 
     Returns the shifted images and the centroid offset ``(dx, dy)`` (pixels) that was removed."""
-    from .cutouts import centroid_offsets, resample_stamps
+    from ._imaging import centroid_offsets, resample_stamps
 
     total = np.tensordot(weights, images, axes=1)
     off = centroid_offsets(total[None, None])[0, 0]
@@ -925,9 +926,9 @@ def psfield_psf(fid, fetcher=None, *, sas_url=None, cache_dir=None, bands=BANDS,
 
 # ----------------------------------------------------------------------------- per field, cached
 def _cache_path(cache_dir, fid: FieldID, source: str) -> Path:
-    from .align import REGISTRATION_VERSION  # the reference stars come with the registration
+    from .registration import REGISTRATION_VERSION  # the reference stars come with the registration
 
-    npy, _ = _decompressed_paths(Path(cache_dir), frame_path(fid, "r"))
+    npy, _ = decompressed_paths(Path(cache_dir), frame_path(fid, "r"))
     return npy.with_name(f"psf-{fid.padded}.{source}.v{PSF_VERSION}-{REGISTRATION_VERSION}.json")
 
 

@@ -35,14 +35,15 @@ True
 
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from stargal._imaging import N_IMAGE_BANDS
-from stargal.augment import _check_cutouts, sky_noise
+from stargal._validation import (InvalidParameterError, Interval, Real, StrOptions, validate_params,
+                                 check_cutouts as _check_cutouts)
+from stargal.augment import sky_noise
 
 __all__ = ["AsinhScaler", "MIN_SOFTENING"]
 
@@ -127,27 +128,23 @@ class AsinhScaler(TransformerMixin, BaseEstimator):
         return tags
 
     # ------------------------------------------------------------ validation
+    _parameter_constraints = {
+        "softening": [StrOptions({"auto"}), Interval(Real, 0, None, closed="neither"), "array-like"],
+        "standardize": ["boolean"],
+        "clip": [None, Interval(Real, 0, None, closed="neither")],
+        "nan_policy": [StrOptions(set(_NAN_POLICIES))],
+    }
+    _parameter_hints = {
+        "softening": "softening must be 'auto', a number > 0 or one number per band (nanomaggies)",
+        "standardize": "standardize must be True or False",
+        "clip": "clip must be None or a finite number > 0",
+    }
+
     def _check_params(self):
-        who = type(self).__name__
-        if self.nan_policy not in _NAN_POLICIES:
-            raise ValueError(
-                f"{who}: nan_policy must be one of {_NAN_POLICIES}, got {self.nan_policy!r}"
-            )
-        if not isinstance(self.standardize, (bool, np.bool_)):
-            raise ValueError(f"{who}: standardize must be True or False, got {self.standardize!r}")
-        if self.clip is not None and not (
-            isinstance(self.clip, numbers.Real)
-            and not isinstance(self.clip, bool)
-            and np.isfinite(self.clip)
-            and self.clip > 0
-        ):
-            raise ValueError(f"{who}: clip must be None or a finite number > 0, got {self.clip!r}")
-        if isinstance(self.softening, str):
-            if self.softening != "auto":
-                raise ValueError(
-                    f"{who}: softening must be 'auto', a number or one number per band, "
-                    f"got {self.softening!r}"
-                )
+        validate_params(self)
+        if self.clip is not None and not np.isfinite(self.clip):
+            raise InvalidParameterError(f"{type(self).__name__}: clip must be None or a finite number > 0, "
+                                        f"got {self.clip!r}")
 
     def _check_X(self, X):
         return _check_cutouts(X, who=type(self).__name__, allow_nan=self.nan_policy == "zero")

@@ -36,6 +36,7 @@ __all__ = [
     "psfield_path",
     "field_paths",
     "sas_url",
+    "parse_field_list",
 ]
 
 #: SDSS bands in wavelength order; every cutout tensor uses this channel order.
@@ -156,3 +157,29 @@ def field_paths(fid: FieldID | str, bands=BANDS, catalogs: bool = True, preview:
 def sas_url(relpath: str, base_url: str = DEFAULT_SAS_URL) -> str:
     """Join a base URL and a relative SAS path with exactly one slash."""
     return base_url.rstrip("/") + "/" + relpath.lstrip("/")
+
+
+def parse_field_list(fields, who: str = "stargal") -> tuple[str, ...]:
+    """Canonical, de-duplicated field strings from one field or a list of them.
+
+    Examples
+    --------
+    >>> parse_field_list(["8162-6-80", "8162-6-80", FieldID(1006, 6, 11)])
+    ('8162-6-80', '1006-6-11')
+    """
+    if isinstance(fields, (str, FieldID)):
+        fields = [fields]
+    try:
+        items = list(fields)
+    except TypeError:
+        raise ValueError(f"{who}: fields must be None or a list of field strings such as "
+                         f"['8162-6-80'], got {fields!r}") from None
+    if not items:
+        raise ValueError(f"{who}: fields is an empty list; pass None or at least one field")
+    canon = []
+    for f in items:
+        try:
+            canon.append(str(FieldID.parse(f)))
+        except ValueError as exc:
+            raise ValueError(f"{who}: bad entry in fields: {exc}") from None
+    return tuple(dict.fromkeys(canon))

@@ -6,32 +6,33 @@ row-wise splits leak. This module provides
 * :func:`sky_groups` / :func:`make_groups` -- group ids from a fixed sky grid (or whole fields),
   to be used with group-aware cross-validation (:func:`make_cv`) and validation hold-outs
   (:func:`group_train_valid_indices`);
-* :func:`exclude_fields` -- a *keep* mask that removes every object lying inside (or within a
-  margin of) any footprint polygon, e.g. the test field's r frame, so the test field never leaks
+* :func:`exclude_fields` -- a *keep* mask that removes every object lying on (or within a
+  margin of) any given frame, e.g. the test field's r frame, so the test field never leaks
   into train/validation even when fields overlap;
 * :func:`distance_to_footprint`, :func:`footprint_overlap`, :func:`min_separation_arcsec` --
-  the spherical geometry behind it, exposed for checks;
+  the geometry behind it, exposed for checks;
 * :func:`assign_splits` -- the study's ``'test'``/``'train'``/``'valid'``/``'excluded'`` column;
 * :func:`split_report` and :func:`magnitude_ks` -- per-split counts, class balance, magnitude
   distributions and KS tests for the report.
 
 Geometry conventions
 --------------------
-RA/Dec are ICRS degrees. A *footprint* is an ``(N, 2)`` array of ``(ra, dec)`` corners
-(``N >= 3``; e.g. ``stargal.frames.Field.footprint()``, or anything with a ``footprint()`` method
-returning one). Corners are joined by great-circle arcs, which is exact for the edges of a
-tangent-plane (TAN) frame WCS; the *convex hull* of the corners is used, which is exact for frame
-footprints (convex quadrilaterals) and conservative (excludes more) otherwise. Point-in-polygon
-uses a gnomonic projection centred on the polygon (great circles project to straight lines, so
-the test is exact and immune to the RA = 0/360 wrap); distances to edges are exact spherical
-point-to-arc distances. A footprint must fit within 60 degrees of its centre.
+RA/Dec are ICRS degrees. A *footprint* is a frame (:class:`stargal.frames.Frame`, or a
+:class:`stargal.frames.Field`, whose r frame is used). Whether a point lies on a frame, or
+within a margin of it, is decided in that frame's **pixels** through its own WCS
+(:meth:`stargal.frames.Frame.near`): the margin in arcsec is converted with the frame's pixel
+scale, and the frame grown by the margin has rounded corners (Euclidean pixel distance).
 
 Examples
 --------
 >>> import numpy as np, pandas as pd
->>> square = np.array([[359.9, -0.1], [0.1, -0.1], [0.1, 0.1], [359.9, 0.1]])  # straddles RA 0
+>>> from astropy.wcs import WCS
+>>> from stargal.frames import Frame
+>>> wcs = WCS(naxis=2); wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]; wcs.wcs.crval = [0.0, 0.0]
+>>> wcs.wcs.cdelt = [-0.1 / 3600, 0.1 / 3600]; wcs.wcs.crpix = [3600.5, 3600.5]  # 0.2 deg square
+>>> frame = Frame("r", np.zeros((7200, 7200), np.float32), wcs=wcs)      # straddles RA 0
 >>> table = pd.DataFrame({"ra": [0.0, 0.105, 10.0], "dec": [0.0, 0.0, 0.0]})
->>> exclude_fields(table, [square], margin_arcsec=20.0)   # 0.105 deg is 18" from the edge
+>>> exclude_fields(table, [frame], margin_arcsec=20.0)   # 0.105 deg is 18" from the edge
 array([False, False,  True])
 >>> groups = sky_groups(table["ra"], table["dec"], cell_arcmin=3.0)
 >>> bool(groups[0] == groups[1]), bool(groups[0] == groups[2])
@@ -44,6 +45,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import BaseCrossValidator
 
 from stargal.sdss import FieldID
 
@@ -57,6 +59,7 @@ __all__ = [
     "footprint_overlap",
     "min_separation_arcsec",
     "group_train_valid_indices",
+    "GroupHoldOut",
     "make_cv",
     "assign_splits",
     "split_report",
@@ -65,9 +68,6 @@ __all__ = [
 ]
 
 _DEG = np.pi / 180.0
-_ARCSEC = _DEG / 3600.0
-_MAX_POLY_RADIUS_DEG = 60.0
-_CHUNK = 200_000  # points per vectorised geometry batch
 
 #: Order in which split names are reported (others follow alphabetically).
 SPLIT_ORDER: tuple[str, ...] = ("train", "valid", "validation", "test", "excluded")
@@ -103,155 +103,6 @@ def _table_coords(table, ra_col="ra", dec_col="dec"):
     except (KeyError, TypeError, IndexError):
         raise ValueError(f"table must have columns {ra_col!r} and {dec_col!r} (degrees)") from None
     return _coords(ra, dec, what="table")
-
-
-def _unit(ra, dec):
-    """Unit vectors (..., 3) for RA/Dec in degrees."""
-    ra = np.asarray(ra, dtype=float) * _DEG
-    dec = np.asarray(dec, dtype=float) * _DEG
-    cd = np.cos(dec)
-    return np.stack([cd * np.cos(ra), cd * np.sin(ra), np.sin(dec)], axis=-1)
-
-
-def _angle(a, b):
-    """Angle (radians) between unit vectors, accurate at small and large angles."""
-    cross = np.linalg.norm(np.cross(a, b), axis=-1)
-    dot = np.sum(a * b, axis=-1)
-    return np.arctan2(cross, dot)
-
-
-def _tangent_basis(centre):
-    """East and north unit vectors of the tangent plane at unit vector ``centre``."""
-    x, y, z = centre
-    ra0 = np.arctan2(y, x)
-    dec0 = np.arcsin(np.clip(z, -1, 1))
-    east = np.array([-np.sin(ra0), np.cos(ra0), 0.0])
-    north = np.array([-np.sin(dec0) * np.cos(ra0), -np.sin(dec0) * np.sin(ra0), np.cos(dec0)])
-    return east, north
-
-
-def _gnomonic(vec, centre, east, north):
-    """Gnomonic (TAN) projection of unit vectors.
-
-    Returns ``(xy, valid)``; ``valid`` is False on the far hemisphere (not projectable).
-    """
-    cosc = vec @ centre
-    valid = cosc > 1e-12
-    safe = np.where(valid, cosc, 1.0)
-    xy = np.stack([(vec @ east) / safe, (vec @ north) / safe], axis=-1)
-    return xy, valid
-
-
-class _Polygon:
-    """A convex spherical polygon (convex hull of the given corners)."""
-
-    def __init__(self, corners):
-        corners = np.asarray(corners, dtype=float)
-        if corners.ndim != 2 or corners.shape[1] != 2 or corners.shape[0] < 3:
-            raise ValueError(
-                "a footprint must be an (N, 2) array of (ra, dec) corners with N >= 3, got shape "
-                f"{corners.shape}"
-            )
-        _coords(corners[:, 0], corners[:, 1], what="footprint corners")
-        vec = _unit(corners[:, 0], corners[:, 1])
-        centre = vec.sum(axis=0)
-        norm = np.linalg.norm(centre)
-        if norm < 1e-9:
-            raise ValueError(
-                "footprint corners are spread over the whole sphere; cannot define a polygon"
-            )
-        centre = centre / norm
-        radius = _angle(vec, centre[None, :]).max()
-        if radius > _MAX_POLY_RADIUS_DEG * _DEG:
-            raise ValueError(
-                f"footprint extends {radius / _DEG:.1f} deg from its centre; "
-                f"at most {_MAX_POLY_RADIUS_DEG} deg is supported"
-            )
-        east, north = _tangent_basis(centre)
-        xy, _ = _gnomonic(vec, centre, east, north)
-        from scipy.spatial import ConvexHull, QhullError
-
-        try:
-            hull = ConvexHull(xy)
-        except QhullError:
-            raise ValueError(
-                f"footprint corners are degenerate (collinear or repeated): {corners.tolist()}"
-            ) from None
-        order = hull.vertices  # counter-clockwise in (east, north)
-        self.corners = corners[order]
-        self.vec = vec[order]
-        self.xy = xy[order]
-        self.centre, self.east, self.north = centre, east, north
-        self.radius = radius  # radians; every point of the polygon is within this of the centre
-
-    # -- geometry ---------------------------------------------------------------------------
-    def contains(self, vec):
-        """Strict point-in-polygon for unit vectors (boundary counts as inside)."""
-        xy, valid = _gnomonic(vec, self.centre, self.east, self.north)
-        a = self.xy
-        b = np.roll(self.xy, -1, axis=0)
-        edge = b - a  # (m, 2)
-        rel = xy[:, None, :] - a[None, :, :]  # (n, m, 2)
-        cross = edge[None, :, 0] * rel[..., 1] - edge[None, :, 1] * rel[..., 0]
-        scale = np.linalg.norm(edge, axis=1)[None, :]
-        return valid & np.all(cross >= -1e-15 * scale, axis=1)
-
-    def edge_distance(self, vec):
-        """Angular distance (radians) from unit vectors to the polygon's boundary arcs."""
-        a = self.vec
-        b = np.roll(self.vec, -1, axis=0)
-        return _arc_distance(vec, a, b).min(axis=1)
-
-    def distance(self, vec):
-        """0 inside, else the angular distance (radians) to the polygon."""
-        d = self.edge_distance(vec)
-        return np.where(self.contains(vec), 0.0, d)
-
-
-def _arc_distance(p, a, b):
-    """Angular distances (n, m) from points p (n, 3) to great-circle arcs a[j] -> b[j] (m, 3)."""
-    n = np.cross(a, b)
-    n = n / np.linalg.norm(n, axis=1, keepdims=True)
-    pn = p @ n.T  # (n, m) sine of distance to the full great circle
-    q = p[:, None, :] - pn[..., None] * n[None, :, :]  # projection onto the circle's plane
-    within = (np.einsum("nmk,mk->nm", np.cross(a[None, :, :], q), n) >= 0) & (
-        np.einsum("nmk,mk->nm", np.cross(q, b[None, :, :]), n) >= 0
-    )
-    d_circle = np.arcsin(np.clip(np.abs(pn), 0, 1))
-    d_ends = np.minimum(_angle(p[:, None, :], a[None, :, :]), _angle(p[:, None, :], b[None, :, :]))
-    return np.where(within, d_circle, d_ends)
-
-
-def _as_polygons(footprints):
-    """Normalise footprints to a list of _Polygon.
-
-    Accepts one ``(N, 2)`` array, an ``(K, N, 2)`` array, an object with a ``footprint()``
-    method (``stargal.frames.Field``), a mapping (its values are used) or a sequence of these.
-    """
-    if isinstance(footprints, _Polygon):
-        return [footprints]
-    if hasattr(footprints, "footprint") and callable(footprints.footprint):
-        return [_Polygon(footprints.footprint())]
-    if isinstance(footprints, dict):
-        footprints = list(footprints.values())
-    if isinstance(footprints, np.ndarray) or (
-        isinstance(footprints, (list, tuple)) and footprints and np.ndim(footprints[0]) == 1
-    ):
-        arr = np.asarray(footprints, dtype=float)
-        if arr.ndim == 2:
-            return [_Polygon(arr)]
-        if arr.ndim == 3:
-            return [_Polygon(p) for p in arr]
-        raise ValueError(f"footprints array must have shape (N, 2) or (K, N, 2), got {arr.shape}")
-    if isinstance(footprints, (list, tuple)):
-        out = []
-        for item in footprints:
-            out.extend(_as_polygons(item))
-        return out
-    raise TypeError(
-        "footprints must be an (N, 2) array of (ra, dec) corners, a sequence of them, or objects "
-        f"with a footprint() method; got {type(footprints).__name__}"
-    )
 
 
 def _is_real(value):
@@ -380,33 +231,46 @@ def make_groups(table, by="cell", cell_arcmin=3.0):
 # ==============================================================================================
 # footprints
 # ==============================================================================================
+def _frames(footprints):
+    """Normalise to a list of frames: a :class:`~stargal.frames.Frame`, a
+    :class:`~stargal.frames.Field` (its r frame), or a sequence / mapping of these."""
+    if hasattr(footprints, "world_to_pixel") and hasattr(footprints, "outside_distance"):
+        return [footprints]
+    if hasattr(footprints, "frame") and callable(footprints.frame):
+        return [footprints.frame("r")]
+    if isinstance(footprints, dict):
+        footprints = list(footprints.values())
+    if isinstance(footprints, (list, tuple)):
+        return [f for item in footprints for f in _frames(item)]
+    raise TypeError(
+        "footprints must be frames (stargal.frames.Frame), fields (stargal.frames.Field: their r "
+        f"frame) or a sequence of them; got {type(footprints).__name__}")
+
+
 def distance_to_footprint(ra, dec, footprint):
-    """Angular distance (arcsec) from each point to a footprint polygon; 0 inside.
+    """Angular distance (arcsec) from each point to a frame; 0 on it.
+
+    Measured in the frame's pixels (:meth:`~stargal.frames.Frame.outside_distance` times its
+    pixel scale); ``inf`` for points the frame's tangent plane cannot hold (90 degrees away).
 
     Parameters
     ----------
     ra, dec : array-like of float, shape (n,)
         Degrees.
-    footprint : array-like, shape (N, 2)
-        ``(ra, dec)`` corners in degrees (convex hull used; see module notes).
+    footprint : stargal.frames.Frame or stargal.frames.Field
+        The frame (a field: its r frame).
 
     Returns
     -------
     ndarray of float, shape (n,)
-
-    Examples
-    --------
-    >>> sq = [[-0.1, -0.1], [0.1, -0.1], [0.1, 0.1], [-0.1, 0.1]]
-    >>> np.round(distance_to_footprint([0.0, 0.2], [0.0, 0.0], sq), 3).tolist()
-    [0.0, 360.0]
     """
     ra, dec = _coords(ra, dec)
-    (poly,) = _as_polygons(np.asarray(footprint, dtype=float))
-    return poly.distance(_unit(ra, dec)) / _ARCSEC
+    (frame,) = _frames(footprint)
+    return frame.outside_distance(*frame.world_to_pixel(ra, dec)) * frame.pixel_scale
 
 
 def in_footprints(ra, dec, footprints, margin_arcsec=0.0):
-    """True for points inside any footprint or within ``margin_arcsec`` of one.
+    """True for points on any frame or within ``margin_arcsec`` of one (pixel space, its WCS).
 
     Parameters
     ----------
@@ -419,45 +283,32 @@ def in_footprints(ra, dec, footprints, margin_arcsec=0.0):
     -------
     ndarray of bool, shape (n,)
         :func:`exclude_fields` returns the complement for a table.
-
-    Examples
-    --------
-    >>> sq = [[9.9, 1.9], [10.1, 1.9], [10.1, 2.1], [9.9, 2.1]]
-    >>> in_footprints([10.0, 11.0], [2.0, 2.0], [sq]).tolist()
-    [True, False]
     """
     ra, dec = _coords(ra, dec)
-    margin = _check_margin(margin_arcsec) * _ARCSEC
-    polys = _as_polygons(footprints)
-    vec = _unit(ra, dec)
+    margin = _check_margin(margin_arcsec)
     hit = np.zeros(len(ra), dtype=bool)
-    for poly in polys:
-        # only points within the polygon's bounding cap (+ margin) can be inside or near it
-        near = _angle(vec, poly.centre[None, :]) <= poly.radius + margin + 1e-12
-        if not near.any():
-            continue
-        near_idx = np.flatnonzero(near)
-        for start in range(0, len(near_idx), _CHUNK):  # bounded memory for huge tables
-            idx = near_idx[start:start + _CHUNK]
-            hit[idx] |= poly.distance(vec[idx]) <= margin
+    for frame in _frames(footprints):
+        hit |= frame.near(ra, dec, margin)
     return hit
 
 
 def exclude_fields(table, footprints, margin_arcsec=20.0, ra_col="ra", dec_col="dec"):
-    """Mask of rows to KEEP: objects outside every footprint expanded by ``margin_arcsec``.
+    """Mask of rows to KEEP: objects farther than ``margin_arcsec`` from every footprint frame.
 
-    Use it with the test field's footprint(s) to remove from train/validation every object that
-    lies on the test field, including objects catalogued in another, overlapping field.
+    Use it with the test field(s) to remove from train/validation every object that lies on the
+    test field's r frame (or within the margin of it), including objects catalogued in another,
+    overlapping field. Membership is decided in the frame's own pixels through its WCS
+    (:meth:`stargal.frames.Frame.near`).
 
     Parameters
     ----------
     table : pandas.DataFrame
         Objects table with ``ra``/``dec`` in degrees (non-finite values are an error).
-    footprints : array-like or object or sequence
-        One ``(N, 2)`` array of ``(ra, dec)`` corners, a ``(K, N, 2)`` array, objects with a
-        ``footprint()`` method (``stargal.frames.Field``), or a sequence/mapping of these.
+    footprints : Frame, Field or sequence / mapping of them
+        :class:`~stargal.frames.Frame` objects, or :class:`~stargal.frames.Field` objects
+        (their r frame is used).
     margin_arcsec : float, default=20.0
-        Objects within this angular distance (arcsec) of a footprint are removed too.
+        Objects within this angular distance (arcsec) of a frame are removed too.
     ra_col, dec_col : str
         Column names.
 
@@ -465,84 +316,41 @@ def exclude_fields(table, footprints, margin_arcsec=20.0, ra_col="ra", dec_col="
     -------
     keep : ndarray of bool, shape (len(table),)
         ``True`` where the object is safe to use for training/validation.
-
-    Examples
-    --------
-    >>> sq = np.array([[9.9, 1.9], [10.1, 1.9], [10.1, 2.1], [9.9, 2.1]])
-    >>> t = pd.DataFrame({"ra": [10.0, 10.104, 12.0], "dec": [2.0, 2.0, 2.0]})
-    >>> exclude_fields(t, sq, margin_arcsec=20.0).tolist()
-    [False, False, True]
     """
     ra, dec = _table_coords(table, ra_col, dec_col)
     return ~in_footprints(ra, dec, footprints, margin_arcsec=margin_arcsec)
 
 
-def _segments_intersect(p1, p2, q1, q2):
-    """Whether planar segments p1p2 and q1q2 intersect (touching counts)."""
+def footprint_overlap(frame_a, frame_b, margin_arcsec=0.0, step_pix=1.0):
+    """Whether two frames overlap, or come within ``margin_arcsec`` of each other.
 
-    def orient(a, b, c):
-        return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
-
-    def on_segment(a, b, c):
-        return (min(a[0], b[0]) <= c[0] <= max(a[0], b[0])
-                and min(a[1], b[1]) <= c[1] <= max(a[1], b[1]))
-
-    d1, d2 = orient(q1, q2, p1), orient(q1, q2, p2)
-    d3, d4 = orient(p1, p2, q1), orient(p1, p2, q2)
-    if 0 not in (d1, d2, d3, d4) and ((d1 > 0) != (d2 > 0)) and ((d3 > 0) != (d4 > 0)):
-        return True
-    return (
-        (d1 == 0 and on_segment(q1, q2, p1))
-        or (d2 == 0 and on_segment(q1, q2, p2))
-        or (d3 == 0 and on_segment(p1, p2, q1))
-        or (d4 == 0 and on_segment(p1, p2, q2))
-    )
-
-
-def footprint_overlap(poly_a, poly_b, margin_arcsec=0.0):
-    """Whether two footprints overlap, or come within ``margin_arcsec`` of each other.
+    Two convex frames overlap (or come within the margin) exactly when a point of one's boundary
+    lies on (or within the margin of) the other; the boundaries are sampled every ``step_pix``
+    pixels, so the answer is exact to ``step_pix / 2`` pixels.
 
     Parameters
     ----------
-    poly_a, poly_b : array-like, shape (N, 2)
-        ``(ra, dec)`` corners in degrees (or objects with a ``footprint()`` method).
+    frame_a, frame_b : stargal.frames.Frame or stargal.frames.Field
     margin_arcsec : float, default=0.0
+    step_pix : float, default=1.0
 
     Returns
     -------
     bool
-
-    Examples
-    --------
-    >>> a = [[0, 0], [0.2, 0], [0.2, 0.2], [0, 0.2]]
-    >>> b = [[0.1, 0.1], [0.3, 0.1], [0.3, 0.3], [0.1, 0.3]]
-    >>> c = [[0.21, 0], [0.3, 0], [0.3, 0.2], [0.21, 0.2]]
-    >>> footprint_overlap(a, b), footprint_overlap(a, c), footprint_overlap(a, c, margin_arcsec=40)
-    (True, False, True)
     """
-    margin = _check_margin(margin_arcsec) * _ARCSEC
-    (pa,) = _as_polygons(poly_a)
-    (pb,) = _as_polygons(poly_b)
-    if _angle(pa.centre, pb.centre) > pa.radius + pb.radius + margin + 1e-12:
-        return False
-    if pa.contains(pb.vec).any() or pb.contains(pa.vec).any():
-        return True
-    # edges crossing: project both onto the tangent plane at the midpoint (exact for great circles)
-    mid = pa.centre + pb.centre
-    mid = mid / np.linalg.norm(mid)
-    east, north = _tangent_basis(mid)
-    xa, va = _gnomonic(pa.vec, mid, east, north)
-    xb, vb = _gnomonic(pb.vec, mid, east, north)
-    if va.all() and vb.all():
-        for i in range(len(xa)):
-            for j in range(len(xb)):
-                if _segments_intersect(xa[i], xa[(i + 1) % len(xa)], xb[j], xb[(j + 1) % len(xb)]):
-                    return True
-    if margin == 0:
-        return False
-    # disjoint convex polygons: the closest pair involves a vertex of one and an edge of the other
-    d = min(pb.edge_distance(pa.vec).min(), pa.edge_distance(pb.vec).min())
-    return bool(d <= margin)
+    margin = _check_margin(margin_arcsec)
+    (fa,) = _frames(frame_a)
+    (fb,) = _frames(frame_b)
+    for one, other in ((fa, fb), (fb, fa)):
+        ny, nx = one.shape
+        xs = np.arange(-0.5, nx - 0.5 + step_pix, step_pix).clip(max=nx - 0.5)
+        ys = np.arange(-0.5, ny - 0.5 + step_pix, step_pix).clip(max=ny - 0.5)
+        bx = np.r_[xs, xs, np.full(ys.size, -0.5), np.full(ys.size, nx - 0.5)]
+        by = np.r_[np.full(xs.size, -0.5), np.full(xs.size, ny - 0.5), ys, ys]
+        ra, dec = one.pixel_to_world(bx, by)
+        if other.near(ra, dec, margin).any():
+            return True
+    return False
 
 
 def min_separation_arcsec(ra1, dec1, ra2, dec2):
@@ -612,12 +420,100 @@ def make_cv(n_splits=5, stratified=True, shuffle=True, random_state=0):
     return cls(n_splits=int(n_splits), shuffle=bool(shuffle), random_state=rs)
 
 
+class GroupHoldOut(BaseCrossValidator):
+    """One train/validation split holding out whole groups: the study's one group chooser.
+
+    ``StratifiedGroupKFold(n_splits=round(1 / fraction), shuffle=True)`` (``GroupKFold`` with
+    shuffled groups when ``y`` is None) and the fold whose size is closest to ``fraction`` of the
+    rows (the first such fold on ties) is the validation set. No group appears on both sides.
+    It serves the study's ``'valid'`` split (:func:`group_train_valid_indices`) and the CNN's
+    early-stopping split (:class:`stargal.models.SkyValidSplit`, through skorch's ``ValidSplit``).
+    A scikit-learn CV splitter (``split``, ``get_n_splits`` = 1) that requests ``groups``.
+
+    Parameters
+    ----------
+    fraction : float, default=0.2
+        In (0, 0.5].
+    random_state : int, RandomState or None, default=0
+        Seed of the group shuffling.
+
+    Examples
+    --------
+    >>> g = np.repeat(np.arange(10), 5)
+    >>> y = np.tile([0, 1, 0, 1, 1], 10)
+    >>> tr, va = next(GroupHoldOut(0.2).split(g, y, g))
+    >>> len(va), set(g[tr]) & set(g[va])
+    (10, set())
+    """
+
+    __metadata_request__split = {"groups": True}
+
+    def __init__(self, fraction=0.2, random_state=0):
+        self.fraction = fraction
+        self.random_state = random_state
+
+    def get_n_splits(self, X=None, y=None, groups=None) -> int:
+        """Always 1."""
+        return 1
+
+    def split(self, X, y=None, groups=None):
+        """Yield one ``(train, valid)`` pair of sorted int64 positional indices.
+
+        Parameters
+        ----------
+        X : array-like of length n
+            Only its length is used.
+        y : array-like of shape (n,), optional
+            Class labels (stratification).
+        groups : array-like of shape (n,)
+            Group of every row (e.g. from :func:`make_groups`).
+        """
+        fraction = self.fraction
+        if not _is_real(fraction) or not 0 < fraction <= 0.5:
+            raise ValueError(f"valid_fraction (fraction) must be in (0, 0.5], got {fraction!r}")
+        if groups is None:
+            raise ValueError("GroupHoldOut needs groups (e.g. stargal.split.make_groups)")
+        groups = np.asarray(groups).ravel()
+        n = len(X) if hasattr(X, "__len__") else groups.shape[0]
+        if groups.ndim != 1 or len(groups) == 0:
+            raise ValueError(f"groups must be a non-empty 1-d array, got shape {groups.shape}")
+        if groups.shape[0] != n:
+            raise ValueError(
+                f"groups has {groups.shape[0]} entries but the data has {n} rows; if a sampler "
+                f"added rows, use stargal.models.SkyPipeline and a sampler with sample_indices_")
+        if y is not None:
+            y = np.asarray(y).ravel()
+            if y.shape != groups.shape:
+                raise ValueError(
+                    f"y and groups must have the same length, got {len(y)} and {len(groups)}")
+        n_splits = max(2, int(round(1.0 / fraction)))
+        n_groups = len(np.unique(groups))
+        if n_groups < 2:
+            raise ValueError(f"a group-aware validation split needs at least 2 groups, got {n_groups}")
+        if n_groups < n_splits:
+            raise ValueError(
+                f"cannot hold out {fraction:.0%} of the data as whole groups: "
+                f"only {n_groups} group(s), "
+                f"need at least {n_splits}; use smaller sky cells or more fields"
+            )
+        cv = make_cv(n_splits, stratified=y is not None, shuffle=True, random_state=self.random_state)
+        import warnings
+
+        with warnings.catch_warnings():
+            # "The least populated class in y has only k members" is expected for small group counts
+            warnings.filterwarnings("ignore", message=".*least populated class.*", category=UserWarning)
+            folds = list(cv.split(np.zeros((len(groups), 1)), y, groups))
+        target = fraction * len(groups)
+        best = min(range(len(folds)), key=lambda k: (abs(len(folds[k][1]) - target), k))
+        train_idx, valid_idx = folds[best]
+        yield np.sort(train_idx).astype(np.int64), np.sort(valid_idx).astype(np.int64)
+
+
 def group_train_valid_indices(groups, y=None, valid_fraction=0.2, random_state=0):
     """Hold out whole groups for validation, keeping class balance where possible.
 
-    Runs ``StratifiedGroupKFold(n_splits=round(1 / valid_fraction), shuffle=True)`` (or
-    ``GroupKFold`` when ``y`` is None) and returns the fold whose size is closest to
-    ``valid_fraction`` of the rows. No group appears in both outputs.
+    ``next(GroupHoldOut(valid_fraction, random_state).split(groups, y, groups))``: see
+    :class:`GroupHoldOut`. No group appears in both outputs.
 
     Parameters
     ----------
@@ -645,34 +541,7 @@ def group_train_valid_indices(groups, y=None, valid_fraction=0.2, random_state=0
     groups = np.asarray(groups)
     if groups.ndim != 1 or len(groups) == 0:
         raise ValueError(f"groups must be a non-empty 1-d array, got shape {groups.shape}")
-    if y is not None:
-        y = np.asarray(y)
-        if y.shape != groups.shape:
-            raise ValueError(
-                f"y and groups must have the same length, got {len(y)} and {len(groups)}"
-            )
-    if not _is_real(valid_fraction) or not 0 < valid_fraction <= 0.5:
-        raise ValueError(f"valid_fraction must be in (0, 0.5], got {valid_fraction!r}")
-    n_splits = max(2, int(round(1.0 / valid_fraction)))
-    n_groups = len(np.unique(groups))
-    if n_groups < n_splits:
-        raise ValueError(
-            f"cannot hold out {valid_fraction:.0%} of the data as whole groups: "
-            f"only {n_groups} group(s), "
-            f"need at least {n_splits}; use smaller sky cells or more fields"
-        )
-    cv = make_cv(n_splits, stratified=y is not None, shuffle=True, random_state=random_state)
-    X = np.zeros((len(groups), 1))
-    import warnings
-
-    with warnings.catch_warnings():
-        # "The least populated class in y has only k members" is expected for small group counts
-        warnings.filterwarnings("ignore", message=".*least populated class.*", category=UserWarning)
-        folds = list(cv.split(X, y, groups))
-    target = valid_fraction * len(groups)
-    best = min(range(len(folds)), key=lambda k: (abs(len(folds[k][1]) - target), k))
-    train_idx, valid_idx = folds[best]
-    return np.sort(train_idx).astype(np.int64), np.sort(valid_idx).astype(np.int64)
+    return next(GroupHoldOut(valid_fraction, random_state).split(groups, y, groups))
 
 
 def assign_splits(
@@ -716,7 +585,11 @@ def assign_splits(
 
     Examples
     --------
-    >>> sq = np.array([[9.9, 1.9], [10.1, 1.9], [10.1, 2.1], [9.9, 2.1]])
+    >>> from astropy.wcs import WCS
+    >>> from stargal.frames import Frame
+    >>> wcs = WCS(naxis=2); wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]; wcs.wcs.crval = [10.0, 2.0]
+    >>> wcs.wcs.cdelt = [-1 / 3600, 1 / 3600]; wcs.wcs.crpix = [360.5, 360.5]  # 0.2 deg square
+    >>> sq = Frame("r", np.zeros((720, 720), np.float32), wcs=wcs)
     >>> t = pd.DataFrame({"ra": [10.0, 10.05] + [20.0 + k for k in range(10)],
     ...                   "dec": [2.0] * 12,
     ...                   "field_id": ["8162-6-80", "1035-6-17"] + ["1035-6-17"] * 10})

@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from ._imaging import aperture_flux
+from ._validation import check_range as _check_range
 from .sdss import BANDS
 
 __all__ = [
@@ -92,19 +93,6 @@ def _galsim():
     import galsim  # deferred: a few hundred ms to import
 
     return galsim
-
-
-def _check_range(name, value, lo, hi, who="stargal.synth"):
-    """A (min, max) pair inside [lo, hi]; a clear ValueError otherwise."""
-    try:
-        a, b = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{who}: {name} must be a (min, max) pair of numbers, got {value!r}") from None
-    if not (np.isfinite(a) and np.isfinite(b)) or a > b:
-        raise ValueError(f"{who}: {name} must be finite with min <= max, got {value!r}")
-    if a < lo or b > hi:
-        raise ValueError(f"{who}: {name}={value!r} is outside the supported range [{lo:g}, {hi:g}]")
-    return a, b
 
 
 def stamp_size(hlr_px: float = 0.0, psf_size: int = 25) -> int:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .catalogs import LABELS, labels_to_y, load_catalog, read_coordinates
-from .config import StudyConfig, load_config
+from .config import CNN_PARAM_NAMES, StudyConfig, load_config
 from .fetch import get_fetcher
 from .frames import Field
 
@@ -39,18 +39,6 @@ __all__ = [
     "parse_param_overrides",
 ]
 
-#: ``[cnn]`` config names -> pipeline parameter names (skorch ``prefix__param`` routing).
-CNN_PARAM_NAMES = {
-    "width": "net__module__width",
-    "depth": "net__module__depth",
-    "dropout": "net__module__dropout",
-    "lr": "net__lr",
-    "weight_decay": "net__optimizer__weight_decay",
-    "max_epochs": "net__max_epochs",
-    "batch_size": "net__batch_size",
-    "patience": "net__patience",
-    "cutout_size": "cut__size",
-}
 
 
 def _config(config) -> StudyConfig:
@@ -106,7 +94,7 @@ def study_table(config=None, fetcher=None, *, sas_url=None, cache_dir=None, fiel
     flags = aligner.fit_transform(table)["flag"].to_numpy()
     n_before = len(table)
     table = table[flags == ""].reset_index(drop=True)
-    test_footprints = [Field(f, fetcher).footprint() for f in config.test_fields]
+    test_footprints = [Field(f, fetcher) for f in config.test_fields]  # their r frames
     table["group"] = make_groups(table, by=config.group_by, cell_arcmin=config.group_cell_arcmin)
     table["split"] = assign_splits(
         table, config.test_fields, test_footprints, margin_arcsec=config.exclusion_margin_arcsec,

@@ -276,6 +276,26 @@ class WindowIndex:
         """The best field holding each point (``''`` where none): first column of :meth:`lookup`."""
         return self.lookup(ra, dec, max_candidates=1)[0][:, 0]
 
+    def candidates(self, ra, dec, rows=None, max_candidates: int = 3) -> dict[str, np.ndarray]:
+        """Field -> the rows whose point its box holds (up to ``max_candidates`` fields a row).
+
+        ``rows`` (default ``0..n-1``) label the points; fields holding the most rows come first
+        (so that the rows of one field are handled together), each with its rows sorted.
+        """
+        rows = np.arange(np.size(ra)) if rows is None else np.asarray(rows)
+        names, _ = self.lookup(ra, dec, max_candidates=max_candidates)
+        flat = names.ravel()
+        owner = np.repeat(rows, names.shape[1])
+        has = flat != ""
+        out: dict[str, np.ndarray] = {}
+        if has.any():
+            uniq, inv = np.unique(flat[has], return_inverse=True)
+            members = np.argsort(inv, kind="stable")
+            bounds = np.r_[0, np.cumsum(np.bincount(inv, minlength=uniq.size))]
+            for j in np.argsort(-np.diff(bounds), kind="stable"):
+                out[str(uniq[j])] = np.unique(owner[has][members[bounds[j]:bounds[j + 1]]])
+        return out
+
     # ---------------------------------------------------------------- persistence
     @classmethod
     def from_fits(cls, path) -> "WindowIndex":

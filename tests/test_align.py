@@ -10,6 +10,7 @@ import pytest
 from sklearn.base import clone
 
 import stargal.align as align_module
+import stargal.registration as registration_module
 from stargal.align import (
     MIN_REFERENCES,
     Aligner,
@@ -327,8 +328,8 @@ def test_refine_recovers_a_known_wcs_error(shifted_sas):
 def test_registration_is_cached_per_field(shifted_sas, monkeypatch):
     info, kw = shifted_sas
     reg = field_registration(info["fid"], **kw)
-    path = align_module._registration_path(kw["cache_dir"], align_module.FieldID.parse(info["fid"]))
-    assert path.is_file() and path.name.endswith(f".v{align_module.REGISTRATION_VERSION}.json")
+    path = registration_module.registration_path(kw["cache_dir"], registration_module.FieldID.parse(info["fid"]))
+    assert path.is_file() and path.name.endswith(f".v{registration_module.REGISTRATION_VERSION}.json")
     assert not list(path.parent.glob("*.part"))
 
     def fail(field):
@@ -339,17 +340,17 @@ def test_registration_is_cached_per_field(shifted_sas, monkeypatch):
 
     # a new process (empty in-memory memo) reads the JSON instead of measuring again
     with monkeypatch.context() as patch:
-        patch.setattr(align_module, "_MEMO", {})
-        patch.setattr(align_module, "find_reference_stars", fail)
+        patch.setattr(registration_module, "_MEMO", {})
+        patch.setattr(registration_module, "find_reference_stars", fail)
         again = field_registration(info["fid"], **kw)
     np.testing.assert_allclose(constants(again), constants(reg), atol=1e-4)
     assert again.n_used == reg.n_used
     # a corrupt cache file is measured again (and rewritten), not trusted
     path.write_text("{not json")
-    monkeypatch.setattr(align_module, "_MEMO", {})
+    monkeypatch.setattr(registration_module, "_MEMO", {})
     fresh = field_registration(info["fid"], **kw)
     np.testing.assert_allclose(constants(fresh), constants(reg), atol=1e-6)
-    assert json.loads(path.read_text())["version"] == align_module.REGISTRATION_VERSION
+    assert json.loads(path.read_text())["version"] == registration_module.REGISTRATION_VERSION
 
 
 def test_refine_with_exact_wcs_or_too_few_stars(sas):

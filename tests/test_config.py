@@ -179,3 +179,21 @@ def test_configured_fields_exist_in_mirror(mirror_dir):
         for kind in ("star", "gal"):
             path = mirror_dir / sdss.calibobj_path(fid, kind)
             assert path.is_file(), f"{fid}: missing {path}"
+
+
+def test_one_source_for_every_cnn_default():
+    """The packaged study's [cnn] values are the factory's and the network's defaults."""
+    import inspect
+
+    from stargal.models import make_cnn_net
+    from stargal.nets import StarGalaxyCNN
+    from stargal.training import CNN_PARAM_NAMES as training_names
+    from stargal.config import CNN_PARAM_NAMES
+
+    cnn = load_config().cnn
+    factory = inspect.signature(make_cnn_net).parameters
+    network = inspect.signature(StarGalaxyCNN).parameters
+    assert {k: factory[k].default for k in CNN_KEYS} == cnn
+    assert {k: network[k].default for k in ("width", "depth", "dropout")} == {
+        k: cnn[k] for k in ("width", "depth", "dropout")}
+    assert training_names is CNN_PARAM_NAMES and set(CNN_KEYS) <= set(CNN_PARAM_NAMES)

@@ -403,7 +403,7 @@ def test_real_whole_catalog_in_one_call(real_8162, mirror_kw):
 
 
 def test_alignment_experiment_on_synthetic_fields(tmp_path):
-    from experiments.alignment import run
+    from experiments.alignment import measure
     from stargal.fetch import Fetcher
 
     info = make_synthetic_sas(tmp_path / "sas", fid="1000-1-10", n_stars=8, n_gal=4, noise=0.003,
@@ -411,7 +411,7 @@ def test_alignment_experiment_on_synthetic_fields(tmp_path):
     make_synthetic_sas(tmp_path / "sas", fid="1000-1-11", n_stars=6, n_gal=3, noise=0.003,
                        shape=(160, 240), seed=22)
     fetcher = Fetcher(info["sas_url"], cache_dir=tmp_path / "cache", quiet=True)
-    res = run(tmp_path / "out", ["1000-1-10", "1000-1-11"], fetcher)
+    res = measure(tmp_path / "out", ["1000-1-10", "1000-1-11"], fetcher)
     for name in ("alignment_residuals.csv", "alignment_residuals.png", "alignment_irg.png", "example_cutouts.png",
                  "band_stats.csv", "object_counts.csv", "magnitude_hist.png", "tensors.npz"):
         assert (tmp_path / "out" / name).is_file(), name

@@ -63,7 +63,7 @@ def test_metrics_frame_layout():
 def test_preserved_environ_undoes_changes(monkeypatch):
     import os
 
-    from experiments.tuning_stage import _preserved_environ
+    from benchmarks.bench_backends import _preserved_environ
 
     monkeypatch.setenv("STARGAL_TEST_KEEP", "1")
     monkeypatch.delenv("STARGAL_TEST_NEW", raising=False)

@@ -7,6 +7,9 @@ import pandas as pd
 import pytest
 from astropy import units as u
 from astropy.coordinates import SkyCoord
+from astropy.wcs import WCS
+
+from stargal.frames import Frame
 
 from stargal.split import (
     assign_splits,
@@ -26,13 +29,21 @@ from stargal.split import (
 HALF_DEG = 0.1  # half-size of the synthetic square footprints
 
 
+def rect(ra0, dec0, half_x, half_y, scale=1.0):
+    """A synthetic frame (:class:`stargal.frames.Frame`, TAN WCS, ``scale`` arcsec pixels) centred
+    on (ra0, dec0), ``2 half_x`` x ``2 half_y`` degrees; no pixels are allocated."""
+    nx, ny = int(round(2 * half_x * 3600 / scale)), int(round(2 * half_y * 3600 / scale))
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [ra0 % 360, dec0]
+    wcs.wcs.cdelt = [-scale / 3600, scale / 3600]
+    wcs.wcs.crpix = [(nx + 1) / 2, (ny + 1) / 2]  # 1-based FITS: the frame's centre
+    return Frame("r", np.broadcast_to(np.float32(0), (ny, nx)), wcs=wcs)
+
+
 def square(ra0, dec0, half=HALF_DEG):
-    """Corners of a square of half-size ``half`` deg centred on (ra0, dec0), built with astropy
-    offsets (so the corners are at (+-half, +-half) in the centre's offset frame)."""
-    c = SkyCoord(ra0 * u.deg, dec0 * u.deg)
-    d = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * half
-    corners = c.spherical_offsets_by(d[:, 0] * u.deg, d[:, 1] * u.deg)
-    return np.c_[corners.ra.deg, corners.dec.deg]
+    """A synthetic square frame of half-size ``half`` deg centred on (ra0, dec0)."""
+    return rect(ra0, dec0, half, half)
 
 
 def offsets_arcsec(ra0, dec0, ra, dec):
@@ -160,7 +171,7 @@ def test_exclude_fields_against_independent_offsets(ra0, dec0):
 
 
 def test_footprint_straddling_ra_zero():
-    poly = np.array([[359.9, -0.1], [0.1, -0.1], [0.1, 0.1], [359.9, 0.1]])
+    poly = square(0.0, 0.0)  # corners (359.9, -0.1) ... (0.1, 0.1)
     ra = np.array([0.0, 359.95, 0.05, 359.85, 0.15, 180.0, 359.9 - 25 / 3600])
     dec = np.zeros_like(ra)
     inside = in_footprints(ra, dec, [poly], margin_arcsec=0.0)
@@ -198,14 +209,14 @@ def test_exclude_fields_margin_and_inputs():
     assert exclude_fields(t, poly, margin_arcsec=5)[0]
     assert not exclude_fields(t, poly, margin_arcsec=15)[0]
     assert distance_to_footprint(t.ra, t.dec, poly)[0] == pytest.approx(10.0, abs=0.01)
-    # corner order does not matter (convex hull), nor does the container
-    shuffled = poly[[2, 0, 3, 1]]
-    assert not exclude_fields(t, [shuffled], margin_arcsec=15)[0]
-    assert not exclude_fields(t, np.stack([square(100, 0), poly]), margin_arcsec=15)[0]
+    # the container does not matter
+    assert not exclude_fields(t, [poly], margin_arcsec=15)[0]
+    assert not exclude_fields(t, (square(100, 0), poly), margin_arcsec=15)[0]
     assert not exclude_fields(t, {"test": poly}, margin_arcsec=15)[0]
 
-    class FieldLike:  # anything with footprint(), like stargal.frames.Field
-        def footprint(self, band="r"):
+    class FieldLike:  # anything with frame(band), like stargal.frames.Field: its r frame
+        def frame(self, band):
+            assert band == "r"
             return poly
 
     assert not exclude_fields(t, [FieldLike()], margin_arcsec=15)[0]
@@ -217,10 +228,8 @@ def test_exclude_fields_margin_and_inputs():
         exclude_fields(pd.DataFrame({"x": [1.0]}), poly)
     with pytest.raises(ValueError, match="margin_arcsec"):
         exclude_fields(t, poly, margin_arcsec=-1)
-    with pytest.raises(ValueError, match=r"\(N, 2\)"):
-        exclude_fields(t, [[1.0, 2.0], [3.0, 4.0]])
-    with pytest.raises(ValueError, match="degenerate"):
-        exclude_fields(t, [[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])
+    with pytest.raises(TypeError, match="footprints must be frames"):
+        exclude_fields(t, np.array([[1.0, 2.0], [3.0, 4.0], [3.0, 5.0]]))  # corners are not frames
     with pytest.raises(TypeError, match="footprint"):
         exclude_fields(t, "8162-6-80")
 
@@ -230,12 +239,12 @@ def test_footprint_overlap():
     assert footprint_overlap(a, a)
     assert footprint_overlap(a, square(0.15, 0.05))  # corners inside
     # a cross: no corner of either is inside the other, only edges cross
-    thin_h = np.array([[-0.3, -0.01], [0.3, -0.01], [0.3, 0.01], [-0.3, 0.01]])
-    thin_v = np.array([[-0.01, -0.3], [0.01, -0.3], [0.01, 0.3], [-0.01, 0.3]])
+    thin_h = rect(0.0, 0.0, 0.3, 0.01)
+    thin_v = rect(0.0, 0.0, 0.01, 0.3)
     assert footprint_overlap(thin_h, thin_v)
-    # across RA = 0: neighbours with a 36" gap
-    left = np.array([[359.8, -0.1], [359.99, -0.1], [359.99, 0.1], [359.8, 0.1]])
-    right = np.array([[0.0, -0.1], [0.2, -0.1], [0.2, 0.1], [0.0, 0.1]])
+    # across RA = 0: neighbours with a 36" gap (359.8-359.99 and 0.0-0.2)
+    left = rect(359.895, 0.0, 0.095, 0.1)
+    right = rect(0.1, 0.0, 0.1, 0.1)
     assert not footprint_overlap(left, right)
     assert not footprint_overlap(left, right, margin_arcsec=30)
     assert footprint_overlap(left, right, margin_arcsec=40)
@@ -388,7 +397,7 @@ def test_study_train_fields_do_not_overlap_test_field(mirror_dir):
 
     cfg = load_config()
 
-    def r_footprint(fid):
+    def r_frame(fid):
         # read only the primary header (decompressing the whole frame takes seconds)
         raw = b""
         with bz2.open(mirror_dir / sdss.frame_path(fid, "r"), "rb") as fh:
@@ -399,15 +408,16 @@ def test_study_train_fields_do_not_overlap_test_field(mirror_dir):
         header = fits.Header.fromstring(raw.decode("ascii"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FITSFixedWarning)
-            return WCS(header).calc_footprint(axes=(header["NAXIS1"], header["NAXIS2"]))
+            wcs = WCS(header)
+        return Frame("r", np.broadcast_to(np.float32(0), (header["NAXIS2"], header["NAXIS1"])), wcs=wcs)
 
-    test = [r_footprint(f) for f in cfg.test_fields]
+    test = [r_frame(f) for f in cfg.test_fields]
     for fid in cfg.train_fields:
-        fp = r_footprint(fid)
+        fp = r_frame(fid)
         margin = cfg.exclusion_margin_arcsec
         assert not any(footprint_overlap(fp, t, margin_arcsec=margin) for t in test), fid
-    # sanity: a footprint is about 13.5' x 9.8' and contains its own centre
+    # sanity: a frame is about 13.5' x 9.8' and contains its own centre
     fp = test[0]
-    centre = fp.mean(axis=0)
-    assert in_footprints([centre[0]], [centre[1]], fp)[0]
-    assert 400 < distance_to_footprint([centre[0] + 0.3], [centre[1]], fp)[0] < 1500
+    centre = fp.pixel_to_world((fp.shape[1] - 1) / 2, (fp.shape[0] - 1) / 2)
+    assert in_footprints([float(centre[0])], [float(centre[1])], fp)[0]
+    assert 400 < distance_to_footprint([float(centre[0]) + 0.3], [float(centre[1])], fp)[0] < 1500

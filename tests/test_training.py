@@ -40,7 +40,7 @@ def test_study_split_never_leaks_the_test_field(mirror_fetcher):
     # sky position: no train/validation object inside the test footprint + margin
     test_field = Field(cfg.test_fields[0], mirror_fetcher)
     fp = test_field.footprint()
-    assert not in_footprints(fit["ra"], fit["dec"], [fp], margin_arcsec=cfg.exclusion_margin_arcsec).any()
+    assert not in_footprints(fit["ra"], fit["dec"], [test_field], margin_arcsec=cfg.exclusion_margin_arcsec).any()
 
     # pixels: no training cutout covers any pixel of any of the test field's band frames
     half = (cfg.cutout_size - 1) / 2 + 0.5

@@ -1,0 +1,168 @@
+"""Parameter validation the scikit-learn way, in one place (private).
+
+Every stargal estimator declares ``_parameter_constraints`` (scikit-learn's
+:class:`~sklearn.utils._param_validation.Interval` / ``StrOptions`` / type constraints) and calls
+:func:`validate_params` at the start of ``fit`` (and of ``transform`` for the stateless data
+readers, whose parameters may be changed with ``set_params`` after fitting). A bad value raises
+scikit-learn's :class:`InvalidParameterError` (a ``ValueError`` and ``TypeError``) whose message
+starts with scikit-learn's own sentence and ends with the estimator's domain-specific hint, e.g.
+why a cutout size must be odd. Checks that a constraint cannot express (odd sizes) are
+:func:`check_odd`.
+
+This module is the only one that imports scikit-learn's private validation names, so an
+upgrade that moves them is fixed here.
+
+Examples
+--------
+>>> from sklearn.base import BaseEstimator
+>>> class Toy(BaseEstimator):
+...     _parameter_constraints = {"size": [Interval(Integral, 1, None, closed="left")]}
+...     _parameter_hints = {"size": "size is the cutout side in pixels"}
+...     def __init__(self, size=15):
+...         self.size = size
+>>> validate_params(Toy(size=0))
+Traceback (most recent call last):
+...
+sklearn.utils._param_validation.InvalidParameterError: The 'size' parameter of Toy must be an int in the range [1, inf). Got 0 instead. (Toy: size is the cutout side in pixels)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from numbers import Integral, Real
+
+import numpy as np
+from scipy import sparse
+
+from sklearn.base import _fit_context
+from sklearn.utils._param_validation import (
+    HasMethods,
+    Hidden,
+    InvalidParameterError,
+    Interval,
+    Options,
+    RealNotInt,
+    StrOptions,
+    validate_parameter_constraints,
+)
+
+__all__ = [
+    "HasMethods",
+    "check_range",
+    "Hidden",
+    "Integral",
+    "Interval",
+    "InvalidParameterError",
+    "Options",
+    "Real",
+    "RealNotInt",
+    "StrOptions",
+    "_fit_context",
+    "PATH_LIKE",
+    "POSITIVE_INT",
+    "N_JOBS",
+    "validate_params",
+    "check_odd",
+    "check_cutouts",
+]
+
+#: ``sas_url`` / ``cache_dir``: ``None`` (environment / defaults), a string or a path.
+PATH_LIKE = [None, str, os.PathLike]
+#: An int >= 1.
+POSITIVE_INT = [Interval(Integral, 1, None, closed="left")]
+#: joblib-style ``n_jobs``: ``None``, a positive int, or a negative int (``-1``: all CPUs).
+N_JOBS = [None, Interval(Integral, 1, None, closed="left"), Interval(Integral, None, -1, closed="right")]
+
+_PARAM = re.compile(r"^The '([^']+)' parameter")
+
+
+def validate_params(estimator) -> None:
+    """Check ``estimator``'s parameters against its ``_parameter_constraints``.
+
+    On a bad value, raises :class:`InvalidParameterError` with scikit-learn's message followed
+    by the estimator's ``_parameter_hints[name]`` (when it has one) in parentheses.
+    """
+    name = type(estimator).__name__
+    params = estimator.get_params(deep=False)
+    try:
+        validate_parameter_constraints(estimator._parameter_constraints, params, caller_name=name)
+        for key, value in params.items():  # scikit-learn's int/real constraints let True/False through
+            constraints = estimator._parameter_constraints.get(key, [])
+            if (isinstance(value, (bool, np.bool_)) and constraints != "no_validation"
+                    and not any(c == "boolean" or c is bool for c in constraints)):
+                raise InvalidParameterError(
+                    f"The {key!r} parameter of {name} must be a number, not a boolean. Got {value!r} instead.")
+    except InvalidParameterError as exc:
+        match = _PARAM.match(str(exc))
+        hint = getattr(estimator, "_parameter_hints", {}).get(match.group(1)) if match else None
+        if not hint:
+            raise
+        raise InvalidParameterError(f"{exc} ({name}: {hint})") from None
+
+
+def check_odd(estimator, param: str, why: str) -> int:
+    """The int value of ``param``, which must be odd (a ``ValueError`` saying ``why`` if not)."""
+    value = int(getattr(estimator, param))
+    if value % 2 == 0:
+        raise InvalidParameterError(
+            f"{type(estimator).__name__}: {param} must be odd, got {value}: {why}")
+    return value
+
+
+def check_cutouts(X, *, who: str, allow_nan: bool = False) -> np.ndarray:
+    """Validate a cutout tensor and return it as float32 ``(n, B, H, W)``.
+
+    ``allow_nan=True`` lets NaN/inf through (the caller handles them).
+    """
+    if sparse.issparse(X):
+        raise TypeError(
+            f"{who}: sparse input is not supported; expected a dense (n, bands, H, W) array"
+        )
+    if hasattr(X, "iloc") or hasattr(X, "columns"):
+        raise TypeError(
+            f"{who}: expected a cutout array of shape (n, bands, H, W), got a {type(X).__name__}; "
+            "build cutouts with stargal.cutouts.Cutter first"
+        )
+    try:
+        arr = np.asarray(X)
+    except Exception as exc:  # ragged lists and the like
+        raise ValueError(f"{who}: could not convert X to an array: {exc}") from exc
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{who}: cutouts must be real numbers (nanomaggies), got dtype {arr.dtype}"
+        )
+    if arr.ndim != 4:
+        raise ValueError(
+            f"{who}: expected a 4-D cutout array of shape (n, bands, H, W), got shape {arr.shape} "
+            f"({arr.ndim}-D)"
+        )
+    n, n_bands, h, w = arr.shape
+    if n == 0:
+        raise ValueError(f"{who}: found 0 cutouts (shape {arr.shape}); at least 1 is required")
+    if n_bands == 0 or h == 0 or w == 0:
+        raise ValueError(f"{who}: cutouts have an empty band or pixel axis: shape {arr.shape}")
+    arr = arr.astype(np.float32, copy=False)
+    if not allow_nan:
+        finite = np.isfinite(arr).all(axis=(1, 2, 3))
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise ValueError(
+                f"{who}: {bad.size} of {n} cutouts contain NaN or infinite pixels "
+                f"(rows {bad[:10].tolist()}{' ...' if bad.size > 10 else ''}); drop the rows the "
+                "Aligner/Cutter flagged (flag != '') before fitting"
+            )
+    return arr
+
+
+def check_range(name, value, lo, hi, who="stargal"):
+    """A (min, max) pair inside [lo, hi]; a clear ValueError otherwise."""
+    try:
+        a, b = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{who}: {name} must be a (min, max) pair of numbers, got {value!r}") from None
+    if not (np.isfinite(a) and np.isfinite(b)) or a > b:
+        raise ValueError(f"{who}: {name} must be finite with min <= max, got {value!r}")
+    if a < lo or b > hi:
+        raise ValueError(f"{who}: {name}={value!r} is outside the supported range [{lo:g}, {hi:g}]")
+    return a, b
