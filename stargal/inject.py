@@ -55,6 +55,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from ._io import atomic_write_bytes
+from ._validation import PATH_LIKE, Integral, Interval, Real, StrOptions, validate_params
 from ._validation import check_range as _check_range
 from .frames import Field, Frame, calibration_path, read_frame_calibration
 from .sdss import BANDS, FieldID, frame_path
@@ -530,8 +531,30 @@ class SyntheticInjector(BaseEstimator):
         tags.input_tags = InputTags(two_d_array=False)  # 4-D cutouts only
         return tags
 
+    _parameter_constraints = {
+        "fields": [list, tuple, None],
+        "n_objects": [Interval(Integral, 0, None, closed="left")],
+        "mag_range": [tuple, list],
+        "hlr_range": [tuple, list],
+        "galaxy_fraction": [Interval(Real, 0, 1, closed="both")],
+        "sersic_range": [tuple, list],
+        "mag_distribution": [StrOptions({"measured", "uniform"})],
+        "min_separation_arcsec": [Interval(Real, 0, None, closed="left")],
+        "psf_source": [StrOptions({"stars", "psfield", "auto"})],
+        "random_state": ["random_state"],
+        "sas_url": PATH_LIKE,
+        "cache_dir": PATH_LIKE,
+    }
+    _parameter_hints = {
+        "fields": "fields must be a non-empty list of field ids like ['1035-6-17']",
+        "n_objects": "n_objects must be an integer >= 0",
+        "galaxy_fraction": "galaxy_fraction must be a number in [0, 1]",
+        "min_separation_arcsec": "min_separation_arcsec must be a finite number >= 0",
+    }
+
     def _check_params(self):
         who = type(self).__name__
+        validate_params(self)
         if self.fields is None or isinstance(self.fields, str) or len(list(self.fields)) == 0:
             raise ValueError(f"{who}: fields must be a non-empty list of field ids like ['1035-6-17'], "
                              f"got {self.fields!r}")
