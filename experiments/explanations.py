@@ -50,10 +50,11 @@ from stargal.explain import (
     ig_completeness_gap,
     integrated_gradients,
     net_inputs,
-    plot_attributions,
     radial_profile,
     shap_maps,
 )
+
+from experiments.explain_plots import plot_attributions
 
 __all__ = ["run", "select_examples"]
 

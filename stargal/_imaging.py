@@ -19,7 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .sdss import BANDS
 
-__all__ = ["N_IMAGE_BANDS", "MAD_TO_SIGMA", "mad_std", "border_pixels", "border_median", "split_psf_channels",
+__all__ = ["N_IMAGE_BANDS", "MAD_TO_SIGMA", "MAD_TO_SIGMA_EXACT", "mad_std", "border_pixels", "border_median", "split_psf_channels",
            "psf_fit_flux", "aperture_flux", "point_source_ratio", "SDSS_TYPE_MAG", "SDSS_TYPE_RATIO",
            "INTERPOLATIONS", "ENGINES", "kernel_weights", "resample_stamps", "centroid_offsets",
            "numba_available"]
@@ -30,19 +30,44 @@ N_IMAGE_BANDS = len(BANDS)
 
 #: Normal-consistency factor of the median absolute deviation (``sigma ~ 1.4826 MAD``).
 MAD_TO_SIGMA = 1.4826
+#: The same factor unrounded, ``1 / Phi^-1(3/4)``: :func:`stargal.augment.sky_noise` has always
+#: used it (with :data:`MAD_TO_SIGMA` its values would move by 1.5e-6 relative).
+MAD_TO_SIGMA_EXACT = 1.482602218505602
 
 
-def mad_std(values, axis=None) -> np.ndarray:
-    """Robust standard deviation ``1.4826 * median(|x - median(x)|)`` (along ``axis``).
+def mad_std(values, axis=None, *, center=None, ignore_nan: bool = False,
+            scale: float = MAD_TO_SIGMA) -> np.ndarray:
+    """Robust standard deviation ``scale * median(|x - median(x)|)`` (along ``axis``).
+
+    The one robust sigma of stargal (frames' sky noise, PSF, augmentation, features, explain).
+
+    Parameters
+    ----------
+    values : array-like
+    axis : int or None
+        Axis to reduce (``None``: all values).
+    center : array-like, optional
+        The median of ``values`` along ``axis`` when the caller already has it (shape of the
+        result); it is not recomputed.
+    ignore_nan : bool, default=False
+        Medians ignore NaN (:func:`numpy.nanmedian`; all-NaN slices give NaN).
+    scale : float, default=MAD_TO_SIGMA
+        Factor from the median absolute deviation to a Gaussian sigma.
 
     Examples
     --------
     >>> float(mad_std([1.0, 2.0, 3.0, 4.0, 100.0]))
     1.4826
+    >>> mad_std([[1.0, 2.0, np.nan], [0.0, 4.0, 8.0]], axis=1, ignore_nan=True).tolist()
+    [0.7413, 5.9304]
     """
     x = np.asarray(values)
-    med = np.median(x, axis=axis, keepdims=True)
-    return MAD_TO_SIGMA * np.median(np.abs(x - med), axis=axis)
+    median = np.nanmedian if ignore_nan else np.median
+    if center is None:
+        med = median(x, axis=axis, keepdims=True)
+    else:
+        med = np.asarray(center) if axis is None else np.expand_dims(center, axis)
+    return scale * median(np.abs(x - med), axis=axis)
 
 
 def border_pixels(stamps: np.ndarray) -> np.ndarray:

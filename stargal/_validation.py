@@ -81,14 +81,18 @@ def validate_params(estimator) -> None:
     """Check ``estimator``'s parameters against its ``_parameter_constraints``.
 
     On a bad value, raises :class:`InvalidParameterError` with scikit-learn's message followed
-    by the estimator's ``_parameter_hints[name]`` (when it has one) in parentheses.
+    by the estimator's ``_parameter_hints[name]`` (when it has one) in parentheses. Only the
+    parameters named in ``_parameter_constraints`` are checked (the CNN names its own ones;
+    skorch validates the parameters it inherits from skorch).
     """
     name = type(estimator).__name__
     params = estimator.get_params(deep=False)
     try:
         validate_parameter_constraints(estimator._parameter_constraints, params, caller_name=name)
         for key, value in params.items():  # scikit-learn's int/real constraints let True/False through
-            constraints = estimator._parameter_constraints.get(key, [])
+            if key not in estimator._parameter_constraints:  # not stargal's to check (e.g. skorch's)
+                continue
+            constraints = estimator._parameter_constraints[key]
             if (isinstance(value, (bool, np.bool_)) and constraints != "no_validation"
                     and not any(c == "boolean" or c is bool for c in constraints)):
                 raise InvalidParameterError(

@@ -125,9 +125,10 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
 
     Each object is assigned to a field: the one named by its ``run``/``camcol``/``field``
     columns when present, else the candidate field on which it lies farthest from every band's
-    edge (same rule as :func:`stargal.frames.locate`; complete fields are preferred). Its
-    position in each band is computed from **that band's own WCS**, then (``refine=True``)
-    corrected by the field's measured band-to-band :class:`~stargal.registration.Registration`.
+    edge (complete fields are preferred; this is stargal's one implementation of "which field
+    holds an object"). Its position in each band is computed from **that band's own WCS**, then
+    (``refine=True``) corrected by the field's measured band-to-band
+    :class:`~stargal.registration.Registration`.
     Fields are opened one at a time and released (memory bounded by one field).
 
     Parameters

@@ -94,7 +94,8 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import type_of_target
 
-from ._imaging import N_IMAGE_BANDS, SDSS_TYPE_RATIO, border_median, point_source_ratio
+from ._imaging import (MAD_TO_SIGMA_EXACT, N_IMAGE_BANDS, SDSS_TYPE_RATIO, border_median, mad_std,
+                       point_source_ratio)
 from ._validation import (HasMethods, Integral, InvalidParameterError, Interval, Real, StrOptions,
                           check_cutouts, validate_params)
 from .sdss import BANDS
@@ -142,8 +143,6 @@ _OFF: dict[str, bool | float] = {
     "seeing": 0.0,
 }
 
-#: 1 / Phi^-1(3/4): turns a median absolute deviation into a Gaussian sigma.
-_MAD_TO_SIGMA = 1.482602218505602
 
 #: SDSS imaging pixel scale, arcsec per pixel (``seeing`` is in arcsec).
 PIXEL_SCALE = 0.396
@@ -278,8 +277,8 @@ def sky_noise(X, *, allow_nan: bool = False) -> np.ndarray:
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices -> nan, handled below
         border = border - np.nanmedian(border, axis=2, keepdims=True)
         pooled = border.transpose(1, 0, 2).reshape(n_bands, -1)
-        centre = np.nanmedian(pooled, axis=1, keepdims=True)
-        return _MAD_TO_SIGMA * np.nanmedian(np.abs(pooled - centre), axis=1)
+        # sky_noise's factor is the unrounded 1 / Phi^-1(3/4) (its numbers since it was written)
+        return mad_std(pooled, axis=1, ignore_nan=True, scale=MAD_TO_SIGMA_EXACT)
 
 
 def _moment_fwhm(stamps: np.ndarray) -> np.ndarray:

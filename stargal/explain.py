@@ -39,7 +39,9 @@ Methods
 
 Summaries: :func:`band_importance` (share of ``|attr|`` per band),
 :func:`radial_profile` and :func:`fraction_within` (how concentrated ``|attr|``
-is around the cutout centre), :func:`plot_attributions` (PNG grid).
+is around the cutout centre). The PNG grid of images and maps is
+``experiments.explain_plots.plot_attributions`` (plotting lives in ``experiments/``;
+this module needs no matplotlib).
 
 All computations run on the module's device (CPU for stargal), put the module
 in ``eval`` mode (BatchNorm uses running statistics, dropout is off) and
@@ -72,12 +74,10 @@ from __future__ import annotations
 
 import numbers
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from stargal._imaging import mad_std
 from stargal.sdss import BANDS
 
 __all__ = [
@@ -91,7 +91,8 @@ __all__ = [
     "band_importance",
     "radial_profile",
     "fraction_within",
-    "plot_attributions",
+    "check_attributions",
+    "channel_names",
 ]
 
 #: Scalars that can be attributed (see the module docstring).
@@ -132,7 +133,14 @@ def _check_inputs(inputs, name: str = "inputs") -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _check_attributions(attributions, name: str = "attributions") -> np.ndarray:
+def check_attributions(attributions, name: str = "attributions") -> np.ndarray:
+    """``attributions`` as a float64 ``(n, C, H, W)`` array: non-empty, finite (a ValueError if not).
+
+    Examples
+    --------
+    >>> check_attributions(np.zeros((1, 5, 3, 3))).dtype
+    dtype('float64')
+    """
     arr = np.asarray(attributions, dtype=np.float64)
     if arr.ndim != 4:
         raise ValueError(f"{name} must have shape (n, C, H, W); got shape {arr.shape}")
@@ -143,7 +151,14 @@ def _check_attributions(attributions, name: str = "attributions") -> np.ndarray:
     return arr
 
 
-def _band_names(n_channels: int, bands) -> tuple[str, ...]:
+def channel_names(n_channels: int, bands=None) -> tuple[str, ...]:
+    """Names of ``n_channels`` input channels: ``bands`` checked, or ``u..z`` (plus ``psf_u..z``).
+
+    Examples
+    --------
+    >>> channel_names(10)[4:7]
+    ('z', 'psf_u', 'psf_g')
+    """
     if bands is None:
         if n_channels == len(BANDS):
             bands = BANDS
@@ -312,11 +327,13 @@ def get_module(estimator):
 def net_inputs(pipeline, X) -> np.ndarray:
     """The float32 tensor the network sees for ``X``.
 
-    ``X`` is passed through every step of ``pipeline`` except the last (the
-    network) and the samplers (steps with ``fit_resample``, e.g. the
-    augmenter, which only act during ``fit``) and ``None``/``'passthrough'``
-    steps -- exactly what ``pipeline.predict`` does before calling the net.
-    A bare skorch net or torch module (no ``steps``) receives ``X`` itself.
+    ``pipeline[:-1].transform(X)`` with the network's place taken by
+    ``'passthrough'``: every step but the last (the network), skipping the
+    samplers (steps with ``fit_resample``, e.g. the augmenter, which only act
+    during ``fit``; imbalanced-learn's pipeline skips them at transform) and
+    ``'passthrough'`` steps -- exactly what ``pipeline.predict`` does before
+    calling the net. ``pipeline`` is not modified. A bare skorch net or torch
+    module (no ``steps``) receives ``X`` itself.
 
     Parameters
     ----------
@@ -345,12 +362,13 @@ def net_inputs(pipeline, X) -> np.ndarray:
     np.float32(2.0)
     """
     Xt = X
-    for _name, step in getattr(pipeline, "steps", [])[:-1]:
-        if step is None or (isinstance(step, str) and step == "passthrough"):
-            continue
-        if hasattr(step, "fit_resample"):
-            continue
-        Xt = step.transform(Xt)
+    if getattr(pipeline, "steps", None):
+        # the same fitted steps with the net replaced by 'passthrough' (``pipeline[:-1]`` alone
+        # has no transform when its last step is a sampler); imblearn's pipeline skips
+        # samplers at transform, as predict does before calling the net
+        front = pipeline[:-1]
+        front.steps.append((pipeline.steps[-1][0], "passthrough"))
+        Xt = front.transform(X)
     torch = _torch()
     if isinstance(Xt, torch.Tensor):
         Xt = Xt.detach().cpu().numpy()
@@ -540,7 +558,7 @@ def ig_completeness_gap(
     output = _check_output(output)
     target = _check_int(target, "target", 0)
     x = _check_inputs(inputs)
-    attr = _check_attributions(attributions)
+    attr = check_attributions(attributions)
     if attr.shape != x.shape:
         raise ValueError(f"attributions shape {attr.shape} != inputs shape {x.shape}")
     b = make_baseline(x, baseline, blur_sigma)
@@ -714,8 +732,8 @@ def band_importance(attributions, bands=None) -> pd.DataFrame:
     >>> band_importance(a)["importance"].round(2).tolist()
     [0.25, 0.0, 0.75, 0.0, 0.0]
     """
-    attr = np.abs(_check_attributions(attributions))
-    names = _band_names(attr.shape[1], bands)
+    attr = np.abs(check_attributions(attributions))
+    names = channel_names(attr.shape[1], bands)
     per_band = attr.sum(axis=(2, 3))  # (n, C)
     totals = per_band.sum(axis=1)
     keep = totals > 0
@@ -770,8 +788,8 @@ def radial_profile(attributions, center=None, bands=None) -> pd.DataFrame:
     >>> prof.loc[0, "fraction"], prof["cumulative_fraction"].iloc[-1]
     (np.float64(1.0), np.float64(1.0))
     """
-    attr = np.abs(_check_attributions(attributions))
-    names = _band_names(attr.shape[1], bands)
+    attr = np.abs(check_attributions(attributions))
+    names = channel_names(attr.shape[1], bands)
     r = np.rint(_radii(attr.shape[2:], center)).astype(int)
     bins = np.unique(r)
     totals = attr.sum(axis=(1, 2, 3))
@@ -815,7 +833,7 @@ def fraction_within(attributions, radius: float = 2.0, center=None) -> float:
     >>> round(fraction_within(a, 2.0), 4)  # 13 of 225 pixels
     0.0578
     """
-    attr = np.abs(_check_attributions(attributions))
+    attr = np.abs(check_attributions(attributions))
     if not (isinstance(radius, numbers.Real) and radius >= 0):
         raise ValueError(f"radius must be a number >= 0 (pixels); got {radius!r}")
     inside = _radii(attr.shape[2:], center) <= radius
@@ -824,101 +842,3 @@ def fraction_within(attributions, radius: float = 2.0, center=None) -> float:
     if not keep.any():
         return float("nan")
     return float((attr[keep][:, :, inside].sum(axis=(1, 2)) / totals[keep]).mean())
-
-
-# --------------------------------------------------------------------------- plotting
-
-
-def _asinh_stretch(img: np.ndarray) -> np.ndarray:
-    """Robust asinh stretch of one image: ``asinh((img - median) / noise)``."""
-    med = np.median(img)
-    noise = mad_std(img)
-    if not noise > 0:
-        noise = img.std() if img.std() > 0 else 1.0
-    return np.arcsinh((img - med) / noise)
-
-
-def plot_attributions(
-    cutouts, attributions, titles=None, path="attributions.png", bands=None, cmap="RdBu_r", dpi=100
-):
-    """Save a grid of images and their attribution maps to a PNG.
-
-    Rows are objects. The first ``C`` columns show each band of the image
-    (robust asinh stretch per panel, grey scale, 0.5-99.5 percentile limits);
-    the next ``C`` columns show the attribution of each band with a diverging
-    colour map symmetric about 0 (red = pushes towards the target class),
-    one colour scale per row (``+-max |attr|`` of that object, given in the
-    row label) so bands can be compared. Pixel ``(0, 0)`` is drawn at the
-    top-left (``origin='upper'``), as ``image[row, column]``.
-
-    Parameters
-    ----------
-    cutouts : array-like, shape (n, C, H, W)
-        The images (raw nanomaggies or scaled network inputs).
-    attributions : array-like, shape (n, C, H, W)
-    titles : sequence of str, optional
-        One label per row.
-    path : str or Path
-        Output PNG file (parent directories are created).
-    bands : sequence of str, optional
-        Channel names (default ``u, g, r, i, z``).
-    cmap : str
-        Diverging colour map for the attributions.
-    dpi : int
-
-    Returns
-    -------
-    Path
-        The written file.
-
-    Examples
-    --------
-    >>> import numpy as np, tempfile, os
-    >>> x = np.random.default_rng(0).normal(size=(2, 5, 9, 9))
-    >>> p = plot_attributions(x, x, ["a", "b"], os.path.join(tempfile.mkdtemp(), "a.png"))
-    >>> p.stat().st_size > 0
-    True
-    """
-    from matplotlib.figure import Figure
-
-    imgs = _check_attributions(cutouts, name="cutouts")
-    attr = _check_attributions(attributions)
-    if imgs.shape != attr.shape:
-        raise ValueError(f"cutouts shape {imgs.shape} != attributions shape {attr.shape}")
-    n, c = imgs.shape[:2]
-    names = _band_names(c, bands)
-    if titles is None:
-        titles = [f"#{k}" for k in range(n)]
-    titles = [str(t) for t in titles]
-    if len(titles) != n:
-        raise ValueError(f"got {len(titles)} titles for {n} objects")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    fig = Figure(figsize=(1.25 * 2 * c + 1.2, 1.3 * n + 0.5), dpi=dpi)
-    axes = fig.subplots(n, 2 * c, squeeze=False)
-    for i in range(n):
-        vmax = float(np.max(np.abs(attr[i])))
-        vmax = vmax if vmax > 0 else 1.0
-        for k in range(c):
-            s = _asinh_stretch(imgs[i, k])
-            lo, hi = np.percentile(s, [0.5, 99.5])
-            ax = axes[i, k]
-            hi = hi if hi > lo else lo + 1
-            ax.imshow(s, cmap="gray", vmin=lo, vmax=hi, origin="upper", interpolation="nearest")
-            ax = axes[i, c + k]
-            ax.imshow(
-                attr[i, k], cmap=cmap, vmin=-vmax, vmax=vmax, origin="upper",
-                interpolation="nearest",
-            )
-        axes[i, 0].set_ylabel(f"{titles[i]}\n|a|max={vmax:.2g}", fontsize=7)
-    for k in range(c):
-        axes[0, k].set_title(f"image {names[k]}", fontsize=8)
-        axes[0, c + k].set_title(f"attr {names[k]}", fontsize=8)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    top = 1 - 0.35 / (1.3 * n + 0.5)
-    fig.subplots_adjust(left=0.08, right=0.99, top=top, bottom=0.02, wspace=0.05, hspace=0.08)
-    fig.savefig(path, format="png")
-    return path

@@ -37,7 +37,7 @@ from photutils.aperture import CircularAperture
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from stargal._imaging import MAD_TO_SIGMA, N_IMAGE_BANDS, border_pixels, split_psf_channels
+from stargal._imaging import N_IMAGE_BANDS, border_pixels, mad_std, split_psf_channels
 from stargal._validation import Real, validate_params
 from stargal.sdss import BANDS
 
@@ -64,8 +64,6 @@ _MIN_WINDOW = 0.5
 _CHI2_RADIUS = 3.0
 #: reduced chi^2 is clipped to ``[0, _CHI2_MAX]``
 _CHI2_MAX = 1e12
-#: ``1.4826 * MAD`` estimates a Gaussian sigma
-_MAD_TO_SIGMA = MAD_TO_SIGMA
 #: objects per chunk of the PSF-relative block
 _CHUNK = 256
 
@@ -275,7 +273,7 @@ def _psf_relative_features(img, psf, flux, conc, masks, zero_point):
     border = border_pixels(img)  # (n, B, L)
     sky = _median_last(border)  # == border_median(img)
     x = img - sky[..., None, None]
-    sigma = _MAD_TO_SIGMA * _median_last(np.abs(border - sky[..., None]))
+    sigma = mad_std(border, axis=-1, center=sky)  # 1.4826 MAD about the sky already computed
     # the PSF stamp after the same border-median sky subtraction: a noiseless star is exactly
     # x = F * psf_sub whatever the PSF's wings at the stamp border, so measuring psf_sub like
     # x gives a star exactly the PSF's value

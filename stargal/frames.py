@@ -43,7 +43,6 @@ __all__ = [
     "Frame",
     "Field",
     "open_field",
-    "locate",
     "MissingBandError",
     "NoFieldError",
     "robust_sky_noise",
@@ -464,34 +463,3 @@ def open_field(fid, fetcher=None, *, bands=BANDS, sas_url=None, cache_dir=None) 
     field = Field(fid, fetcher, bands=bands, sas_url=sas_url, cache_dir=cache_dir)
     field.frames()
     return field
-
-
-def locate(ra, dec, fields, margin_pix: float = 0.0) -> np.ndarray:
-    """Which of ``fields`` holds each coordinate.
-
-    Where fields overlap, the field in which the object lies farthest from any band's
-    edge wins (the cleanest cutout).
-
-    Parameters
-    ----------
-    ra, dec : array-like
-        Degrees.
-    fields : sequence of Field
-        Candidate fields.
-    margin_pix : float
-        Required distance from every band's frame edge, in pixels.
-
-    Returns
-    -------
-    numpy.ndarray of int
-        Index into ``fields``, ``-1`` where no field holds the coordinate.
-    """
-    ra, dec = np.atleast_1d(np.asarray(ra, float)), np.atleast_1d(np.asarray(dec, float))
-    best = np.full(ra.shape, -1, dtype=int)
-    best_d = np.full(ra.shape, -np.inf)
-    for i, fld in enumerate(fields):
-        d = fld.edge_distance(ra, dec)
-        better = (d >= margin_pix) & (d > best_d)
-        best[better] = i
-        best_d[better] = d[better]
-    return best

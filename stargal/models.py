@@ -61,6 +61,7 @@ from skorch.utils import is_dataset, to_numpy
 
 from stargal.features import PhotometricFeatures
 from stargal.nets import StarGalaxyCNN
+from stargal._validation import Integral, Interval, StrOptions, validate_params
 from stargal.split import GroupHoldOut
 
 __all__ = [
@@ -379,17 +380,21 @@ class StarGalaxyNet(NeuralNetClassifier):
         return callbacks
 
     # ---------------------------------------------------------------- checks
+    # stargal's own parameters, checked the scikit-learn way (stargal._validation); skorch's
+    # parameters (module, lr, module__*, callbacks, ...) are validated by skorch itself
+    _parameter_constraints = {
+        "class_weight": [StrOptions({"balanced"}), dict, None],
+        "patience": [Interval(Integral, 0, None, closed="left"), None],
+        "random_state": [Integral, None],
+    }
+    _parameter_hints = {
+        "class_weight": "class_weight must be 'balanced', None or a dict",
+        "patience": "patience must be a non-negative integer or None",
+        "random_state": "random_state must be an int or None",
+    }
+
     def _check_own_params(self):
-        if self.class_weight not in (None, "balanced") and not isinstance(self.class_weight, dict):
-            raise ValueError(f"class_weight must be 'balanced', None or a dict, "
-                             f"got {self.class_weight!r}")
-        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(
-                self.patience, numbers.Integral) or self.patience < 0):
-            raise ValueError(f"patience must be a non-negative integer or None, "
-                             f"got {self.patience!r}")
-        if self.random_state is not None and (isinstance(self.random_state, bool) or not isinstance(
-                self.random_state, numbers.Integral)):
-            raise ValueError(f"random_state must be an int or None, got {self.random_state!r}")
+        validate_params(self)
 
     def _n_classes(self):
         return int(self.get_params_for("module").get("n_classes", 2))

@@ -178,6 +178,43 @@ def test_complete_field_preferred_where_fields_overlap(tmp_path):
     assert (out["field_id"] == "2000-3-50").all() and (out["flag"] == "").all()
 
 
+def test_overlapping_complete_fields_farthest_from_every_edge_wins(tmp_path):
+    # (moved here from frames.locate, which the Aligner re-implemented) two complete fields
+    # overlapping by half a frame: each object goes to the field where it lies farthest from any
+    # band's edge; a position on neither field is flagged 'outside' with no field
+    from stargal.frames import Field
+
+    a = make_synthetic_sas(tmp_path, fid="2100-2-40", n_stars=6, n_gal=2, crval=(160.0, 1.0), seed=6)
+    shift = 100 * 0.396 / 3600  # 100 px in Dec (~x): the fields overlap by half their width
+    make_synthetic_sas(tmp_path, fid="2100-2-41", n_stars=2, n_gal=0, crval=(160.0, 1.0 + shift), seed=7)
+    kw = {"sas_url": a["sas_url"], "cache_dir": str(tmp_path / "cache")}
+    table = pd.concat([a["objects"][["ra", "dec"]], pd.DataFrame({"ra": [100.0], "dec": [0.0]})],
+                      ignore_index=True)
+    fids = ["2100-2-40", "2100-2-41"]
+    dist = np.array([Field(f, **kw).edge_distance(table["ra"], table["dec"]) for f in fids])
+    expected = np.where(dist.max(axis=0) >= 0, np.array(fids)[dist.argmax(axis=0)], "")
+    assert set(expected[:-1]) == set(fids)  # both fields win somewhere
+    out = Aligner(fields=fids[::-1], policy="flag", refine=False, **kw).fit_transform(table)
+    assert out["field_id"].tolist() == expected.tolist()
+    assert out["flag"].iloc[-1] == "outside" and out["field_id"].iloc[-1] == ""
+
+
+@pytest.mark.integration
+def test_real_fields_each_object_on_its_own_field(mirror_fetcher, mirror_url, mirror_cache):
+    # (moved here from frames.locate's test) objects of two real fields, and one off both
+    from stargal.catalogs import read_calibobj
+
+    t80 = read_calibobj("8162-6-80", mirror_fetcher)
+    t17 = read_calibobj("1035-6-17", mirror_fetcher)
+    table = pd.DataFrame({"ra": np.r_[t80["ra"][:5], t17["ra"][:5], 100.0],
+                          "dec": np.r_[t80["dec"][:5], t17["dec"][:5], 0.0]})
+    aligner = Aligner(fields=["8162-6-80", "1035-6-17"], policy="flag", sas_url=mirror_url,
+                      cache_dir=str(mirror_cache))
+    out = aligner.fit_transform(table)
+    assert out["field_id"].tolist() == ["8162-6-80"] * 5 + ["1035-6-17"] * 5 + [""]
+    assert out["flag"].iloc[-1] == "outside"
+
+
 def test_input_forms_and_validation(sas):
     a = sas["a"]
     obj = a["objects"]

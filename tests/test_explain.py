@@ -22,10 +22,11 @@ from stargal.explain import (
     integrated_gradients,
     make_baseline,
     net_inputs,
-    plot_attributions,
     radial_profile,
     shap_maps,
 )
+
+from experiments.explain_plots import plot_attributions
 
 torch.set_num_threads(1)
 
@@ -328,6 +329,15 @@ def test_plot_writes_png(tmp_path, model, data):
         plot_attributions(Xte[:2], attr, None, tmp_path / "x.png")
 
 
+def test_explain_imports_without_matplotlib():
+    # the plotting lives in experiments.explain_plots; stargal.explain itself needs no matplotlib
+    import subprocess
+    import sys
+
+    code = "import sys, stargal.explain; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 # ------------------------------------------------------------------ pipelines and the experiment
 
 
@@ -374,7 +384,9 @@ def fitted_pipeline(data):
 
 def test_net_inputs_skips_samplers_and_net(fitted_pipeline):
     pipe, table, _, Xte = fitted_pipeline
-    xin = net_inputs(pipe, table)
+    steps = list(pipe.steps)
+    xin = net_inputs(pipe, table)  # pipe[:-1] ends with the sampler: skipped, as at predict
+    assert pipe.steps == steps  # the pipeline is left as it was
     assert xin.dtype == np.float32 and xin.shape == Xte.shape  # sampler skipped: no duplicated rows
     np.testing.assert_allclose(xin, 2.0 * Xte)
     module = get_module(pipe)

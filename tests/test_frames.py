@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from stargal.catalogs import read_calibobj
-from stargal.frames import Field, MissingBandError, locate, open_field, robust_sky_noise
+from stargal.frames import Field, MissingBandError, open_field, robust_sky_noise
 
 
 def test_robust_sky_noise_ignores_sources():
@@ -32,17 +32,6 @@ def test_field_footprint_contains_its_catalog(mirror_fetcher):
     for band, frame in field.frames().items():
         assert frame.image.dtype == np.float32 and frame.image.shape == (1489, 2048)
         assert 0 < frame.sky_noise < 1
-
-
-@pytest.mark.integration
-def test_locate_and_outside(mirror_fetcher):
-    fields = [Field("8162-6-80", mirror_fetcher), Field("1035-6-17", mirror_fetcher)]
-    t80 = read_calibobj("8162-6-80", mirror_fetcher)
-    t17 = read_calibobj("1035-6-17", mirror_fetcher)
-    ra = np.r_[t80["ra"][:5], t17["ra"][:5], 100.0]
-    dec = np.r_[t80["dec"][:5], t17["dec"][:5], 0.0]
-    idx = locate(ra, dec, fields)
-    assert idx.tolist() == [0] * 5 + [1] * 5 + [-1]
 
 
 @pytest.mark.integration

@@ -215,6 +215,22 @@ def test_input_validation(data):
         make_cnn_net(class_weight="auto").fit(X[:20], y[:20])
 
 
+def test_own_parameters_are_validated_the_sklearn_way():
+    # class_weight, patience and random_state go through stargal._validation (scikit-learn's
+    # constraints plus the domain hint); skorch's own parameters are left to skorch
+    from stargal._validation import InvalidParameterError
+
+    cases = {"class_weight": ("auto", "class_weight must be 'balanced', None or a dict"),
+             "patience": (-1, "patience must be a non-negative integer or None"),
+             "random_state": (1.5, "random_state must be an int or None")}
+    for name, (bad, hint) in cases.items():
+        with pytest.raises(InvalidParameterError, match=f"The '{name}' parameter of StarGalaxyNet.*{hint}"):
+            make_cnn_net(**{name: bad}).initialize()
+    with pytest.raises(InvalidParameterError, match="not a boolean"):
+        make_cnn_net(patience=True).initialize()
+    make_cnn_net(class_weight={0: 1.0, 1: 2.0}, patience=None, random_state=None, warm_start=True).initialize()
+
+
 def test_float64_and_list_inputs_are_cast(data):
     X, y, groups = data
     net = make_cnn_net(**tiny(max_epochs=1)).fit(X.astype(np.float64), y.astype(float),
