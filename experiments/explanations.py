@@ -1,6 +1,6 @@
 """Explain the fitted CNN: SHAP and Integrated Gradients maps for example objects.
 
-:func:`run` picks example objects -- correctly classified stars, correctly
+:func:`explain` picks example objects -- correctly classified stars, correctly
 classified galaxies, and misclassified objects (by the pipeline's own
 predictions) -- computes attribution maps of the galaxy log-odds with
 :func:`stargal.explain.shap_maps` (``shap.GradientExplainer``, background =
@@ -18,7 +18,7 @@ predictions) -- computes attribution maps of the galaxy log-odds with
     mean ``|attr|`` vs distance from the cutout centre and the cumulative
     share of ``|attr|`` within a radius, both methods.
 ``explain_summary.json``
-    the dictionary returned by :func:`run`.
+    the dictionary returned by :func:`explain` (the study's stage is :func:`run`, which calls it).
 
 Everything is computed on the tensor the network sees
 (:func:`stargal.explain.net_inputs`), so ``X`` may be an objects table (the
@@ -28,8 +28,8 @@ pipeline's first step accepts. Pixel positions are 0-based; the centre of an
 
 Examples
 --------
->>> from experiments.explanations import run  # doctest: +SKIP
->>> res = run("results/explain", pipe, table, y, mags=table["psfmag_r"])  # doctest: +SKIP
+>>> from experiments.explanations import explain  # doctest: +SKIP
+>>> res = explain("results/explain", pipe, table, y, mags=table["psfmag_r"])  # doctest: +SKIP
 >>> res["top_band_shap"], res["frac_abs_within_2px_ig"]  # doctest: +SKIP
 ('r', 0.41)
 """
@@ -56,7 +56,7 @@ from stargal.explain import (
 
 from experiments.explain_plots import plot_attributions
 
-__all__ = ["run", "select_examples"]
+__all__ = ["run", "explain", "select_examples"]
 
 GROUPS = ("star", "galaxy", "misclassified")
 
@@ -156,7 +156,7 @@ def _radial_figure(profiles: dict[str, pd.DataFrame], shape_hw, path: Path) -> P
     return path
 
 
-def run(
+def explain(
     out_dir,
     pipeline,
     X,
@@ -333,3 +333,72 @@ def run(
     result["files"] = {k: str(v) for k, v in files.items()}
     files["explain_summary.json"].write_text(json.dumps(result, indent=2, default=str))
     return result
+
+
+def run(ctx, model) -> dict:
+    """The study's stage 6: :func:`explain` on the final CNN and the test field's objects (SHAP
+    background: 50 training objects), with its report section (``markdown``)."""
+    test = ctx.rows("test")
+    background = ctx.rows("train").sample(n=min(50, len(ctx.rows("train"))), random_state=ctx.seed)
+    res = explain(ctx.out_dir, model, test, ctx.y(test), mags=test["psfmag_r"].to_numpy(),
+                  n_examples=3 if ctx.quick else 4, random_state=ctx.seed, background=background,
+                  ig_steps=16 if ctx.quick else 32, shap_nsamples=50 if ctx.quick else 200)
+    if "markdown" not in res:
+        res["markdown"] = _explain_markdown(res)
+    return res
+
+
+def _explain_markdown(res: dict) -> str:
+    from .common import fmt
+
+    lines = [
+        "Attributions of the final CNN's galaxy log-odds for example test objects (correct stars, correct "
+        "galaxies, misclassified objects): SHAP (`shap.GradientExplainer`, expected gradients against 50 "
+        "training objects) and Integrated Gradients (zero baseline = empty sky after scaling). Red pixels "
+        "push towards *galaxy*, blue towards *star*.",
+        "",
+        "![SHAP](explain_shap.png)",
+        "",
+        "![Integrated gradients](explain_ig.png)",
+        "",
+        "![radial importance](radial_importance.png)",
+        "",
+    ]
+    for method in ("shap", "ig"):
+        bi = res.get(f"band_importance_{method}")
+        if isinstance(bi, dict):
+            cells = " | ".join(f"{b}: {fmt(v)}" for b, v in bi.items())
+            lines.append(f"- **{method.upper()} band importance** (share of |attribution|): {cells}")
+        top = res.get(f"top_band_{method}")
+        within = res.get(f"frac_abs_within_2px_{method}")
+        if top is not None:
+            lines.append(f"  - most important band: **{top}**; share of |attribution| within 2 px of the centre: "
+                         f"{fmt(within)} (a uniform map would give {fmt(res.get('area_frac_within_2px'))})")
+    gap = res.get("ig_median_relative_gap")
+    if gap is not None:
+        lines.append(f"- Integrated Gradients completeness (median relative gap between the attribution sum "
+                     f"and f(x) − f(baseline)): {fmt(gap)}")
+    conc = [res.get(f"frac_abs_within_2px_{m}") for m in ("shap", "ig")]
+    area = res.get("area_frac_within_2px")
+    reading = []
+    if area and all(c is not None for c in conc):
+        ratio = min(conc) / area
+        reading.append(
+            f"Both methods put {fmt(min(conc))}–{fmt(max(conc))} of the attribution within 2 px of the centre, "
+            f"{ratio:.1f}× more than a uniform map would: the decision leans on the object's core and how fast "
+            "its light falls off, as a star/galaxy separation should."
+            if ratio > 1.2 else
+            f"Only {fmt(min(conc))}–{fmt(max(conc))} of the attribution lies within 2 px of the centre "
+            f"(uniform: {fmt(area)}): the maps are diffuse for these examples.")
+    bi = [res.get(f"band_importance_{m}") for m in ("shap", "ig")]
+    if all(isinstance(b, dict) for b in bi):
+        spread = max(max(b.values()) - min(b.values()) for b in bi)
+        reading.append(
+            "Band shares are close to even (largest spread between bands "
+            f"{fmt(spread)}), so no single band decides; noisy bands (u, z) also receive attribution, "
+            "much of it on sky pixels, which is what attributions of faint, noisy inputs look like."
+            if spread < 0.15 else
+            f"The bands differ in importance (largest spread {fmt(spread)}); see `band_importance.csv`.")
+    lines += ["", "Reading (from the numbers above, for these few examples only): " + " ".join(reading)
+              + " Numbers: `band_importance.csv`, `explain_summary.json`."]
+    return "\n".join(lines)

@@ -69,75 +69,6 @@ def _versions() -> str:
             f"skorch {skorch.__version__}, numpy {np.__version__}; {os.cpu_count()} CPU cores")
 
 
-def _explain_stage(ctx, model):
-    from . import explanations
-
-    test = ctx.rows("test")
-    background = ctx.rows("train").sample(n=min(50, len(ctx.rows("train"))), random_state=ctx.seed)
-    res = explanations.run(ctx.out_dir, model, test, ctx.y(test), mags=test["psfmag_r"].to_numpy(),
-                           n_examples=3 if ctx.quick else 4, random_state=ctx.seed, background=background,
-                           ig_steps=16 if ctx.quick else 32, shap_nsamples=50 if ctx.quick else 200)
-    if "markdown" not in res:
-        res["markdown"] = _explain_markdown(res)
-    return res
-
-
-def _explain_markdown(res: dict) -> str:
-    from .common import fmt
-
-    lines = [
-        "Attributions of the final CNN's galaxy log-odds for example test objects (correct stars, correct "
-        "galaxies, misclassified objects): SHAP (`shap.GradientExplainer`, expected gradients against 50 "
-        "training objects) and Integrated Gradients (zero baseline = empty sky after scaling). Red pixels "
-        "push towards *galaxy*, blue towards *star*.",
-        "",
-        "![SHAP](explain_shap.png)",
-        "",
-        "![Integrated gradients](explain_ig.png)",
-        "",
-        "![radial importance](radial_importance.png)",
-        "",
-    ]
-    for method in ("shap", "ig"):
-        bi = res.get(f"band_importance_{method}")
-        if isinstance(bi, dict):
-            cells = " | ".join(f"{b}: {fmt(v)}" for b, v in bi.items())
-            lines.append(f"- **{method.upper()} band importance** (share of |attribution|): {cells}")
-        top = res.get(f"top_band_{method}")
-        within = res.get(f"frac_abs_within_2px_{method}")
-        if top is not None:
-            lines.append(f"  - most important band: **{top}**; share of |attribution| within 2 px of the centre: "
-                         f"{fmt(within)} (a uniform map would give {fmt(res.get('area_frac_within_2px'))})")
-    gap = res.get("ig_median_relative_gap")
-    if gap is not None:
-        lines.append(f"- Integrated Gradients completeness (median relative gap between the attribution sum "
-                     f"and f(x) − f(baseline)): {fmt(gap)}")
-    conc = [res.get(f"frac_abs_within_2px_{m}") for m in ("shap", "ig")]
-    area = res.get("area_frac_within_2px")
-    reading = []
-    if area and all(c is not None for c in conc):
-        ratio = min(conc) / area
-        reading.append(
-            f"Both methods put {fmt(min(conc))}–{fmt(max(conc))} of the attribution within 2 px of the centre, "
-            f"{ratio:.1f}× more than a uniform map would: the decision leans on the object's core and how fast "
-            "its light falls off, as a star/galaxy separation should."
-            if ratio > 1.2 else
-            f"Only {fmt(min(conc))}–{fmt(max(conc))} of the attribution lies within 2 px of the centre "
-            f"(uniform: {fmt(area)}): the maps are diffuse for these examples.")
-    bi = [res.get(f"band_importance_{m}") for m in ("shap", "ig")]
-    if all(isinstance(b, dict) for b in bi):
-        spread = max(max(b.values()) - min(b.values()) for b in bi)
-        reading.append(
-            "Band shares are close to even (largest spread between bands "
-            f"{fmt(spread)}), so no single band decides; noisy bands (u, z) also receive attribution, "
-            "much of it on sky pixels, which is what attributions of faint, noisy inputs look like."
-            if spread < 0.15 else
-            f"The bands differ in importance (largest spread {fmt(spread)}); see `band_importance.csv`.")
-    lines += ["", "Reading (from the numbers above, for these few examples only): " + " ".join(reading)
-              + " Numbers: `band_importance.csv`, `explain_summary.json`."]
-    return "\n".join(lines)
-
-
 def _choose_final(ctx):
     """The final CNN: tuned, with the chosen augmentation if it helped on *validation* (never test)."""
     tuned = ctx.results.get("tuning", {}).get("_objects", {}).get("tuned")
@@ -381,8 +312,10 @@ def main(argv=None) -> int:
             ctx.results["baselines"] = baselines.run(ctx, cnn=final)
             final = final or ctx.results["baselines"]["_objects"]["cnn_raw"]
     if "explanations" in stages and final is not None:
+        from . import explanations
+
         with stage_timer("6 explanations", timings):
-            ctx.results["explanations"] = _explain_stage(ctx, final)
+            ctx.results["explanations"] = explanations.run(ctx, final)
     if "seeing" in stages:
         from . import seeing
 

@@ -402,7 +402,7 @@ def test_net_inputs_skips_samplers_and_net(fitted_pipeline):
 
 
 def test_experiment_run_writes_outputs(tmp_path, fitted_pipeline):
-    from experiments.explanations import run
+    from experiments.explanations import explain as run
 
     pipe, table, yte, _ = fitted_pipeline
     y = yte.copy()
@@ -432,7 +432,7 @@ def test_experiment_run_writes_outputs(tmp_path, fitted_pipeline):
 
 
 def test_experiment_run_accepts_cutouts_and_checks_y(tmp_path, fitted_pipeline, data):
-    from experiments.explanations import run
+    from experiments.explanations import explain as run
 
     pipe, _, yte, Xte = fitted_pipeline
     # a pipeline whose front expects cutouts: just the net (X already the net's input)
