@@ -47,6 +47,7 @@ __all__ = [
     "NoFieldError",
     "robust_sky_noise",
     "calibration_path",
+    "load_calibration",
     "read_frame_calibration",
     "decompressed_paths",
 ]
@@ -298,6 +299,31 @@ def _calibration(hdul):
     return (calib if calib is not None and calib.size else None), sky
 
 
+def _save_calibration(path: Path, calib, sky_counts) -> None:
+    """Cache ``(calib, sky_counts)`` atomically (optional: a failed write only costs a re-read)."""
+    try:
+        _atomic_write_bytes(path, lambda fh: np.savez(fh, calib=np.asarray(calib, np.float64),
+                                                      sky_counts=np.float64(sky_counts)))
+    except OSError:
+        pass
+
+
+def load_calibration(fetcher, relpath: str) -> tuple[np.ndarray, float]:
+    """``(calib, sky_counts)`` of a frame: from its ``.calib.npz`` beside the decompressed cache,
+    else (frames decompressed before that file existed, or an unreadable copy) read from the frame
+    through ``fetcher.read`` (self-healing) and cached."""
+    path = calibration_path(fetcher.cache_dir, relpath)
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                return np.asarray(z["calib"], np.float64), float(z["sky_counts"])
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable: read the frame again below and overwrite it
+    calib, sky = fetcher.read(relpath, read_frame_calibration)
+    _save_calibration(path, calib, sky)
+    return calib, sky
+
+
 def read_frame_calibration(path) -> tuple[np.ndarray, float]:
     """``(calib, sky_counts)`` of a frame file (see :func:`_calibration`); ValueError without HDU1."""
     with fits.open(path, memmap=False) as hdul:
@@ -362,11 +388,7 @@ def load_frame(fid: FieldID | str, band: str, fetcher=None, *, sas_url=None, cac
         }
         _atomic_write_bytes(npy, lambda fh: np.save(fh, image, allow_pickle=False))
         if calib is not None:  # kept for stargal.inject's Poisson noise: saves decompressing the frame again
-            try:
-                _atomic_write_bytes(calibration_path(fetcher.cache_dir, rel),
-                                    lambda fh: np.savez(fh, calib=calib, sky_counts=np.float64(sky_counts)))
-            except OSError:
-                pass  # optional: stargal.inject reads HDU1 itself when this file is missing
+            _save_calibration(calibration_path(fetcher.cache_dir, rel), calib, sky_counts)
         _atomic_write_bytes(meta_path, lambda fh: fh.write(json.dumps(meta).encode()))
         image = np.load(npy, mmap_mode="r")
     # header parsing and WCS construction are deferred to first use (Frame.header / Frame.wcs)

@@ -46,7 +46,6 @@ Examples
 
 from __future__ import annotations
 
-import numbers
 import threading
 from dataclasses import dataclass, field as dc_field
 
@@ -54,10 +53,9 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-from ._io import atomic_write_bytes
 from ._validation import PATH_LIKE, Integral, Interval, Real, StrOptions, validate_params
 from ._validation import check_range as _check_range
-from .frames import Field, Frame, calibration_path, read_frame_calibration
+from .frames import Field, Frame, load_calibration
 from .sdss import BANDS, FieldID, frame_path
 from .synth import (HLR_RANGE_ARCSEC, MAG_RANGE, PIXEL_SCALE_ARCSEC, SERSIC_RANGE, SyntheticPopulation,
                     measured_photometry, render_source)
@@ -157,22 +155,7 @@ def frame_calibration(field: Field, band: str) -> FrameCalibration:
     with _MEMO_LOCK:
         if key in _MEMO:
             return _MEMO[key]
-    rel = frame_path(field.fid, band)
-    path = calibration_path(field.fetcher.cache_dir, rel)  # real HDU1/HDU2 data, never injected
-    calib = None
-    if path.exists():
-        try:
-            with np.load(path) as z:
-                calib, sky = np.asarray(z["calib"], np.float64), float(z["sky_counts"])
-        except (OSError, ValueError, KeyError):
-            calib = None
-    if calib is None:
-        # frames decompressed before this cache existed: read HDU1/HDU2 once and keep them
-        calib, sky = field.fetcher.read(rel, read_frame_calibration)
-        try:
-            atomic_write_bytes(path, lambda fh: np.savez(fh, calib=calib, sky_counts=np.float64(sky)))
-        except OSError:
-            pass
+    calib, sky = load_calibration(field.fetcher, frame_path(field.fid, band))  # real HDU1/HDU2 data
     out = FrameCalibration(band, calib, camera_gain(field.fid, band), sky)
     with _MEMO_LOCK:
         _MEMO[key] = out
@@ -560,23 +543,14 @@ class SyntheticInjector(BaseEstimator):
                              f"got {self.fields!r}")
         for f in self.fields:
             FieldID.parse(f)
-        n = self.n_objects
-        if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 0:
-            raise ValueError(f"{who}: n_objects must be an integer >= 0, got {n!r}")
+        # types and simple ranges: _parameter_constraints (validate_params above); what remains is
+        # domain-specific: the (min, max) ranges inside the renderer's supported ones, a finite distance
         _check_range("mag_range", self.mag_range, *MAG_RANGE, who=who)
         _check_range("hlr_range", self.hlr_range, *HLR_RANGE_ARCSEC, who=who)
         _check_range("sersic_range", self.sersic_range, *SERSIC_RANGE, who=who)
-        g = self.galaxy_fraction
-        if not isinstance(g, numbers.Real) or isinstance(g, bool) or not 0 <= g <= 1:
-            raise ValueError(f"{who}: galaxy_fraction must be a number in [0, 1], got {g!r}")
-        if self.mag_distribution not in ("measured", "uniform"):
-            raise ValueError(f"{who}: mag_distribution must be 'measured' or 'uniform', "
-                             f"got {self.mag_distribution!r}")
-        s = self.min_separation_arcsec
-        if not isinstance(s, numbers.Real) or isinstance(s, bool) or not np.isfinite(s) or s < 0:
-            raise ValueError(f"{who}: min_separation_arcsec must be a finite number >= 0, got {s!r}")
-        if self.psf_source not in ("stars", "psfield", "auto"):
-            raise ValueError(f"{who}: psf_source must be 'stars', 'psfield' or 'auto', got {self.psf_source!r}")
+        if not np.isfinite(self.min_separation_arcsec):
+            raise ValueError(f"{who}: min_separation_arcsec must be a finite number >= 0, "
+                             f"got {self.min_separation_arcsec!r}")
 
     def _validate_data(self, X, y):
         who = type(self).__name__

@@ -194,6 +194,25 @@ def test_poisson_noise_scale(sas):
     assert (cal.source_noise(np.zeros((5, 5)), 0, np.random.default_rng(0)) == 0).all()
 
 
+def test_calibration_cache_missing_or_corrupt_is_read_again_from_the_frame(sas):
+    from stargal.frames import calibration_path, load_calibration
+    from stargal.sdss import frame_path
+
+    fetcher = sas["fetcher"]
+    Field("1100-2-40", fetcher).frames()  # decompressing writes the .calib.npz beside the frame
+    rel = frame_path("1100-2-40", "i")
+    path = calibration_path(fetcher.cache_dir, rel)
+    calib, sky = load_calibration(fetcher, rel)
+    np.testing.assert_allclose(calib, 1.0)
+    for damage in ("missing", "corrupt"):
+        path.unlink() if damage == "missing" else path.write_bytes(b"not an npz")
+        again, sky_again = load_calibration(fetcher, rel)
+        np.testing.assert_array_equal(again, calib)
+        assert sky_again == sky or (np.isnan(sky) and np.isnan(sky_again))
+        with np.load(path) as z:  # rewritten, readable
+            np.testing.assert_array_equal(z["calib"], calib)
+
+
 # ------------------------------------------------------------------------------ sampler
 def _fake_photometry(sas, monkeypatch):
     """The synthetic field has no catalog: give measured_photometry's memo a population to draw from."""
