@@ -15,11 +15,17 @@
    comparison still tests one. The chosen techniques are merged into one augmenter.
 3. **Final check**: the full-size CNN (config defaults, or the tuning stage's ``tuned_params``) trained on
    ``train`` without augmentation, with the control augmenter (identical copies) and with the chosen
-   augmentation; evaluated on train, valid and test.
+   augmentation (and the extra candidate of :func:`final_recipes`); evaluated on train, valid and test.
+4. **Final recipe** (:func:`held_out_choice`): each candidate recipe (no augmentation, the choice, the choice
+   plus ``seeing`` when the ablation left it out) is scored by leaving each training field out in turn
+   (full-size CNN fitted on the other fields, scored on the held-out one); the highest mean MCC wins. The
+   validation groups share the training fields' seeing, held-out fields do not: this is the choice that
+   matters for a field the model has never seen. The test field takes no part.
 
 Files written to ``ctx.out_dir``: ``augmentation_ablation.csv`` (one row per configuration: means, stds,
 paired deltas, wins over seeds), ``augmentation_ablation_runs.csv`` (one row per fit),
-``augmentation_ablation.png``, ``augmentation_final.csv`` and ``augmentation_final_by_magnitude.csv``.
+``augmentation_ablation.png``, ``augmentation_final.csv``, ``augmentation_final_by_magnitude.csv`` and
+``augmentation_held_out.csv`` (one row per candidate recipe and held-out field).
 
 Run alone with ``python -m experiments.augmentation [--quick] --out DIR``.
 """
@@ -45,7 +51,7 @@ from stargal.augment import DEFAULT_STRENGTHS, CutoutAugmenter  # noqa: E402
 from .common import fmt, write_csv  # noqa: E402
 
 __all__ = ["CONFIGS", "SAMPLER_CONFIGS", "PROXY_WIDTH", "FAINT_MAG", "make_augmenter", "proxy_params", "ablation",
-           "summarise", "choose", "run", "main"]
+           "summarise", "choose", "final_recipes", "held_out_choice", "run", "main"]
 
 #: Ablation configurations: name -> the CutoutAugmenter parameters switched on (all others off).
 #: ``zoom_shear`` is one configuration (both are small affine distortions about the centre);
@@ -57,7 +63,7 @@ CONFIGS: dict[str, dict] = {
     "noise": {"noise": DEFAULT_STRENGTHS["noise"]},
     "zoom_shear": {"zoom": DEFAULT_STRENGTHS["zoom"], "shear": DEFAULT_STRENGTHS["shear"]},
     "blur": {"blur": DEFAULT_STRENGTHS["blur"]},
-    "seeing": {"seeing": DEFAULT_STRENGTHS["seeing"]},
+    "seeing": {"seeing": DEFAULT_STRENGTHS["seeing"], "seeing_bands": "independent"},
     "balance": {"balance": True},
 }
 
@@ -150,8 +156,10 @@ def _describe(name: str) -> str:
         elif key == "blur":
             parts.append(f"extra Gaussian PSF σ ≤ {value} px")
         elif key == "seeing":
-            parts.append(f"image and PSF broadened together to r FWHM U(own, {value}″), sky noise restored; galaxy "
-                         "copies this makes point-like by SDSS's rule left out")
+            each = CONFIGS[name].get("seeing_bands", "same") == "independent"
+            parts.append(("each band's image and PSF broadened together to its own FWHM U(own, " if each else
+                          "image and PSF broadened together to r FWHM U(own, ") + f"{value}″), sky noise restored; "
+                         "galaxy copies this makes point-like by SDSS's rule left out")
     return ", ".join(parts)
 
 
@@ -348,10 +356,11 @@ def _run(ctx, tuned_params, log) -> dict:
 
     # 3. final models -----------------------------------------------------------------------
     params = _final_params(ctx, tuned_params)
+    recipes = final_recipes(ctx, chosen)
     variants = {
         "no augmentation": None,
         "control (unperturbed copies)": make_augmenter("none", random_state=ctx.seed),
-        "chosen augmentation": make_augmenter(chosen, random_state=ctx.seed),
+        **{label: make_augmenter(names, random_state=ctx.seed) for label, names in recipes.items() if names},
     }
     final_rows, by_mag, fitted, final_s = [], [], {}, {}
     for label, aug in variants.items():
@@ -374,13 +383,88 @@ def _run(ctx, tuned_params, log) -> dict:
     mag_frame = pd.concat(by_mag, ignore_index=True)
     write_csv(out / "augmentation_final_by_magnitude.csv", mag_frame)
 
+    # 4. the final recipe, chosen on held-out training fields ---------------------------------
+    log(f"final recipe on held-out fields: {len(recipes)} recipes x leave one training field out")
+    t0 = time.perf_counter()
+    held_out = held_out_choice(ctx, recipes, params)
+    held_out_s = time.perf_counter() - t0
+    write_csv(out / "augmentation_held_out.csv", held_out)
+    means = held_out.groupby("recipe", sort=False)["mcc"].mean()
+    winner = max(recipes, key=lambda label: (means[label], -list(recipes).index(label)))
+    log(f"  held-out-field MCC: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()) + f" -> {winner}")
+
     result = _result(ctx, summary, runs, chosen, fallback, final, mag_frame, params, tuned_params,
                      ablation_s, final_s, len(train), len(valid), len(test))
+    result["markdown"] += "\n\n" + _held_out_markdown(held_out, recipes, winner, held_out_s)
+    result["final_recipe"] = winner
+    result["final_techniques"] = list(recipes[winner])
+    result["held_out_mcc"] = {k: float(v) for k, v in means.items()}
     result["seconds"] = round(time.perf_counter() - t_stage, 1)
+    winner_aug = make_augmenter(recipes[winner], random_state=ctx.seed) if recipes[winner] else None
     result["_objects"] = {"augmented": fitted["chosen augmentation"], "chosen": chosen,
                           "unaugmented": fitted["no augmentation"],
-                          "augmenter": make_augmenter(chosen, random_state=ctx.seed)}
+                          "augmenter": make_augmenter(chosen, random_state=ctx.seed),
+                          "final": fitted[winner], "final_augmenter": winner_aug,
+                          "final_lofo": held_out[held_out["recipe"] == winner].drop(columns="recipe")}
     return result
+
+
+def final_recipes(ctx, chosen) -> dict:
+    """Candidate recipes for the final CNN: label -> technique names (``[]``: no augmentation).
+
+    No augmentation, the ablation's choice, and, when the ablation did not choose it, the choice plus
+    ``seeing`` (PSF-aware models only): the validation groups share the training fields' seeing, so
+    the ablation cannot see what broader seeing teaches about *other* fields; the held-out fields can.
+    """
+    recipes = {"no augmentation": [], "chosen augmentation": list(chosen)}
+    if ctx.config.psf != "none" and "seeing" not in chosen:
+        recipes["chosen augmentation + seeing"] = list(chosen) + ["seeing"]
+    return recipes
+
+
+def held_out_choice(ctx, recipes, params) -> pd.DataFrame:
+    """Leave-one-training-field-out scores of the full-size PSF-aware CNN for each recipe.
+
+    Each training field in turn is held out; the CNN (``params``, study seed) is fitted on the other
+    fields' train + validation objects with the recipe's augmenter and scored on every object of the
+    held-out field. The test field takes no part. One row per recipe and held-out field.
+    """
+    from .seeing import lofo_tasks, run_lofo
+
+    tasks = []
+    for label, names in recipes.items():
+        aug = make_augmenter(names, random_state=ctx.seed) if names else None
+        tasks += [(label, t) for t in lofo_tasks(ctx, "CNN", "cnn", ctx.config.psf, params, aug)]
+    frame = run_lofo(ctx, [t for _, t in tasks])
+    frame.insert(0, "recipe", [label for label, _ in tasks])
+    return frame
+
+
+def _held_out_markdown(frame, recipes, winner, seconds) -> str:
+    fields = list(dict.fromkeys(frame["held_out"]))
+    lines = ["| recipe | techniques | " + " | ".join(fields) + " | mean MCC | std |",
+             "|---|---|" + "---|" * len(fields) + "---|---|"]
+    for label, names in recipes.items():
+        g = frame[frame["recipe"] == label].set_index("held_out")["mcc"]
+        name = f"**{label}**" if label == winner else label
+        lines.append(f"| {name} | {', '.join(names) or '–'} | " + " | ".join(fmt(g[f]) for f in fields)
+                     + f" | {fmt(g.mean())} | {fmt(g.std(ddof=1))} |")
+    return "\n".join([
+        "### Final recipe: chosen on held-out training fields",
+        "",
+        "The product must classify fields it was not trained on (the test field is sharper than every "
+        "training field). The validation groups lie in the training fields, so they share those fields' "
+        "seeing; a single full-size fit on them also moves by a few hundredths with the seed (above). The final "
+        "recipe is therefore chosen on *held-out training fields*: each training field in turn is held out, the "
+        "full-size CNN is fitted on the other fields' train + validation objects with the recipe and scored on "
+        "the held-out field; the recipe with the highest mean MCC wins (ties: the simpler one). The test field "
+        f"takes no part. MCC per held-out field ({seconds / 60:.1f} min):",
+        "",
+        "\n".join(lines),
+        "",
+        f"**Final recipe: {winner}.** The shipped CNN is the one of this recipe fitted on the train split "
+        "(rows above); section 7 reuses these held-out fits for the PSF-aware CNN.",
+    ])
 
 
 def _result(ctx, summary, runs, chosen, fallback, final, mag_frame, params, tuned_params, ablation_s,
@@ -443,7 +527,7 @@ def _result(ctx, summary, runs, chosen, fallback, final, mag_frame, params, tune
         + (f"the proxy ablation's seed-to-seed spread of Δ MCC (median std {fmt(spread)}) is a guide to how "
            "much of such a difference one seed alone can produce. " if np.isfinite(spread) else
            "with one seed there is no estimate of how much of such a difference is seed noise. ")
-        + "The run script picks the final model on *validation* MCC, never on test.")
+        + "The final recipe is picked on held-out training fields (below), never on test.")
 
     dn, dd, dz, db, dsh = d("noise"), d("dihedral"), d("zoom_shear"), d("blur"), d("shift")
     dn_f = d("noise", "mcc_faint")

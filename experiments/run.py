@@ -70,17 +70,19 @@ def _versions() -> str:
 
 
 def _choose_final(ctx):
-    """The final CNN: tuned, with the chosen augmentation if it helped on *validation* (never test)."""
+    """The final CNN: tuned, with the augmentation recipe that scored best on *held-out training fields*
+    (stage 4, never the test field)."""
     tuned = ctx.results.get("tuning", {}).get("_objects", {}).get("tuned")
-    aug = ctx.results.get("augmentation", {}).get("_objects", {}).get("augmented")
-    if tuned is None:
-        return aug, "augmented (no tuning result)"
-    if aug is None:
+    res = ctx.results.get("augmentation", {})
+    objs = res.get("_objects", {})
+    final = objs.get("final")
+    if final is None:
         return tuned, "tuned"
-    v_t = ctx.evaluate(tuned, ctx.rows("valid"))[0]["mcc"]
-    v_a = ctx.evaluate(aug, ctx.rows("valid"))[0]["mcc"]
-    return (aug, f"tuned + augmentation (validation MCC {v_a:.3f} vs {v_t:.3f})") if v_a > v_t else (
-        tuned, f"tuned, no augmentation (validation MCC {v_t:.3f} vs {v_a:.3f} with augmentation)")
+    means = res.get("held_out_mcc", {})
+    winner = res.get("final_recipe", "")
+    others = ", ".join(f"{k} {v:.3f}" for k, v in means.items() if k != winner)
+    return final, (f"tuned, {winner} (held-out-field MCC {means.get(winner, float('nan')):.3f}; "
+                   f"{others})")
 
 
 def targets_markdown(ctx, meta: dict) -> str:
@@ -327,7 +329,7 @@ def main(argv=None) -> int:
                 ctx, cnn=objs.get("cnn_raw", final), forest=objs.get("forest_raw"),
                 cnn_params=ctx.results.get("tuning", {}).get("_objects", {}).get("best_params"),
                 forest_params=base.get("forest_best_params"),
-                augmenter=aug.get("augmenter") if choice.startswith("tuned + augmentation") else None)
+                augmenter=aug.get("final_augmenter"), aware_cnn=aug.get("final_lofo"))
     if "baselines" in ctx.results:  # ship the calibrated CNN (calibrated on the validation groups)
         final = ctx.results["baselines"]["_objects"].get("cnn", final)
     if "synthetic" in stages:

@@ -35,7 +35,8 @@ from stargal.training import build_pipeline, evaluate_predictions, fit_pipeline
 
 from .common import fmt, write_csv
 
-__all__ = ["psf_table", "psf_markdown", "psfield_comparison", "psfield_markdown", "lofo", "run"]
+__all__ = ["psf_table", "star_check", "psf_markdown", "psfield_comparison", "psfield_markdown", "lofo_tasks",
+           "run_lofo", "lofo", "run"]
 
 _METRICS = ("mcc", "recall_galaxy", "recall_star", "balanced_accuracy", "roc_auc")
 
@@ -47,15 +48,39 @@ def psf_table(fields, fetcher, source="stars") -> pd.DataFrame:
 
     rows = []
     for fid in fields:
-        model = field_psf(Field(fid, fetcher), fetcher, source=source)
+        field = Field(fid, fetcher)
+        model = field_psf(field, fetcher, source=source)
         row = {"field": fid}
         for b in BANDS:
             row[f"fwhm_{b}"] = float(model.fwhm(b))
         for b in BANDS:
             row[f"source_{b}"] = model.source[b]
             row[f"n_stars_{b}"] = int(model.n_stars[b])
+        for b in BANDS:
+            row[f"star_ratio_{b}"] = star_check(field, model, b)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def star_check(field, model, band) -> float:
+    """Median FWHM of ``model`` at its PSF stars over that of the stars' own stamps (label-free).
+
+    The stars are the band's PSF-star candidates (:func:`stargal.psf.psf_star_table`: found
+    without catalog labels); the model is drawn at each star's position with the cutter's
+    sub-pixel resampling, and both are measured alike (:func:`stargal.psf.measure_fwhm`).
+    1 means the model is as broad as the stars it stands for. NaN for a model that is not
+    star-based or a band without candidates.
+    """
+    from stargal.psf import PSF_STAMP, measure_fwhm, psf_star_table
+
+    if model.source[band] != "stars":
+        return float("nan")
+    tab = psf_star_table(field, band, PSF_STAMP)
+    if len(tab["x"]) == 0:
+        return float("nan")
+    own = np.median(measure_fwhm(tab["stamps"]))
+    there = np.median(measure_fwhm(model.stamps(band, tab["x"], tab["y"], PSF_STAMP, resampled=True)))
+    return float(there / own)
 
 
 #: The mirror's field with SDSS's own PSF model (psField), to check our star-based estimate against.
@@ -190,27 +215,50 @@ def _blind_augmenter(augmenter):
     return aug
 
 
-def lofo(ctx, cnn_params, forest_params, augmenter=None, fields=None) -> pd.DataFrame:
-    """Leave-one-field-out scores of the four models (one row per model and held-out field)."""
+def lofo_tasks(ctx, model, kind, psf, params, augmenter=None, fields=None) -> list:
+    """The leave-one-field-out fits of one model: ``(held_out, model, psf, args of _fit_score)``."""
     pool = ctx.rows("train", "valid")
     fields = list(fields) if fields is not None else sorted(pool["field_id"].unique())
     tasks = []
     for fid in fields:
         fit_rows, eval_rows = pool[pool["field_id"] != fid], pool[pool["field_id"] == fid]
-        for model, kind, psf in _variants(ctx):
-            params = cnn_params if kind == "cnn" else forest_params
-            aug = None
-            if kind == "cnn" and augmenter is not None:
-                aug = augmenter if psf != "none" else _blind_augmenter(augmenter)
-            tasks.append((fid, model, psf, (kind, psf, ctx.config, ctx.fetcher.base_url,
-                                            str(ctx.fetcher.cache_dir), params, fit_rows, eval_rows, aug)))
+        tasks.append((fid, model, psf, (kind, psf, ctx.config, ctx.fetcher.base_url, str(ctx.fetcher.cache_dir),
+                                        params, fit_rows, eval_rows, augmenter)))
+    return tasks
+
+
+def run_lofo(ctx, tasks) -> pd.DataFrame:
+    """Run :func:`lofo_tasks` fits (``ctx.n_jobs`` workers): one row per model and held-out field."""
     results = Parallel(n_jobs=ctx.n_jobs)(delayed(_fit_score)(*args) for *_, args in tasks)
     rows = []
     for (fid, model, psf, args), (metrics, _, fit_s) in zip(tasks, results):
         rows.append({"held_out": fid, "model": model, "psf": psf, "variant": _label(model, psf),
                      "n": len(args[7]), "galaxy_fraction": float(labels_to_y(args[7]["label"]).mean()),
                      "fit_s": fit_s, **metrics})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else ["held_out", "model", "psf", "variant", "mcc"])
+
+
+def lofo(ctx, cnn_params, forest_params, augmenter=None, fields=None, aware_cnn=None) -> pd.DataFrame:
+    """Leave-one-field-out scores of the four models (one row per model and held-out field).
+
+    ``aware_cnn``: rows of the PSF-aware CNN already fitted this way with the same parameters and
+    augmenter (the augmentation stage's choice, :func:`run_lofo`); they are reused, not refitted.
+    """
+    tasks = []
+    for model, kind, psf in _variants(ctx):
+        if kind == "cnn" and psf != "none" and aware_cnn is not None:
+            continue
+        params = cnn_params if kind == "cnn" else forest_params
+        aug = None
+        if kind == "cnn" and augmenter is not None:
+            aug = augmenter if psf != "none" else _blind_augmenter(augmenter)
+        tasks += lofo_tasks(ctx, model, kind, psf, params, aug, fields)
+    frame = run_lofo(ctx, tasks)
+    if aware_cnn is not None:
+        frame = pd.concat([frame, aware_cnn], ignore_index=True)
+    order = {_label(m, p): i for i, (m, _, p) in enumerate(_variants(ctx))}
+    return frame.sort_values(["held_out", "variant"], key=lambda c: c.map(order) if c.name == "variant" else c,
+                             kind="stable").reset_index(drop=True)
 
 
 def _plot(frame, fwhm, path, test_points=None):
@@ -240,8 +288,11 @@ def _plot(frame, fwhm, path, test_points=None):
     plt.close(fig)
 
 
-def run(ctx, cnn=None, forest=None, cnn_params=None, forest_params=None, augmenter=None) -> dict:
-    """``cnn``/``forest``: the final PSF-aware models (fitted on train); their params are reused."""
+def run(ctx, cnn=None, forest=None, cnn_params=None, forest_params=None, augmenter=None, aware_cnn=None) -> dict:
+    """``cnn``/``forest``: the final PSF-aware models (fitted on train); their params are reused.
+
+    ``aware_cnn``: the final CNN recipe's leave-one-field-out rows if the augmentation stage already
+    fitted them (its choice is made on them); they are reused."""
     t0 = time.perf_counter()
     cnn_params = dict(cnn_params or {})
     cnn_params.setdefault("net__max_epochs", ctx.epochs(ctx.config.cnn["max_epochs"]))
@@ -251,7 +302,7 @@ def run(ctx, cnn=None, forest=None, cnn_params=None, forest_params=None, augment
     write_csv(ctx.out_dir / "seeing_psf.csv", psf)
     fwhm = dict(zip(psf["field"], psf["fwhm_r"]))
 
-    frame = lofo(ctx, cnn_params, forest_params, augmenter=augmenter)
+    frame = lofo(ctx, cnn_params, forest_params, augmenter=augmenter, aware_cnn=aware_cnn)
     write_csv(ctx.out_dir / "seeing_lofo.csv", frame)
 
     # Test field: blind models fitted like the final ones; aware ones are the final models.
@@ -365,4 +416,14 @@ def psf_markdown(psf: pd.DataFrame, test_fields=()) -> str:
         role = "test" if d["field"] in test_fields else "train/valid"
         lines.append(f"| {d['field']} | {role} | " + " | ".join(fmt(d[f'fwhm_{b}'], 2) for b in BANDS)
                      + f" | {d['source_r']} ({d['n_stars_r']}) |")
+    if any(f"star_ratio_{b}" in psf for b in BANDS):
+        lines += ["", "**Does each model reproduce its own stars?** Median FWHM of the model drawn at its PSF "
+                  "stars (found without labels) over that of the stars' own stamps, measured alike "
+                  "(`experiments.seeing.star_check`; 1 = as broad as the stars):", "",
+                  "| field | " + " | ".join(BANDS) + " |", "|---|" + "---|" * len(BANDS)]
+        for r in psf.itertuples(index=False):
+            d = r._asdict()
+            lines.append(f"| {d['field']} | " + " | ".join(fmt(d.get(f'star_ratio_{b}'), 3) for b in BANDS) + " |")
+        worst = np.nanmax(np.abs(psf[[f"star_ratio_{b}" for b in BANDS]].to_numpy(float) - 1.0))
+        lines += ["", f"Largest deviation from 1 over these fields and bands: {worst:.3f}."]
     return "\n".join(lines)

@@ -111,6 +111,7 @@ __all__ = [
     "PIXEL_SCALE",
     "FWHM_PER_SIGMA",
     "SEEING_LABELS",
+    "SEEING_BANDS",
     "SDSS_TYPE_RATIO",
 ]
 
@@ -155,6 +156,9 @@ _R_PSF = N_IMAGE_BANDS + BANDS.index("r")
 
 #: Values of ``seeing_labels``.
 SEEING_LABELS = ("consistent", "keep")
+
+#: Values of ``seeing_bands``.
+SEEING_BANDS = ("same", "independent")
 
 
 def augmentation_names() -> tuple[str, ...]:
@@ -421,6 +425,15 @@ class CutoutAugmenter(BaseEstimator):
         them; with ``balance=True`` the classes can then end a few rows apart).
         ``'keep'``: every copy keeps its label (the behaviour before this
         option existed).
+    seeing_bands : {'same', 'independent'}, default='same'
+        ``'same'``: one kernel per copy, chosen to reach the drawn r FWHM, in
+        every band (the band-to-band FWHM ratios move towards 1).
+        ``'independent'``: each band draws its own target FWHM from
+        ``U(current_b, max(current_b, seeing))`` and gets its own kernel, so the
+        copies also show band-to-band seeing differences the training fields
+        lack (e.g. 7264-3-111, whose g FWHM is 1.21x its r FWHM, against
+        0.96-1.13x elsewhere). The PSF channel of each band always gets its
+        image's kernel.
     balance : bool, 'smote' or imblearn sampler, default=False
         ``True``: the minority class gets extra augmented copies (of its
         cutouts, cycled in random order) so both classes end with the same
@@ -545,6 +558,7 @@ class CutoutAugmenter(BaseEstimator):
         blur=0.0,
         seeing=0.0,
         seeing_labels="consistent",
+        seeing_bands="same",
         balance=False,
         random_state=None,
     ):
@@ -557,6 +571,7 @@ class CutoutAugmenter(BaseEstimator):
         self.blur = blur
         self.seeing = seeing
         self.seeing_labels = seeing_labels
+        self.seeing_bands = seeing_bands
         self.balance = balance
         self.random_state = random_state
 
@@ -582,6 +597,7 @@ class CutoutAugmenter(BaseEstimator):
         **{name: [Interval(Real, 0, None, closed="left")] for name in ("shift", "noise", "shear", "blur", "seeing")},
         "zoom": [Interval(Real, 0, 1, closed="left")],
         "seeing_labels": [StrOptions(set(SEEING_LABELS))],
+        "seeing_bands": [StrOptions(set(SEEING_BANDS))],
         "balance": ["boolean", StrOptions({"smote"}), HasMethods(["fit_resample"])],
         "random_state": ["random_state"],
     }
@@ -592,6 +608,7 @@ class CutoutAugmenter(BaseEstimator):
            for name in ("shift", "noise", "shear", "blur", "seeing")},
         "zoom": "zoom must be < 1 (scale factor 1 +/- zoom > 0)",
         "seeing_labels": f"seeing_labels must be one of {list(SEEING_LABELS)}",
+        "seeing_bands": f"seeing_bands must be one of {list(SEEING_BANDS)}",
         "balance": "balance must be True, False, 'smote' or an imbalanced-learn sampler (an object with "
                    "fit_resample)",
     }
@@ -869,28 +886,51 @@ class CutoutAugmenter(BaseEstimator):
         """
         m, _, h, w = out.shape
         nb = N_IMAGE_BANDS
-        # A fixed number of draws per copy (whatever the data), in copy order.
-        u = rng.uniform(0.0, 1.0, size=m)
-        current = _moment_fwhm(out[:, _R_PSF])  # pixels
         top = self.seeing / PIXEL_SCALE
-        target = current + u * np.maximum(top - current, 0.0)
-        sigma_k = np.sqrt(np.maximum(target**2 - current**2, 0.0)) / FWHM_PER_SIGMA
         sky = np.nan_to_num(self.sky_noise_[:nb])
+        if self.seeing_bands == "independent":
+            # every band its own target FWHM, up to `seeing`, drawn independently
+            u = rng.uniform(0.0, 1.0, size=(m, nb))
+            current = _moment_fwhm(out[:, nb:])  # (m, nb) pixels
+            if not np.isfinite(current).all():
+                # a band without a usable PSF stamp keeps its seeing; r is checked on the input rows
+                current = np.where(np.isfinite(current), current, np.inf)
+            target = current + u * np.maximum(top - current, 0.0)
+            sigma_k = np.sqrt(np.maximum(np.nan_to_num(target**2 - current**2, nan=0.0), 0.0)) / FWHM_PER_SIGMA
+        else:
+            # A fixed number of draws per copy (whatever the data), in copy order.
+            u = rng.uniform(0.0, 1.0, size=m)
+            current = _moment_fwhm(out[:, _R_PSF])  # pixels
+            target = current + u * np.maximum(top - current, 0.0)
+            sigma_k = np.sqrt(np.maximum(target**2 - current**2, 0.0)) / FWHM_PER_SIGMA
+            sigma_k = np.repeat(sigma_k[:, None], nb, axis=1)  # the same kernel in every band
         for i in range(m):
             eps = rng.standard_normal(size=(nb, h, w), dtype=np.float32)
-            if not np.isfinite(sigma_k[i]):
-                continue  # no usable PSF in this copy (checked on the input rows)
-            kernel = _discrete_gaussian(sigma_k[i])
-            if kernel.size == 1:
-                continue
-            img = out[i, :nb].astype(np.float64)
-            b = border_median(img)[:, None, None]  # local sky level per band
-            img = _convolve_zero(img - b, kernel) + b
-            restore = np.sqrt(np.clip(1.0 - _noise_variance_factor(kernel, h, w), 0.0, 1.0))
-            img += eps * (noise_level[i] * sky[:, None, None] * restore[None])
-            out[i, :nb] = img
-            out[i, nb:] = _convolve_psf(out[i, nb:], kernel)
+            for s_k, bands in _kernel_groups(sigma_k[i]):
+                kernel = _discrete_gaussian(s_k)
+                if kernel.size == 1:
+                    continue
+                img = out[i, bands].astype(np.float64)
+                b = border_median(img)[:, None, None]  # local sky level per band
+                img = _convolve_zero(img - b, kernel) + b
+                restore = np.sqrt(np.clip(1.0 - _noise_variance_factor(kernel, h, w), 0.0, 1.0))
+                img += eps[bands] * (noise_level[i] * sky[bands][:, None, None] * restore[None])
+                out[i, bands] = img
+                out[i, nb + bands] = _convolve_psf(out[i, nb + bands], kernel)
         return out
+
+
+def _kernel_groups(sigmas):
+    """``(sigma, band indices)`` for each distinct finite kernel width of one copy.
+
+    Bands sharing a width are convolved together; a non-finite width (no usable PSF
+    in this copy, checked on the input rows) leaves those bands unchanged.
+    """
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    groups = []
+    for s in np.unique(sigmas[np.isfinite(sigmas)]):
+        groups.append((float(s), np.flatnonzero(sigmas == s)))
+    return groups
 
 
 def _discrete_gaussian(sigma: float) -> np.ndarray:

@@ -550,6 +550,41 @@ def test_seeing_broadens_image_and_psf_alike_within_range():
                                rtol=0.01)
 
 
+def test_seeing_bands_independent_broadens_each_band_to_its_own_target():
+    n, top = 300, 2.0
+    X = psf_stars(n, flux=(1e4,) * 5, seed=2)
+    aug = CutoutAugmenter(**SEEING_ONLY, seeing_bands="independent", random_state=0)
+    X_res, _ = aug.fit_resample(X, labels(n, n // 2))
+    np.testing.assert_array_equal(X_res[:n], X)
+    copies = X_res[n:].astype(np.float64)
+    current = PSF_FWHM * PIXEL_SCALE
+    fw = psf_fwhm(X_res[n:])  # (n, 5) arcsec
+    # each band's target is F0 + u_b (max - F0), with its own draw u_b (one row of 5 per copy)
+    u = aug._streams()["seeing"].uniform(0.0, 1.0, size=(n, 5))
+    np.testing.assert_allclose(fw, current + u * (top - current), rtol=0.01)
+    # the bands are broadened independently: their FWHMs are uncorrelated across copies
+    corr = np.corrcoef(fw.T)[np.triu_indices(5, 1)]
+    assert np.abs(corr).max() < 0.25
+    # image and PSF still get the same kernel in every band
+    star = _moment_fwhm(copies[:, :5]) * PIXEL_SCALE
+    np.testing.assert_allclose(star, fw, rtol=0.01)
+    np.testing.assert_allclose(copies[:, 5:].sum(axis=(2, 3)), 1.0, atol=1e-5)
+    # sky noise restored band by band
+    Xn = psf_stars(n, seed=6)
+    Xn_res, _ = CutoutAugmenter(**SEEING_ONLY, seeing_bands="independent",
+                                random_state=1).fit_resample(Xn, labels(n, n // 2))
+    np.testing.assert_allclose(sky_noise(Xn_res[n:, :5]), sky_noise(Xn[:, :5]), rtol=0.1)
+
+
+def test_seeing_bands_same_is_the_default_and_bad_value_is_an_error():
+    X = psf_stars(20, seed=3)
+    a = CutoutAugmenter(**SEEING_ONLY, random_state=0).fit_resample(X, labels(20, 10))[0]
+    b = CutoutAugmenter(**SEEING_ONLY, seeing_bands="same", random_state=0).fit_resample(X, labels(20, 10))[0]
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="seeing_bands must be one of"):
+        CutoutAugmenter(**SEEING_ONLY, seeing_bands="each").fit_resample(X, labels(20, 10))
+
+
 def test_seeing_noise_free_star_stays_flux_times_psf():
     X = psf_stars(40, noise=None)
     X_res, _ = single_technique("seeing", random_state=3).fit_resample(X, labels(40, 20))

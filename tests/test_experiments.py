@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +41,25 @@ def test_make_experiments_quick(mirror_url, mirror_cache, tmp_path):
     for model, metrics in summary["test"].items():
         assert 0.0 <= metrics["accuracy"] <= 1.0 and -1.0 <= metrics["mcc"] <= 1.0, model
     assert summary["test"]["majority class"]["mcc"] == 0.0
+    # the final recipe is chosen on held-out training fields, and section 7 reuses those fits
+    import pandas as pd
+
+    assert "### Final recipe: chosen on held-out training fields" in report
+    held = pd.read_csv(out / "augmentation_held_out.csv")
+    aug = json.loads((out / "augmentation_summary.json").read_text())
+    assert aug["final_recipe"] in set(held["recipe"]) and {"no augmentation", "chosen augmentation"} <= set(held["recipe"])
+    assert held.groupby("recipe").size().nunique() == 1 and held["held_out"].nunique() >= 2
+    means = held.groupby("recipe")["mcc"].mean()
+    assert means[aug["final_recipe"]] == means.max()
+    lofo = pd.read_csv(out / "seeing_lofo.csv")
+    aware = lofo[lofo["variant"] == "CNN, PSF-aware"].set_index("held_out")["mcc"].sort_index()
+    win = held[held["recipe"] == aug["final_recipe"]].set_index("held_out")["mcc"].sort_index()
+    pd.testing.assert_series_equal(aware, win, check_names=False)
+    # every PSF model is checked against its own stars
+    assert "Does each model reproduce its own stars?" in report
+    psf = pd.read_csv(out / "seeing_psf.csv")
+    ratios = psf[[f"star_ratio_{b}" for b in "ugriz"]].to_numpy(float)
+    assert np.isfinite(ratios).all() and (abs(ratios - 1) < 0.1).all()
     # the study's model file loads safely
     from stargal.persist import load_model
 
