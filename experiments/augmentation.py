@@ -166,7 +166,7 @@ def _describe(name: str) -> str:
 def proxy_params(ctx, seed_offset: int) -> dict:
     """Pipeline parameters of a proxy CNN for one seed."""
     mode = "quick" if ctx.quick else "full"
-    return {"net__module__width": PROXY_WIDTH, "net__max_epochs": PROXY_EPOCHS[mode],
+    return {"net__module__width": PROXY_WIDTH, "net__module__members": 1, "net__max_epochs": PROXY_EPOCHS[mode],
             "net__patience": PROXY_PATIENCE, "net__random_state": int(ctx.seed + seed_offset)}
 
 

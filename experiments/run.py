@@ -88,6 +88,7 @@ def _choose_final(ctx):
 def targets_markdown(ctx, meta: dict) -> str:
     """The PSF-aware work's targets, each with the number this run measured and met / missed."""
     from .common import fmt
+    from .seeing import CENTRE_RADIUS_PX
 
     base, see, ali = (ctx.results.get(k, {}) for k in ("baselines", "seeing", "alignment"))
     rows = []
@@ -129,6 +130,11 @@ def targets_markdown(ctx, meta: dict) -> str:
             + ", ".join(f"{r['band']} {fmt(r['fwhm_stars_at_stars'] / r['fwhm_star_stamps'], 3)}" for r in cmp)
             + ", psField / stamps: "
             + ", ".join(f"{r['band']} {fmt(r['fwhm_psfield_at_stars'] / r['fwhm_star_stamps'], 3)}" for r in cmp)
+            + (f"; stars within {CENTRE_RADIUS_PX:.0f} px of the centre, ours / stamps: "
+               + ", ".join(f"{r['band']} {fmt(r['fwhm_stars_centre'] / r['fwhm_star_stamps_centre'], 3)}" for r in cmp)
+               + ", psField / stamps: "
+               + ", ".join(f"{r['band']} {fmt(r['fwhm_psfield_centre'] / r['fwhm_star_stamps_centre'], 3)}"
+                           for r in cmp) if all("fwhm_star_stamps_centre" in r for r in cmp) else "")
             if all("fwhm_star_stamps" in r for r in cmp) else "")
     if not ctx.quick:
         add("`make experiments` ≤ 20 min on this machine", f"{meta['total_seconds'] / 60:.1f} min",

@@ -206,6 +206,11 @@ def architecture_summary(module: torch.nn.Module, size: int, in_channels: int | 
     return text, table, n_params
 
 
+#: The tuning stage tunes one network (``members=1``): the study's ``[cnn] members`` (an ensemble of
+#: such networks, stage 4 on) would multiply the search's cost without changing what is tuned.
+ONE_NETWORK = {"net__module__members": 1}
+
+
 def _module_for(config, params=None) -> StarGalaxyCNN:
     cnn = dict(config.cnn)
     params = params or {}
@@ -297,7 +302,7 @@ def _search_inputs(ctx):
 
 def _search(ctx, grid, *, epochs, cv, n_jobs=1, scheduler=None):
     rows, y, groups = _search_inputs(ctx)
-    base = ctx.pipeline("cnn", params={"net__max_epochs": int(epochs)})
+    base = ctx.pipeline("cnn", params={"net__max_epochs": int(epochs), **ONE_NETWORK})
     return grid_search(base, grid, rows, y, groups, cv=cv, n_jobs=n_jobs, scheduler=scheduler,
                        refit=False, fit_params={"net__groups": groups}, random_state=ctx.seed)
 
@@ -353,7 +358,7 @@ def run(ctx) -> dict:
     # 2. before tuning -------------------------------------------------------------------
     print(f"  before: fitting the default CNN ({full_epochs} epochs max) ...", flush=True)
     t0 = time.perf_counter()
-    before = ctx.fit(ctx.pipeline("cnn", params={"net__max_epochs": full_epochs}), train_rows)
+    before = ctx.fit(ctx.pipeline("cnn", params={"net__max_epochs": full_epochs, **ONE_NETWORK}), train_rows)
     timings["fit_before_s"] = round(time.perf_counter() - t0, 1)
     before_metrics = ctx.evaluate_splits(before)
     curve_before = _history(before)
@@ -370,7 +375,7 @@ def run(ctx) -> dict:
     write_csv(out / "tuning_cv_results.csv", cv)
     best_params = dict(search.best_params_)
 
-    defaults = ctx.pipeline("cnn").get_params()
+    defaults = ctx.pipeline("cnn", params=ONE_NETWORK).get_params()
     best_is_default = all(_eq(v, defaults.get(k)) for k, v in best_params.items())
     if best_is_default:
         # same parameters, seed and data as the default fit: the refit would reproduce it
@@ -380,7 +385,7 @@ def run(ctx) -> dict:
     else:
         print(f"  after: refitting {best_params} ({full_epochs} epochs max) ...", flush=True)
         t0 = time.perf_counter()
-        tuned = ctx.fit(ctx.pipeline("cnn", params={**best_params, "net__max_epochs": full_epochs}),
+        tuned = ctx.fit(ctx.pipeline("cnn", params={**best_params, "net__max_epochs": full_epochs, **ONE_NETWORK}),
                         train_rows)
         timings["fit_after_s"] = round(time.perf_counter() - t0, 1)
         after_metrics = ctx.evaluate_splits(tuned)

@@ -53,6 +53,7 @@ CNN_PARAM_NAMES: dict[str, str] = {
     "max_epochs": "net__max_epochs",
     "batch_size": "net__batch_size",
     "patience": "net__patience",
+    "members": "net__module__members",
     "cutout_size": "cut__size",
 }
 #: The CNN settings every configuration defines (``[cnn]`` in ``study.toml``).
@@ -126,6 +127,7 @@ _CNN_CHECKS = {
     "max_epochs": lambda n, v: _check_int(n, v, 1),
     "batch_size": lambda n, v: _check_int(n, v, 1),
     "patience": lambda n, v: _check_int(n, v, 1),
+    "members": lambda n, v: _check_int(n, v, 1),
 }
 
 

@@ -489,6 +489,18 @@ class StarGalaxyNet(NeuralNetClassifier):
         with _seeded(self.random_state, self.device):
             return super().fit(X, y, **fit_params)
 
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        """The criterion's loss; for an ensemble module in training mode (logits of shape
+        ``(n, members, n_classes)``, :class:`~stargal.nets.StarGalaxyCNN` with ``members > 1``)
+        every member's loss on the same batch, averaged (each member learns on its own)."""
+        if isinstance(y_pred, torch.Tensor) and y_pred.ndim == 3:
+            k = y_pred.shape[1]
+            y_true = torch.as_tensor(to_numpy(y_true) if not isinstance(y_true, torch.Tensor) else y_true,
+                                     device=y_pred.device)
+            return super().get_loss(y_pred.reshape(-1, y_pred.shape[-1]), y_true.repeat_interleave(k),
+                                    X=X, training=training)
+        return super().get_loss(y_pred, y_true, X=X, training=training)
+
     def infer(self, x, **fit_params):
         """Forward pass; ``groups`` (meant for the split) is not passed to the module."""
         fit_params.pop("groups", None)
@@ -565,13 +577,14 @@ class StarGalaxyNet(NeuralNetClassifier):
 def make_cnn_net(width=32, depth=3, dropout=0.3, lr=1e-3, weight_decay=1e-4, max_epochs=30,
                  batch_size=128, patience=5, valid_fraction=0.2, class_weight="balanced",
                  random_state=0, device=None, verbose=0, in_channels=None, n_classes=2,
-                 input_size=15, **kwargs):
+                 input_size=15, members=1, **kwargs):
     """The CNN as a scikit-learn classifier (:class:`StarGalaxyNet`).
 
     Parameters
     ----------
-    width, depth, dropout, in_channels, n_classes, input_size
-        :class:`~stargal.nets.StarGalaxyCNN` parameters (``module__*``). ``in_channels=None``
+    width, depth, dropout, in_channels, n_classes, input_size, members
+        :class:`~stargal.nets.StarGalaxyCNN` parameters (``module__*``); ``members > 1`` is an
+        ensemble of that many networks (their mean probability). ``in_channels=None``
         (default): the channel count of the cutouts seen in ``fit`` (5, or 10 for PSF-aware
         cutouts).
     lr : float, default=1e-3
@@ -612,6 +625,7 @@ def make_cnn_net(width=32, depth=3, dropout=0.3, lr=1e-3, weight_decay=1e-4, max
         module=StarGalaxyCNN,
         module__in_channels=in_channels, module__width=width, module__depth=depth,
         module__dropout=dropout, module__n_classes=n_classes, module__input_size=input_size,
+        module__members=members,
         criterion=torch.nn.CrossEntropyLoss,
         optimizer=torch.optim.AdamW, lr=lr, optimizer__weight_decay=weight_decay,
         max_epochs=max_epochs, batch_size=batch_size, train_split=train_split,

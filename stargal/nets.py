@@ -22,6 +22,8 @@ Design notes
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -52,6 +54,11 @@ class StarGalaxyCNN(nn.Module):
         Nominal cutout side in pixels (odd, ``>= 7``).  The network itself is
         size-agnostic; this value is validated and reported by
         :meth:`feature_map_size`.
+    members : int, default=1
+        ``> 1``: an ensemble of that many such networks (``towers``), each with
+        its own initial weights and its own loss during training
+        (:meth:`stargal.models.StarGalaxyNet.get_loss`), averaged in probability
+        at prediction. Costs ``members`` times the compute.
 
     Examples
     --------
@@ -61,14 +68,19 @@ class StarGalaxyCNN(nn.Module):
     torch.Size([4, 2])
     >>> net(torch.zeros(1, 5, 7, 7)).shape
     torch.Size([1, 2])
+    >>> pair = StarGalaxyCNN(width=8, depth=2, members=2).eval()
+    >>> p = torch.softmax(pair(torch.zeros(3, 5, 9, 9)), dim=-1)
+    >>> mean = torch.stack([torch.softmax(t(torch.zeros(3, 5, 9, 9)), -1) for t in pair.towers]).mean(0)
+    >>> bool(torch.allclose(p, mean, atol=1e-6))
+    True
     """
 
     def __init__(self, in_channels=5, width=32, depth=3, dropout=0.3, n_classes=2,
-                 input_size=15):
+                 input_size=15, members=1):
         super().__init__()
         for name, value, low in (("in_channels", in_channels, 1), ("width", width, 1),
                                  ("depth", depth, 1), ("n_classes", n_classes, 2),
-                                 ("input_size", input_size, 7)):
+                                 ("input_size", input_size, 7), ("members", members, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if input_size % 2 != 1:
@@ -82,6 +94,14 @@ class StarGalaxyCNN(nn.Module):
         self.dropout = float(dropout)
         self.n_classes = n_classes
         self.input_size = input_size
+        self.members = members
+        if members > 1:
+            # an ensemble: independent single networks, each with its own initial weights
+            self.towers = nn.ModuleList([
+                StarGalaxyCNN(in_channels, width, depth, dropout, n_classes, input_size)
+                for _ in range(members)])
+            self.n_features = self.towers[0].n_features
+            return
 
         layers = []
         channels = in_channels
@@ -130,11 +150,20 @@ class StarGalaxyCNN(nn.Module):
         Returns
         -------
         torch.Tensor of shape (n, n_classes)
-            Unnormalised logits (apply ``softmax`` for probabilities).
+            Unnormalised logits (apply ``softmax`` for probabilities). With ``members > 1``:
+            in eval mode the log of the members' mean probability (so ``softmax`` gives the
+            ensemble's probability); in training mode every member's logits,
+            ``(n, members, n_classes)``.
         """
         if X.ndim != 4 or X.shape[1] != self.in_channels:
             raise ValueError(
                 f"expected cutouts of shape (n, {self.in_channels}, H, W), got {tuple(X.shape)}")
+        if self.members > 1:
+            logits = torch.stack([tower(X) for tower in self.towers], dim=1)  # (n, members, classes)
+            if self.training:
+                return logits  # every tower is trained on its own loss (StarGalaxyNet.get_loss)
+            # log of the members' mean probability: its softmax is the ensemble's probability
+            return torch.logsumexp(torch.log_softmax(logits, dim=-1), dim=1) - math.log(self.members)
         h = self.features(X)
         h = self.flatten(self.pool(h))
         return self.classifier(self.drop(h))

@@ -139,6 +139,43 @@ def test_cnn_bad_input_shape():
         StarGalaxyCNN()(torch.zeros(2, 4, 15, 15))
 
 
+def test_cnn_ensemble_members_average_in_probability():
+    pair = StarGalaxyCNN(width=4, depth=2, members=3)
+    assert len(pair.towers) == 3 and pair.n_features == 8
+    X = torch.randn(6, 5, 9, 9)
+    # each member has its own initial weights
+    w = [t.features[0].weight for t in pair.towers]
+    assert not torch.allclose(w[0], w[1]) and not torch.allclose(w[1], w[2])
+    assert pair.train()(X).shape == (6, 3, 2)  # training: every member's logits
+    pair.eval()
+    members = torch.stack([torch.softmax(t(X), dim=-1) for t in pair.towers]).mean(dim=0)
+    torch.testing.assert_close(torch.softmax(pair(X), dim=-1), members)
+    with pytest.raises(ValueError, match="members"):
+        StarGalaxyCNN(members=0)
+
+
+def test_cnn_ensemble_trains_every_member_on_its_own_loss(data):
+    X, y, groups = data
+    net = make_cnn_net(**tiny(max_epochs=3, members=2)).fit(X, y, groups=groups)
+    towers = net.module_.towers
+    Xt = torch.as_tensor(X[:64])
+    yt = torch.as_tensor(y[:64], dtype=torch.int64)
+    net.module_.train()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        loss = net.get_loss(net.module_(Xt), yt, training=True)
+        torch.manual_seed(0)
+        per = [net.criterion_(t(Xt), yt) for t in towers]  # same dropout draws, in the same order
+    torch.testing.assert_close(loss, torch.stack(per).mean())
+    proba = net.predict_proba(X)
+    net.module_.eval()
+    with torch.no_grad():
+        mean = torch.stack([torch.softmax(t(torch.as_tensor(X)), -1) for t in towers]).mean(0).numpy()
+    np.testing.assert_allclose(proba, mean, atol=1e-6)
+    assert balanced_accuracy_score(y, proba.argmax(axis=1)) > 0.8
+    assert np.isfinite(net.history[-1, "valid_loss"])
+
+
 # --------------------------------------------------------------------------- training
 def test_cnn_learns_synthetic_problem(data):
     X, y, groups = data
