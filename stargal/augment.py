@@ -431,7 +431,7 @@ class CutoutAugmenter(BaseEstimator):
         ``'independent'``: each band draws its own target FWHM from
         ``U(current_b, max(current_b, seeing))`` and gets its own kernel, so the
         copies also show band-to-band seeing differences the training fields
-        lack (e.g. 7264-3-111, whose g FWHM is 1.21x its r FWHM, against
+        lack (e.g. 7264-3-111, whose g FWHM is 1.20x its r FWHM, against
         0.96-1.13x elsewhere). The PSF channel of each band always gets its
         image's kernel.
     balance : bool, 'smote' or imblearn sampler, default=False
