@@ -434,6 +434,13 @@ class CutoutAugmenter(BaseEstimator):
         lack (e.g. 7264-3-111, whose g FWHM is 1.20x its r FWHM, against
         0.96-1.13x elsewhere). The PSF channel of each band always gets its
         image's kernel.
+    noise_labels : {'keep', 'consistent'}, default='keep'
+        The same question for ``noise``: observed shallower, a faint galaxy's
+        extended light can drown in the noise, and SDSS would type it a star at
+        that depth. ``'consistent'`` (PSF-aware input only; 5-channel input keeps
+        every copy): a galaxy's copy that the added noise turns point-like by the
+        same rule, measured before and after the noise, is not added
+        (``n_noise_dropped_``). ``'keep'``: every copy keeps its label.
     balance : bool, 'smote' or imblearn sampler, default=False
         ``True``: the minority class gets extra augmented copies (of its
         cutouts, cycled in random order) so both classes end with the same
@@ -468,6 +475,9 @@ class CutoutAugmenter(BaseEstimator):
     n_seeing_dropped_ : int
         Set by ``fit_resample``: galaxy copies left out by
         ``seeing_labels='consistent'`` (0 without ``seeing``).
+    n_noise_dropped_ : int
+        Set by ``fit_resample``: further galaxy copies left out by
+        ``noise_labels='consistent'``.
     sampler_ : estimator or None
         The fitted clone of ``balance`` when it is a sampler, else ``None``.
 
@@ -559,6 +569,7 @@ class CutoutAugmenter(BaseEstimator):
         seeing=0.0,
         seeing_labels="consistent",
         seeing_bands="same",
+        noise_labels="keep",
         balance=False,
         random_state=None,
     ):
@@ -572,6 +583,7 @@ class CutoutAugmenter(BaseEstimator):
         self.seeing = seeing
         self.seeing_labels = seeing_labels
         self.seeing_bands = seeing_bands
+        self.noise_labels = noise_labels
         self.balance = balance
         self.random_state = random_state
 
@@ -598,6 +610,7 @@ class CutoutAugmenter(BaseEstimator):
         "zoom": [Interval(Real, 0, 1, closed="left")],
         "seeing_labels": [StrOptions(set(SEEING_LABELS))],
         "seeing_bands": [StrOptions(set(SEEING_BANDS))],
+        "noise_labels": [StrOptions(set(SEEING_LABELS))],
         "balance": ["boolean", StrOptions({"smote"}), HasMethods(["fit_resample"])],
         "random_state": ["random_state"],
     }
@@ -609,6 +622,7 @@ class CutoutAugmenter(BaseEstimator):
         "zoom": "zoom must be < 1 (scale factor 1 +/- zoom > 0)",
         "seeing_labels": f"seeing_labels must be one of {list(SEEING_LABELS)}",
         "seeing_bands": f"seeing_bands must be one of {list(SEEING_BANDS)}",
+        "noise_labels": f"noise_labels must be one of {list(SEEING_LABELS)}",
         "balance": "balance must be True, False, 'smote' or an imbalanced-learn sampler (an object with "
                    "fit_resample)",
     }
@@ -736,8 +750,9 @@ class CutoutAugmenter(BaseEstimator):
         if self.balance is True:
             src = np.concatenate([src, self._balance_sources(y, streams["balance"])])
         copies = self._augment(X[src], streams, y[src])
-        keep = self._seeing_keep_
-        self.n_seeing_dropped_ = int(keep.size - keep.sum())
+        self.n_seeing_dropped_ = int(self._seeing_keep_.size - self._seeing_keep_.sum())
+        self.n_noise_dropped_ = int((self._seeing_keep_ & ~self._noise_keep_).sum())
+        keep = self._seeing_keep_ & self._noise_keep_
         if not keep.all():
             copies, src = copies[keep], src[keep]
         # imblearn convention: the input row behind every output row (used to carry
@@ -822,6 +837,7 @@ class CutoutAugmenter(BaseEstimator):
         out = np.array(X, dtype=np.float32, copy=True)
         m, n_bands, h, w = out.shape
         self._seeing_keep_ = np.ones(m, dtype=bool)
+        self._noise_keep_ = np.ones(m, dtype=bool)
         if m == 0:
             return out
 
@@ -873,9 +889,19 @@ class CutoutAugmenter(BaseEstimator):
             out = _dihedral(out, streams["dihedral"].integers(0, 8, size=m))
 
         if self.noise > 0:
+            check = self.noise_labels == "consistent" and y is not None and psf_aware
+            galaxy = np.flatnonzero(np.asarray(y) == 1) if check else np.zeros(0, dtype=np.intp)
+            before = point_source_ratio(out[galaxy]) if galaxy.size else None
             sigma = (self.noise * np.nan_to_num(self.sky_noise_)).astype(np.float32)
             noise = streams["noise"].standard_normal(size=out.shape, dtype=np.float32)
             out += noise * sigma[None, :, None, None]  # 0 on PSF channels
+            if galaxy.size:
+                # observed shallower, a faint galaxy can look point-like by SDSS's rule: at that
+                # depth SDSS would call it a star, so such copies are not added as galaxies
+                after = point_source_ratio(out[galaxy])
+                flipped = (before < SDSS_TYPE_RATIO) & (after >= SDSS_TYPE_RATIO)
+                self._noise_keep_ = np.ones(m, dtype=bool)
+                self._noise_keep_[galaxy[flipped]] = False
         return out
 
     def _seeing(self, out, rng, noise_level):

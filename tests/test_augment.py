@@ -796,6 +796,38 @@ def test_seeing_labels_consistent_drops_galaxy_copies_turned_point_like():
     assert np.all((point_source_ratio(kept_gal) < SDSS_TYPE_RATIO) | (before[src] >= SDSS_TYPE_RATIO))
 
 
+def test_noise_labels_consistent_drops_galaxy_copies_the_noise_makes_point_like():
+    from stargal._imaging import point_source_ratio
+    from stargal.augment import SDSS_TYPE_RATIO
+
+    noise_only = dict(OFF, noise=3.0)
+    widths = np.linspace(3.2, 7.0, 40)
+    gal = _gaussian_galaxies(widths)
+    gal[:, :5] *= 0.0005  # faint: 0.5 nanomaggies, S/N ~ 20 in a 3-px aperture before the noise
+    stars = psf_stars(40, flux=(0.2,) * 5, noise=None)
+    X = np.concatenate([gal, stars]).astype(np.float32)
+    X[:, :5] += np.random.default_rng(0).normal(0, 0.005, X[:, :5].shape).astype(np.float32)
+    y = np.r_[np.ones(40, int), np.zeros(40, int)]
+    keep = CutoutAugmenter(**noise_only, random_state=0)  # 'keep' is the default
+    Xk, yk = keep.fit_resample(X, y)
+    assert len(Xk) == 160 and keep.n_noise_dropped_ == 0
+    cons = CutoutAugmenter(**noise_only, noise_labels="consistent", random_state=0)
+    Xc, yc = cons.fit_resample(X, y)
+    before, after = point_source_ratio(X), point_source_ratio(Xk[80:])
+    flipped = (y == 1) & (before < SDSS_TYPE_RATIO) & (after >= SDSS_TYPE_RATIO)
+    assert 0 < flipped.sum() < 40
+    assert cons.n_noise_dropped_ == flipped.sum() and cons.n_seeing_dropped_ == 0
+    np.testing.assert_array_equal(Xc[80:], Xk[80:][~flipped])  # the same draws, fewer rows
+    np.testing.assert_array_equal(yc, np.r_[y, y[~flipped]])
+    np.testing.assert_array_equal(cons.sample_indices_, np.r_[np.arange(80), np.arange(80)[~flipped]])
+    assert (yc[80:] == 0).sum() == 40  # stars' copies are never dropped
+    # 5-channel input has no PSF to apply the rule with: every copy is kept
+    five = CutoutAugmenter(**noise_only, noise_labels="consistent", random_state=0)
+    assert len(five.fit_resample(X[:, :5], y)[0]) == 160 and five.n_noise_dropped_ == 0
+    with pytest.raises(ValueError, match="noise_labels must be one of"):
+        CutoutAugmenter(**noise_only, noise_labels="maybe").fit_resample(X, y)
+
+
 def test_seeing_labels_bad_value():
     with pytest.raises(ValueError, match="seeing_labels must be one of"):
         CutoutAugmenter(**SEEING_ONLY, seeing_labels="relabel").fit_resample(psf_stars(4), labels(4, 2))
