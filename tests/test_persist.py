@@ -94,6 +94,16 @@ def test_loaded_cnn_is_complete(fitted):
     clone(model).fit(X, y, net__groups=np.arange(len(y)) // 8)
 
 
+def test_ensemble_cnn_round_trip(tmp_path):
+    X, y, groups = cutouts(96, seed=3)
+    pipe = make_cnn_pipeline(width=4, members=2, max_epochs=2, batch_size=32, device="cpu",
+                             scaler=FunctionTransformer(np.arcsinh)).fit(X, y, net__groups=groups)
+    save_model(pipe, tmp_path / "pair.stargal")
+    loaded = load_model(tmp_path / "pair.stargal")
+    assert len(loaded.named_steps["net"].module_.towers) == 2
+    np.testing.assert_array_equal(loaded.predict_proba(X), pipe.predict_proba(X))
+
+
 def test_unfitted_and_augmented_pipelines(fitted, tmp_path):
     X, y, *_ = fitted
     pipe = make_cnn_pipeline(width=4, max_epochs=1, device="cpu")
