@@ -85,10 +85,29 @@ def _choose_final(ctx):
                    f"{others})")
 
 
+def _psfield_note(cmp) -> str:
+    """Where the psField target is measured, and how both models compare with the stars themselves."""
+    from .common import fmt
+    from .seeing import CENTRE_RADIUS_PX
+
+    def ratios(num, den):
+        return ", ".join(f"{r['band']} {fmt(r[num] / r[den], 3)}" for r in cmp)
+
+    if not all("fwhm_star_stamps" in r for r in cmp):
+        return ""
+    note = ("at the frame centre; at the PSF stars themselves our model / their own stamps: "
+            + ratios("fwhm_stars_at_stars", "fwhm_star_stamps")
+            + ", psField / stamps: " + ratios("fwhm_psfield_at_stars", "fwhm_star_stamps"))
+    if all("fwhm_star_stamps_centre" in r for r in cmp):
+        note += (f"; stars within {CENTRE_RADIUS_PX:.0f} px of the centre, ours / stamps: "
+                 + ratios("fwhm_stars_centre", "fwhm_star_stamps_centre")
+                 + ", psField / stamps: " + ratios("fwhm_psfield_centre", "fwhm_star_stamps_centre"))
+    return note
+
+
 def targets_markdown(ctx, meta: dict) -> str:
     """The PSF-aware work's targets, each with the number this run measured and met / missed."""
     from .common import fmt
-    from .seeing import CENTRE_RADIUS_PX
 
     base, see, ali = (ctx.results.get(k, {}) for k in ("baselines", "seeing", "alignment"))
     rows = []
@@ -126,16 +145,7 @@ def targets_markdown(ctx, meta: dict) -> str:
     if cmp:
         add("PSF FWHM within 5 % of SDSS's psField in g, r, i (2583-2-136)",
             ", ".join(f"{r['band']} {fmt(r['ratio'], 3)}" for r in cmp), all(abs(r["ratio"] - 1) <= 0.05 for r in cmp),
-            "at the frame centre; at the PSF stars themselves our model / their own stamps: "
-            + ", ".join(f"{r['band']} {fmt(r['fwhm_stars_at_stars'] / r['fwhm_star_stamps'], 3)}" for r in cmp)
-            + ", psField / stamps: "
-            + ", ".join(f"{r['band']} {fmt(r['fwhm_psfield_at_stars'] / r['fwhm_star_stamps'], 3)}" for r in cmp)
-            + (f"; stars within {CENTRE_RADIUS_PX:.0f} px of the centre, ours / stamps: "
-               + ", ".join(f"{r['band']} {fmt(r['fwhm_stars_centre'] / r['fwhm_star_stamps_centre'], 3)}" for r in cmp)
-               + ", psField / stamps: "
-               + ", ".join(f"{r['band']} {fmt(r['fwhm_psfield_centre'] / r['fwhm_star_stamps_centre'], 3)}"
-                           for r in cmp) if all("fwhm_star_stamps_centre" in r for r in cmp) else "")
-            if all("fwhm_star_stamps" in r for r in cmp) else "")
+            _psfield_note(cmp))
     if not ctx.quick:
         add("`make experiments` ≤ 20 min on this machine", f"{meta['total_seconds'] / 60:.1f} min",
             meta["total_seconds"] <= 1200)

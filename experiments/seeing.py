@@ -35,7 +35,7 @@ from stargal.training import build_pipeline, evaluate_predictions, fit_pipeline
 
 from .common import fmt, write_csv
 
-__all__ = ["psf_table", "star_check", "psf_markdown", "psfield_comparison", "psfield_markdown", "lofo_tasks",
+__all__ = ["psf_table", "star_fwhms", "star_check", "psf_markdown", "psfield_comparison", "psfield_markdown", "lofo_tasks",
            "run_lofo", "lofo", "run"]
 
 _METRICS = ("mcc", "recall_galaxy", "recall_star", "balanced_accuracy", "roc_auc")
@@ -62,25 +62,40 @@ def psf_table(fields, fetcher, source="stars") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def star_check(field, model, band) -> float:
-    """Median FWHM of ``model`` at its PSF stars over that of the stars' own stamps (label-free).
+def star_fwhms(field, model, band):
+    """FWHM (pixels) of the band's PSF stars' own stamps and of ``model`` drawn at each of them.
 
     The stars are the band's PSF-star candidates (:func:`stargal.psf.psf_star_table`: found
-    without catalog labels); the model is drawn at each star's position with the cutter's
-    sub-pixel resampling, and both are measured alike (:func:`stargal.psf.measure_fwhm`).
-    1 means the model is as broad as the stars it stands for. NaN for a model that is not
-    star-based or a band without candidates.
+    without catalog labels; stamps without positive flux left out); the model is drawn at each
+    star's position with the cutter's sub-pixel resampling, and both are measured alike
+    (:func:`stargal.psf.measure_fwhm` on unit-sum stamps). Returns ``(x, y, own, there)``.
     """
     from stargal.psf import PSF_STAMP, measure_fwhm, psf_star_table
 
+    table = psf_star_table(field, band, PSF_STAMP)
+    stamps = table["stamps"].astype(float)
+    flux = stamps.sum(axis=(1, 2))
+    ok = flux > 0
+    x, y = table["x"][ok], table["y"][ok]
+    if not ok.any():
+        return x, y, np.zeros(0), np.zeros(0)
+    own = measure_fwhm(stamps[ok] / flux[ok, None, None])
+    there = measure_fwhm(model.stamps(band, x, y, PSF_STAMP, resampled=True))
+    return x, y, own, there
+
+
+def star_check(field, model, band) -> float:
+    """Median FWHM of ``model`` at its PSF stars over that of the stars' own stamps (label-free).
+
+    See :func:`star_fwhms`. 1 means the model is as broad as the stars it stands for. NaN for a
+    model that is not star-based or a band without candidates.
+    """
     if model.source[band] != "stars":
         return float("nan")
-    tab = psf_star_table(field, band, PSF_STAMP)
-    if len(tab["x"]) == 0:
+    _, _, own, there = star_fwhms(field, model, band)
+    if own.size == 0:
         return float("nan")
-    own = np.median(measure_fwhm(tab["stamps"]))
-    there = np.median(measure_fwhm(model.stamps(band, tab["x"], tab["y"], PSF_STAMP, resampled=True)))
-    return float(there / own)
+    return float(np.nanmedian(there) / np.nanmedian(own))
 
 
 #: The mirror's field with SDSS's own PSF model (psField), to check our star-based estimate against.
@@ -102,7 +117,7 @@ def psfield_comparison(fetcher, fid=PSFIELD_FIELD) -> pd.DataFrame:
     psField.
     """
     from stargal.frames import Field
-    from stargal.psf import PSF_STAMP, field_psf, measure_fwhm, psf_star_table, psfield_psf
+    from stargal.psf import PSF_STAMP, field_psf, measure_fwhm, psfield_psf
 
     ps = psfield_psf(fid, fetcher)
     if ps is None:
@@ -118,21 +133,17 @@ def psfield_comparison(fetcher, fid=PSFIELD_FIELD) -> pd.DataFrame:
                "ratio": float(st.fwhm(b) / ps.fwhm(b)), "n_stars": int(st.n_stars[b]),
                "source": st.source[b], "sum_abs_diff": float(np.abs(a - c).sum()),
                "max_diff_rel": float(np.abs(a - c).max() / c.max())}
-        table = psf_star_table(field, b, PSF_STAMP)
-        stamps, sx, sy = table["stamps"].astype(float), table["x"], table["y"]
-        flux = stamps.sum(axis=(1, 2))
-        ok = flux > 0
-        if ok.any():
+        sx, sy, own, ours = star_fwhms(field, st, b)
+        if own.size:
             scale = st.models[b].pixel_scale
-            own = measure_fwhm(stamps[ok] / flux[ok, None, None]) * scale
-            ours = measure_fwhm(st.stamps(b, sx[ok], sy[ok], PSF_STAMP, resampled=True)) * scale
-            theirs = measure_fwhm(ps.stamps(b, sx[ok], sy[ok], PSF_STAMP, resampled=True)) * scale
-            row.update(n_star_stamps=int(ok.sum()), fwhm_star_stamps=float(np.nanmedian(own)),
+            own, ours = own * scale, ours * scale
+            theirs = measure_fwhm(ps.stamps(b, sx, sy, PSF_STAMP, resampled=True)) * scale
+            row.update(n_star_stamps=int(own.size), fwhm_star_stamps=float(np.nanmedian(own)),
                        fwhm_stars_at_stars=float(np.nanmedian(ours)),
                        fwhm_psfield_at_stars=float(np.nanmedian(theirs)),
                        ratio_at_stars=float(np.nanmedian(ours) / np.nanmedian(theirs)))
             # the stars nearest the frame centre, where the target compares the two models
-            near = np.hypot(sx[ok] - x[0], sy[ok] - y[0]) <= CENTRE_RADIUS_PX
+            near = np.hypot(sx - x[0], sy - y[0]) <= CENTRE_RADIUS_PX
             row.update(n_centre=int(near.sum()),
                        fwhm_star_stamps_centre=float(np.nanmedian(own[near])) if near.any() else np.nan,
                        fwhm_stars_centre=float(np.nanmedian(ours[near])) if near.any() else np.nan,
@@ -253,7 +264,7 @@ def run_lofo(ctx, tasks) -> pd.DataFrame:
         rows.append({"held_out": fid, "model": model, "psf": psf, "variant": _label(model, psf),
                      "n": len(args[7]), "galaxy_fraction": float(labels_to_y(args[7]["label"]).mean()),
                      "fit_s": fit_s, **metrics})
-    return pd.DataFrame(rows, columns=None if rows else ["held_out", "model", "psf", "variant", "mcc"])
+    return pd.DataFrame(rows)
 
 
 def lofo(ctx, cnn_params, forest_params, augmenter=None, fields=None, aware_cnn=None) -> pd.DataFrame:
@@ -316,7 +327,11 @@ def run(ctx, cnn=None, forest=None, cnn_params=None, forest_params=None, augment
     cnn_params.setdefault("net__max_epochs", ctx.epochs(ctx.config.cnn["max_epochs"]))
     forest_params = dict(forest_params or {})
     fields_all = list(ctx.config.test_fields) + sorted(ctx.rows("train", "valid")["field_id"].unique())
-    psf = psf_table(fields_all, ctx.fetcher, ctx.config.psf_source)
+    done = ctx.results.get("alignment", {}).get("psf")  # stage 1 measured the same table
+    psf = pd.DataFrame(done) if done else pd.DataFrame()
+    if psf.empty or not set(fields_all) <= set(psf["field"]):
+        psf = psf_table(fields_all, ctx.fetcher, ctx.config.psf_source)
+    psf = psf.set_index("field").loc[fields_all].reset_index()
     write_csv(ctx.out_dir / "seeing_psf.csv", psf)
     fwhm = dict(zip(psf["field"], psf["fwhm_r"]))
 

@@ -900,7 +900,6 @@ class CutoutAugmenter(BaseEstimator):
                 # depth SDSS would call it a star, so such copies are not added as galaxies
                 after = point_source_ratio(out[galaxy])
                 flipped = (before < SDSS_TYPE_RATIO) & (after >= SDSS_TYPE_RATIO)
-                self._noise_keep_ = np.ones(m, dtype=bool)
                 self._noise_keep_[galaxy[flipped]] = False
         return out
 
@@ -914,22 +913,15 @@ class CutoutAugmenter(BaseEstimator):
         nb = N_IMAGE_BANDS
         top = self.seeing / PIXEL_SCALE
         sky = np.nan_to_num(self.sky_noise_[:nb])
+        # A fixed number of draws per copy (whatever the data), in copy order: one target per band
+        # ('independent', from each band's PSF) or one for all bands (from the r PSF).
         if self.seeing_bands == "independent":
-            # every band its own target FWHM, up to `seeing`, drawn independently
-            u = rng.uniform(0.0, 1.0, size=(m, nb))
-            current = _moment_fwhm(out[:, nb:])  # (m, nb) pixels
-            if not np.isfinite(current).all():
-                # a band without a usable PSF stamp keeps its seeing; r is checked on the input rows
-                current = np.where(np.isfinite(current), current, np.inf)
-            target = current + u * np.maximum(top - current, 0.0)
-            sigma_k = np.sqrt(np.maximum(np.nan_to_num(target**2 - current**2, nan=0.0), 0.0)) / FWHM_PER_SIGMA
+            u, current = rng.uniform(0.0, 1.0, size=(m, nb)), _moment_fwhm(out[:, nb:])  # (m, nb) pixels
         else:
-            # A fixed number of draws per copy (whatever the data), in copy order.
-            u = rng.uniform(0.0, 1.0, size=m)
-            current = _moment_fwhm(out[:, _R_PSF])  # pixels
-            target = current + u * np.maximum(top - current, 0.0)
-            sigma_k = np.sqrt(np.maximum(target**2 - current**2, 0.0)) / FWHM_PER_SIGMA
-            sigma_k = np.repeat(sigma_k[:, None], nb, axis=1)  # the same kernel in every band
+            u, current = rng.uniform(0.0, 1.0, size=(m, 1)), _moment_fwhm(out[:, _R_PSF])[:, None]
+        target = current + u * np.maximum(top - current, 0.0)
+        # NaN where a band has no usable PSF stamp: that band keeps its seeing (_kernel_groups)
+        sigma_k = np.broadcast_to(np.sqrt(np.maximum(target**2 - current**2, 0.0)) / FWHM_PER_SIGMA, (m, nb))
         for i in range(m):
             eps = rng.standard_normal(size=(nb, h, w), dtype=np.float32)
             for s_k, bands in _kernel_groups(sigma_k[i]):

@@ -57,7 +57,7 @@ from sklearn.utils.validation import _num_samples, check_is_fitted
 from skorch import NeuralNetClassifier
 from skorch.callbacks import EarlyStopping, EpochScoring
 from skorch.dataset import ValidSplit, get_len
-from skorch.utils import is_dataset, to_numpy
+from skorch.utils import is_dataset, to_numpy, to_tensor
 
 from stargal.features import PhotometricFeatures
 from stargal.nets import StarGalaxyCNN
@@ -494,11 +494,8 @@ class StarGalaxyNet(NeuralNetClassifier):
         ``(n, members, n_classes)``, :class:`~stargal.nets.StarGalaxyCNN` with ``members > 1``)
         every member's loss on the same batch, averaged (each member learns on its own)."""
         if isinstance(y_pred, torch.Tensor) and y_pred.ndim == 3:
-            k = y_pred.shape[1]
-            y_true = torch.as_tensor(to_numpy(y_true) if not isinstance(y_true, torch.Tensor) else y_true,
-                                     device=y_pred.device)
-            return super().get_loss(y_pred.reshape(-1, y_pred.shape[-1]), y_true.repeat_interleave(k),
-                                    X=X, training=training)
+            y_true = to_tensor(y_true, device=y_pred.device).repeat_interleave(y_pred.shape[1])
+            return super().get_loss(y_pred.reshape(-1, y_pred.shape[-1]), y_true, X=X, training=training)
         return super().get_loss(y_pred, y_true, X=X, training=training)
 
     def infer(self, x, **fit_params):
