@@ -26,7 +26,7 @@ The frames are real, so the sky's Poisson noise, read noise and the real sources
 already in every pixel. What an added source lacks is **its own** Poisson noise: per pixel, the
 source's model ``m`` (nanomaggies) is ``lam = m * gain / calib[x]`` photo-electrons, with
 ``calib[x]`` the frame's per-column calibration (HDU1, nanomaggies per count) and ``gain`` the
-camera's electrons per count (:data:`GAIN`); the pixel gets ``(Poisson(lam) - lam) * calib[x] /
+camera's electrons per count (:data:`stargal.noise.GAIN`); the pixel gets ``(Poisson(lam) - lam) * calib[x] /
 gain`` added. The sky level behind the frame (HDU2, counts) is read too, to state how much of the
 measured sky noise is the sky's own Poisson noise (:attr:`FrameCalibration.sky_sigma_nmgy`).
 
@@ -55,8 +55,9 @@ from sklearn.base import BaseEstimator
 
 from ._validation import PATH_LIKE, Integral, Interval, Real, StrOptions, validate_params
 from ._validation import check_range as _check_range
-from .frames import Field, Frame, load_calibration
-from .sdss import BANDS, FieldID, frame_path
+from .frames import Field, Frame
+from .noise import GAIN, FrameCalibration, camera_gain, frame_calibration  # noqa: F401 - re-exported
+from .sdss import BANDS, FieldID
 from .synth import (HLR_RANGE_ARCSEC, MAG_RANGE, PIXEL_SCALE_ARCSEC, SERSIC_RANGE, SyntheticPopulation,
                     measured_photometry, render_source)
 
@@ -79,17 +80,6 @@ __all__ = [
     "SyntheticInjector",
 ]
 
-#: SDSS imaging camera gains, electrons per count, by camcol (1-6) and band (u, g, r, i, z):
-#: the "Gain" table of the SDSS frame data model (data.sdss.org/datamodel/files/BOSS_PHOTOOBJ/frames/
-#: RERUN/RUN/CAMCOL/frame.html) and the DR7 imaging camera page; camcol 2 u is 1.825 for runs > 1100.
-GAIN = {
-    1: (1.62, 3.32, 4.71, 5.165, 4.745),
-    2: (1.595, 3.855, 4.6, 6.565, 5.155),
-    3: (1.59, 3.845, 4.72, 4.86, 4.885),
-    4: (1.6, 3.995, 4.76, 4.885, 4.775),
-    5: (1.47, 4.05, 4.725, 4.64, 3.48),
-    6: (2.17, 4.035, 4.895, 4.76, 4.69),
-}
 #: Why a position was refused (keys of the counts).
 REFUSALS = ("off_frame", "masked", "near_source", "near_injected")
 #: A non-finite pixel this close (pixels) to a position, in any band, makes it 'masked'.
@@ -105,61 +95,6 @@ _DETECT_SMOOTH_PX = 1.0
 _DETECT_MIN_PX = 4
 _MEMO: dict = {}
 _MEMO_LOCK = threading.Lock()
-
-
-def camera_gain(fid, band: str) -> float:
-    """Electrons per count of the field's camcol and band (:data:`GAIN`)."""
-    fid = FieldID.parse(fid)
-    g = GAIN[fid.camcol][BANDS.index(band)]
-    if fid.camcol == 2 and band == "u" and fid.run > 1100:
-        g = 1.825
-    return float(g)
-
-
-@dataclass
-class FrameCalibration:
-    """What the source's Poisson noise needs: calibration per column, gain, and the sky behind the frame.
-
-    Attributes
-    ----------
-    band : str
-    calib : ndarray (nx,)
-        Nanomaggies per count of each column (HDU1).
-    gain : float
-        Electrons per count.
-    sky_counts : float
-        Median sky level (counts per pixel) of HDU2's ``ALLSKY`` grid; NaN when the frame has none.
-    """
-
-    band: str
-    calib: np.ndarray
-    gain: float
-    sky_counts: float = float("nan")
-
-    def source_noise(self, model: np.ndarray, x0: int, rng) -> np.ndarray:
-        """Poisson noise of a source model stamp whose first column is frame column ``x0`` (nanomaggies)."""
-        cols = np.clip(np.arange(x0, x0 + model.shape[1]), 0, self.calib.size - 1)
-        c = self.calib[cols][None, :]
-        lam = np.clip(model, 0.0, None) * self.gain / c
-        return (rng.poisson(lam) - lam) * c / self.gain
-
-    @property
-    def sky_sigma_nmgy(self) -> float:
-        """Expected Poisson noise of the sky alone per pixel (nanomaggies, median column)."""
-        return float(np.sqrt(self.sky_counts / self.gain) * np.median(self.calib))
-
-
-def frame_calibration(field: Field, band: str) -> FrameCalibration:
-    """The calibration (HDU1), gain and sky level (HDU2) of one band's frame (memoised per process)."""
-    key = ("calib", str(field.fetcher.cache_dir), str(field.fid), band)
-    with _MEMO_LOCK:
-        if key in _MEMO:
-            return _MEMO[key]
-    calib, sky = load_calibration(field.fetcher, frame_path(field.fid, band))  # real HDU1/HDU2 data
-    out = FrameCalibration(band, calib, camera_gain(field.fid, band), sky)
-    with _MEMO_LOCK:
-        _MEMO[key] = out
-    return out
 
 
 def detection_distance(field: Field, band: str = "r") -> np.ndarray:

@@ -263,6 +263,27 @@ class BandPSF:
             out = out / total
         return out.reshape(-1, size, size).astype(np.float32)
 
+    def components(self, x, y, resampled: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """The model as a linear combination: ``(basis, coef)`` with ``PSF(x_n, y_n) = coef[n] @ basis``.
+
+        ``basis`` (shape ``(J, S, S)``, S = :attr:`size`) holds the basis images (and, with
+        ``resampled=True`` for a star model, the two sub-pixel phase images); ``coef`` (shape
+        ``(n, J)``) the monomials at each 0-based position divided by the unnormalised sum, so that
+        ``coef[n] @ basis`` is exactly the unit-sum stamp :meth:`stamps` returns at full size. Any
+        linear operation on the PSF (a convolution with a galaxy profile) can be applied to the
+        ``J`` basis images once and combined per object with ``coef``.
+        """
+        x = np.atleast_1d(np.asarray(x, float)).ravel()
+        y = np.atleast_1d(np.asarray(y, float)).ravel()
+        basis = self.images
+        coef = _terms(self.powers, self.origin, self.scale, x, y)
+        if resampled and self.phase_images is not None:
+            basis = np.concatenate([basis, self.phase_images])
+            coef = np.column_stack([coef, _phase_terms(x, y)])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            coef = coef / (coef @ basis.sum(axis=(1, 2)))[:, None]
+        return basis, coef
+
     def fwhm(self, x=None, y=None):
         """FWHM in arcsec at the frame centre (``x = y = None``) or at the given positions."""
         scalar = x is None and y is None

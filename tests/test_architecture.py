@@ -21,19 +21,20 @@ PACKAGE = Path(__file__).resolve().parents[1] / "stargal"
 
 #: The pipeline order, earliest step first.
 LAYERS: list[set[str]] = [
-    {"sdss", "_io", "_validation", "_cutout_kernels", "_imaging"},  # identifiers, files, checks, images
+    {"sdss", "_io", "_validation", "_cutout_kernels", "_photo_kernels", "_imaging"},  # identifiers, files, checks, images
     {"fetch"},                                                   # data source
-    {"window", "frames", "catalogs", "config", "split"},         # where things are; the study
+    {"window", "frames", "noise", "catalogs", "config", "split"},  # where things are; the study
     {"registration", "align"},                                   # per-band positions
     {"psf"},                                                     # PSF models
     {"cutouts"},                                                 # cutouts
+    {"photo"},                                                   # model-fit photometry (SDSS's measurement)
     {"augment", "psf_channels", "scale", "features", "synth", "inject"},  # cutout -> model input (synthetic sources too)
-    {"nets", "models"},                                          # estimators
+    {"nets", "models", "rule"},                                  # estimators
     {"calibration", "tuning", "metrics"},                        # fitting and scoring
     {"training", "persist", "predict", "explain", "cli"},        # workflows
 ]
 #: Private modules whose underscore names the other modules may use.
-SHARED_PRIVATE = {"_imaging", "_io", "_validation", "_cutout_kernels"}
+SHARED_PRIVATE = {"_imaging", "_io", "_validation", "_cutout_kernels", "_photo_kernels"}
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 

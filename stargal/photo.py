@@ -1,0 +1,812 @@
+"""Model-fit photometry: every object measured the way SDSS's photometric pipeline types it.
+
+SDSS calls an object a galaxy when ``psfMag - cModelMag`` is above 0.145 on the sum over the bands
+where it is detected, both fluxes *fitted* to the pixels with that field's PSF (Lupton et al. 2001;
+Stoughton et al. 2002, AJ 123, 485; Abazajian et al. 2004 for cModel). :class:`SDSSPhotometry`
+makes that measurement from the frames, per object and band, and :func:`type_statistic` forms the
+statistic; the rule classifier (:class:`stargal.rule.SDSSTypeRule`), the forest's measured features
+(:class:`stargal.features.MeasuredFeatures`) and the hybrid CNN all read its output.
+
+What is measured (per object and band, nanomaggies)
+---------------------------------------------------
+1. **Stamps.** ``stamp_size`` (31) px cut through the Aligner's per-band positions with the
+   same Lanczos-3 resampling as :class:`~stargal.cutouts.Cutter`, so the object sits on the
+   central pixel of every band; no background is subtracted (SDSS frames are sky-subtracted, and
+   a local annulus median over faint undetected sources biases faint fluxes, measured on the
+   training fields).
+2. **Noise.** Per pixel, the sky's and the object's Poisson noise and the dark variance from the
+   frame's calibration, sky level and camera tables (:mod:`stargal.noise`).
+3. **Neighbours.** A detection map (per band and inverse-variance g+r+i+z sum, smoothed with a
+   Gaussian of 1 px, the pixel-wise maximum S/N) is cut into basins by steepest ascent (a
+   watershed): footprint pixels (smoothed S/N >= 2) that climb to another >= 5 sigma peak than the
+   object's own are masked in every band (dilated by one pixel).
+4. **Centre.** Where a band's PSF S/N is >= 5, its centre is fitted with the PSF (three
+   Gauss-Newton steps on PSF + gradients, at most 1.5 px from the Aligner's position) and the
+   stamp cut again there; elsewhere the Aligner's position (through the WCS) is kept.
+5. **Fit region.** Unmasked pixels within a radius that grows by annuli while the annulus mean is
+   above 2 sigma (at least 7.5 px, at most ``(stamp_size - 1) / 2``).
+6. **PSF flux.** The linear least-squares amplitude of the field's PSF model at the object's
+   position (:meth:`stargal.psf.BandPSF.components`, including the resampling's sub-pixel blur),
+   sky-noise weights; its error includes the object's own Poisson noise.
+7. **Exponential and de Vaucouleurs fits.** Profiles truncated like SDSS's (exponential beyond
+   3 r_e, going smoothly to zero at 4 r_e; de Vaucouleurs beyond 7 r_e to zero at 8 r_e, softened
+   within r_e / 50), convolved with the PSF in Fourier space, on a grid of major-axis effective
+   radius :data:`RE_GRID_PX`, axis ratio :data:`AXIS_RATIOS` and position angle, each with its
+   amplitude fitted linearly; the best (least chi^2) template is refined by a parabola in
+   ``ln r_e``; ``r_e`` is capped at ``4 x`` the moment size + 3 px. Because the PSF model is linear
+   in a few basis images, every template is precomputed per field and band for each basis image
+   (a *bank*), and all objects are scored against all templates with matrix products.
+8. **cModel.** The best linear mix of the best exponential and de Vaucouleurs models:
+   ``fracDeV`` clipped to [0, 1], ``cModel = fracDeV dev + (1 - fracDeV) exp``. Model fluxes are
+   normalised so that the field's bright PSF stars have cModel = PSF flux (one factor per field
+   and band, from the PSF model's own stars; no catalog).
+9. **Type statistic** (:func:`type_statistic`): PSF and cModel *counts* (nanomaggies /
+   ``nmgy_per_count``) summed over the bands where the object is detected (PSF S/N >=
+   :data:`DETECTION_SNR`) and not saturated, ``2.5 log10(cModel / PSF)``.
+
+Bad cases never get a silent zero: the object's ``fit_flag`` says why its numbers are NaN
+(:data:`FIT_FLAGS`), and a band whose core is saturated (an interpolated core: far below what its
+PSF-like wings predict) is left out of the type and flagged in ``saturated_<band>``.
+
+Units and conventions: fluxes in nanomaggies; radii in arcsec (major-axis effective radius, like
+SDSS's ``theta_exp``/``theta_dev``); pixel positions 0-based in each band's own frame; bands in
+``u g r i z`` order.
+
+Examples
+--------
+>>> from sklearn.pipeline import make_pipeline
+>>> from stargal.align import Aligner
+>>> phot = make_pipeline(Aligner(fields=["8162-6-80"]), SDSSPhotometry())          # doctest: +SKIP
+>>> table = phot.fit_transform(catalog)                                              # doctest: +SKIP
+>>> table[["psf_flux_r", "cmodel_flux_r", "type_stat", "fit_flag"]].head()           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from ._imaging import numba_available, resample_stamps
+from ._validation import PATH_LIKE, Integral, Interval, StrOptions, check_odd, validate_params
+from .fetch import get_fetcher
+from .frames import Field
+from .noise import frame_calibration
+from .sdss import BANDS
+
+__all__ = [
+    "SDSSPhotometry",
+    "type_statistic",
+    "profile_transform",
+    "measurement_columns",
+    "STAMP_SIZE",
+    "RE_GRID_PX",
+    "AXIS_RATIOS",
+    "N_ANGLES",
+    "DETECTION_SNR",
+    "SDSS_TYPE_BOUNDARY",
+    "MIRROR_TYPE_BOUNDARY",
+    "FIT_FLAGS",
+    "BAND_COLUMNS",
+    "OBJECT_COLUMNS",
+]
+
+#: Side (pixels) of the stamps the fits use (odd; the CNN's cutouts are smaller).
+STAMP_SIZE = 31
+#: Major-axis effective radii of the template grid (pixels).
+RE_GRID_PX = np.geomspace(0.1, 40.0, 16)
+#: Axis ratios of the template grid (1 = round, one angle).
+AXIS_RATIOS = (1.0, 0.7, 0.4)
+#: Position angles per non-round axis ratio (evenly over 180 degrees).
+N_ANGLES = 4
+#: PSF S/N at and above which a band counts as detected (SDSS's BINNED1 at 5 sigma).
+DETECTION_SNR = 5.0
+#: SDSS's own boundary of psfMag - cModelMag between stars and galaxies.
+SDSS_TYPE_BOUNDARY = 0.145
+#: The boundary the mirror's reconstructed catalogs used (``TYPECUT`` in their headers).
+MIRROR_TYPE_BOUNDARY = 0.19
+#: ``fit_flag`` values: '' measured; else why not (the Aligner's own flags pass through).
+FIT_FLAGS = ("", "not_detected", "saturated", "masked_centre", "neighbour", "fit_failed")
+
+#: Per-band output columns (``<name>_<band>``).
+BAND_COLUMNS = ("psf_flux", "psf_flux_err", "exp_flux", "dev_flux", "cmodel_flux", "cmodel_flux_err",
+                "frac_dev", "r_exp", "ab_exp", "r_dev", "ab_dev", "chi2_psf", "chi2_exp", "chi2_dev",
+                "npix", "psf_fwhm", "nmgy_per_count", "snr", "detected", "saturated")
+#: Per-object output columns.
+OBJECT_COLUMNS = ("type_stat", "type_stat_err", "n_detected", "fit_flag")
+
+_PEAK_SNR = 5.0          # a neighbour is a >= 5 sigma peak of the smoothed detection map
+_FOOTPRINT_SNR = 2.0     # ... and its pixels down to 2 sigma
+_SMOOTH_PX = 1.0         # Gaussian smoothing of the detection map (sigma, px)
+_CENTRE_RADIUS = 2.5     # the object's own peak lies within this of the stamp centre
+_FIT_RADIUS_MIN = 7.5
+_CENTRE_FIT_PX = 5.0     # radius of the pixels the centre fit uses
+_CENTRE_ITER = 3
+_MAX_SHIFT_PX = 1.5
+_RADIUS_CLASSES = (7.5, 9.0, 10.5, 12.0, 13.5, 15.0)
+_SAT_COUNTS = 25_000.0   # predicted point-source peak (counts incl. sky) above which a core may saturate
+_SAT_DEFICIT = 0.6       # saturated: observed peak below this fraction of the predicted one ...
+_SAT_WING = 2.0          # ... while the wings are point-like (outer/inner wing flux vs the PSF's)
+_FFT = 64                # Fourier grid of the template convolution (pixels)
+_BANKS: OrderedDict = OrderedDict()
+_BANK_LIMIT = 10         # band banks kept per process (about 6 MB each)
+_LOCK = threading.Lock()
+_NORMS: dict = {}
+
+
+def measurement_columns() -> list[str]:
+    """Names of the columns :meth:`SDSSPhotometry.transform` returns, in order."""
+    return [f"{c}_{b}" for b in BANDS for c in BAND_COLUMNS] + [f"psf_source_{b}" for b in BANDS] + \
+        list(OBJECT_COLUMNS)
+
+
+# ----------------------------------------------------------------------------- profiles
+_EXP_B = 1.67835
+_DEV_B = 7.66925
+
+
+def _radial_profile(kind: str, r) -> np.ndarray:
+    """SDSS-like truncated profile at radii ``r`` in units of r_e (unnormalised)."""
+    r = np.asarray(r, float)
+    if kind == "exp":
+        prof, inner, outer = np.exp(-_EXP_B * r), 3.0, 4.0
+    else:
+        soft = np.sqrt(r ** 2 + (1.0 / 50.0) ** 2)
+        prof, inner, outer = np.exp(-_DEV_B * (soft ** 0.25 - 1.0)), 7.0, 8.0
+    t = np.clip((r - inner) / (outer - inner), 0.0, 1.0)
+    return np.where(r >= outer, 0.0, prof * np.where(r < inner, 1.0, (1.0 - t ** 2) ** 2))
+
+
+@lru_cache(maxsize=2)
+def profile_transform(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Fourier transform of the unit-flux circular profile as a function of ``k r_e``.
+
+    Returns ``(kappa, F)``: ``F(kappa) = 2 pi int I(r) J0(2 pi kappa r) r dr / flux`` with ``r`` in
+    units of r_e and ``kappa = k r_e`` (``k`` in cycles per pixel when ``r_e`` is in pixels); an
+    elliptical profile of axis ratio ``q`` is ``F(r_e sqrt(k_a^2 + q^2 k_b^2))`` along its axes.
+    Computed once per process by direct Hankel integration (about a second).
+
+    Examples
+    --------
+    >>> kappa, F = profile_transform("exp")
+    >>> float(F[0])
+    1.0
+    >>> bool(np.all(np.diff(F[:200]) <= 1e-12))
+    True
+    """
+    from scipy.special import j0
+
+    if kind not in ("exp", "dev"):
+        raise ValueError(f"profile kind must be 'exp' or 'dev', got {kind!r}")
+    rmax = 8.0 if kind == "dev" else 4.0
+    lr = np.linspace(np.log(1e-7), np.log(rmax), 16000)
+    r = np.exp(lr)
+    w = _radial_profile(kind, r) * 2.0 * np.pi * r * r * (lr[1] - lr[0])
+    w /= w.sum()
+    kappa = np.concatenate([[0.0], np.geomspace(1e-3, 60.0, 1199)])
+    F = np.empty(kappa.size)
+    for lo in range(0, kappa.size, 100):
+        F[lo:lo + 100] = j0(2.0 * np.pi * np.outer(kappa[lo:lo + 100], r)) @ w
+    F[0] = 1.0
+    return kappa, F
+
+
+def _shapes() -> list[tuple[float, float]]:
+    out = []
+    for q in AXIS_RATIOS:
+        angles = [0.0] if q == 1.0 else list(np.arange(N_ANGLES) * np.pi / N_ANGLES)
+        out += [(q, a) for a in angles]
+    return out
+
+
+class _Bank:
+    """PSF-convolved exp and deV templates of one band's PSF model, per basis image.
+
+    ``T[kind]`` has shape ``(K, J, P)``: K = radii x shapes, J basis images, P = stamp pixels; the
+    template of object n is ``coef[n] @ T[kind][k]`` (unit total flux before the stamp's edge).
+    ``gram[kind][c]`` holds ``sum_p T[k, j, p] T[k, j', p]`` over the disc of radius class ``c``.
+    """
+
+    def __init__(self, basis: np.ndarray, size: int):
+        self.size = size
+        self.shapes = _shapes()
+        n_re, n_sh = len(RE_GRID_PX), len(self.shapes)
+        h = (size - 1) // 2
+        s = basis.shape[-1]
+        pad = np.zeros((basis.shape[0], _FFT, _FFT))
+        pad[:, :s, :s] = basis
+        bft = np.fft.rfft2(np.roll(pad, (-(s - 1) // 2, -(s - 1) // 2), axis=(1, 2)))
+        ky = np.fft.fftfreq(_FFT)[:, None]
+        kx = np.fft.rfftfreq(_FFT)[None, :]
+        yy, xx = np.mgrid[:size, :size] - h
+        self.rr = np.hypot(xx, yy).ravel()
+        self.T, self.Tp, self.gram = {}, {}, {}
+        for kind in ("exp", "dev"):
+            kappa, F = profile_transform(kind)
+            T = np.empty((n_re, n_sh, basis.shape[0], size, size), np.float32)
+            for j, (q, phi) in enumerate(self.shapes):
+                ka = kx * np.cos(phi) + ky * np.sin(phi)
+                kb = -kx * np.sin(phi) + ky * np.cos(phi)
+                kq = np.sqrt(ka ** 2 + (q * kb) ** 2)
+                prof = np.interp(RE_GRID_PX[:, None, None] * kq[None], kappa, F, right=0.0)  # (n_re, F, F/2+1)
+                img = np.fft.irfft2(prof[:, None] * bft[None], s=(_FFT, _FFT))
+                img = np.roll(img, (h, h), axis=(2, 3))[:, :, :size, :size]
+                T[:, j] = img
+            T = T.reshape(n_re * n_sh, basis.shape[0], size * size)
+            self.T[kind] = np.ascontiguousarray(T)
+            self.Tp[kind] = np.ascontiguousarray(T.transpose(2, 0, 1))
+            self.gram[kind] = np.stack([np.einsum("kjp,kip->kji", T[:, :, self.rr <= rc], T[:, :, self.rr <= rc],
+                                                  dtype=np.float64) for rc in _RADIUS_CLASSES])
+        self.re = np.repeat(RE_GRID_PX, n_sh)  # of each flat template index
+        self.n_re, self.n_shapes = n_re, n_sh
+
+
+def _bank(psf_model, band: str, size: int) -> _Bank:
+    bp = psf_model.models[band]
+    key = (psf_model.fid, band, bp.source, bp.n_stars, float(bp.images.sum()), size)
+    with _LOCK:
+        if key in _BANKS:
+            _BANKS.move_to_end(key)
+            return _BANKS[key]
+    basis, _ = bp.components(np.array([0.0]), np.array([0.0]))
+    bank = _Bank(basis.astype(np.float64), size)
+    with _LOCK:
+        _BANKS[key] = bank
+        while len(_BANKS) > _BANK_LIMIT:
+            _BANKS.popitem(last=False)
+    return bank
+
+
+# ----------------------------------------------------------------------------- stamp helpers
+def _grid(size):
+    h = (size - 1) // 2
+    yy, xx = np.mgrid[:size, :size] - h
+    return np.hypot(xx, yy)
+
+
+def _basins(snr: np.ndarray) -> np.ndarray:
+    """Steepest-ascent root (flat index in its stamp) of every pixel of ``(n, S, S)`` maps."""
+    n, size, _ = snr.shape
+    pad = np.pad(snr, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    best = snr.copy()
+    flat = np.arange(size * size).reshape(size, size)[None].repeat(n, 0)
+    ptr = flat.copy()
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                shifted = pad[:, 1 + dy:1 + dy + size, 1 + dx:1 + dx + size]
+                better = shifted > best
+                best = np.where(better, shifted, best)
+                ptr = np.where(better, flat + dy * size + dx, ptr)
+    ptr = ptr.reshape(n, -1)
+    rows = np.arange(n)[:, None]
+    for _ in range(2 * size):
+        nxt = ptr[rows, ptr]
+        if np.array_equal(nxt, ptr):
+            break
+        ptr = nxt
+    return ptr.reshape(n, size, size)
+
+
+def _neighbour_mask(snr: np.ndarray) -> np.ndarray:
+    """Pixels of other significant sources' footprints (``(n, S, S)`` bool)."""
+    from scipy import ndimage
+
+    n, size, _ = snr.shape
+    h = (size - 1) // 2
+    roots = _basins(snr).reshape(n, -1)
+    root_snr = np.take_along_axis(snr.reshape(n, -1), roots, 1).reshape(n, size, size)
+    ry, rx = np.divmod(roots.reshape(n, size, size), size)
+    other = (root_snr >= _PEAK_SNR) & (np.hypot(ry - h, rx - h) > _CENTRE_RADIUS) & (snr >= _FOOTPRINT_SNR)
+    return ndimage.binary_dilation(other, structure=np.ones((1, 3, 3), bool))
+
+
+def _detection_snr(stamps: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Pixel-wise maximum S/N of the smoothed per-band maps and of the g+r+i+z inverse-variance sum."""
+    from scipy import ndimage
+
+    sm = ndimage.gaussian_filter(np.nan_to_num(stamps), sigma=(0, 0, _SMOOTH_PX, _SMOOTH_PX))
+    nfac = 1.0 / (2.0 * np.sqrt(np.pi) * _SMOOTH_PX)  # white noise sigma after smoothing, per unit sigma
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_band = sm / (sigma[:, :, None, None] * nfac)
+        griz = sigma[:, 1:] if sigma.shape[1] == len(BANDS) else sigma
+        w = 1.0 / griz ** 2
+        part = sm[:, 1:] if sigma.shape[1] == len(BANDS) else sm
+        comb = (part * w[:, :, None, None]).sum(1) / (np.sqrt(w.sum(1)) * nfac)[:, None, None]
+    return np.nan_to_num(np.maximum(np.nanmax(per_band, axis=1), comb), nan=0.0)
+
+
+def _psf_stamps(coef, basis, size):
+    """``(n, size, size)`` PSF stamps ``coef @ basis``, cropped or zero-padded to ``size``."""
+    s = basis.shape[-1]
+    if size <= s:
+        lo = (s - size) // 2
+        return (coef @ basis[:, lo:lo + size, lo:lo + size].reshape(len(basis), -1)).reshape(-1, size, size)
+    lo = (size - s) // 2
+    out = np.zeros((coef.shape[0], size, size))
+    out[:, lo:lo + s, lo:lo + s] = (coef @ basis.reshape(len(basis), -1)).reshape(-1, s, s)
+    return out
+
+
+def _recentre(image, x, y, bp, mask, sigma, size):
+    """Per-object centre fitted with the PSF (Gauss-Newton) where the band's S/N >= 5.
+
+    Works on small stamps (the pixels within :data:`_CENTRE_FIT_PX`); ``mask`` is the
+    ``(n, size, size)`` neighbour mask of the full stamps.
+    """
+    x0, y0 = x.copy(), y.copy()
+    half = int(np.ceil(_CENTRE_FIT_PX))
+    small = 2 * half + 1
+    lo = (size - small) // 2
+    rr = _grid(small)
+    region = (rr <= _CENTRE_FIT_PX)[None] & ~mask[:, lo:lo + small, lo:lo + small]
+    active = None
+    for _ in range(_CENTRE_ITER):
+        d = resample_stamps(image, x, y, small).astype(np.float64)
+        reg = region & np.isfinite(d)
+        d = np.where(reg, d, 0.0)
+        basis, coef = bp.components(x, y)
+        P = _psf_stamps(coef, basis, small + 2)
+        gy, gx = np.gradient(P, axis=(1, 2))
+        comp = np.stack([P, gx, gy], 1)[:, :, 1:-1, 1:-1].reshape(len(x), 3, -1)
+        rw = reg.reshape(len(x), -1)
+        cw = comp * rw[:, None]
+        M = np.matmul(cw, comp.transpose(0, 2, 1))
+        b = np.matmul(cw, d.reshape(len(x), -1, 1))[:, :, 0]
+        if active is None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                active = b[:, 0] / np.sqrt(M[:, 0, 0]) / sigma >= DETECTION_SNR
+        ok = active & (np.abs(np.linalg.det(M)) > 0)
+        sol = np.zeros((len(x), 3))
+        if ok.any():
+            sol[ok] = np.linalg.solve(M[ok], b[ok][..., None])[..., 0]
+        amp = sol[:, 0]
+        good = ok & (amp > 0)
+        dx = np.where(good, -sol[:, 1] / np.where(good, amp, 1.0), 0.0)
+        dy = np.where(good, -sol[:, 2] / np.where(good, amp, 1.0), 0.0)
+        x = x + np.clip(dx, -0.5, 0.5)
+        y = y + np.clip(dy, -0.5, 0.5)
+        far = np.hypot(x - x0, y - y0) > _MAX_SHIFT_PX
+        x[far], y[far] = x0[far], y0[far]
+    return x, y
+
+
+def _fit_radius(d, sigma, usable, rr_img):
+    """Radius class per object: annuli grow while their mean is above 2 sigma of that mean."""
+    rad = np.full(len(d), _FIT_RADIUS_MIN)
+    rbin = np.floor(rr_img).astype(int)
+    grow = np.ones(len(d), bool)
+    for r in range(int(_FIT_RADIUS_MIN), int(_RADIUS_CLASSES[-1]) + 1):
+        sel = (rbin == r)[None] & usable
+        npx = sel.sum(axis=(1, 2))
+        mean = (d * sel).sum(axis=(1, 2)) / np.maximum(npx, 1)
+        above = (npx > 0) & (mean > 2.0 * sigma / np.sqrt(np.maximum(npx, 1)))
+        grow &= above
+        rad = np.where(grow, r + 1.0, rad)
+    classes = np.asarray(_RADIUS_CLASSES)
+    return np.minimum(np.searchsorted(classes, np.minimum(rad, classes[-1]) - 1e-9), len(classes) - 1)
+
+
+def _masked_correction(A, coef, Tp, masked):
+    """``A[i, k] -= sum over object i's masked pixels of its template k squared`` (in place)."""
+    obj = np.flatnonzero(masked.any(axis=1))
+    if obj.size == 0:
+        return
+    pix = [np.flatnonzero(masked[i]) for i in obj]
+    ptr = np.concatenate([[0], np.cumsum([len(p) for p in pix])]).astype(np.int64)
+    idx = np.concatenate(pix).astype(np.int64)
+    if numba_available():
+        from ._photo_kernels import masked_gram_correction
+
+        masked_gram_correction(A, np.ascontiguousarray(coef, np.float64), Tp, obj.astype(np.int64), ptr, idx)
+        return
+    for m, i in enumerate(obj):
+        M = Tp[idx[ptr[m]:ptr[m + 1]]] @ coef[i]  # (npix, K)
+        A[i] -= (M.astype(np.float64) ** 2).sum(0)
+
+
+def _parabola(cm, c0, cp):
+    """Offset (grid steps) of the vertex of the parabola through three equally spaced points."""
+    den = cm - 2.0 * c0 + cp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        delta = np.where(den > 0, 0.5 * (cm - cp) / den, 0.0)
+    return np.clip(np.nan_to_num(delta), -1.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- one band
+def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, y, pixel_scale):
+    """All measurements of one band for ``n`` stamps (``d`` in nanomaggies, NaN allowed)."""
+    n = len(d)
+    rr = bank.rr.reshape(size, size)
+    usable = ~mask & np.isfinite(d)
+    d = np.where(usable, d, 0.0)
+    cls = _fit_radius(d, sigma, usable, rr)
+    radius = np.asarray(_RADIUS_CLASSES)[cls]
+    region = usable & (rr[None] <= radius[:, None, None])
+    P = _psf_stamps(coef, basis, size)
+    out = {}
+    # --- PSF flux
+    ppd = (region * P * d).sum((1, 2))
+    ppp = (region * P * P).sum((1, 2))
+    dd = (region * d * d).sum((1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        flux = ppd / ppp
+        var_pix = sigma[:, None, None] ** 2 + np.clip(flux[:, None, None] * P, 0, None) * cal.nmgy_per_count(x)[:, None, None] / cal.gain
+        err = np.sqrt((region * P * P * var_pix).sum((1, 2))) / ppp
+        out["psf_flux"], out["psf_flux_err"] = flux, err
+        out["chi2_psf"] = (dd - ppd ** 2 / ppp) / sigma ** 2
+        out["snr"] = flux / err
+    out["npix"] = region.sum((1, 2)).astype(float)
+    # --- saturation: a core far below what point-like wings predict
+    inner = region & (rr[None] > 3.5) & (rr[None] <= 7.0)
+    outer = region & (rr[None] > 7.0) & (rr[None] <= 12.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f_inner = (inner * d).sum((1, 2)) / (inner * P).sum((1, 2))
+        f_outer = (outer * d).sum((1, 2)) / (outer * P).sum((1, 2))
+        peak_pred = f_inner * P.max(axis=(1, 2)) / nmgy + cal.sky_counts
+        peak_obs = np.where(rr[None] <= 2.0, d, -np.inf).max(axis=(1, 2)) / nmgy + cal.sky_counts
+        out["saturated"] = (peak_pred > _SAT_COUNTS) & (peak_obs < _SAT_DEFICIT * peak_pred) & \
+            (f_outer < _SAT_WING * f_inner)
+    # --- r_e cap from the moment size
+    core = usable & (rr[None] <= 6.0)
+    wpos = np.clip(d, 0, None) * core
+    tot = wpos.sum((1, 2))
+    msize = np.sqrt((wpos * rr[None] ** 2).sum((1, 2)) / np.where(tot > 0, tot, 1.0) / 2.0)
+    cap = 4.0 * msize + 3.0
+    # --- exp / deV fits against the bank
+    dflat = (d * region).reshape(n, -1).astype(np.float32)
+    masked_in_disc = ((~usable) & (rr[None] <= radius[:, None, None])).reshape(n, -1)
+    best = {}
+    for kind in ("exp", "dev"):
+        T = bank.T[kind]
+        K, J, npx = T.shape
+        B = (T.reshape(K * J, npx) @ dflat.T).reshape(K, J, n).astype(np.float64)
+        b = np.matmul(B.transpose(2, 0, 1), coef[:, :, None])[:, :, 0]
+        A = np.empty((n, K))
+        cc = (coef[:, :, None] * coef[:, None, :]).reshape(n, J * J)
+        for c in np.unique(cls):
+            rows_c = np.flatnonzero(cls == c)
+            A[rows_c] = cc[rows_c] @ bank.gram[kind][c].reshape(K, J * J).T
+        _masked_correction(A, coef, bank.Tp[kind], masked_in_disc)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            amp = b / A
+            chi = (dd[:, None] - b * amp) / sigma[:, None] ** 2
+        chi = np.where((bank.re[None] > cap[:, None]) | ~(A > 0), np.inf, chi)
+        chi3 = chi.reshape(n, bank.n_re, bank.n_shapes)
+        amp3 = amp.reshape(n, bank.n_re, bank.n_shapes)
+        k_best = np.argmin(chi, axis=1)
+        ire, ish = np.divmod(k_best, bank.n_shapes)
+        rows = np.arange(n)
+        inner_ok = (ire >= 1) & (ire <= bank.n_re - 2)
+        i0 = np.clip(ire, 1, bank.n_re - 2)
+        cm, c0, cp = chi3[rows, i0 - 1, ish], chi3[rows, i0, ish], chi3[rows, i0 + 1, ish]
+        inner_ok &= np.isfinite(cm) & np.isfinite(cp)
+        delta = np.where(inner_ok, _parabola(cm, c0, cp), 0.0)
+        am, a0, ap = amp3[rows, i0 - 1, ish], amp3[rows, i0, ish], amp3[rows, i0 + 1, ish]
+        f_ref = np.where(inner_ok, a0 + 0.5 * delta * (ap - am) + 0.5 * delta ** 2 * (ap - 2 * a0 + am),
+                         amp3[rows, ire, ish])
+        chi_ref = np.where(inner_ok, c0 - 0.25 * (cm - cp) * delta, chi3[rows, ire, ish])
+        lnre = np.log(RE_GRID_PX[ire]) + np.where(inner_ok, delta, 0.0) * np.log(RE_GRID_PX[1] / RE_GRID_PX[0])
+        q = np.array([s[0] for s in bank.shapes])[ish]
+        out[f"{kind}_flux"] = f_ref
+        out[f"chi2_{kind}"] = chi_ref
+        out[f"r_{kind}"] = np.exp(lnre) * pixel_scale
+        out[f"ab_{kind}"] = q
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[f"_{kind}_err"] = sigma / np.sqrt(A[rows, k_best])
+        best[kind] = k_best
+    # --- cModel: the best linear mix of the two best models
+    Me = np.einsum("nj,njp->np", coef, bank.T["exp"][best["exp"]].astype(np.float64))
+    Md = np.einsum("nj,njp->np", coef, bank.T["dev"][best["dev"]].astype(np.float64))
+    reg = region.reshape(n, -1)
+    dv = d.reshape(n, -1)
+    a11, a22, a12 = (reg * Md * Md).sum(1), (reg * Me * Me).sum(1), (reg * Md * Me).sum(1)
+    b1, b2 = (reg * Md * dv).sum(1), (reg * Me * dv).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        det = a11 * a22 - a12 ** 2
+        fd, fe = (b1 * a22 - b2 * a12) / det, (b2 * a11 - b1 * a12) / det
+        frac = np.clip(fd / (fd + fe), 0.0, 1.0)
+    frac = np.where(np.isfinite(frac), frac, np.where(out["chi2_dev"] < out["chi2_exp"], 1.0, 0.0))
+    out["frac_dev"] = frac
+    out["cmodel_flux"] = frac * out["dev_flux"] + (1.0 - frac) * out["exp_flux"]
+    out["cmodel_flux_err"] = np.sqrt(frac * out.pop("_dev_err") ** 2 + (1.0 - frac) * out.pop("_exp_err") ** 2)
+    return out
+
+
+# ----------------------------------------------------------------------------- one field
+def _fwhm_at(psf_model, band: str, x, y) -> np.ndarray:
+    """PSF FWHM (arcsec) at positions, interpolated bilinearly from a 5 x 5 grid over the frame."""
+    bp = psf_model.models[band]
+    key = ("fwhm", psf_model.fid, band, bp.source, bp.n_stars, float(bp.images.sum()))
+    with _LOCK:
+        grid = _NORMS.get(key)
+    ny, nx = bp.shape
+    gx, gy = np.linspace(0, nx - 1, 5), np.linspace(0, ny - 1, 5)
+    if grid is None:
+        X, Y = np.meshgrid(gx, gy)
+        grid = np.asarray(bp.fwhm(X.ravel(), Y.ravel()), float).reshape(5, 5)
+        with _LOCK:
+            _NORMS[key] = grid
+    from scipy.interpolate import RegularGridInterpolator
+
+    interp = RegularGridInterpolator((gy, gx), grid, bounds_error=False, fill_value=None)
+    return interp(np.column_stack([np.clip(y, 0, ny - 1), np.clip(x, 0, nx - 1)]))
+
+
+def _model_norm(field: Field, psf_model, band: str, size: int) -> float:
+    """cModel/PSF normalisation of a band: median PSF/cModel of the PSF model's own bright stars."""
+    bp = psf_model.models[band]
+    key = (str(field.fetcher.cache_dir), psf_model.fid, band, bp.source, bp.n_stars, size)
+    with _LOCK:
+        if key in _NORMS:
+            return _NORMS[key]
+    norm = 1.0
+    xy = np.asarray(bp.star_xy, float).reshape(-1, 2)
+    if len(xy) >= 5:
+        frame = field.frame(band)
+        cal = frame_calibration(field, band)
+        x, y = xy[:, 0], xy[:, 1]
+        sigma = cal.sky_sigma(x)
+        d = resample_stamps(frame.image, x, y, size).astype(np.float64)
+        snr = _detection_snr(d[:, None], sigma[:, None])
+        mask = _neighbour_mask(snr)
+        rr = _grid(size)
+        x, y = _recentre(frame.image, x, y, bp, mask, sigma, size)
+        d = resample_stamps(frame.image, x, y, size).astype(np.float64)
+        basis, coef = bp.components(x, y)
+        res = _measure_band(d, sigma, mask, coef, basis, _bank(psf_model, band, size),
+                            cal.nmgy_per_count(x), cal, size, x, y, frame.pixel_scale)
+        good = (res["snr"] > 50) & ~res["saturated"] & (res["cmodel_flux"] > 0)
+        if good.sum() >= 5:
+            norm = float(np.median(res["psf_flux"][good] / res["cmodel_flux"][good]))
+    with _LOCK:
+        _NORMS[key] = norm
+    return norm
+
+
+def _measure_rows(table: pd.DataFrame, field: Field, psf_model, size: int, recentre: bool) -> dict:
+    """Measurements of the rows of ``table`` (all on ``field``, unflagged): column -> array."""
+    n = len(table)
+    rr = _grid(size)
+    pos, cals, sig, stamps = {}, {}, np.zeros((n, len(BANDS))), np.zeros((n, len(BANDS), size, size))
+    for bi, band in enumerate(BANDS):
+        x = table[f"x_{band}"].to_numpy(np.float64).copy()
+        y = table[f"y_{band}"].to_numpy(np.float64).copy()
+        pos[band] = (x, y)
+        cals[band] = frame_calibration(field, band)
+        sig[:, bi] = cals[band].sky_sigma(x)
+        stamps[:, bi] = resample_stamps(field.frame(band).image, x, y, size)
+    nmask = _neighbour_mask(_detection_snr(stamps, sig))
+    out = {}
+    h = (size - 1) // 2
+    for bi, band in enumerate(BANDS):
+        frame = field.frame(band)
+        bp = psf_model.models[band]
+        x, y = pos[band]
+        d = stamps[:, bi]
+        if recentre:
+            x, y = _recentre(frame.image, x, y, bp, nmask | ~np.isfinite(d), sig[:, bi], size)
+            d = resample_stamps(frame.image, x, y, size).astype(np.float64)
+        basis, coef = bp.components(x, y)
+        nmgy = cals[band].nmgy_per_count(x)
+        res = _measure_band(d, sig[:, bi], nmask | ~np.isfinite(d), coef, basis, _bank(psf_model, band, size),
+                            nmgy, cals[band], size, x, y, frame.pixel_scale)
+        norm = _model_norm(field, psf_model, band, size)
+        for key in ("exp_flux", "dev_flux", "cmodel_flux", "cmodel_flux_err"):
+            res[key] = res[key] * norm
+        res["psf_fwhm"] = _fwhm_at(psf_model, band, x, y)
+        res["nmgy_per_count"] = nmgy
+        res["detected"] = (res["snr"] >= DETECTION_SNR) & ~res["saturated"]
+        res["_centre_bad"] = ~np.isfinite(d[:, h, h]) | nmask[:, h, h]
+        res["_near_masked"] = (nmask & (rr[None] <= 2.0)).sum((1, 2)) > 0.5 * (rr <= 2.0).sum()
+        for key, val in res.items():
+            out[(key, band)] = val
+        out[("psf_source", band)] = np.full(n, bp.source, dtype=object)
+    return out
+
+
+def type_statistic(phot: pd.DataFrame, bands=BANDS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SDSS's type statistic from a measurement table: ``(stat, err, n_detected)``.
+
+    ``stat = 2.5 log10(sum cModel counts / sum PSF counts)`` over the bands where the object is
+    detected (``detected_<band>``: PSF S/N >= :data:`DETECTION_SNR`, core not saturated), counts =
+    nanomaggies / ``nmgy_per_count_<band>``; NaN where no band is detected or a sum is not
+    positive. ``err`` is the statistic's noise from the fits' errors: the cModel flux's variance
+    beyond the PSF flux's (the two share their pixels), with a 1 % flux floor per band.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"psf_flux_r": [10.0, 10.0], "cmodel_flux_r": [10.0, 20.0],
+    ...                   "psf_flux_err_r": [0.5, 0.5], "cmodel_flux_err_r": [0.6, 0.8],
+    ...                   "nmgy_per_count_r": [0.005, 0.005], "detected_r": [True, True]})
+    >>> stat, err, n = type_statistic(t, bands="r")
+    >>> np.round(stat, 3).tolist(), n.tolist()
+    [0.0, 0.753], [1, 1]
+    """
+    n = len(phot)
+    ps, cm, var = np.zeros(n), np.zeros(n), np.zeros(n)
+    ndet = np.zeros(n, int)
+    for band in bands:
+        det = phot[f"detected_{band}"].to_numpy(dtype=bool, na_value=False)
+        c = phot[f"nmgy_per_count_{band}"].to_numpy(float)
+        p = phot[f"psf_flux_{band}"].to_numpy(float) / c
+        m = phot[f"cmodel_flux_{band}"].to_numpy(float) / c
+        vp = (phot[f"psf_flux_err_{band}"].to_numpy(float) / c) ** 2
+        vm = (phot[f"cmodel_flux_err_{band}"].to_numpy(float) / c) ** 2
+        use = det & np.isfinite(p) & np.isfinite(m)
+        ps += np.where(use, p, 0.0)
+        cm += np.where(use, m, 0.0)
+        var += np.where(use, np.clip(vm - vp, 0, None) + (0.01 * p) ** 2, 0.0)
+        ndet += use
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ok = (ndet > 0) & (ps > 0) & (cm > 0)
+        stat = np.where(ok, 2.5 * np.log10(np.where(ok, cm / ps, 1.0)), np.nan)
+        err = np.where(ok, 2.5 / np.log(10) * np.sqrt(var) / np.where(ok, ps, 1.0), np.nan)
+    return stat, err, ndet
+
+
+class SDSSPhotometry(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
+    """Aligned table -> model-fit photometry per object and band (a DataFrame; see the module).
+
+    Stateless (:meth:`fit` only validates). Fields are measured one at a time; template banks are
+    kept per process (a field's five bands: about 0.5 s to build, then reused).
+
+    Parameters
+    ----------
+    stamp_size : int, default=31
+        Side of the stamps the fits use (odd, at least 17): the fit region must hold the galaxy.
+    psf_source : {'stars', 'psfield', 'auto'}, default='stars'
+        Which PSF model (see :func:`stargal.psf.field_psf`).
+    recentre : bool, default=True
+        Fit each band's centre with the PSF where it is detected (SDSS measures at the band's own
+        centroid); ``False`` measures at the Aligner's positions.
+    sas_url, cache_dir : str, optional
+        Data source and cache (``None``: ``STARGAL_SAS_URL`` / ``STARGAL_CACHE`` / defaults).
+
+    Examples
+    --------
+    >>> SDSSPhotometry().get_feature_names_out()[:3].tolist()
+    ['psf_flux_u', 'psf_flux_err_u', 'exp_flux_u']
+    """
+
+    def __init__(self, stamp_size=STAMP_SIZE, psf_source="stars", recentre=True, sas_url=None, cache_dir=None):
+        self.stamp_size = stamp_size
+        self.psf_source = psf_source
+        self.recentre = recentre
+        self.sas_url = sas_url
+        self.cache_dir = cache_dir
+
+    _parameter_constraints = {
+        "stamp_size": [Interval(Integral, 17, None, closed="left")],
+        "psf_source": [StrOptions({"stars", "psfield", "auto"})],
+        "recentre": ["boolean"],
+        "sas_url": PATH_LIKE,
+        "cache_dir": PATH_LIKE,
+    }
+    _parameter_hints = {"stamp_size": "stamp_size must be an odd integer >= 17"}
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        tags.input_tags.allow_nan = True
+        tags.input_tags.string = True
+        tags.input_tags.two_d_array = False
+        return tags
+
+    def _check_params(self) -> None:
+        validate_params(self)
+        check_odd(self, "stamp_size", "the object must sit on the central pixel")
+
+    @staticmethod
+    def _check_table(X) -> pd.DataFrame:
+        if not isinstance(X, pd.DataFrame):
+            raise TypeError(f"SDSSPhotometry expects the Aligner's output table (a pandas DataFrame), got "
+                            f"{type(X).__name__}; use make_pipeline(Aligner(...), SDSSPhotometry())")
+        need = ["field_id"] + [f"{c}_{b}" for b in BANDS for c in ("x", "y")]
+        missing = [c for c in need if c not in X.columns]
+        if missing:
+            raise ValueError(f"SDSSPhotometry needs per-band pixel positions from stargal.align.Aligner; the "
+                             f"table lacks {missing[:6]}{' ...' if len(missing) > 6 else ''}")
+        return X
+
+    def fit(self, X, y=None):
+        """Validate the parameters and the table; nothing is learned. Returns ``self``."""
+        self._check_params()
+        self._check_table(X)
+        return self
+
+    def get_feature_names_out(self, input_features=None):
+        """The output's column names (:func:`measurement_columns`)."""
+        return np.asarray(measurement_columns(), dtype=object)
+
+    def set_output(self, *, transform=None):
+        """Accepted for pipeline compatibility; the output is always a DataFrame."""
+        return self
+
+    def transform(self, X) -> pd.DataFrame:
+        """Measure every row (see the module docstring).
+
+        Parameters
+        ----------
+        X : DataFrame
+            The Aligner's output (``field_id``, ``x_<band>``, ``y_<band>``, ``flag``).
+
+        Returns
+        -------
+        DataFrame
+            One row per input row (same index), columns :func:`measurement_columns`. Rows the
+            Aligner flagged, and objects that cannot be measured, have NaN numbers and a
+            ``fit_flag`` saying why (the Aligner's flag, or one of :data:`FIT_FLAGS`).
+        """
+        self._check_params()
+        table = self._check_table(X)
+        fetcher = get_fetcher(sas_url=self.sas_url, cache_dir=self.cache_dir)
+        return self._measure(table, lambda fid: Field(fid, fetcher), release=True)
+
+    def measure_field(self, X, field) -> pd.DataFrame:
+        """Like :meth:`transform`, but every row is measured on the given :class:`~stargal.frames.Field`
+        (e.g. an in-memory :class:`stargal.inject.InjectedField`); its PSF model is the real field's."""
+        self._check_params()
+        table = self._check_table(X)
+        return self._measure(table, lambda fid: field, release=False)
+
+    def _measure(self, table, open_field, release) -> pd.DataFrame:
+        from .psf import field_psf
+
+        size = int(self.stamp_size)
+        n = len(table)
+        cols = measurement_columns()
+        res = pd.DataFrame(np.nan, index=table.index, columns=cols)
+        for band in BANDS:
+            res[f"psf_source_{band}"] = ""
+        res["fit_flag"] = ""
+        res["n_detected"] = 0
+        if n == 0:
+            return res
+        flag = table["flag"].fillna("").astype(str).to_numpy() if "flag" in table.columns else np.full(n, "")
+        fids = table["field_id"].fillna("").astype(str).to_numpy()
+        res.loc[flag != "", "fit_flag"] = flag[flag != ""]
+        ok = flag == ""
+        orphans = ok & (fids == "")
+        if orphans.any():
+            raise ValueError(f"SDSSPhotometry: {int(orphans.sum())} unflagged row(s) have no field_id; the table "
+                             "does not look like an Aligner output")
+        values = {c: res[c].to_numpy().copy() for c in cols}
+        for fid in dict.fromkeys(fids[ok]):
+            idx = np.flatnonzero(ok & (fids == fid))
+            field = open_field(fid)
+            try:
+                model = field_psf(field, field.fetcher, source=self.psf_source)
+                out = _measure_rows(table.iloc[idx], field, model, size, bool(self.recentre))
+            finally:
+                if release:
+                    field.release()
+            for (key, band), val in out.items():
+                name = f"{key}_{band}"
+                if name in values:
+                    values[name][idx] = val
+            centre_bad = np.all([out[("_centre_bad", b)] for b in BANDS], axis=0)
+            near = np.all([out[("_near_masked", b)] | ~out[("detected", b)] for b in BANDS], axis=0)
+            saturated = np.any([out[("saturated", b)] for b in BANDS], axis=0)
+            detected = np.any([out[("detected", b)] for b in BANDS], axis=0)
+            reason = np.where(centre_bad, "masked_centre",
+                              np.where(~detected & saturated, "saturated",
+                                       np.where(~detected, "not_detected", np.where(near, "neighbour", ""))))
+            values["fit_flag"][idx] = reason
+        res = pd.DataFrame(values, index=table.index)[cols]
+        for band in BANDS:
+            for c in ("detected", "saturated"):
+                res[f"{c}_{band}"] = res[f"{c}_{band}"].astype(float)
+        stat, err, ndet = type_statistic(res.assign(**{f"detected_{b}": res[f"detected_{b}"] == 1.0 for b in BANDS}))
+        measured = res["fit_flag"].to_numpy() == ""
+        failed = measured & ~np.isfinite(stat)
+        res.loc[failed, "fit_flag"] = "fit_failed"
+        measured &= ~failed
+        res["type_stat"] = np.where(measured, stat, np.nan)
+        res["type_stat_err"] = np.where(measured, err, np.nan)
+        res["n_detected"] = ndet
+        return res
