@@ -93,6 +93,14 @@ def calibrate_pipeline(pipe, X, y, method="sigmoid"):
         raise ValueError("calibration needs both classes among the held-out objects")
     name, final = steps[-1]
     Xt = pipe[:-1].transform(X) if len(steps) > 1 else X
+    # a final step that abstains (NaN, e.g. the rule on unmeasured objects) is calibrated on the
+    # rows it answers; it keeps abstaining on the others
+    known = np.isfinite(np.asarray(final.predict_proba(Xt), float)).all(axis=1)
+    if not known.all():
+        Xt = Xt.iloc[known] if hasattr(Xt, "iloc") else Xt[known]
+        y = y[known]
+        if np.unique(y).size < 2:
+            raise ValueError("calibration needs both classes among the held-out objects the model answers")
     calibrated = CalibratedClassifierCV(FrozenEstimator(final), method=method).fit(Xt, y)
     new = type(pipe)(list(steps[:-1]) + [(name, calibrated)])
     for attr in ("memory", "verbose"):

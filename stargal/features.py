@@ -41,7 +41,8 @@ from stargal._imaging import N_IMAGE_BANDS, border_pixels, mad_std, split_psf_ch
 from stargal._validation import Real, validate_params
 from stargal.sdss import BANDS
 
-__all__ = ["PhotometricFeatures", "SOFTENING", "asinh_magnitude"]
+__all__ = ["PhotometricFeatures", "MeasuredFeatures", "MEASURED_BAND_FEATURES", "MEASURED_OBJECT_FEATURES", "SOFTENING",
+           "asinh_magnitude"]
 
 #: SDSS asinh-magnitude softening parameters ``b`` (in maggies) for u, g, r, i, z
 #: (Lupton, Gunn & Szalay 1999; SDSS DR documentation "asinh magnitudes").
@@ -669,4 +670,95 @@ class PhotometricFeatures(TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False
         tags.input_tags.three_d_array = True  # closest tag: n-d image stacks
+        return tags
+
+
+#: Per-band features of :class:`MeasuredFeatures` (``<name>_<band>``).
+MEASURED_BAND_FEATURES = ("psf_minus_cmodel", "frac_dev", "r_exp_fwhm", "r_dev_fwhm", "ab_exp",
+                          "dchi2_exp", "dchi2_dev", "log_snr", "detected")
+#: Per-object features of :class:`MeasuredFeatures`.
+MEASURED_OBJECT_FEATURES = ("type_stat", "type_stat_err", "n_detected")
+
+
+class MeasuredFeatures(TransformerMixin, BaseEstimator):
+    """Model-fit measurements (:class:`stargal.photo.SDSSPhotometry`'s table) -> forest features.
+
+    Per band: ``psf_minus_cmodel`` (``2.5 log10(cModel / PSF flux)``, mag), ``frac_dev``,
+    ``r_exp_fwhm`` and ``r_dev_fwhm`` (the fitted effective radii over the PSF FWHM at the
+    object), ``ab_exp``, ``dchi2_exp`` and ``dchi2_dev`` (how much better the exponential or
+    de Vaucouleurs model fits than the PSF, chi^2 per fitted pixel), ``log_snr`` (log10 of the
+    PSF S/N) and ``detected``; per object the type statistic, its error and the number of
+    detected bands. Everything is relative to the field's PSF, so it keeps its meaning from a
+    sharp field to a blurred one. Unmeasured values stay NaN (scikit-learn's forests split on
+    missing values), never zero.
+
+    Stateless: :meth:`fit` records the number of features only.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from stargal.photo import measurement_columns
+    >>> table = pd.DataFrame(np.nan, index=range(2), columns=measurement_columns())
+    >>> MeasuredFeatures().fit_transform(table).shape
+    (2, 48)
+    """
+
+    def fit(self, X, y=None):
+        """Check the table. Returns ``self``."""
+        self._check_table(X)
+        self.n_features_out_ = len(self._names())
+        return self
+
+    @staticmethod
+    def _check_table(X) -> pd.DataFrame:
+        import pandas as pd
+
+        from .photo import measurement_columns
+
+        if not isinstance(X, pd.DataFrame):
+            raise TypeError(f"MeasuredFeatures expects stargal.photo.SDSSPhotometry's table (a DataFrame), got "
+                            f"{type(X).__name__}")
+        missing = [c for c in measurement_columns() if c not in X.columns and not c.startswith("psf_source")]
+        if missing:
+            raise ValueError(f"MeasuredFeatures: the table lacks {missing[:5]}; is it SDSSPhotometry's output?")
+        return X
+
+    @staticmethod
+    def _names():
+        return [f"{f}_{b}" for b in BANDS for f in MEASURED_BAND_FEATURES] + list(MEASURED_OBJECT_FEATURES)
+
+    def transform(self, X) -> np.ndarray:
+        """``(n, 48)`` float64 features (NaN where not measured)."""
+        check_is_fitted(self, "n_features_out_")
+        t = self._check_table(X)
+        cols = []
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for b in BANDS:
+                psf = t[f"psf_flux_{b}"].to_numpy(float)
+                cm = t[f"cmodel_flux_{b}"].to_numpy(float)
+                fwhm = t[f"psf_fwhm_{b}"].to_numpy(float)
+                npix = t[f"npix_{b}"].to_numpy(float)
+                chi_psf = t[f"chi2_psf_{b}"].to_numpy(float)
+                pm = np.where((psf > 0) & (cm > 0), 2.5 * np.log10(cm / psf), np.nan)
+                cols += [pm, t[f"frac_dev_{b}"].to_numpy(float), t[f"r_exp_{b}"].to_numpy(float) / fwhm,
+                         t[f"r_dev_{b}"].to_numpy(float) / fwhm, t[f"ab_exp_{b}"].to_numpy(float),
+                         (chi_psf - t[f"chi2_exp_{b}"].to_numpy(float)) / npix,
+                         (chi_psf - t[f"chi2_dev_{b}"].to_numpy(float)) / npix,
+                         np.log10(np.clip(t[f"snr_{b}"].to_numpy(float), 1e-3, None)),
+                         t[f"detected_{b}"].to_numpy(float)]
+            cols += [t[c].to_numpy(float) for c in MEASURED_OBJECT_FEATURES]
+        out = np.column_stack(cols)
+        out[~np.isfinite(out)] = np.nan
+        return out
+
+    def get_feature_names_out(self, input_features=None):
+        """Names of the output columns."""
+        return np.asarray(self._names(), dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True
+        tags.input_tags.allow_nan = True
+        tags.requires_fit = True
         return tags

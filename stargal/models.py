@@ -59,7 +59,10 @@ from skorch.callbacks import EarlyStopping, EpochScoring
 from skorch.dataset import ValidSplit, get_len
 from skorch.utils import is_dataset, to_numpy, to_tensor
 
-from stargal.features import PhotometricFeatures
+from sklearn.pipeline import FeatureUnion
+
+from stargal.features import MeasuredFeatures, PhotometricFeatures
+from stargal.rule import SDSSTypeRule
 from stargal.nets import StarGalaxyCNN
 from stargal._validation import Integral, Interval, StrOptions, validate_params
 from stargal.split import GroupHoldOut
@@ -73,6 +76,8 @@ __all__ = [
     "make_cnn_pipeline",
     "make_forest_pipeline",
     "make_majority_pipeline",
+    "make_rule_pipeline",
+    "make_measured_forest_pipeline",
     "valid_balanced_accuracy",
     "valid_roc_auc",
     "LeakyValidationWarning",
@@ -140,7 +145,7 @@ def _thread_candidates() -> list[int]:
         n //= 2
     return out + [1]
 
-_RESERVED = ("augment", "psf", "scale", "net", "features", "forest", "flatten", "majority")
+_RESERVED = ("augment", "psf", "scale", "net", "features", "forest", "flatten", "majority", "rule")
 
 
 class LeakyValidationWarning(UserWarning):
@@ -770,6 +775,52 @@ def make_forest_pipeline(front=None, **rf_params):
     params.update(rf_params)
     return Pipeline(_check_front(front) + [("features", PhotometricFeatures()),
                                            ("forest", RandomForestClassifier(**params))])
+
+
+def make_measured_forest_pipeline(align, cutter, photometry, measured=True, **rf_params):
+    """Random forest on aperture features *and* model-fit measurements of the same pixels.
+
+    ``align -> features -> forest`` where ``features`` is a :class:`~sklearn.pipeline.FeatureUnion`
+    of ``pixels`` (``cutter -> aperture``: :class:`~stargal.features.PhotometricFeatures`) and
+    ``measured`` (``photometry -> fit``: :class:`~stargal.photo.SDSSPhotometry` then
+    :class:`~stargal.features.MeasuredFeatures`). ``measured=False`` (or the pipeline parameter
+    ``features__measured='drop'``) leaves the measurements out: the aperture-only forest.
+
+    Parameters are routed the scikit-learn way: ``features__pixels__cut__size``,
+    ``features__measured__photo__stamp_size``, ``forest__n_estimators``.
+
+    Examples
+    --------
+    >>> from stargal.align import Aligner
+    >>> from stargal.cutouts import Cutter
+    >>> from stargal.photo import SDSSPhotometry
+    >>> pipe = make_measured_forest_pipeline(Aligner(), Cutter(psf=True), SDSSPhotometry(), n_estimators=10)
+    >>> [name for name, _ in pipe.steps], pipe.get_params()["features__measured__photo__stamp_size"]
+    (['align', 'features', 'forest'], 31)
+    """
+    params = dict(n_estimators=300, class_weight="balanced", random_state=0, n_jobs=1)
+    params.update(rf_params)
+    pixels = Pipeline([("cut", cutter), ("aperture", PhotometricFeatures())])
+    fitted = Pipeline([("photo", photometry), ("fit", MeasuredFeatures())])
+    union = FeatureUnion([("pixels", pixels), ("measured", fitted if measured else "drop")])
+    return Pipeline([("align", align), ("features", union), ("forest", RandomForestClassifier(**params))])
+
+
+def make_rule_pipeline(front=None, **rule_params):
+    """SDSS's type rule: ``front + 'rule'`` (:class:`~stargal.rule.SDSSTypeRule`).
+
+    ``front`` ends in a :class:`~stargal.photo.SDSSPhotometry` step, e.g.
+    ``[('align', Aligner()), ('photo', SDSSPhotometry())]``; ``None``: the pipeline takes the
+    measurement table.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> pipe = make_rule_pipeline(boundary=0.145).fit(np.array([[0.0], [0.5]]), [0, 1])
+    >>> pipe.predict(np.array([[0.1], [0.3]])).tolist()
+    [0, 1]
+    """
+    return Pipeline(_check_front(front) + [("rule", SDSSTypeRule(**rule_params))])
 
 
 class Flatten(TransformerMixin, BaseEstimator):

@@ -33,7 +33,8 @@ What is measured (per object and band, nanomaggies)
    within r_e / 50), convolved with the PSF in Fourier space, on a grid of major-axis effective
    radius :data:`RE_GRID_PX`, axis ratio :data:`AXIS_RATIOS` and position angle, each with its
    amplitude fitted linearly; the best (least chi^2) template is refined by a parabola in
-   ``ln r_e``; ``r_e`` is capped at ``4 x`` the moment size + 3 px. Because the PSF model is linear
+   ``ln r_e``; ``r_e`` is capped at ``4 x`` the moment size + 3 px (the moment size: the root mean
+   square radius of the positive flux within 15 px). Because the PSF model is linear
    in a few basis images, every template is precomputed per field and band for each basis image
    (a *bank*), and all objects are scored against all templates with matrix products.
 8. **cModel.** The best linear mix of the best exponential and de Vaucouleurs models:
@@ -98,9 +99,9 @@ __all__ = [
 #: Side (pixels) of the stamps the fits use (odd; the CNN's cutouts are smaller).
 STAMP_SIZE = 31
 #: Major-axis effective radii of the template grid (pixels).
-RE_GRID_PX = np.geomspace(0.1, 40.0, 16)
+RE_GRID_PX = np.geomspace(0.05, 60.0, 18)
 #: Axis ratios of the template grid (1 = round, one angle).
-AXIS_RATIOS = (1.0, 0.7, 0.4)
+AXIS_RATIOS = (1.0, 0.75, 0.5, 0.28)
 #: Position angles per non-round axis ratio (evenly over 180 degrees).
 N_ANGLES = 4
 #: PSF S/N at and above which a band counts as detected (SDSS's BINNED1 at 5 sigma).
@@ -124,6 +125,7 @@ _FOOTPRINT_SNR = 2.0     # ... and its pixels down to 2 sigma
 _SMOOTH_PX = 1.0         # Gaussian smoothing of the detection map (sigma, px)
 _CENTRE_RADIUS = 2.5     # the object's own peak lies within this of the stamp centre
 _FIT_RADIUS_MIN = 7.5
+_MOMENT_RADIUS = 15.0   # the moment size (r_e cap) is taken over the unmasked pixels within this radius
 _CENTRE_FIT_PX = 5.0     # radius of the pixels the centre fit uses
 _CENTRE_ITER = 3
 _MAX_SHIFT_PX = 1.5
@@ -452,10 +454,10 @@ def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, 
         out["saturated"] = (peak_pred > _SAT_COUNTS) & (peak_obs < _SAT_DEFICIT * peak_pred) & \
             (f_outer < _SAT_WING * f_inner)
     # --- r_e cap from the moment size
-    core = usable & (rr[None] <= 6.0)
+    core = usable & (rr[None] <= _MOMENT_RADIUS)
     wpos = np.clip(d, 0, None) * core
     tot = wpos.sum((1, 2))
-    msize = np.sqrt((wpos * rr[None] ** 2).sum((1, 2)) / np.where(tot > 0, tot, 1.0) / 2.0)
+    msize = np.sqrt((wpos * rr[None] ** 2).sum((1, 2)) / np.where(tot > 0, tot, 1.0))
     cap = 4.0 * msize + 3.0
     # --- exp / deV fits against the bank
     dflat = (d * region).reshape(n, -1).astype(np.float32)
@@ -484,7 +486,8 @@ def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, 
         inner_ok = (ire >= 1) & (ire <= bank.n_re - 2)
         i0 = np.clip(ire, 1, bank.n_re - 2)
         cm, c0, cp = chi3[rows, i0 - 1, ish], chi3[rows, i0, ish], chi3[rows, i0 + 1, ish]
-        inner_ok &= np.isfinite(cm) & np.isfinite(cp)
+        inner_ok &= np.isfinite(cm) & np.isfinite(cp) & np.isfinite(c0)
+        cm, c0, cp = (np.where(inner_ok, v, 0.0) for v in (cm, c0, cp))
         delta = np.where(inner_ok, _parabola(cm, c0, cp), 0.0)
         am, a0, ap = amp3[rows, i0 - 1, ish], amp3[rows, i0, ish], amp3[rows, i0 + 1, ish]
         f_ref = np.where(inner_ok, a0 + 0.5 * delta * (ap - am) + 0.5 * delta ** 2 * (ap - 2 * a0 + am),
@@ -625,7 +628,7 @@ def type_statistic(phot: pd.DataFrame, bands=BANDS) -> tuple[np.ndarray, np.ndar
     ...                   "nmgy_per_count_r": [0.005, 0.005], "detected_r": [True, True]})
     >>> stat, err, n = type_statistic(t, bands="r")
     >>> np.round(stat, 3).tolist(), n.tolist()
-    [0.0, 0.753], [1, 1]
+    ([0.0, 0.753], [1, 1])
     """
     n = len(phot)
     ps, cm, var = np.zeros(n), np.zeros(n), np.zeros(n)

@@ -148,12 +148,15 @@ def _predict_table(aligner, tail, table: pd.DataFrame, *, strict, n_jobs, schedu
             runner = Parallel(return_as="generator", n_jobs=None if scheduler is not None else n_jobs)
             results = runner(delayed(_predict_field)(tail, aligned.iloc[idx]) for _, idx in jobs)
             for (fid, idx), p in zip(jobs, results):
-                if field_prior is not None:  # the field's own galaxy fraction, estimated without labels
-                    p, priors[idx] = adapt_to_field(p, field_prior)
+                known = np.isfinite(p)  # a rule abstains (NaN) on objects it cannot measure
+                if field_prior is not None and known.any():  # the field's own mix, estimated without labels
+                    p = p.copy()
+                    p[known], priors[idx] = adapt_to_field(p[known], field_prior)
                 p_galaxy[idx] = p
                 if bar is not None:
                     bar.update(len(idx))
 
+    flags = np.where((flags == "") & np.isnan(p_galaxy), "unmeasured", flags)
     out = table.copy()
     out["ra"], out["dec"] = numeric["ra"].to_numpy(), numeric["dec"].to_numpy()
     out["field"] = field_ids

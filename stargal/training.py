@@ -32,6 +32,7 @@ __all__ = [
     "cnn_param_grid",
     "study_table",
     "build_pipeline",
+    "KINDS",
     "fit_pipeline",
     "evaluate_predictions",
     "evaluate_model",
@@ -105,40 +106,61 @@ def study_table(config=None, fetcher=None, *, sas_url=None, cache_dir=None, fiel
     return table
 
 
+#: Model kinds :func:`build_pipeline` builds.
+KINDS = ("cnn", "forest", "rule", "majority")
+
+
 def build_pipeline(kind: str = "cnn", config=None, *, sas_url=None, cache_dir=None, augmenter=None,
                    params=None, max_cutout=None, psf=None):
     """A stargal pipeline whose input is an objects table (``ra``, ``dec``, ``run``, ...).
 
-    ``kind`` is ``'cnn'``, ``'forest'`` or ``'majority'``. ``params`` are set with
-    ``set_params`` afterwards (``{'net__max_epochs': 5, 'cut__size': 21}``). ``psf``
-    (default: the config's ``psf``) is ``'none'`` for a PSF-blind model, or a
+    ``kind`` is one of :data:`KINDS`:
+
+    * ``'cnn'``: ``align -> cut -> [augment] -> [psf] -> scale -> net``;
+    * ``'forest'``: ``align -> features -> forest``, the features a union of aperture photometry of
+      the cutouts (``features__pixels__...``) and the model-fit measurements of
+      :class:`~stargal.photo.SDSSPhotometry` (``features__measured__...``; ``'drop'`` for the
+      aperture-only forest);
+    * ``'rule'``: ``align -> photo -> rule``, SDSS's type rule with its boundary fitted on the
+      training labels (:class:`~stargal.rule.SDSSTypeRule`);
+    * ``'majority'``: the most frequent class.
+
+    ``params`` are set with ``set_params`` afterwards (``{'net__max_epochs': 5, 'cut__size': 21}``).
+    ``psf`` (default: the config's ``psf``) is ``'none'`` for a PSF-blind model, or a
     :class:`~stargal.psf_channels.PSFChannels` mode: the cutter then appends each field's PSF
     (``Cutter(psf=True)``), the CNN gets a ``'psf'`` step and the forest PSF-relative features.
     """
     from .align import Aligner
     from .cutouts import Cutter
-    from .models import make_cnn_pipeline, make_forest_pipeline, make_majority_pipeline
+    from .models import (make_cnn_pipeline, make_majority_pipeline, make_measured_forest_pipeline,
+                         make_rule_pipeline)
+    from .photo import SDSSPhotometry
     from .psf_channels import PSFChannels
     from .scale import AsinhScaler
 
     config = _config(config)
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(repr(k) for k in KINDS)}")
     psf = config.psf if psf is None else psf
     size = config.cutout_size
     aware = psf != "none"
-    front = [
-        ("align", Aligner(cutout_size=max_cutout or size, sas_url=sas_url, cache_dir=cache_dir)),
-        ("cut", Cutter(size=size, sas_url=sas_url, cache_dir=cache_dir, psf=aware and kind != "majority",
-                       psf_source=config.psf_source)),
-    ]
+    align = ("align", Aligner(cutout_size=max_cutout or size, sas_url=sas_url, cache_dir=cache_dir))
+
+    def cutter(with_psf):
+        return Cutter(size=size, sas_url=sas_url, cache_dir=cache_dir, psf=with_psf, psf_source=config.psf_source)
+
+    def photometry():
+        return SDSSPhotometry(psf_source=config.psf_source, sas_url=sas_url, cache_dir=cache_dir)
+
     if kind == "cnn":
-        pipe = make_cnn_pipeline(front=front, augmenter=augmenter, scaler=AsinhScaler(),
+        pipe = make_cnn_pipeline(front=[align, ("cut", cutter(aware))], augmenter=augmenter, scaler=AsinhScaler(),
                                  psf=PSFChannels(mode=psf) if aware else None, **cnn_params(config))
     elif kind == "forest":
-        pipe = make_forest_pipeline(front=front, random_state=config.seed)
-    elif kind == "majority":
-        pipe = make_majority_pipeline(front=front)
+        pipe = make_measured_forest_pipeline(align[1], cutter(aware), photometry(), random_state=config.seed)
+    elif kind == "rule":
+        pipe = make_rule_pipeline(front=[align, ("photo", photometry())])
     else:
-        raise ValueError(f"unknown model kind {kind!r}; expected 'cnn', 'forest' or 'majority'")
+        pipe = make_majority_pipeline(front=[align, ("cut", cutter(False))])
     if params:
         pipe.set_params(**params)
     return pipe
