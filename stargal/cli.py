@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fit a model on the study's train fields (test fields excluded)")
     p.add_argument("--config", default=None, help="study TOML (default: the packaged study)")
-    p.add_argument("--model-type", choices=["cnn", "forest", "majority"], default="cnn")
+    p.add_argument("--model-type", choices=["cnn", "forest", "rule", "majority"], default=None,
+                   help="model kind (default: the study config's default_model, the kind that won "
+                        "leave-one-field-out in the study)")
     p.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE",
                    help="pipeline parameter, e.g. net__max_epochs=10 or cut__size=21 (repeatable)")
     p.add_argument("-o", "--output", default="model.stargal", help="model file to write")

@@ -61,6 +61,9 @@ CNN_KEYS: tuple[str, ...] = tuple(k for k in CNN_PARAM_NAMES if k != "cutout_siz
 
 _DEFAULT_RESOURCE = ("stargal", "data/study.toml")
 
+#: Model kinds the study compares (``default_model`` is one of them).
+MODEL_KINDS = ("cnn", "forest", "rule")
+
 #: Values of the ``psf`` key: a :class:`stargal.psf_channels.PSFChannels` mode, or ``'none'``.
 PSF_CONFIG_MODES = ("scaled", "residual", "unit", "none")
 
@@ -75,6 +78,7 @@ _STUDY_KEYS = (
     "valid_fraction",
     "psf",
     "psf_source",
+    "default_model",
 )
 _FIELD_LIST_KEYS = ("test_fields", "train_fields", "extra_fields")
 _TOP_LEVEL_KEYS = _FIELD_LIST_KEYS + (
@@ -214,6 +218,9 @@ class StudyConfig:
         PSF-relative features.
     psf_source : {'stars', 'psfield', 'auto'}
         Which PSF model (:func:`stargal.psf.field_psf`).
+    default_model : {'cnn', 'forest', 'rule'}
+        What ``stargal train`` fits without ``--model-type``: the kind with the highest mean
+        leave-one-field-out MCC in the study (``experiments/results``; a test keeps the two equal).
     cnn : dict
         CNN defaults, exactly the keys of :data:`CNN_KEYS`.
     tuning_grid : dict of str -> dict
@@ -243,6 +250,7 @@ class StudyConfig:
     valid_fraction: float = 0.2
     psf: str = "scaled"
     psf_source: str = "stars"
+    default_model: str = "forest"
     cnn: dict = field(default_factory=dict)
     tuning_grid: dict = field(default_factory=dict)
     forest_grid: dict = field(default_factory=dict)
@@ -302,6 +310,10 @@ class StudyConfig:
         if self.psf_source not in ("stars", "psfield", "auto"):
             raise ValueError(f"config key 'psf_source' must be 'stars', 'psfield' or 'auto', "
                              f"got {self.psf_source!r}")
+
+        if self.default_model not in MODEL_KINDS:
+            raise ValueError(f"config key 'default_model' must be one of {list(MODEL_KINDS)}, "
+                             f"got {self.default_model!r}")
 
         if not isinstance(self.cnn, dict):
             raise ValueError("config key 'cnn' must be a table")

@@ -15,7 +15,8 @@ What is measured (per object and band, nanomaggies)
    a local annulus median over faint undetected sources biases faint fluxes, measured on the
    training fields).
 2. **Noise.** Per pixel, the sky's and the object's Poisson noise and the dark variance from the
-   frame's calibration, sky level and camera tables (:mod:`stargal.noise`).
+   frame's calibration, sky level and camera tables (:mod:`stargal.noise`); a frame without a
+   sky level (HDU2) uses its own robust sky noise instead.
 3. **Neighbours.** A detection map (per band and inverse-variance g+r+i+z sum, smoothed with a
    Gaussian of 1 px, the pixel-wise maximum S/N) is cut into basins by steepest ascent (a
    watershed): footprint pixels (smoothed S/N >= 2) that climb to another >= 5 sigma peak than the
@@ -521,6 +522,15 @@ def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, 
 
 
 # ----------------------------------------------------------------------------- one field
+def _sky_sigma(cal, frame, x) -> np.ndarray:
+    """Per-pixel sky noise (nanomaggies) at columns ``x``: from the noise model, or, for a frame
+    without a sky level (no HDU2), the frame's own robust sky noise."""
+    sigma = np.asarray(cal.sky_sigma(x), float)
+    if not np.isfinite(sigma).all():
+        sigma = np.where(np.isfinite(sigma), sigma, float(frame.sky_noise))
+    return sigma
+
+
 def _fwhm_at(psf_model, band: str, x, y) -> np.ndarray:
     """PSF FWHM (arcsec) at positions, interpolated bilinearly from a 5 x 5 grid over the frame."""
     bp = psf_model.models[band]
@@ -553,7 +563,7 @@ def _model_norm(field: Field, psf_model, band: str, size: int) -> float:
         frame = field.frame(band)
         cal = frame_calibration(field, band)
         x, y = xy[:, 0], xy[:, 1]
-        sigma = cal.sky_sigma(x)
+        sigma = _sky_sigma(cal, frame, x)
         d = resample_stamps(frame.image, x, y, size).astype(np.float64)
         snr = _detection_snr(d[:, None], sigma[:, None])
         mask = _neighbour_mask(snr)
@@ -581,7 +591,7 @@ def _measure_rows(table: pd.DataFrame, field: Field, psf_model, size: int, recen
         y = table[f"y_{band}"].to_numpy(np.float64).copy()
         pos[band] = (x, y)
         cals[band] = frame_calibration(field, band)
-        sig[:, bi] = cals[band].sky_sigma(x)
+        sig[:, bi] = _sky_sigma(cals[band], field.frame(band), x)
         stamps[:, bi] = resample_stamps(field.frame(band).image, x, y, size)
     nmask = _neighbour_mask(_detection_snr(stamps, sig))
     out = {}

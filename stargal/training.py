@@ -177,16 +177,23 @@ def fit_pipeline(pipe, table: pd.DataFrame, groups=None):
 
 
 def evaluate_predictions(y_true, proba, mags=None, bins=None) -> tuple[dict, pd.DataFrame | None]:
-    """Overall metrics and (with ``mags``) metrics per r-magnitude bin."""
+    """Overall metrics and (with ``mags``) metrics per r-magnitude bin.
+
+    Objects a model abstains on (NaN probability: the rule without a measurement) are left out of
+    the metrics and counted: ``overall['coverage']`` is the fraction answered.
+    """
     from .metrics import classification_metrics, metrics_by_magnitude
 
     proba = np.asarray(proba, float)
-    y_pred = (proba >= 0.5).astype(int)
-    overall = classification_metrics(y_true, y_pred, proba)
+    y_true = np.asarray(y_true)
+    known = np.isfinite(proba)
+    y_pred = (proba[known] >= 0.5).astype(int)
+    overall = classification_metrics(y_true[known], y_pred, proba[known])
+    overall["coverage"] = float(known.mean()) if len(known) else float("nan")
     by_mag = None
     if mags is not None:
         kw = {"bins": bins} if bins is not None else {}
-        by_mag = metrics_by_magnitude(y_true, y_pred, np.asarray(mags, float), **kw)
+        by_mag = metrics_by_magnitude(y_true[known], y_pred, np.asarray(mags, float)[known], **kw)
     return overall, by_mag
 
 
@@ -250,9 +257,12 @@ def parse_param_overrides(items) -> dict:
     return params
 
 
-def train_model(kind: str = "cnn", config=None, params=None, *, sas_url=None, cache_dir=None,
+def train_model(kind: str | None = None, config=None, params=None, *, sas_url=None, cache_dir=None,
                 model_path=None, fields=None, calibrate=True):
     """Fit a model on the study's objects (test fields excluded) and evaluate it on the test fields.
+
+    ``kind=None`` fits the config's ``default_model``: the kind that won leave-one-field-out in
+    the study (the summary line says so).
 
     With ``calibrate=True`` (default; not for ``'majority'``) the model is fitted on the ``train``
     split and its ``p_galaxy`` calibrated on the ``valid`` sky groups
@@ -264,6 +274,8 @@ def train_model(kind: str = "cnn", config=None, params=None, *, sas_url=None, ca
     from .persist import save_model
 
     config = _config(config)
+    chosen = kind is None
+    kind = config.default_model if chosen else kind
     fetcher = get_fetcher(None, sas_url=sas_url, cache_dir=cache_dir, quiet=False)
     t0 = time.perf_counter()
     table = study_table(config, fetcher, fields=fields)
@@ -290,8 +302,10 @@ def train_model(kind: str = "cnn", config=None, params=None, *, sas_url=None, ca
         "test_metrics": overall,
         "fit_seconds": round(fit_s, 1),
     }
+    info["default"] = chosen
     info["summary"] = (
-        f"{kind}: fitted on {info['n_fit']} objects from {', '.join(info['train_fields'])} "
+        f"{kind}{' (the default: the kind with the best leave-one-field-out MCC in the study)' if chosen else ''}: "
+        f"fitted on {info['n_fit']} objects from {', '.join(info['train_fields'])} "
         f"in {fit_s:.0f} s{' (p_galaxy calibrated on the validation sky groups)' if calibrate else ''}; test field(s) {', '.join(info['test_fields'])} ({info['n_test']} objects): "
         f"accuracy {overall['accuracy']:.3f}, balanced accuracy {overall['balanced_accuracy']:.3f}, "
         f"MCC {overall['mcc']:.3f}, ROC AUC {overall.get('roc_auc', float('nan')):.3f}"

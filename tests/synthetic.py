@@ -44,6 +44,7 @@ __all__ = [
     "synthetic_header",
     "make_synthetic_sas",
     "make_psf_sas",
+    "make_photo_sas",
     "write_psfield",
     "window_row",
     "write_window_flist",
@@ -529,3 +530,87 @@ def write_window_flist(root, rows, extra_columns: bool = True, drop=(), score=No
     path.parent.mkdir(parents=True, exist_ok=True)
     fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols)]).writeto(path, overwrite=True)
     return path
+
+
+def make_photo_sas(root, fid="1200-3-30", shape=(360, 480), psf_sigma=1.5, sky_counts=150.0,
+                   nmgy_per_count=0.005, n_psf_stars=45, targets=(), seed=0) -> dict:
+    """A synthetic field for model-fit photometry: a real noise model and GalSim-drawn sources.
+
+    Frames carry a calibration vector (HDU1, ``nmgy_per_count`` in every column) and a sky level
+    (HDU2 ``ALLSKY``, ``sky_counts``); the pixel noise is the sky's Poisson noise plus the camera's
+    dark variance (:mod:`stargal.noise`, camcol of ``fid``), Gaussian. Every source is drawn with
+    GalSim (pixel-integrated): ``n_psf_stars`` bright stars (for the PSF model) and the ``targets``,
+    a sequence of dicts ``{'x', 'y' (r-frame pixels), 'kind' ('star'|'exp'|'dev'), 'flux' (nmgy,
+    every band), 'hlr' (px), 'q', 'beta' (deg)}``; ``'saturate': True`` clips the star's pixels at
+    a fraction of its peak (an interpolated, flat core).
+
+    Returns
+    -------
+    dict
+        ``sas_url``, ``fid``, ``targets`` (DataFrame with ``ra, dec`` and the truth), ``sigma_nmgy``.
+    """
+    import galsim
+
+    from stargal.noise import camera_gain, dark_variance
+
+    root = Path(root)
+    fidp = FieldID.parse(fid)
+    offsets = dict(DEFAULT_OFFSETS)
+    rng = np.random.default_rng(seed)
+    crval = _default_crval(fidp)
+    headers = {b: synthetic_header(b, shape, crval, offsets[b], _CRPIX_JITTER[b]) for b in BANDS}
+    wcss = {b: WCS(headers[b]) for b in BANDS}
+    targets = pd.DataFrame(list(targets)) if len(targets) else pd.DataFrame(columns=["x", "y", "kind", "flux"])
+    pos = _place(rng, n_psf_stars, shape, offsets, 20.0, 30.0)
+    if len(targets):
+        d = np.hypot(pos[:, None, 0] - targets["x"].to_numpy()[None], pos[:, None, 1] - targets["y"].to_numpy()[None])
+        pos = pos[d.min(axis=1) > 30.0]
+    star_flux = np.exp(rng.uniform(np.log(50.0), np.log(300.0), len(pos)))
+    ra_t, dec_t = wcss["r"].all_pix2world(targets["x"].to_numpy(float), targets["y"].to_numpy(float), 0) \
+        if len(targets) else (np.zeros(0), np.zeros(0))
+    ra_s, dec_s = wcss["r"].all_pix2world(pos[:, 0], pos[:, 1], 0)
+    psf = galsim.Gaussian(sigma=psf_sigma)
+    for bi, b in enumerate(BANDS):
+        ny, nx = shape
+        img = galsim.ImageF(nx, ny, scale=1.0)  # GalSim pixel (i, j) has its centre at (i, j), 1-based
+        xs, ys = wcss[b].all_world2pix(ra_s, dec_s, 0)
+        for k in range(len(xs)):
+            stamp = (psf.withFlux(star_flux[k] / nmgy_per_count)).drawImage(
+                nx=41, ny=41, scale=1.0, center=galsim.PositionD(xs[k] + 1, ys[k] + 1))
+            bounds = stamp.bounds & img.bounds
+            img[bounds] += stamp[bounds]
+        xt, yt = wcss[b].all_world2pix(ra_t, dec_t, 0) if len(targets) else ((), ())
+        for k, row in enumerate(targets.itertuples()):
+            flux = float(row.flux) / nmgy_per_count
+            if row.kind == "star":
+                prof = psf.withFlux(flux)
+            else:
+                gal = (galsim.Exponential if row.kind == "exp" else galsim.DeVaucouleurs)(
+                    half_light_radius=float(row.hlr), flux=flux)
+                gal = gal.shear(q=float(row.q), beta=float(row.beta) * galsim.degrees)
+                prof = galsim.Convolve(gal, psf)
+            stamp = prof.drawImage(nx=61, ny=61, scale=1.0, center=galsim.PositionD(xt[k] + 1, yt[k] + 1))
+            if getattr(row, "saturate", False) is True:
+                stamp.array[:] = np.minimum(stamp.array, 0.3 * stamp.array.max())
+            bounds = stamp.bounds & img.bounds
+            img[bounds] += stamp[bounds]
+        counts = img.array.astype(np.float64)
+        var = sky_counts / camera_gain(fidp, b) + dark_variance(fidp, b)
+        counts += rng.normal(0.0, np.sqrt(var), counts.shape)
+        image = (counts * nmgy_per_count).astype(np.float32)
+        sky = fits.BinTableHDU.from_columns([fits.Column(name="ALLSKY", format="48E", dim="(8,6)",
+                                                         array=np.full((1, 6, 8), sky_counts, np.float32))])
+        hdus = fits.HDUList([fits.PrimaryHDU(image, header=headers[b]),
+                             fits.ImageHDU(np.full(shape[1], nmgy_per_count, dtype=np.float32)), sky])
+        buf = io.BytesIO()
+        hdus.writeto(buf)
+        path = root / frame_path(fidp, b)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(bz2.compress(buf.getvalue(), compresslevel=1))
+    out = targets.copy()
+    out["ra"], out["dec"] = ra_t, dec_t
+    out["run"], out["camcol"], out["field"] = fidp.run, fidp.camcol, fidp.field
+    sigma = {b: float(np.sqrt(sky_counts / camera_gain(fidp, b) + dark_variance(fidp, b)) * nmgy_per_count)
+             for b in BANDS}
+    return {"root": root, "sas_url": root.resolve().as_uri(), "fid": str(fidp), "targets": out,
+            "sigma_nmgy": sigma}
