@@ -399,6 +399,15 @@ class SyntheticInjector(BaseEstimator):
     min_separation_arcsec : float, default=4.0
         Distance from detected sources and between injected ones.
     psf_source : {'stars', 'psfield', 'auto'}, default='stars'
+    label : {'truth', 'rule'}, default='truth'
+        The label an injected object gets: what it is (``'truth'``: star or galaxy as drawn), or
+        what SDSS's rule calls it (``'rule'``): the object measured in the injected frames like a
+        real one (:class:`stargal.photo.SDSSPhotometry`) and typed galaxy when its type statistic
+        is above ``rule_boundary``; as SDSS would, the rule calls a small faint galaxy a star. An
+        injected object the rule cannot measure (not detected, ...) is left out and counted
+        (``counts_['unmeasured']``).
+    rule_boundary : float, default=0.145
+        Boundary of ``label='rule'`` (SDSS's; the study passes the one its rule fitted).
     random_state : int, optional
     sas_url, cache_dir : str, optional
 
@@ -407,7 +416,8 @@ class SyntheticInjector(BaseEstimator):
     sample_indices_ : ndarray
         Input row behind each output row (see above).
     counts_ : dict
-        Injected and refused positions (:data:`REFUSALS`), summed over fields.
+        Injected and refused positions (:data:`REFUSALS`), summed over fields; with
+        ``label='rule'`` also ``'unmeasured'`` (injected, left out).
     truth_ : DataFrame
         The injected objects' truth and positions, in output order (rows ``n_in ...``).
     n_injected_ : int
@@ -425,8 +435,8 @@ class SyntheticInjector(BaseEstimator):
 
     def __init__(self, fields=None, n_objects=500, *, mag_range=(17.0, 23.0), hlr_range=(0.1, 3.0),
                  galaxy_fraction=0.5, sersic_range=(0.5, 4.0), mag_distribution="measured",
-                 min_separation_arcsec=MIN_SEPARATION_ARCSEC, psf_source="stars", random_state=None,
-                 sas_url=None, cache_dir=None):
+                 min_separation_arcsec=MIN_SEPARATION_ARCSEC, psf_source="stars", label="truth",
+                 rule_boundary=0.145, random_state=None, sas_url=None, cache_dir=None):
         self.fields = fields
         self.n_objects = n_objects
         self.mag_range = mag_range
@@ -436,6 +446,8 @@ class SyntheticInjector(BaseEstimator):
         self.mag_distribution = mag_distribution
         self.min_separation_arcsec = min_separation_arcsec
         self.psf_source = psf_source
+        self.label = label
+        self.rule_boundary = rule_boundary
         self.random_state = random_state
         self.sas_url = sas_url
         self.cache_dir = cache_dir
@@ -459,6 +471,8 @@ class SyntheticInjector(BaseEstimator):
         "mag_distribution": [StrOptions({"measured", "uniform"})],
         "min_separation_arcsec": [Interval(Real, 0, None, closed="left")],
         "psf_source": [StrOptions({"stars", "psfield", "auto"})],
+        "label": [StrOptions({"truth", "rule"})],
+        "rule_boundary": [Interval(Real, None, None, closed="neither")],
         "random_state": ["random_state"],
         "sas_url": PATH_LIKE,
         "cache_dir": PATH_LIKE,
@@ -533,20 +547,34 @@ class SyntheticInjector(BaseEstimator):
         cutter = Cutter(size=h, psf=c == 10, psf_source=self.psf_source, sas_url=fetcher.base_url,
                         cache_dir=str(fetcher.cache_dir))
         parts, labels, truth = [], [], []
-        counts = dict.fromkeys(("injected",) + REFUSALS, 0)
+        counts = dict.fromkeys(("injected",) + REFUSALS + (("unmeasured",) if self.label == "rule" else ()), 0)
+        photometry = None
+        if self.label == "rule":
+            from .photo import SDSSPhotometry
+
+            photometry = SDSSPhotometry(psf_source=self.psf_source, sas_url=fetcher.base_url,
+                                        cache_dir=str(fetcher.cache_dir))
         for fid, k in zip(fields, per):
             if k == 0:
                 continue
             field = Field(fid, fetcher)
             res = inject_random(field, pop, int(k), random_state=rng, psf_source=self.psf_source,
                                 min_separation_arcsec=self.min_separation_arcsec, cutout_size=h)
-            for key in counts:
+            for key in ("injected",) + REFUSALS:
                 counts[key] += res.counts[key]
-            if len(res.table):
-                cut = cutter.cut_field(res.table, res.field)
+            table = res.table
+            if len(table) and photometry is not None:  # typed by the measured rule, as SDSS would
+                measured = photometry.measure_field(table, res.field)
+                stat = measured["type_stat"].to_numpy(float)
+                keep = np.isfinite(stat)
+                counts["unmeasured"] += int((~keep).sum())
+                table = table[keep].assign(true_label=table["label"][keep], type_stat=stat[keep],
+                                           label=(stat[keep] > float(self.rule_boundary)).astype(int))
+            if len(table):
+                cut = cutter.cut_field(table, res.field)
                 parts.append(cut[:, :c])
-                labels.append(res.table["label"].to_numpy())
-                truth.append(res.table)
+                labels.append(table["label"].to_numpy())
+                truth.append(table)
             field.release()
         X_new = np.concatenate(parts) if parts else np.zeros((0, c, h, h), np.float32)
         y_new = np.concatenate(labels).astype(y.dtype) if labels else np.zeros(0, y.dtype)

@@ -139,6 +139,8 @@ _BANKS: OrderedDict = OrderedDict()
 _BANK_LIMIT = 10         # band banks kept per process (about 6 MB each)
 _LOCK = threading.Lock()
 _NORMS: dict = {}
+_ROWS: OrderedDict = OrderedDict()  # per-object results of real fields: an object is measured once per process
+_ROW_LIMIT = 200_000
 
 
 def measurement_columns() -> list[str]:
@@ -622,6 +624,20 @@ def _measure_rows(table: pd.DataFrame, field: Field, psf_model, size: int, recen
     return out
 
 
+def _field_values(table: pd.DataFrame, field: Field, psf_model, size: int, recentre: bool) -> dict:
+    """Per-row measurements (every column but the type statistic) and ``fit_flag`` of one field's rows."""
+    out = _measure_rows(table, field, psf_model, size, recentre)
+    values = {f"{key}_{band}": val for (key, band), val in out.items() if not key.startswith("_")}
+    centre_bad = np.all([out[("_centre_bad", b)] for b in BANDS], axis=0)
+    near = np.all([out[("_near_masked", b)] | ~out[("detected", b)] for b in BANDS], axis=0)
+    saturated = np.any([out[("saturated", b)] for b in BANDS], axis=0)
+    detected = np.any([out[("detected", b)] for b in BANDS], axis=0)
+    values["fit_flag"] = np.where(centre_bad, "masked_centre",
+                                  np.where(~detected & saturated, "saturated",
+                                           np.where(~detected, "not_detected", np.where(near, "neighbour", ""))))
+    return values
+
+
 def type_statistic(phot: pd.DataFrame, bands=BANDS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """SDSS's type statistic from a measurement table: ``(stat, err, n_detected)``.
 
@@ -789,27 +805,37 @@ class SDSSPhotometry(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None
             raise ValueError(f"SDSSPhotometry: {int(orphans.sum())} unflagged row(s) have no field_id; the table "
                              "does not look like an Aligner output")
         values = {c: res[c].to_numpy().copy() for c in cols}
+        per_row = [c for c in cols if c not in OBJECT_COLUMNS] + ["fit_flag"]
+        xy = [f"{c}_{b}" for b in BANDS for c in ("x", "y")]
         for fid in dict.fromkeys(fids[ok]):
             idx = np.flatnonzero(ok & (fids == fid))
             field = open_field(fid)
             try:
-                model = field_psf(field, field.fetcher, source=self.psf_source)
-                out = _measure_rows(table.iloc[idx], field, model, size, bool(self.recentre))
+                base = (str(field.fetcher.cache_dir), str(getattr(field.fetcher, "base_url", "")), fid,
+                        self.psf_source, size, bool(self.recentre)) if release else None
+                keys = [base + tuple(np.round(p, 6)) for p in table.iloc[idx][xy].to_numpy(float)] if release else []
+                with _LOCK:
+                    known = np.array([k in _ROWS for k in keys], bool) if release else np.zeros(len(idx), bool)
+                todo = idx[~known]
+                if todo.size:
+                    model = field_psf(field, field.fetcher, source=self.psf_source)
+                    part = _field_values(table.iloc[todo], field, model, size, bool(self.recentre))
+                    for name in per_row:
+                        values[name][todo] = part[name]
+                    if release:
+                        with _LOCK:
+                            for j, k in enumerate([k for k, hit in zip(keys, known) if not hit]):
+                                _ROWS[k] = [part[name][j] for name in per_row]
+                            while len(_ROWS) > _ROW_LIMIT:
+                                _ROWS.popitem(last=False)
             finally:
                 if release:
                     field.release()
-            for (key, band), val in out.items():
-                name = f"{key}_{band}"
-                if name in values:
-                    values[name][idx] = val
-            centre_bad = np.all([out[("_centre_bad", b)] for b in BANDS], axis=0)
-            near = np.all([out[("_near_masked", b)] | ~out[("detected", b)] for b in BANDS], axis=0)
-            saturated = np.any([out[("saturated", b)] for b in BANDS], axis=0)
-            detected = np.any([out[("detected", b)] for b in BANDS], axis=0)
-            reason = np.where(centre_bad, "masked_centre",
-                              np.where(~detected & saturated, "saturated",
-                                       np.where(~detected, "not_detected", np.where(near, "neighbour", ""))))
-            values["fit_flag"][idx] = reason
+            if known.any():
+                with _LOCK:
+                    rows = [_ROWS[k] for k, hit in zip(keys, known) if hit]
+                for name, column in zip(per_row, zip(*rows)):
+                    values[name][idx[known]] = column
         res = pd.DataFrame(values, index=table.index)[cols]
         for band in BANDS:
             for c in ("detected", "saturated"):

@@ -251,6 +251,28 @@ def test_injector_fit_only_shapes_labels_and_groups(sas, monkeypatch):
     assert not hasattr(inj, "transform") and not hasattr(inj, "predict")
 
 
+def test_injector_labels_by_the_measured_rule(sas, monkeypatch):
+    """label='rule': injected objects are measured like real ones and typed by the boundary."""
+    _fake_photometry(sas, monkeypatch)
+    rng = np.random.default_rng(2)
+    X = rng.normal(0, 0.01, (6, 10, 15, 15)).astype(np.float32)
+    y = np.arange(6) % 2
+    kw = dict(fields=["1100-2-40"], n_objects=10, galaxy_fraction=0.5, random_state=3, sas_url=sas["sas_url"],
+              cache_dir=str(sas["cache"]), min_separation_arcsec=2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PSFWarning)
+        inj = SyntheticInjector(label="rule", rule_boundary=0.19, **kw)
+        Xr, yr = inj.fit_resample(X, y)
+    truth = inj.truth_
+    assert inj.counts_["injected"] == 10 and inj.n_injected_ == 10 - inj.counts_["unmeasured"] == len(truth)
+    np.testing.assert_array_equal(yr[6:], (truth["type_stat"] > 0.19).astype(int))
+    assert set(truth["true_label"]) <= {0, 1} and np.isfinite(truth["type_stat"]).all()
+    stars = truth["true_label"] == 0
+    assert (truth["type_stat"][stars].abs() < 0.19).mean() >= 0.8  # the rule sees injected stars as stars
+    with pytest.raises(ValueError, match="label"):
+        SyntheticInjector(label="guess", **kw).fit(X, y)
+
+
 def test_injector_in_a_pipeline_is_fit_only(sas, monkeypatch):
     from imblearn.pipeline import Pipeline
     from sklearn.linear_model import LogisticRegression
