@@ -170,3 +170,36 @@ def check_range(name, value, lo, hi, who="stargal"):
     if a < lo or b > hi:
         raise ValueError(f"{who}: {name}={value!r} is outside the supported range [{lo:g}, {hi:g}]")
     return a, b
+
+
+#: Keys of a model input that carries measured features beside the cutouts (the hybrid CNN's).
+INPUT_KEYS = ("images", "features")
+
+
+def split_inputs(X):
+    """``(images, features)`` of a model input: a cutout array (``features`` None), or a dict
+    ``{'images': (n, C, H, W), 'features': (n, F)}`` (the hybrid CNN's input; the cutout steps
+    work on the images and carry the features along, row for row)."""
+    if isinstance(X, dict):
+        unknown = sorted(set(X) - set(INPUT_KEYS))
+        if unknown or "images" not in X:
+            raise ValueError(f"a model input dict holds 'images' and optionally 'features', got keys {sorted(X)}")
+        feats = X.get("features")
+        if feats is not None:
+            feats = np.asarray(feats, dtype=np.float32)
+            if feats.ndim != 2 or len(feats) != len(X["images"]):
+                raise ValueError(f"features must be (n, F) with one row per cutout ({len(X['images'])}), got "
+                                 f"shape {feats.shape}")
+        return X["images"], feats
+    return X, None
+
+
+def join_inputs(images, features):
+    """Inverse of :func:`split_inputs`: the images alone, or the dict with the features."""
+    return images if features is None else {"images": images, "features": features}
+
+
+def n_rows(X) -> int:
+    """Rows of a table, an array or a model-input dict."""
+    images, _ = split_inputs(X)
+    return len(images)

@@ -97,7 +97,7 @@ from sklearn.utils.multiclass import type_of_target
 from ._imaging import (MAD_TO_SIGMA_EXACT, N_IMAGE_BANDS, SDSS_TYPE_RATIO, border_median, mad_std,
                        point_source_ratio)
 from ._validation import (HasMethods, Integral, InvalidParameterError, Interval, Real, StrOptions,
-                          check_cutouts, validate_params)
+                          check_cutouts, join_inputs, split_inputs, validate_params)
 from .sdss import BANDS
 
 __all__ = [
@@ -699,6 +699,7 @@ class CutoutAugmenter(BaseEstimator):
         self : CutoutAugmenter
         """
         self._check_params()
+        X, _ = split_inputs(X)
         X, y = self._check_data(X, y)
         self._fit_stats(X)
         self.sampler_ = None
@@ -727,8 +728,12 @@ class CutoutAugmenter(BaseEstimator):
             Labels of ``X_res``.
         """
         self._check_params()
+        X, features = split_inputs(X)  # measured features (hybrid CNN) follow their rows
         X, y = self._check_data(X, y)
-        return self._fit_resample(X, y)
+        X_res, y_res = self._fit_resample(X, y)
+        if features is not None:
+            return join_inputs(X_res, features[self.sample_indices_]), y_res
+        return X_res, y_res
 
     # ----------------------------------------------------------------- work
     def _fit_resample(self, X, y):

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fit a model on the study's train fields (test fields excluded)")
     p.add_argument("--config", default=None, help="study TOML (default: the packaged study)")
-    p.add_argument("--model-type", choices=["cnn", "forest", "rule", "majority"], default=None,
+    p.add_argument("--model-type", choices=["cnn", "hybrid", "forest", "rule", "majority"], default=None,
                    help="model kind (default: the study config's default_model, the kind that won "
                         "leave-one-field-out in the study)")
     p.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE",

@@ -62,7 +62,7 @@ CNN_KEYS: tuple[str, ...] = tuple(k for k in CNN_PARAM_NAMES if k != "cutout_siz
 _DEFAULT_RESOURCE = ("stargal", "data/study.toml")
 
 #: Model kinds the study compares (``default_model`` is one of them).
-MODEL_KINDS = ("cnn", "forest", "rule")
+MODEL_KINDS = ("cnn", "hybrid", "forest", "rule")
 
 #: Values of the ``psf`` key: a :class:`stargal.psf_channels.PSFChannels` mode, or ``'none'``.
 PSF_CONFIG_MODES = ("scaled", "residual", "unit", "none")
@@ -218,7 +218,7 @@ class StudyConfig:
         PSF-relative features.
     psf_source : {'stars', 'psfield', 'auto'}
         Which PSF model (:func:`stargal.psf.field_psf`).
-    default_model : {'cnn', 'forest', 'rule'}
+    default_model : {'cnn', 'hybrid', 'forest', 'rule'}
         What ``stargal train`` fits without ``--model-type``: the kind with the highest mean
         leave-one-field-out MCC in the study (``experiments/results``; a test keeps the two equal).
     cnn : dict

@@ -64,7 +64,7 @@ from sklearn.pipeline import FeatureUnion
 from stargal.features import MeasuredFeatures, PhotometricFeatures
 from stargal.rule import SDSSTypeRule
 from stargal.nets import StarGalaxyCNN
-from stargal._validation import Integral, Interval, StrOptions, validate_params
+from stargal._validation import Integral, Interval, StrOptions, n_rows, split_inputs, validate_params
 from stargal.split import GroupHoldOut
 
 __all__ = [
@@ -78,6 +78,8 @@ __all__ = [
     "make_majority_pipeline",
     "make_rule_pipeline",
     "make_measured_forest_pipeline",
+    "make_hybrid_pipeline",
+    "InputUnion",
     "valid_balanced_accuracy",
     "valid_roc_auc",
     "LeakyValidationWarning",
@@ -145,7 +147,7 @@ def _thread_candidates() -> list[int]:
         n //= 2
     return out + [1]
 
-_RESERVED = ("augment", "psf", "scale", "net", "features", "forest", "flatten", "majority", "rule")
+_RESERVED = ("augment", "psf", "scale", "net", "features", "forest", "flatten", "majority", "rule", "inputs")
 
 
 class LeakyValidationWarning(UserWarning):
@@ -450,12 +452,13 @@ class StarGalaxyNet(NeuralNetClassifier):
         rebuilds the module for the data it gets.
         """
         kwargs = self.get_params_for("module")
-        if "in_channels" in kwargs and kwargs["in_channels"] is None:
-            n_in = getattr(self, "n_channels_in_", None)
-            if n_in is None:
-                del kwargs["in_channels"]
-            else:
-                kwargs["in_channels"] = int(n_in)
+        for key, seen in (("in_channels", "n_channels_in_"), ("n_features", "n_measured_in_")):
+            if key in kwargs and kwargs[key] is None:
+                n_in = getattr(self, seen, None)
+                if n_in is None:
+                    del kwargs[key]
+                else:
+                    kwargs[key] = int(n_in)
         self.module_ = self.initialized_instance(self.module, kwargs)
         return self
 
@@ -489,8 +492,10 @@ class StarGalaxyNet(NeuralNetClassifier):
         y = self._check_y(y)
         if not (self.warm_start and getattr(self, "initialized_", False)):
             self.class_weight_ = self._class_weight(y)
-            shape = getattr(X, "shape", None)
+            images, features = split_inputs(X)
+            shape = getattr(images, "shape", None)
             self.n_channels_in_ = int(shape[1]) if shape is not None and len(shape) == 4 else None
+            self.n_measured_in_ = None if features is None else int(features.shape[1])
         with _seeded(self.random_state, self.device):
             return super().fit(X, y, **fit_params)
 
@@ -509,7 +514,18 @@ class StarGalaxyNet(NeuralNetClassifier):
         return super().infer(x, **fit_params)
 
     def get_dataset(self, X, y=None):
-        """Wrap ``X`` (cast to float32 ``(n, C, H, W)``) and ``y`` (int64) in a Dataset."""
+        """Wrap ``X`` (cast to float32 ``(n, C, H, W)``, or a dict of cutouts and measured features:
+        the hybrid CNN's input) and ``y`` (int64) in a Dataset."""
+        if isinstance(X, dict):
+            images, features = split_inputs(X)
+            X = {"images": np.asarray(images, dtype=np.float32)}
+            if X["images"].ndim != 4:
+                raise ValueError(f"StarGalaxyNet expects cutouts of shape (n, C, H, W), got shape {X['images'].shape}")
+            if features is not None:
+                X["features"] = features
+            if y is not None:
+                y = np.asarray(to_numpy(y)).astype(np.int64)
+            return super().get_dataset(X, y)
         if not is_dataset(X):
             if isinstance(X, torch.Tensor):
                 X = X.float()
@@ -537,6 +553,7 @@ class StarGalaxyNet(NeuralNetClassifier):
         """
         if is_dataset(X) or isinstance(X, torch.Tensor) or not getattr(self, "initialized_", False):
             return np.asarray(super().predict_proba(X), dtype=np.float64)
+        X, features = split_inputs(X)
         X = np.ascontiguousarray(X, dtype=np.float32)
         if X.ndim != 4:
             raise ValueError(f"StarGalaxyNet expects cutouts of shape (n, C, H, W), got shape {X.shape}")
@@ -554,6 +571,12 @@ class StarGalaxyNet(NeuralNetClassifier):
             with torch.inference_mode(), torch_threads(candidates[0]):
                 for k, start in enumerate(range(0, n, size)):
                     batch = X[start:start + size]
+                    extra = {}
+                    if features is not None:
+                        fb = features[start:start + size]
+                        if len(fb) < size:
+                            fb = np.concatenate([fb, np.zeros((size - len(fb),) + features.shape[1:], np.float32)])
+                        extra["features"] = torch.as_tensor(np.ascontiguousarray(fb), device=self.device)
                     if len(batch) < size:
                         batch = np.concatenate([batch, np.zeros((size - len(batch),) + X.shape[1:], np.float32)])
                     if k % _PROBE_EVERY == 1 and len(candidates) > 1:  # batch 0 warms up, untimed
@@ -563,7 +586,7 @@ class StarGalaxyNet(NeuralNetClassifier):
                     if threads != torch.get_num_threads():
                         torch.set_num_threads(threads)
                     t0 = time.perf_counter()
-                    logits = module(torch.as_tensor(batch, device=self.device))
+                    logits = module(torch.as_tensor(batch, device=self.device), **extra)
                     proba = torch.softmax(logits, dim=-1).cpu().numpy()
                     if plan and k > 0:
                         used = plan.pop(0)
@@ -579,7 +602,7 @@ class StarGalaxyNet(NeuralNetClassifier):
 def make_cnn_net(width=32, depth=3, dropout=0.3, lr=1e-3, weight_decay=1e-4, max_epochs=30,
                  batch_size=128, patience=5, valid_fraction=0.2, class_weight="balanced",
                  random_state=0, device=None, verbose=0, in_channels=None, n_classes=2,
-                 input_size=15, members=1, **kwargs):
+                 input_size=15, members=1, hybrid=False, **kwargs):
     """The CNN as a scikit-learn classifier (:class:`StarGalaxyNet`).
 
     Parameters
@@ -603,6 +626,9 @@ def make_cnn_net(width=32, depth=3, dropout=0.3, lr=1e-3, weight_decay=1e-4, max
     class_weight : {'balanced', None} or dict, default='balanced'
     random_state : int or None, default=0
         Seeds torch and the validation split.
+    hybrid : bool, default=False
+        The module is :class:`~stargal.nets.HybridCNN` (cutouts and measured features, whose
+        width ``module__n_features`` is taken from ``fit``'s data); ``members`` must be 1.
     device : str, optional
         Default ``'cuda'`` when available, else ``'cpu'``.
     verbose : int, default=0
@@ -623,11 +649,19 @@ def make_cnn_net(width=32, depth=3, dropout=0.3, lr=1e-3, weight_decay=1e-4, max
         device = "cuda" if torch.cuda.is_available() else "cpu"
     train_split = kwargs.pop("train_split", None if valid_fraction is None else SkyValidSplit(
         fraction=valid_fraction, random_state=random_state))
+    if hybrid:
+        from stargal.nets import HybridCNN
+
+        if members != 1:
+            raise ValueError(f"the hybrid CNN is one network (members=1), got members={members!r}")
+        module, extra = HybridCNN, {"module__n_features": None}
+    else:
+        module, extra = StarGalaxyCNN, {"module__members": members}
     return StarGalaxyNet(
-        module=StarGalaxyCNN,
+        module=module,
         module__in_channels=in_channels, module__width=width, module__depth=depth,
         module__dropout=dropout, module__n_classes=n_classes, module__input_size=input_size,
-        module__members=members,
+        **extra,
         criterion=torch.nn.CrossEntropyLoss,
         optimizer=torch.optim.AdamW, lr=lr, optimizer__weight_decay=weight_decay,
         max_epochs=max_epochs, batch_size=batch_size, train_split=train_split,
@@ -657,10 +691,10 @@ class SkyPipeline(Pipeline):
     """
 
     def _fit(self, X, y=None, routed_params=None, raw_params=None):
-        n_in = _num_samples(X)
+        n_in = n_rows(X)
         Xt, yt = super()._fit(X, y, routed_params=routed_params, raw_params=raw_params)
         if routed_params is not None and len(self.steps):
-            self._align_groups(routed_params, n_in, _num_samples(Xt))
+            self._align_groups(routed_params, n_in, n_rows(Xt))
         return Xt, yt
 
     def _align_groups(self, routed_params, n_in, n_out):
@@ -804,6 +838,77 @@ def make_measured_forest_pipeline(align, cutter, photometry, measured=True, **rf
     fitted = Pipeline([("photo", photometry), ("fit", MeasuredFeatures())])
     union = FeatureUnion([("pixels", pixels), ("measured", fitted if measured else "drop")])
     return Pipeline([("align", align), ("features", union), ("forest", RandomForestClassifier(**params))])
+
+
+class InputUnion(FeatureUnion):
+    """:class:`~sklearn.pipeline.FeatureUnion` whose outputs stay apart: a dict keyed by the names.
+
+    ``InputUnion([('images', Cutter(psf=True)), ('features', measured_pipeline)])`` turns an
+    aligned table into ``{'images': cutouts, 'features': (n, F) array}``, the hybrid CNN's input
+    (the augmenter, PSF channels and scaler work on the images and carry the features along).
+    A transformer set to ``'drop'`` (``inputs__features='drop'``) leaves its key out: without
+    features the dict is just the cutout array.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.preprocessing import FunctionTransformer
+    >>> u = InputUnion([("images", FunctionTransformer(lambda X: X * 2)), ("features", FunctionTransformer())])
+    >>> out = u.fit_transform(np.ones((3, 2)))
+    >>> sorted(out), out["images"][0].tolist()
+    (['features', 'images'], [2.0, 2.0])
+    >>> u.set_params(features="drop").fit_transform(np.ones((3, 2))).shape
+    (3, 2)
+    """
+
+    def _hstack(self, Xs):
+        names = [name for name, _, _ in self._iter()]
+        out = {name: X for name, X in zip(names, Xs)}
+        if set(out) == {"images"}:
+            return out["images"]
+        if "features" in out:
+            out["features"] = np.asarray(out["features"], dtype=np.float32)
+        return out
+
+    def get_feature_names_out(self, input_features=None):
+        """Not defined: the output is a dict of a cutout array and a feature array."""
+        raise AttributeError("InputUnion's output is a dict of cutouts and features; it has no feature names")
+
+
+def make_hybrid_pipeline(align, cutter, photometry, augmenter=None, scaler=None, psf=None, features=True,
+                         **net_params):
+    """The hybrid CNN: cutouts and model-fit measurements in one network (one skorch net).
+
+    ``align -> inputs -> ['augment'] -> ['psf'] -> ['scale'] -> net`` with ``inputs`` an
+    :class:`InputUnion` of ``images`` (``cutter``) and ``features`` (``photometry`` ->
+    :class:`~stargal.features.MeasuredFeatures` -> standardised -> NaN imputed with 0, plus
+    missing-value indicators); the net's module is :class:`~stargal.nets.HybridCNN`. The
+    feature-blind variant is ``inputs__features='drop'`` (or ``features=False``), the PSF-blind
+    one ``cutter.psf=False`` without a ``psf`` step, as for the CNN.
+
+    Examples
+    --------
+    >>> from stargal.align import Aligner
+    >>> from stargal.cutouts import Cutter
+    >>> from stargal.photo import SDSSPhotometry
+    >>> pipe = make_hybrid_pipeline(Aligner(), Cutter(psf=True), SDSSPhotometry(), width=8)
+    >>> [n for n, _ in pipe.steps], pipe.get_params()["net__module"].__name__
+    (['align', 'inputs', 'net'], 'HybridCNN')
+    """
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import StandardScaler
+
+    measured = Pipeline([("photo", photometry), ("fit", MeasuredFeatures()), ("standardise", StandardScaler()),
+                         ("impute", SimpleImputer(strategy="constant", fill_value=0.0, add_indicator=True,
+                                                  keep_empty_features=True))])
+    steps = [("align", align), ("inputs", InputUnion([("images", cutter), ("features", measured if features else "drop")]))]
+    if augmenter is not None:
+        steps.append(("augment", augmenter))
+    if psf is not None:
+        steps.append(("psf", psf))
+    if scaler is not None:
+        steps.append(("scale", scaler))
+    return SkyPipeline(steps + [("net", make_cnn_net(hybrid=True, **net_params))])
 
 
 def make_rule_pipeline(front=None, **rule_params):

@@ -27,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["StarGalaxyCNN"]
+__all__ = ["StarGalaxyCNN", "HybridCNN"]
 
 
 class StarGalaxyCNN(nn.Module):
@@ -167,3 +167,60 @@ class StarGalaxyCNN(nn.Module):
         h = self.features(X)
         h = self.flatten(self.pool(h))
         return self.classifier(self.drop(h))
+
+
+class HybridCNN(nn.Module):
+    """Cutouts *and* measured features -> logits: an image branch and a feature branch, joined.
+
+    The image branch is :class:`StarGalaxyCNN`'s convolution blocks and global pooling; the
+    feature branch a small MLP (``Linear(n_features, feature_width) -> ReLU -> Linear -> ReLU``)
+    on the model-fit measurements (:class:`stargal.features.MeasuredFeatures`, standardised, NaN
+    imputed); the two are concatenated before ``Dropout -> Linear``. ``forward(images,
+    features=None)``: without features (the feature-blind variant) the branch gets zeros, so one
+    architecture serves both and the study can show what the measurements add.
+
+    Parameters
+    ----------
+    in_channels, width, depth, dropout, n_classes, input_size
+        As :class:`StarGalaxyCNN`.
+    n_features : int, default=48
+        Width of the feature input.
+    feature_width : int, default=32
+        Hidden width of the feature branch.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = HybridCNN(in_channels=10, width=8, depth=2, n_features=6)
+    >>> net(torch.zeros(3, 10, 15, 15), torch.zeros(3, 6)).shape
+    torch.Size([3, 2])
+    >>> net(torch.zeros(3, 10, 15, 15)).shape
+    torch.Size([3, 2])
+    """
+
+    def __init__(self, in_channels=10, width=32, depth=3, dropout=0.3, n_classes=2, input_size=15,
+                 n_features=48, feature_width=32):
+        super().__init__()
+        for name, value in (("n_features", n_features), ("feature_width", feature_width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        image = StarGalaxyCNN(in_channels, width, depth, dropout, n_classes, input_size)
+        self.in_channels, self.n_features, self.n_classes = in_channels, n_features, n_classes
+        self.features = image.features
+        self.pool = image.pool
+        self.flatten = nn.Flatten()
+        self.measured = nn.Sequential(nn.Linear(n_features, feature_width), nn.ReLU(),
+                                      nn.Linear(feature_width, feature_width), nn.ReLU())
+        self.drop = nn.Dropout(p=float(dropout), inplace=False)
+        self.classifier = nn.Linear(image.n_features + feature_width, n_classes)
+
+    def forward(self, images, features=None):
+        """Class logits ``(n, n_classes)`` from ``images`` (n, C, H, W) and ``features`` (n, F)."""
+        if images.ndim != 4 or images.shape[1] != self.in_channels:
+            raise ValueError(f"expected cutouts of shape (n, {self.in_channels}, H, W), got {tuple(images.shape)}")
+        if features is None:
+            features = images.new_zeros((images.shape[0], self.n_features))
+        if features.ndim != 2 or features.shape[1] != self.n_features:
+            raise ValueError(f"expected features of shape (n, {self.n_features}), got {tuple(features.shape)}")
+        h = self.flatten(self.pool(self.features(images)))
+        return self.classifier(self.drop(torch.cat([h, self.measured(features)], dim=1)))

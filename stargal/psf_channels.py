@@ -47,6 +47,7 @@ from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._imaging import N_IMAGE_BANDS, psf_fit_flux, split_psf_channels
+from ._validation import join_inputs, split_inputs
 
 __all__ = ["PSFChannels", "PSF_MODES"]
 
@@ -106,7 +107,7 @@ class PSFChannels(TransformerMixin, BaseEstimator):
         self : PSFChannels
         """
         self._validate_params()
-        self._check_X(X)
+        self._check_X(split_inputs(X)[0])
         self.n_channels_out_ = N_IMAGE_BANDS if self.mode == "drop" else 2 * N_IMAGE_BANDS
         return self
 
@@ -122,6 +123,9 @@ class PSFChannels(TransformerMixin, BaseEstimator):
         ndarray of shape (n, n_channels_out_, H, W), float32
         """
         check_is_fitted(self, "n_channels_out_")
+        X, features = split_inputs(X)  # measured features (hybrid CNN) pass through
+        if features is not None:
+            return join_inputs(self.transform(X), features)
         X = self._check_X(X)
         images, psfs = split_psf_channels(X)
         images = images.astype(np.float32, copy=False)

@@ -42,7 +42,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from stargal._imaging import N_IMAGE_BANDS
 from stargal._validation import (InvalidParameterError, Interval, Real, StrOptions, validate_params,
-                                 check_cutouts as _check_cutouts)
+                                 check_cutouts as _check_cutouts, join_inputs, split_inputs)
 from stargal.augment import sky_noise
 
 __all__ = ["AsinhScaler", "MIN_SOFTENING"]
@@ -194,7 +194,7 @@ class AsinhScaler(TransformerMixin, BaseEstimator):
         self : AsinhScaler
         """
         self._check_params()
-        X = self._check_X(X)
+        X = self._check_X(split_inputs(X)[0])
         n_bands = X.shape[1]
         softening = self._resolve_softening(X, n_bands)
         mean = np.zeros(n_bands)
@@ -231,6 +231,9 @@ class AsinhScaler(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "softening_")
         self._check_params()
+        X, features = split_inputs(X)  # measured features (hybrid CNN) pass through
+        if features is not None:
+            return join_inputs(self.transform(X), features)
         X = self._check_X(X)
         self._check_bands(X)
         X = np.where(np.isfinite(X), X, np.float32(0.0)) if self.nan_policy == "zero" else X

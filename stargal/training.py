@@ -107,7 +107,7 @@ def study_table(config=None, fetcher=None, *, sas_url=None, cache_dir=None, fiel
 
 
 #: Model kinds :func:`build_pipeline` builds.
-KINDS = ("cnn", "forest", "rule", "majority")
+KINDS = ("cnn", "hybrid", "forest", "rule", "majority")
 
 
 def build_pipeline(kind: str = "cnn", config=None, *, sas_url=None, cache_dir=None, augmenter=None,
@@ -117,6 +117,9 @@ def build_pipeline(kind: str = "cnn", config=None, *, sas_url=None, cache_dir=No
     ``kind`` is one of :data:`KINDS`:
 
     * ``'cnn'``: ``align -> cut -> [augment] -> [psf] -> scale -> net``;
+    * ``'hybrid'``: the CNN with the model-fit measurements as a second input of its head:
+      ``align -> inputs -> [augment] -> [psf] -> scale -> net`` (``inputs__images__...`` is the
+      cutter, ``inputs__features='drop'`` the feature-blind variant);
     * ``'forest'``: ``align -> features -> forest``, the features a union of aperture photometry of
       the cutouts (``features__pixels__...``) and the model-fit measurements of
       :class:`~stargal.photo.SDSSPhotometry` (``features__measured__...``; ``'drop'`` for the
@@ -132,8 +135,8 @@ def build_pipeline(kind: str = "cnn", config=None, *, sas_url=None, cache_dir=No
     """
     from .align import Aligner
     from .cutouts import Cutter
-    from .models import (make_cnn_pipeline, make_majority_pipeline, make_measured_forest_pipeline,
-                         make_rule_pipeline)
+    from .models import (make_cnn_pipeline, make_hybrid_pipeline, make_majority_pipeline,
+                         make_measured_forest_pipeline, make_rule_pipeline)
     from .photo import SDSSPhotometry
     from .psf_channels import PSFChannels
     from .scale import AsinhScaler
@@ -155,6 +158,9 @@ def build_pipeline(kind: str = "cnn", config=None, *, sas_url=None, cache_dir=No
     if kind == "cnn":
         pipe = make_cnn_pipeline(front=[align, ("cut", cutter(aware))], augmenter=augmenter, scaler=AsinhScaler(),
                                  psf=PSFChannels(mode=psf) if aware else None, **cnn_params(config))
+    elif kind == "hybrid":
+        pipe = make_hybrid_pipeline(align[1], cutter(aware), photometry(), augmenter=augmenter, scaler=AsinhScaler(),
+                                    psf=PSFChannels(mode=psf) if aware else None, **cnn_params(config))
     elif kind == "forest":
         pipe = make_measured_forest_pipeline(align[1], cutter(aware), photometry(), random_state=config.seed)
     elif kind == "rule":
