@@ -211,9 +211,10 @@ def _shapes() -> list[tuple[float, float]]:
 class _Bank:
     """PSF-convolved exp and deV templates of one band's PSF model, per basis image.
 
-    ``T[kind]`` has shape ``(K, J, P)``: K = radii x shapes, J basis images, P = stamp pixels; the
-    template of object n is ``coef[n] @ T[kind][k]`` (unit total flux before the stamp's edge).
-    ``gram[kind][c]`` holds ``sum_p T[k, j, p] T[k, j', p]`` over the disc of radius class ``c``.
+    ``T[kind]`` has shape ``(K, J, P)``: K = radii x shapes, J basis images, P = stamp pixels in
+    order of radius (``order``), so the disc of radius class ``c`` is the first ``n_disc[c]``
+    pixels; the template of object n is ``coef[n] @ T[kind][k]`` (unit total flux before the
+    stamp's edge). ``gram[kind][c]`` holds ``sum_p T[k, j, p] T[k, j', p]`` over that disc.
     """
 
     def __init__(self, basis: np.ndarray, size: int):
@@ -229,6 +230,9 @@ class _Bank:
         kx = np.fft.rfftfreq(_FFT)[None, :]
         yy, xx = np.mgrid[:size, :size] - h
         self.rr = np.hypot(xx, yy).ravel()
+        # pixels ordered by radius: every fit disc is a prefix of the pixel axis
+        self.order = np.argsort(self.rr, kind="stable")
+        self.n_disc = [int((self.rr <= rc).sum()) for rc in _RADIUS_CLASSES]
         self.T, self.Tp, self.gram = {}, {}, {}
         for kind in ("exp", "dev"):
             kappa, F = profile_transform(kind)
@@ -241,11 +245,11 @@ class _Bank:
                 img = np.fft.irfft2(prof[:, None] * bft[None], s=(_FFT, _FFT))
                 img = np.roll(img, (h, h), axis=(2, 3))[:, :, :size, :size]
                 T[:, j] = img
-            T = T.reshape(n_re * n_sh, basis.shape[0], size * size)
+            T = T.reshape(n_re * n_sh, basis.shape[0], size * size)[:, :, self.order]
             self.T[kind] = np.ascontiguousarray(T)
             self.Tp[kind] = np.ascontiguousarray(T.transpose(2, 0, 1))
-            self.gram[kind] = np.stack([np.einsum("kjp,kip->kji", T[:, :, self.rr <= rc], T[:, :, self.rr <= rc],
-                                                  dtype=np.float64) for rc in _RADIUS_CLASSES])
+            self.gram[kind] = np.stack([np.einsum("kjp,kip->kji", T[:, :, :m], T[:, :, :m], dtype=np.float64)
+                                        for m in self.n_disc])
         self.re = np.repeat(RE_GRID_PX, n_sh)  # of each flat template index
         self.n_re, self.n_shapes = n_re, n_sh
 
@@ -382,15 +386,17 @@ def _recentre(image, x, y, bp, mask, sigma, size):
 
 def _fit_radius(d, sigma, usable, rr_img):
     """Radius class per object: annuli grow while their mean is above 2 sigma of that mean."""
-    rad = np.full(len(d), _FIT_RADIUS_MIN)
-    rbin = np.floor(rr_img).astype(int)
-    grow = np.ones(len(d), bool)
+    n = len(d)
+    rad = np.full(n, _FIT_RADIUS_MIN)
+    rbin = np.floor(rr_img).astype(int).ravel()
+    d2, u2 = d.reshape(n, -1), usable.reshape(n, -1)
+    grow = np.ones(n, bool)
     for r in range(int(_FIT_RADIUS_MIN), int(_RADIUS_CLASSES[-1]) + 1):
-        sel = (rbin == r)[None] & usable
-        npx = sel.sum(axis=(1, 2))
-        mean = (d * sel).sum(axis=(1, 2)) / np.maximum(npx, 1)
-        above = (npx > 0) & (mean > 2.0 * sigma / np.sqrt(np.maximum(npx, 1)))
-        grow &= above
+        ring = np.flatnonzero(rbin == r)
+        sel = u2[:, ring]
+        npx = sel.sum(axis=1)
+        mean = np.where(sel, d2[:, ring], 0.0).sum(axis=1) / np.maximum(npx, 1)
+        grow &= (npx > 0) & (mean > 2.0 * sigma / np.sqrt(np.maximum(npx, 1)))
         rad = np.where(grow, r + 1.0, rad)
     classes = np.asarray(_RADIUS_CLASSES)
     return np.minimum(np.searchsorted(classes, np.minimum(rad, classes[-1]) - 1e-9), len(classes) - 1)
@@ -428,53 +434,60 @@ def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, 
     n = len(d)
     rr = bank.rr.reshape(size, size)
     usable = ~mask & np.isfinite(d)
-    d = np.where(usable, d, 0.0)
+    d = np.where(usable, d, 0.0).astype(np.float32)
     cls = _fit_radius(d, sigma, usable, rr)
     radius = np.asarray(_RADIUS_CLASSES)[cls]
     region = usable & (rr[None] <= radius[:, None, None])
-    P = _psf_stamps(coef, basis, size)
+    P = _psf_stamps(coef, basis, size).astype(np.float32)
+    # flattened float32 stamps, float64 sums
+    d2, P2, w2 = d.reshape(n, -1), P.reshape(n, -1), region.reshape(n, -1).astype(np.float32)
+    wP = w2 * P2
     out = {}
     # --- PSF flux
-    ppd = (region * P * d).sum((1, 2))
-    ppp = (region * P * P).sum((1, 2))
-    dd = (region * d * d).sum((1, 2))
+    ppd = (wP * d2).sum(1, dtype=np.float64)
+    ppp = (wP * P2).sum(1, dtype=np.float64)
+    dd = (w2 * d2 * d2).sum(1, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         flux = ppd / ppp
-        var_pix = sigma[:, None, None] ** 2 + np.clip(flux[:, None, None] * P, 0, None) * cal.nmgy_per_count(x)[:, None, None] / cal.gain
-        err = np.sqrt((region * P * P * var_pix).sum((1, 2))) / ppp
+        source = np.clip(flux[:, None] * P2, 0, None) * (cal.nmgy_per_count(x) / cal.gain)[:, None]
+        err = np.sqrt(((wP * P2) * (sigma[:, None] ** 2 + source)).sum(1, dtype=np.float64)) / ppp
         out["psf_flux"], out["psf_flux_err"] = flux, err
         out["chi2_psf"] = (dd - ppd ** 2 / ppp) / sigma ** 2
         out["snr"] = flux / err
-    out["npix"] = region.sum((1, 2)).astype(float)
+    out["npix"] = w2.sum(1, dtype=np.float64)
     # --- saturation: a core far below what point-like wings predict
-    inner = region & (rr[None] > 3.5) & (rr[None] <= 7.0)
-    outer = region & (rr[None] > 7.0) & (rr[None] <= 12.0)
+    r1 = rr.ravel()
+    inner = w2 * ((r1 > 3.5) & (r1 <= 7.0))
+    outer = w2 * ((r1 > 7.0) & (r1 <= 12.0))
     with np.errstate(invalid="ignore", divide="ignore"):
-        f_inner = (inner * d).sum((1, 2)) / (inner * P).sum((1, 2))
-        f_outer = (outer * d).sum((1, 2)) / (outer * P).sum((1, 2))
-        peak_pred = f_inner * P.max(axis=(1, 2)) / nmgy + cal.sky_counts
-        peak_obs = np.where(rr[None] <= 2.0, d, -np.inf).max(axis=(1, 2)) / nmgy + cal.sky_counts
+        f_inner = (inner * d2).sum(1, dtype=np.float64) / (inner * P2).sum(1, dtype=np.float64)
+        f_outer = (outer * d2).sum(1, dtype=np.float64) / (outer * P2).sum(1, dtype=np.float64)
+        peak_pred = f_inner * P2.max(axis=1) / nmgy + cal.sky_counts
+        peak_obs = d2[:, r1 <= 2.0].max(axis=1) / nmgy + cal.sky_counts
         out["saturated"] = (peak_pred > _SAT_COUNTS) & (peak_obs < _SAT_DEFICIT * peak_pred) & \
             (f_outer < _SAT_WING * f_inner)
     # --- r_e cap from the moment size
-    core = usable & (rr[None] <= _MOMENT_RADIUS)
-    wpos = np.clip(d, 0, None) * core
-    tot = wpos.sum((1, 2))
-    msize = np.sqrt((wpos * rr[None] ** 2).sum((1, 2)) / np.where(tot > 0, tot, 1.0))
+    wpos = np.clip(d2, 0, None) * (usable.reshape(n, -1) & (r1 <= _MOMENT_RADIUS))
+    tot = wpos.sum(1, dtype=np.float64)
+    msize = np.sqrt((wpos * (r1 ** 2).astype(np.float32)).sum(1, dtype=np.float64) / np.where(tot > 0, tot, 1.0))
     cap = 4.0 * msize + 3.0
-    # --- exp / deV fits against the bank
-    dflat = (d * region).reshape(n, -1).astype(np.float32)
-    masked_in_disc = ((~usable) & (rr[None] <= radius[:, None, None])).reshape(n, -1)
+    # --- exp / deV fits against the bank (pixels in the bank's radius order: discs are prefixes)
+    order = bank.order
+    dflat = (d2 * w2)[:, order]
+    masked_in_disc = ((~usable) & (rr[None] <= radius[:, None, None])).reshape(n, -1)[:, order]
     best = {}
     for kind in ("exp", "dev"):
         T = bank.T[kind]
         K, J, npx = T.shape
-        B = (T.reshape(K * J, npx) @ dflat.T).reshape(K, J, n).astype(np.float64)
-        b = np.matmul(B.transpose(2, 0, 1), coef[:, :, None])[:, :, 0]
+        T2 = T.reshape(K * J, npx)
+        b = np.empty((n, K))
         A = np.empty((n, K))
         cc = (coef[:, :, None] * coef[:, None, :]).reshape(n, J * J)
         for c in np.unique(cls):
             rows_c = np.flatnonzero(cls == c)
+            m = bank.n_disc[c]
+            B = (T2[:, :m] @ dflat[rows_c, :m].T).reshape(K, J, rows_c.size).astype(np.float64)
+            b[rows_c] = np.matmul(B.transpose(2, 0, 1), coef[rows_c, :, None])[:, :, 0]
             A[rows_c] = cc[rows_c] @ bank.gram[kind][c].reshape(K, J * J).T
         _masked_correction(A, coef, bank.Tp[kind], masked_in_disc)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -508,8 +521,8 @@ def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, 
     # --- cModel: the best linear mix of the two best models
     Me = np.einsum("nj,njp->np", coef, bank.T["exp"][best["exp"]].astype(np.float64))
     Md = np.einsum("nj,njp->np", coef, bank.T["dev"][best["dev"]].astype(np.float64))
-    reg = region.reshape(n, -1)
-    dv = d.reshape(n, -1)
+    reg = w2[:, order]
+    dv = d2[:, order]
     a11, a22, a12 = (reg * Md * Md).sum(1), (reg * Me * Me).sum(1), (reg * Md * Me).sum(1)
     b1, b2 = (reg * Md * dv).sum(1), (reg * Me * dv).sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -574,7 +587,7 @@ def _model_norm(field: Field, psf_model, band: str, size: int) -> float:
         d = resample_stamps(frame.image, x, y, size).astype(np.float64)
         basis, coef = bp.components(x, y)
         res = _measure_band(d, sigma, mask, coef, basis, _bank(psf_model, band, size),
-                            cal.nmgy_per_count(x), cal, size, x, y, frame.pixel_scale)
+                            cal.nmgy_per_count(x), cal, size, x, y, bp.pixel_scale)
         good = (res["snr"] > 50) & ~res["saturated"] & (res["cmodel_flux"] > 0)
         if good.sum() >= 5:
             norm = float(np.median(res["psf_flux"][good] / res["cmodel_flux"][good]))
@@ -609,7 +622,7 @@ def _measure_rows(table: pd.DataFrame, field: Field, psf_model, size: int, recen
         basis, coef = bp.components(x, y)
         nmgy = cals[band].nmgy_per_count(x)
         res = _measure_band(d, sig[:, bi], nmask | ~np.isfinite(d), coef, basis, _bank(psf_model, band, size),
-                            nmgy, cals[band], size, x, y, frame.pixel_scale)
+                            nmgy, cals[band], size, x, y, bp.pixel_scale)
         norm = _model_norm(field, psf_model, band, size)
         for key in ("exp_flux", "dev_flux", "cmodel_flux", "cmodel_flux_err"):
             res[key] = res[key] * norm

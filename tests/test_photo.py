@@ -67,7 +67,9 @@ def test_the_smallest_template_is_the_psf():
     yy, xx = np.mgrid[:25, :25] - 12
     psf = np.exp(-(xx ** 2 + yy ** 2) / (2 * 1.5 ** 2))
     bank = _Bank((psf / psf.sum())[None], 31)
-    point = bank.T["exp"][0, 0].reshape(31, 31)[3:28, 3:28]
+    point = np.empty(31 * 31)
+    point[bank.order] = bank.T["exp"][0, 0]  # the bank keeps its pixels in order of radius
+    point = point.reshape(31, 31)[3:28, 3:28]
     np.testing.assert_allclose(point, psf / psf.sum(), atol=2e-4)
     assert abs(bank.T["dev"][-1, 0].sum() - 1.0) > 0.05  # the broadest template is cut by the stamp
 
@@ -147,7 +149,7 @@ def test_masked_centre(field):
 
     res = field["phot"].measure_field(field["table"].iloc[[0, 2]], InjectedField(base, images))
     assert res["fit_flag"].tolist() == ["masked_centre", ""]
-    assert abs(res["type_stat"].iloc[1] - field["result"]["type_stat"].iloc[2]) < 1e-9
+    assert abs(res["type_stat"].iloc[1] - field["result"]["type_stat"].iloc[2]) < 1e-4  # float32 products
 
 
 def test_bad_input_is_refused_clearly(field):
