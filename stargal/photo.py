@@ -40,8 +40,8 @@ What is measured (per object and band, nanomaggies)
    (a *bank*), and all objects are scored against all templates with matrix products.
 8. **cModel.** The best linear mix of the best exponential and de Vaucouleurs models:
    ``fracDeV`` clipped to [0, 1], ``cModel = fracDeV dev + (1 - fracDeV) exp``. Model fluxes are
-   normalised so that the field's bright PSF stars have cModel = PSF flux (one factor per field
-   and band, from the PSF model's own stars; no catalog).
+   normalised so that the field's bright PSF stars have cModel = PSF flux (one factor per field,
+   band and fit radius, from the PSF model's own stars fitted over that radius; no catalog).
 9. **Type statistic** (:func:`type_statistic`): PSF and cModel *counts* (nanomaggies /
    ``nmgy_per_count``) summed over the bands where the object is detected (PSF S/N >=
    :data:`DETECTION_SNR`) and not saturated, ``2.5 log10(cModel / PSF)``.
@@ -429,13 +429,16 @@ def _parabola(cm, c0, cp):
 
 
 # ----------------------------------------------------------------------------- one band
-def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, y, pixel_scale):
-    """All measurements of one band for ``n`` stamps (``d`` in nanomaggies, NaN allowed)."""
+def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, y, pixel_scale, force_class=None):
+    """All measurements of one band for ``n`` stamps (``d`` in nanomaggies, NaN allowed).
+
+    ``force_class``: fit every object over that radius class (the normalisation's bright stars).
+    """
     n = len(d)
     rr = bank.rr.reshape(size, size)
     usable = ~mask & np.isfinite(d)
     d = np.where(usable, d, 0.0).astype(np.float32)
-    cls = _fit_radius(d, sigma, usable, rr)
+    cls = _fit_radius(d, sigma, usable, rr) if force_class is None else np.full(n, int(force_class))
     radius = np.asarray(_RADIUS_CLASSES)[cls]
     region = usable & (rr[None] <= radius[:, None, None])
     P = _psf_stamps(coef, basis, size).astype(np.float32)
@@ -455,6 +458,7 @@ def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, 
         out["chi2_psf"] = (dd - ppd ** 2 / ppp) / sigma ** 2
         out["snr"] = flux / err
     out["npix"] = w2.sum(1, dtype=np.float64)
+    out["_class"] = cls
     # --- saturation: a core far below what point-like wings predict
     r1 = rr.ravel()
     inner = w2 * ((r1 > 3.5) & (r1 <= 7.0))
@@ -565,14 +569,16 @@ def _fwhm_at(psf_model, band: str, x, y) -> np.ndarray:
     return interp(np.column_stack([np.clip(y, 0, ny - 1), np.clip(x, 0, nx - 1)]))
 
 
-def _model_norm(field: Field, psf_model, band: str, size: int) -> float:
-    """cModel/PSF normalisation of a band: median PSF/cModel of the PSF model's own bright stars."""
+def _model_norm(field: Field, psf_model, band: str, size: int) -> np.ndarray:
+    """cModel/PSF normalisation of a band, per fit-radius class: the median PSF/cModel flux ratio of
+    the PSF model's own bright stars fitted over that radius (a PSF model's small errors in its wings
+    change the ratio with the radius, so faint objects, fitted over small discs, get their own)."""
     bp = psf_model.models[band]
     key = (str(field.fetcher.cache_dir), psf_model.fid, band, bp.source, bp.n_stars, size)
     with _LOCK:
         if key in _NORMS:
             return _NORMS[key]
-    norm = 1.0
+    norm = np.ones(len(_RADIUS_CLASSES))
     xy = np.asarray(bp.star_xy, float).reshape(-1, 2)
     if len(xy) >= 5:
         frame = field.frame(band)
@@ -580,17 +586,17 @@ def _model_norm(field: Field, psf_model, band: str, size: int) -> float:
         x, y = xy[:, 0], xy[:, 1]
         sigma = _sky_sigma(cal, frame, x)
         d = resample_stamps(frame.image, x, y, size).astype(np.float64)
-        snr = _detection_snr(d[:, None], sigma[:, None])
-        mask = _neighbour_mask(snr)
-        rr = _grid(size)
+        mask = _neighbour_mask(_detection_snr(d[:, None], sigma[:, None]))
         x, y = _recentre(frame.image, x, y, bp, mask, sigma, size)
         d = resample_stamps(frame.image, x, y, size).astype(np.float64)
         basis, coef = bp.components(x, y)
-        res = _measure_band(d, sigma, mask, coef, basis, _bank(psf_model, band, size),
-                            cal.nmgy_per_count(x), cal, size, x, y, bp.pixel_scale)
-        good = (res["snr"] > 50) & ~res["saturated"] & (res["cmodel_flux"] > 0)
-        if good.sum() >= 5:
-            norm = float(np.median(res["psf_flux"][good] / res["cmodel_flux"][good]))
+        bank = _bank(psf_model, band, size)
+        for c in range(len(_RADIUS_CLASSES)):
+            res = _measure_band(d, sigma, mask, coef, basis, bank, cal.nmgy_per_count(x), cal, size, x, y,
+                                bp.pixel_scale, force_class=c)
+            good = (res["snr"] > 50) & ~res["saturated"] & (res["cmodel_flux"] > 0)
+            if good.sum() >= 5:
+                norm[c] = float(np.median(res["psf_flux"][good] / res["cmodel_flux"][good]))
     with _LOCK:
         _NORMS[key] = norm
     return norm
@@ -623,7 +629,7 @@ def _measure_rows(table: pd.DataFrame, field: Field, psf_model, size: int, recen
         nmgy = cals[band].nmgy_per_count(x)
         res = _measure_band(d, sig[:, bi], nmask | ~np.isfinite(d), coef, basis, _bank(psf_model, band, size),
                             nmgy, cals[band], size, x, y, bp.pixel_scale)
-        norm = _model_norm(field, psf_model, band, size)
+        norm = _model_norm(field, psf_model, band, size)[res.pop("_class")]
         for key in ("exp_flux", "dev_flux", "cmodel_flux", "cmodel_flux_err"):
             res[key] = res[key] * norm
         res["psf_fwhm"] = _fwhm_at(psf_model, band, x, y)
