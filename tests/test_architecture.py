@@ -25,7 +25,9 @@ LAYERS: list[set[str]] = [
     {"fetch"},                                                   # data source
     {"window", "frames", "catalogs", "config", "split"},         # where things are; the study
     {"registration", "align"},                                   # per-band positions
-    {"psf"},                                                     # PSF models
+    {"psf_model"},                                               # PSF model classes
+    {"psf_stars", "psfield"},                                    # PSF models from stars, psField
+    {"psf"},                                                     # the PSF of a field (cached)
     {"cutouts"},                                                 # cutouts
     {"augment", "psf_channels", "scale", "features", "synth", "inject"},  # cutout -> model input (synthetic sources too)
     {"nets", "models"},                                          # estimators
