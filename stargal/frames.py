@@ -34,7 +34,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
-from ._imaging import mad_std
+from ._imaging import frame_sky_noise
 from ._io import atomic_write_bytes as _atomic_write_bytes
 from .fetch import FetchError, NotFoundError, get_fetcher
 from .sdss import BANDS, FieldID, frame_path
@@ -44,8 +44,6 @@ __all__ = [
     "Field",
     "open_field",
     "MissingBandError",
-    "NoFieldError",
-    "robust_sky_noise",
     "calibration_path",
     "load_calibration",
     "read_frame_calibration",
@@ -65,32 +63,6 @@ class MissingBandError(FileNotFoundError):
         super().__init__(msg + (f" ({detail})" if detail else ""))
 
 
-class NoFieldError(LookupError):
-    """Coordinates fall outside every available field."""
-
-
-def robust_sky_noise(image: np.ndarray, sample: int = 200_000, seed: int = 0) -> tuple[float, float]:
-    """Median and robust standard deviation (1.4826 MAD, 3-sigma clipped) of an image.
-
-    Returns ``(median, sigma)`` in the image's units (nanomaggies for frames). A random
-    subsample of ``sample`` pixels keeps this fast; sources are removed by clipping.
-    """
-    flat = np.asarray(image, dtype=np.float32).ravel()
-    flat = flat[np.isfinite(flat)]
-    if flat.size == 0:
-        return float("nan"), float("nan")
-    if flat.size > sample:
-        flat = np.random.default_rng(seed).choice(flat, sample, replace=False)
-    med, sig = np.median(flat), mad_std(flat)
-    for _ in range(3):
-        keep = np.abs(flat - med) < 3 * max(sig, 1e-12)
-        if keep.sum() < 100:
-            break
-        med = np.median(flat[keep])
-        sig = mad_std(flat[keep])
-    return float(med), float(sig)
-
-
 class Frame:
     """One band of one field: image (nanomaggies), WCS and sky statistics.
 
@@ -107,7 +79,8 @@ class Frame:
     wcs : astropy.wcs.WCS, optional
         Celestial WCS; built from ``header`` on first use when omitted.
     sky_median, sky_noise : float
-        Robust median and standard deviation of the (sky-subtracted) image, nanomaggies.
+        Robust median and standard deviation of the (sky-subtracted) image, nanomaggies
+        (:func:`stargal._imaging.frame_sky_noise`).
     header : astropy.io.fits.Header or str, optional
         The frame's primary header (a string is parsed on first use).
 
@@ -376,7 +349,7 @@ def load_frame(fid: FieldID | str, band: str, fetcher=None, *, sas_url=None, cac
             header, image, (calib, sky_counts) = fetcher.read(rel, _read_frame_file)
         except NotFoundError as exc:
             raise MissingBandError(fid, [band], str(exc)) from exc
-        sky_median, sky_noise = robust_sky_noise(image)
+        sky_median, sky_noise = frame_sky_noise(image)
         meta = {
             "version": _CACHE_VERSION,
             "relpath": rel,

@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "stargal"
 
 #: The pipeline order, earliest step first.
 LAYERS: list[set[str]] = [
-    {"sdss", "_io", "_validation", "_cutout_kernels", "_imaging"},  # identifiers, files, checks, images
+    {"sdss", "_io", "_validation", "_cutout_kernels", "_imaging", "_transforms"},  # identifiers, files, checks, images
     {"fetch"},                                                   # data source
     {"window", "frames", "catalogs", "config", "split"},         # where things are; the study
     {"registration", "align"},                                   # per-band positions
@@ -35,7 +35,7 @@ LAYERS: list[set[str]] = [
     {"training", "persist", "predict", "explain", "cli"},        # workflows
 ]
 #: Private modules whose underscore names the other modules may use.
-SHARED_PRIVATE = {"_imaging", "_io", "_validation", "_cutout_kernels"}
+SHARED_PRIVATE = {"_imaging", "_io", "_validation", "_cutout_kernels", "_transforms"}
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 
