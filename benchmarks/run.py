@@ -147,7 +147,7 @@ def _default_sas_url() -> str | None:
 
 # ----------------------------------------------------------------------------- benchmarks
 def _engine_note() -> str:
-    from stargal.cutouts import _numba_threads, numba_available
+    from stargal._imaging import _numba_threads, numba_available
 
     if not numba_available():
         return "numpy engine (numba not available)"

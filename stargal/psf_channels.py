@@ -43,10 +43,10 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._imaging import N_IMAGE_BANDS, psf_fit_flux, split_psf_channels
+from ._validation import StrOptions
 
 __all__ = ["PSFChannels", "PSF_MODES"]
 

@@ -10,6 +10,7 @@ from sklearn.base import clone
 from sklearn.pipeline import make_pipeline
 
 from stargal.align import Aligner
+import stargal._imaging as imaging_module
 import stargal.cutouts as cutouts_module
 from stargal.cutouts import Cutter, centroid_offsets, kernel_weights, numba_available, resample_stamps
 from stargal.sdss import BANDS
@@ -171,8 +172,8 @@ def test_numba_failure_falls_back_to_numpy(monkeypatch):
         def resample_serial(*args):
             raise RuntimeError("simulated compilation failure")
 
-    monkeypatch.setitem(cutouts_module._NUMBA_STATE, "kernels", Broken)
-    monkeypatch.setitem(cutouts_module._NUMBA_STATE, "error", None)
+    monkeypatch.setitem(imaging_module._NUMBA_STATE, "kernels", Broken)
+    monkeypatch.setitem(imaging_module._NUMBA_STATE, "error", None)
     image = np.arange(400, dtype=np.float32).reshape(20, 20)
     with pytest.warns(RuntimeWarning, match="numba resampling failed.*numpy engine"):
         out = resample_stamps(image, [10.0], [9.0], 3)
