@@ -5,7 +5,7 @@ import pytest
 
 from stargal.config import load_config
 from stargal.frames import Field
-from stargal.split import in_footprints, min_separation_arcsec
+from stargal.frames import in_footprints, min_separation_arcsec
 from stargal.training import CNN_PARAM_NAMES, build_pipeline, cnn_param_grid, parse_param_overrides, study_table
 
 
