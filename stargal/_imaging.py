@@ -29,7 +29,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ._validation import check_cutouts
 from .sdss import BANDS, PIXEL_SCALE_ARCSEC
 
-__all__ = ["CUTOUT_SIZE", "N_IMAGE_BANDS", "MAD_TO_SIGMA", "MAD_TO_SIGMA_EXACT", "mad_std",
+__all__ = ["CUTOUT_SIZE", "N_IMAGE_BANDS", "PSF_MODES", "MAD_TO_SIGMA", "MAD_TO_SIGMA_EXACT", "mad_std",
            "frame_sky_noise", "cutout_sky_noise", "border_pixels", "border_median",
            "split_psf_channels", "FWHM_PER_SIGMA", "moment_fwhm", "psf_channels_moment_fwhm",
            "half_max_area_fwhm", "psf_fit_flux", "aperture_flux", "point_source_ratio",
@@ -42,6 +42,10 @@ CUTOUT_SIZE = 15
 
 #: Number of image channels of a cutout; PSF-aware cutouts carry as many PSF channels after them.
 N_IMAGE_BANDS = len(BANDS)
+
+#: What the network is shown of the PSF channels (:class:`stargal.psf_channels.PSFChannels`'s
+#: ``mode``, the study config's ``psf``): ``'none'`` is PSF-blind.
+PSF_MODES = ("scaled", "residual", "unit", "none")
 
 #: FWHM / sigma of a Gaussian, ``2 sqrt(2 ln 2)`` (2.35482...).
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))

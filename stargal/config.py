@@ -36,7 +36,7 @@ from importlib import resources
 from numbers import Integral
 from pathlib import Path
 
-from stargal._imaging import CUTOUT_SIZE
+from stargal._imaging import CUTOUT_SIZE, PSF_MODES
 from stargal._validation import is_real as _is_real
 from stargal.sdss import FieldID
 
@@ -62,8 +62,9 @@ CNN_KEYS: tuple[str, ...] = tuple(k for k in CNN_PARAM_NAMES if k != "cutout_siz
 
 _DEFAULT_RESOURCE = ("stargal", "data/study.toml")
 
-#: Values of the ``psf`` key: a :class:`stargal.psf_channels.PSFChannels` mode, or ``'none'``.
-PSF_CONFIG_MODES = ("scaled", "residual", "unit", "none")
+#: Values of the ``psf`` key: the :class:`stargal.psf_channels.PSFChannels` modes (``'none'``:
+#: PSF-blind).
+PSF_CONFIG_MODES = PSF_MODES
 
 # Scalar settings stored under [study] in the TOML file (flat attributes of StudyConfig).
 _STUDY_KEYS = (

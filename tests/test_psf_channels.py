@@ -46,13 +46,13 @@ def test_psf_fit_flux_recovers_star_flux():
     assert np.all(f[y == 1] < flux[y == 1, None])  # extended: the PSF explains less of it
 
 
-@pytest.mark.parametrize("mode", ["scaled", "residual", "unit", "drop"])
+@pytest.mark.parametrize("mode", ["scaled", "residual", "unit", "none"])
 def test_psf_channels_modes(mode):
     X, y, flux = psf_aware_stack(noise=0.0)
     step = PSFChannels(mode=mode).fit(X)
     Xt = step.transform(X)
     assert Xt.dtype == np.float32 and len(Xt) == len(X)
-    assert Xt.shape[1] == step.n_channels_out_ == (5 if mode == "drop" else 10)
+    assert Xt.shape[1] == step.n_channels_out_ == (5 if mode == "none" else 10)
     np.testing.assert_array_equal(Xt[:, :5], X[:, :5])
     stars = y == 0
     if mode == "scaled":  # a star's scaled PSF is the star
@@ -63,6 +63,16 @@ def test_psf_channels_modes(mode):
         assert np.abs(Xt[~stars, 5:]).max() > 0.05
     elif mode == "unit":
         np.testing.assert_array_equal(Xt, X)
+
+
+def test_drop_is_a_deprecated_name_of_none():
+    X, _, _ = psf_aware_stack(n=8, noise=0.0)
+    with pytest.warns(FutureWarning, match="mode='none'"):
+        old = PSFChannels(mode="drop").fit(X)
+    np.testing.assert_array_equal(old.transform(X), PSFChannels(mode="none").fit_transform(X))
+    assert old.n_channels_out_ == 5
+    with pytest.raises(ValueError, match="mode"):
+        PSFChannels(mode="blind").fit(X)
 
 
 def test_psf_channels_rejects_psf_blind_cutouts_and_bad_mode():
@@ -89,7 +99,7 @@ def test_cnn_takes_channel_count_from_data_and_round_trips(tmp_path):
     pipe.fit(X, y, net__groups=groups)
     net = pipe.named_steps["net"]
     assert net.n_channels_in_ == 10 and net.module_.in_channels == 10
-    blind = clone(pipe).set_params(psf__mode="drop").fit(X, y, net__groups=groups)
+    blind = clone(pipe).set_params(psf__mode="none").fit(X, y, net__groups=groups)
     assert blind.named_steps["net"].module_.in_channels == 5
     save_model(pipe, tmp_path / "m.stargal")
     again = load_model(tmp_path / "m.stargal")

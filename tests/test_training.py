@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from stargal.config import load_config
-from stargal.frames import Field
-from stargal.frames import in_footprints, min_separation_arcsec
+from stargal.frames import Field, in_footprints, min_separation_arcsec
 from stargal.training import CNN_PARAM_NAMES, build_pipeline, cnn_param_grid, parse_param_overrides, study_table
 
 
@@ -20,6 +19,14 @@ def test_param_overrides_and_grid_mapping():
     assert all(name in params for name in CNN_PARAM_NAMES.values())
     assert [n for n, _ in pipe.steps] == ["align", "cut", "psf", "scale", "net"]  # PSF-aware by default
     assert [n for n, _ in build_pipeline("cnn", psf="none").steps] == ["align", "cut", "scale", "net"]
+    # PSF-blind under either name: the same pipelines, and no PSF stamps are cut (for the forest too)
+    for kind in ("cnn", "forest"):
+        blind = build_pipeline(kind, psf="none")
+        with pytest.warns(FutureWarning, match="psf='none'"):
+            old = build_pipeline(kind, psf="drop")
+        assert [n for n, _ in old.steps] == [n for n, _ in blind.steps]
+        assert old.get_params()["cut__psf"] is blind.get_params()["cut__psf"] is False
+        assert build_pipeline(kind, psf="scaled").get_params()["cut__psf"] is True
     with pytest.raises(ValueError, match="unknown model kind"):
         build_pipeline("svm")
 
