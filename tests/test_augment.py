@@ -382,6 +382,18 @@ def test_clone_pickle_and_sampler_api():
     assert is_sampler(aug)
 
 
+def test_label_options_are_validated_against_their_own_values():
+    from stargal.augment import NOISE_LABELS, SEEING_BANDS, SEEING_LABELS
+
+    X, y = gaussian_sources(4), labels(4, 2)
+    for name, values in (("noise_labels", NOISE_LABELS), ("seeing_labels", SEEING_LABELS),
+                         ("seeing_bands", SEEING_BANDS)):
+        for value in values:
+            CutoutAugmenter(**{name: value}).fit(X, y)
+        with pytest.raises(ValueError, match=name):
+            CutoutAugmenter(**{name: "independent" if name != "seeing_bands" else "keep"}).fit(X, y)
+
+
 def test_one_technique_at_a_time():
     for name in TECHNIQUES:
         params = single_technique(name, n_copies=2, random_state=0).get_params()
