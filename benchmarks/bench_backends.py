@@ -35,5 +35,6 @@ def bench_tuning_backends(ctx) -> list[Result]:
     by = frame.set_index("backend")
     seq = float(by.loc[SEQ_LABEL, "wall_time_s"])
     return [Result(f"grid search wall time: {name} vs sequential", ours=float(row["wall_time_s"]),
-                   baseline=seq, unit="s", note="one small CNN grid search; workers warmed up first")
+                   baseline=seq, unit="s",
+                   note="one small CNN grid search; workers warmed up first")
             for name, row in by.iterrows() if name != SEQ_LABEL]

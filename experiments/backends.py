@@ -233,12 +233,14 @@ def _dask_timing(ctx, timed) -> float:
 
 def backends_markdown(frame: pd.DataFrame) -> str:
     """The timing table (:func:`backend_timing`'s frame) as Markdown."""
-    lines = ["| backend | concurrent fits | torch threads / worker | fits | wall s | speedup vs n_jobs=1 "
+    lines = ["| backend | concurrent fits | torch threads / worker | fits | wall s "
+             "| speedup vs n_jobs=1 "
              "| speedup vs 1-thread sequential | load avg at start | best MCC | same best params |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in frame.itertuples(index=False):
         lines.append(f"| {r.backend} | {r.workers} | {r.torch_threads_per_worker} | {r.n_fits} | "
                      f"{_fmt(r.wall_time_s, 1)} | {_fmt(r.speedup_vs_sequential, 2)} | "
-                     f"{_fmt(r.speedup_vs_sequential_1thread, 2)} | {_fmt(r.load_avg_1min_at_start, 1)} | "
+                     f"{_fmt(r.speedup_vs_sequential_1thread, 2)} | "
+                     f"{_fmt(r.load_avg_1min_at_start, 1)} | "
                      f"{_fmt(r.best_mcc)} | {'yes' if r.same_best_params else 'no'} |")
     return "\n".join(lines)

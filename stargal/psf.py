@@ -93,8 +93,8 @@ def _try_psfield(field: Field, bands, shape):
     try:
         return psfield_psf(field.fid, field.fetcher, bands=bands, shape=shape)
     except (FetchError, OSError, ValueError, KeyError, IndexError) as exc:
-        _warn(f"field {field.fid}: the psField {psfield_path(field.fid)} could not be used ({exc}); "
-              "treating it as absent")
+        _warn(f"field {field.fid}: the psField {psfield_path(field.fid)} could not be used "
+              f"({exc}); treating it as absent")
         return None
 
 

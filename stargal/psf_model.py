@@ -178,29 +178,35 @@ class BandPSF:
         return out.reshape(np.shape(x))
 
     def to_dict(self) -> dict:
+        phase = None if self.phase_images is None else np.round(self.phase_images, 9).tolist()
         return {"band": self.band, "images": np.round(self.images, 9).tolist(),
                 "powers": [list(map(int, p)) for p in self.powers],
                 "origin": [float(v) for v in self.origin], "scale": [float(v) for v in self.scale],
-                "shape": [int(v) for v in self.shape], "source": self.source, "n_stars": int(self.n_stars),
-                "degree": int(self.degree), "pixel_scale": float(self.pixel_scale),
+                "shape": [int(v) for v in self.shape], "source": self.source,
+                "n_stars": int(self.n_stars), "degree": int(self.degree),
+                "pixel_scale": float(self.pixel_scale),
                 "star_xy": np.round(np.asarray(self.star_xy, float), 4).tolist(), "note": self.note,
-                "phase_images": None if self.phase_images is None else np.round(self.phase_images, 9).tolist()}
+                "phase_images": phase}
 
     @classmethod
     def from_dict(cls, d: dict) -> "BandPSF":
         images = np.asarray(d["images"], dtype=np.float64)
-        if images.ndim != 3 or images.shape[1] != images.shape[2] or images.shape[0] != len(d["powers"]):
+        if (images.ndim != 3 or images.shape[1] != images.shape[2]
+                or images.shape[0] != len(d["powers"])):
             raise ValueError(f"bad PSF basis images of shape {images.shape}")
         if d["source"] not in SOURCES:
             raise ValueError(f"unknown PSF source {d['source']!r}")
-        return cls(d["band"], images, [tuple(p) for p in d["powers"]], tuple(d["origin"]), tuple(d["scale"]),
-                   tuple(d["shape"]), d["source"], int(d["n_stars"]), int(d["degree"]), float(d["pixel_scale"]),
+        phase = d.get("phase_images")
+        return cls(d["band"], images, [tuple(p) for p in d["powers"]], tuple(d["origin"]),
+                   tuple(d["scale"]), tuple(d["shape"]), d["source"], int(d["n_stars"]),
+                   int(d["degree"]), float(d["pixel_scale"]),
                    np.asarray(d["star_xy"], float).reshape(-1, 2), d.get("note", ""),
-                   None if d.get("phase_images") is None else np.asarray(d["phase_images"], dtype=np.float64))
+                   None if phase is None else np.asarray(phase, dtype=np.float64))
 
 
 def _check_size(size, stored: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1 or size % 2 == 0:
+    if (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1
+            or size % 2 == 0):
         raise ValueError(f"PSF stamp size must be a positive odd integer, got {size!r}")
     if size > stored:
         raise ValueError(f"PSF stamp size {size} exceeds the stored model's {stored} px")
@@ -239,7 +245,8 @@ class FieldPSF:
     >>> psf.source["g"], psf.n_stars["g"]
     ('gaussian', 0)
     >>> psf2 = FieldPSF.from_dict(psf.to_dict())
-    >>> bool(np.allclose(psf2.stamps("g", [10.0], [20.0]), psf.stamps("g", [10.0], [20.0]), atol=1e-8))
+    >>> a, b = psf2.stamps("g", [10.0], [20.0]), psf.stamps("g", [10.0], [20.0])
+    >>> bool(np.allclose(a, b, atol=1e-8))
     True
     """
 
@@ -265,13 +272,15 @@ class FieldPSF:
         return {b: m.note for b, m in self.models.items()}
 
     def __repr__(self) -> str:
-        parts = ", ".join(f"{b}: {m.source} n={m.n_stars} deg={m.degree}" for b, m in self.models.items())
+        parts = ", ".join(f"{b}: {m.source} n={m.n_stars} deg={m.degree}"
+                          for b, m in self.models.items())
         return f"FieldPSF({self.fid!r}; {parts})"
 
     def _model(self, band: str) -> BandPSF:
         if band not in self.models:
             if band in BANDS:
-                raise MissingBandError(self.fid, [band], "no PSF model: the field has no frame in this band")
+                raise MissingBandError(self.fid, [band],
+                                       "no PSF model: the field has no frame in this band")
             raise ValueError(f"unknown SDSS band {band!r}; expected one of {', '.join(BANDS)}")
         return self.models[band]
 

@@ -62,25 +62,27 @@ DEFAULT_SEEING_ARCSEC = 1.4
 
 #: Star selection and fitting parameters of :func:`estimate_psf` (pixels unless stated).
 PSF_CRITERIA = {
-    "isolation_px": 12.0,      # no other local maximum brighter than neighbour_frac x peak within this
+    "isolation_px": 12.0,      # no other local maximum brighter than neighbour_frac x peak within
     "neighbour_frac": 0.1,
     "neighbour_snr": 5.0,      # local maxima counted as neighbours: peak S/N above this
     "bright_px": 30.0,         # no brighter source within this (its wings would reach the stamp)
     "bg_inner_px": 13.0,       # background annulus of the resampled stamp
     "bg_outer_px": 16.0,
     "flux_px": 10.0,           # each star is normalised to unit flux within this radius
-    "snr_cap": 100.0,          # star weight = min(S/N, snr_cap)^2 (inverse variance; the cap stops a
-                               # handful of the very brightest stars from being the whole model: with
-                               # 500, the 25 brightest of 8162-6-80's 246 r stars, narrower than the
-                               # rest, made the model 4.6 % narrower than the median star; with 100
-                               # the model matches its own stars within 2.6 % in every band of every
-                               # mirror field, `experiments/seeing.star_check`)
+    "snr_cap": 100.0,          # star weight = min(S/N, snr_cap)^2 (inverse variance; the cap
+                               # stops a handful of the very brightest stars from being the whole
+                               # model: with 500, the 25 brightest of 8162-6-80's 246 r stars,
+                               # narrower than the rest, made the model 4.6 % narrower than the
+                               # median star; with 100 the model matches its own stars within
+                               # 2.6 % in every band of every mirror field,
+                               # `experiments/seeing.star_check`)
     "pixel_clip": 5.0,         # pixel residual (sigma) above which a pixel is masked
-    "pixel_floor": 0.1,        # fractional model error in that sigma (a loose model never masks good pixels)
+    "pixel_floor": 0.1,        # fractional model error in that sigma (a loose model never masks
+                               # good pixels)
     "star_clip": 5.0,          # core chi above median + star_clip x robust sigma: star rejected
     "core_px": 4.0,            # radius of the core used for the star-level statistic
-    "wing_px": 6.0,            # beyond this radius only a constant (no spatial or phase term) is fitted
-    "model_floor": 0.15,       # fractional model error in the core statistic (only gross outliers go)
+    "wing_px": 6.0,            # beyond this radius only a constant (no spatial or phase term)
+    "model_floor": 0.15,       # fractional model error in the core statistic (gross outliers go)
     "gain": 4.0,               # electrons per count assumed for the Poisson noise (S/N, clipping)
     "n_iter": 4,
 }
@@ -104,7 +106,7 @@ _ISOLATION = weakref.WeakKeyDictionary()  # Field -> (reference positions, isola
 
 
 def _isolated_for_psf(field: Field, refs) -> np.ndarray:
-    """Stricter isolation at the scale of the PSF stamp, measured in the r frame (memoised per Field)."""
+    """Stricter isolation at the scale of the PSF stamp, in the r frame (memoised per Field)."""
     pts = np.column_stack([refs["x_r"].to_numpy(float), refs["y_r"].to_numpy(float)])
     memo = _ISOLATION.get(field)
     if memo is not None and memo[0].shape == pts.shape and np.array_equal(memo[0], pts):
@@ -141,7 +143,8 @@ def _isolation_mask(field: Field, refs) -> np.ndarray:
             continue
         d = np.hypot(lx[near] - xr[i], ly[near] - yr[i])
         other = d > 2.0  # the star itself
-        close = other & (d <= crit["isolation_px"]) & (lval[near] > crit["neighbour_frac"] * peak[i])
+        close = (other & (d <= crit["isolation_px"])
+                 & (lval[near] > crit["neighbour_frac"] * peak[i]))
         brighter = other & (lval[near] > peak[i])
         keep[i] = not (close.any() or brighter.any())
     return keep
@@ -182,7 +185,8 @@ def psf_star_table(field, band: str, size: int = PSF_STAMP):
     frame = field.frame(band)
     refs = _references(field)
     empty = {"x": np.zeros(0), "y": np.zeros(0), "stamps": np.zeros((0, size, size), np.float32),
-             "noise": float(frame.sky_noise), "nmgy": np.nan, "size_px": np.zeros(0), "n_candidates": 0}
+             "noise": float(frame.sky_noise), "nmgy": np.nan, "size_px": np.zeros(0),
+             "n_candidates": 0}
     if len(refs) == 0:
         return empty
     ok = refs[f"ok_{band}"].to_numpy(bool).copy()
@@ -217,7 +221,8 @@ def psf_star_table(field, band: str, size: int = PSF_STAMP):
     header = frame.header
     nmgy = header.get("NMGY") if header is not None else None
     return {"x": x, "y": y, "stamps": stamps, "noise": float(frame.sky_noise),
-            "nmgy": float(nmgy) if nmgy else np.nan, "size_px": size_px, "n_candidates": int(ok.sum())}
+            "nmgy": float(nmgy) if nmgy else np.nan, "size_px": size_px,
+            "n_candidates": int(ok.sum())}
 
 
 def _fit_stack(stamps, x, y, shape, noise, nmgy, degree, phase=True):
@@ -225,8 +230,8 @@ def _fit_stack(stamps, x, y, shape, noise, nmgy, degree, phase=True):
 
     With ``phase``, two more regressors, even functions of each star's sub-pixel phase
     (:func:`stargal.psf_model.phase_terms`), absorb the blur that resampling adds to a sharp
-    (near-critically sampled) PSF when its centroid is far from a pixel centre; the model is then evaluated at
-    phase 0, i.e. it is the PSF as sampled with its centroid on a pixel centre.
+    (near-critically sampled) PSF when its centroid is far from a pixel centre; the model is then
+    evaluated at phase 0, i.e. it is the PSF as sampled with its centroid on a pixel centre.
 
     Returns ``(images (T, S, S), powers, used (n,) bool, phase_images (2, S, S) or None)``.
     """
@@ -274,7 +279,8 @@ def _fit_stack(stamps, x, y, shape, noise, nmgy, degree, phase=True):
             if used.sum() < max(MIN_STARS, A.shape[1]):
                 used = good.copy()
             # pixel level, outside the core: neighbours, cosmic rays, bad columns
-            mask = np.abs(resid) <= crit["pixel_clip"] * np.sqrt(sig0**2 + (crit["pixel_floor"] * mabs) ** 2)
+            sig_pix = np.sqrt(sig0**2 + (crit["pixel_floor"] * mabs) ** 2)
+            mask = np.abs(resid) <= crit["pixel_clip"] * sig_pix
             mask[:, core] = True
         W = mask * (weight * used)[:, None]  # (n, P)
         G = np.einsum("np,nt,nu->ptu", W, A, A, optimize=True)  # (P, T, T)
@@ -328,7 +334,8 @@ def estimate_psf(field, band: str, *, degree: int = 1, size: int = PSF_STAMP) ->
     """
     if degree not in (0, 1):
         raise ValueError(f"degree must be 0 or 1, got {degree!r}")
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 15 or size % 2 == 0:
+    if (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 15
+            or size % 2 == 0):
         raise ValueError(f"size must be an odd integer >= 15, got {size!r}")
     if not isinstance(field, Field):
         field = Field(field)
@@ -336,18 +343,21 @@ def estimate_psf(field, band: str, *, degree: int = 1, size: int = PSF_STAMP) ->
     stars = psf_star_table(field, band, size)
     n = len(stars["x"])
     if n < MIN_STARS:
-        raise InsufficientStarsError(field.fid, band, n, f"{stars['n_candidates']} reference star(s) usable in "
-                                     f"{band} before the PSF isolation and edge cuts")
+        raise InsufficientStarsError(field.fid, band, n,
+                                     f"{stars['n_candidates']} reference star(s) usable in {band} "
+                                     "before the PSF isolation and edge cuts")
     deg = degree if n >= MIN_STARS_LINEAR else 0
-    images, powers, used, phase_images = _fit_stack(stars["stamps"], stars["x"], stars["y"], frame.shape,
-                                                    stars["noise"], stars["nmgy"], deg,
-                                                    phase=n >= MIN_STARS_LINEAR)
+    images, powers, used, phase_images = _fit_stack(
+        stars["stamps"], stars["x"], stars["y"], frame.shape, stars["noise"], stars["nmgy"], deg,
+        phase=n >= MIN_STARS_LINEAR)
     if used.sum() < MIN_STARS:
-        raise InsufficientStarsError(field.fid, band, int(used.sum()), "after rejecting outlying stamps")
+        raise InsufficientStarsError(field.fid, band, int(used.sum()),
+                                     "after rejecting outlying stamps")
     ny, nx = frame.shape
     origin, scale = frame_scaling(frame.shape)
-    return BandPSF(band, images, powers, origin, scale, (int(ny), int(nx)), "stars", int(used.sum()), deg,
-                   frame.pixel_scale, np.column_stack([stars["x"][used], stars["y"][used]]), "", phase_images)
+    star_xy = np.column_stack([stars["x"][used], stars["y"][used]])
+    return BandPSF(band, images, powers, origin, scale, (int(ny), int(nx)), "stars",
+                   int(used.sum()), deg, frame.pixel_scale, star_xy, "", phase_images)
 
 
 def measured_seeing(field: Field, band: str) -> tuple[float, str]:

@@ -42,7 +42,8 @@ def _recentre(images: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, tupl
     h = (s - 1) / 2 + pad
     for im in images:
         big = np.pad(im, pad).astype(np.float64)
-        out.append(resample_stamps(big, [h + off[0]], [h + off[1]], s, "lanczos3", engine="numpy")[0])
+        out.append(resample_stamps(big, [h + off[0]], [h + off[1]], s, "lanczos3",
+                                   engine="numpy")[0])
     return np.asarray(out, dtype=np.float64), (float(off[0]), float(off[1]))
 
 
@@ -86,14 +87,15 @@ def _band_psfield(table, band, size, shape, pixel_scale, recentre: bool = True) 
     note = ""
     if recentre:
         images, off = _recentre(images, c)
-        note = f"psField PSF shifted by ({-off[0]:+.4f}, {-off[1]:+.4f}) px to centre its windowed centroid"
+        note = (f"psField PSF shifted by ({-off[0]:+.4f}, {-off[1]:+.4f}) px to centre its "
+                "windowed centroid")
     degree = max(a + b for a, b in powers)
     return BandPSF(band, images, powers, origin, scale, (int(ny), int(nx)), "psfield", 0, degree,
                    float(pixel_scale), np.zeros((0, 2)), note)
 
 
-def psfield_psf(fid, fetcher=None, *, sas_url=None, cache_dir=None, bands=BANDS, size: int = PSF_STAMP,
-                shape=None) -> FieldPSF | None:
+def psfield_psf(fid, fetcher=None, *, sas_url=None, cache_dir=None, bands=BANDS,
+                size: int = PSF_STAMP, shape=None) -> FieldPSF | None:
     """SDSS's own PSF model of a field (its ``psField`` file), or ``None`` when there is none.
 
     The file (:func:`psfield_path`) is fetched with the :class:`~stargal.fetch.Fetcher`; a

@@ -49,7 +49,7 @@ LAYERS: list[set[str]] = [
 #: Private modules of ``stargal`` whose underscore names the other modules may use.
 SHARED_PRIVATE = {"_imaging", "_io", "_validation", "_cutout_kernels", "_transforms"}
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
-#: Private imports across trees still to be removed: (module, imported name) -> why it is still here.
+#: Private imports across trees still to be removed: (module, imported name) -> why still here.
 KNOWN_PRIVATE = {
     ("benchmarks.bench_throughput", "stargal.models._thread_candidates"):
         "stargal/models.py is being changed on main (issue #19's later phase makes it public)",
@@ -72,7 +72,7 @@ def _sources(root: Path = ROOT) -> dict[str, Path]:
 
 
 def _resolve(name: str, known) -> str | None:
-    """The known module ``name`` refers to (``pkg.mod.attr`` -> ``pkg.mod``), or None if external."""
+    """The known module ``name`` refers to (``pkg.mod.attr`` -> ``pkg.mod``); None if external."""
     while name:
         if name in known:
             return name

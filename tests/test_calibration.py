@@ -1,4 +1,4 @@
-"""Calibration (stargal.calibration): Platt scaling on held-out rows, another field's star/galaxy mix."""
+"""stargal.calibration: Platt scaling on held-out rows, another field's star/galaxy mix."""
 
 import numpy as np
 import pytest
@@ -29,14 +29,23 @@ def test_calibration_improves_brier_and_survives_a_model_file(tmp_path):
     p_cal = calibrated.predict_proba(X[test])[:, 1]
     assert brier_score_loss(y[test], p_cal) <= brier_score_loss(y[test], p_raw) + 0.01
     save_model(calibrated, tmp_path / "f.stargal")
-    np.testing.assert_allclose(load_model(tmp_path / "f.stargal").predict_proba(X[test])[:, 1], p_cal)
+    np.testing.assert_allclose(
+        load_model(tmp_path / "f.stargal").predict_proba(X[test])[:, 1], p_cal
+    )
 
 
 def test_calibrated_cnn_model_file(tmp_path):
     X, y, _ = psf_aware_stack(n=96)
     groups = np.arange(len(X)) // 8
-    pipe = make_cnn_pipeline(psf=PSFChannels(), scaler=AsinhScaler(), width=4, depth=1, max_epochs=1,
-                             batch_size=32, device="cpu").fit(X[:64], y[:64], net__groups=groups[:64])
+    pipe = make_cnn_pipeline(
+        psf=PSFChannels(),
+        scaler=AsinhScaler(),
+        width=4,
+        depth=1,
+        max_epochs=1,
+        batch_size=32,
+        device="cpu",
+    ).fit(X[:64], y[:64], net__groups=groups[:64])
     cal = calibrate_pipeline(pipe, X[64:], y[64:])
     save_model(cal, tmp_path / "c.stargal")
     again = load_model(tmp_path / "c.stargal")
@@ -90,10 +99,13 @@ def test_calibrate_pipeline_records_the_mix_and_leaves_the_input_alone():
     assert brier_score_loss(y[450:], p) <= brier_score_loss(y[450:], before[150:, 1]) + 0.01
 
 
-@pytest.mark.parametrize("kw,error,match", [
-    ({"method": "beta"}, ValueError, "method"),
-    ({"y": np.zeros(10, int)}, ValueError, "both classes"),
-])
+@pytest.mark.parametrize(
+    "kw,error,match",
+    [
+        ({"method": "beta"}, ValueError, "method"),
+        ({"y": np.zeros(10, int)}, ValueError, "both classes"),
+    ],
+)
 def test_calibrate_pipeline_errors(kw, error, match):
     X, y = _skewed(40)
     pipe = make_pipeline(LogisticRegression()).fit(X, y)

@@ -8,21 +8,37 @@ from experiments.splits import magnitude_ks, split_report
 
 
 def _report_table():
-    return pd.DataFrame({
-        "split": ["test", "train", "train", "train", "valid", "valid", "excluded"],
-        "label": ["star", "galaxy", "star", "galaxy", "star", None, "star"],
-        "psfmag_r": [18.0, 17.0, 19.0, 21.0, 20.0, 22.0, np.nan],
-        "field_id": ["8162-6-80", "1035-6-17", "1043-5-25", "1035-6-17",
-                     "1992-1-87", "1992-1-87", "1035-6-17"],
-    })
+    return pd.DataFrame(
+        {
+            "split": ["test", "train", "train", "train", "valid", "valid", "excluded"],
+            "label": ["star", "galaxy", "star", "galaxy", "star", None, "star"],
+            "psfmag_r": [18.0, 17.0, 19.0, 21.0, 20.0, 22.0, np.nan],
+            "field_id": [
+                "8162-6-80",
+                "1035-6-17",
+                "1043-5-25",
+                "1035-6-17",
+                "1992-1-87",
+                "1992-1-87",
+                "1035-6-17",
+            ],
+        }
+    )
 
 
 def test_split_report():
     rep = split_report(_report_table())
     assert list(rep.index) == ["train", "valid", "test", "excluded"]
     assert list(rep.columns) == [
-        "n_objects", "n_stars", "n_galaxies", "galaxy_fraction",
-        "psfmag_r_median", "psfmag_r_q10", "psfmag_r_q90", "n_fields", "fields",
+        "n_objects",
+        "n_stars",
+        "n_galaxies",
+        "galaxy_fraction",
+        "psfmag_r_median",
+        "psfmag_r_q10",
+        "psfmag_r_q90",
+        "n_fields",
+        "fields",
     ]
     tr = rep.loc["train"]
     assert (tr.n_objects, tr.n_stars, tr.n_galaxies) == (3, 1, 2)
@@ -48,10 +64,14 @@ def test_split_report_errors():
 
 def test_magnitude_ks():
     rng = np.random.default_rng(0)
-    t = pd.DataFrame({
-        "split": ["train"] * 400 + ["valid"] * 400 + ["test"] * 400,
-        "psfmag_r": np.r_[rng.normal(20, 1, 400), rng.normal(20, 1, 400), rng.normal(21.5, 1, 400)],
-    })
+    t = pd.DataFrame(
+        {
+            "split": ["train"] * 400 + ["valid"] * 400 + ["test"] * 400,
+            "psfmag_r": np.r_[
+                rng.normal(20, 1, 400), rng.normal(20, 1, 400), rng.normal(21.5, 1, 400)
+            ],
+        }
+    )
     ks = magnitude_ks(t)
     assert list(ks.columns) == ["split_a", "split_b", "n_a", "n_b", "ks_statistic", "p_value"]
     assert len(ks) == 3

@@ -1,4 +1,4 @@
-"""Injection of synthetic sources into in-memory copies of real frames and the sampler (stargal.inject)."""
+"""stargal.inject: synthetic sources in in-memory copies of real frames, and the sampler."""
 
 import pickle
 import warnings
@@ -11,8 +11,15 @@ from sklearn.base import clone
 from stargal.cutouts import Cutter
 from stargal.fetch import Fetcher
 from stargal.frames import Field
-from stargal.inject import (REFUSALS, SyntheticInjector, camera_gain, check_positions, frame_calibration,
-                            inject, inject_random)
+from stargal.inject import (
+    REFUSALS,
+    SyntheticInjector,
+    camera_gain,
+    check_positions,
+    frame_calibration,
+    inject,
+    inject_random,
+)
 from stargal.psf import PSFWarning
 from stargal.sdss import BANDS
 from stargal.synth import SyntheticPopulation
@@ -22,7 +29,9 @@ from tests.synthetic import make_psf_sas, make_synthetic_sas, measured_photometr
 @pytest.fixture(scope="module")
 def sas(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth-sas")
-    info = make_psf_sas(root, fid="1100-2-40", n_stars=30, shape=(300, 400), sigma=1.6, noise=0.01, seed=5)
+    info = make_psf_sas(
+        root, fid="1100-2-40", n_stars=30, shape=(300, 400), sigma=1.6, noise=0.01, seed=5
+    )
     make_synthetic_sas(root, fid="1100-2-41", n_stars=8, n_gal=6, shape=(260, 360), seed=6)
     info["cache"] = root / "cache"
     info["fetcher"] = Fetcher(info["sas_url"], info["cache"], quiet=True)
@@ -32,8 +41,12 @@ def sas(tmp_path_factory):
 def _sources(field, n, kind="star", flux=50.0, seed=0):
     rng = np.random.default_rng(seed)
     ny, nx = field.frame("r").shape
-    ra, dec = field.frame("r").pixel_to_world(rng.uniform(30, nx - 30, n), rng.uniform(30, ny - 30, n))
-    src = pd.DataFrame({"ra": ra, "dec": dec, "kind": kind, "label": int(kind == "galaxy"), "mag_r": 18.0})
+    ra, dec = field.frame("r").pixel_to_world(
+        rng.uniform(30, nx - 30, n), rng.uniform(30, ny - 30, n)
+    )
+    src = pd.DataFrame(
+        {"ra": ra, "dec": dec, "kind": kind, "label": int(kind == "galaxy"), "mag_r": 18.0}
+    )
     for b in BANDS:
         src[f"flux_{b}"] = flux
     src["sersic_n"], src["hlr_arcsec"], src["q"], src["beta_deg"] = 1.0, 0.8, 0.7, 30.0
@@ -41,18 +54,26 @@ def _sources(field, n, kind="star", flux=50.0, seed=0):
 
 
 def _files(root):
-    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p: (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def test_injection_per_band_positions_refusals_and_no_cache_write(sas):
     field = Field("1100-2-40", sas["fetcher"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PSFWarning)
-        inject(field, _sources(field, 2), noise=False)  # warm every cache (PSF, registration, calibration)
+        inject(
+            field, _sources(field, 2), noise=False
+        )  # warm every cache (PSF, registration, calibration)
         before = _files(sas["cache"])
         src = _sources(field, 12)
-        far = pd.DataFrame([src.iloc[0]]).assign(ra=src["ra"].iloc[0] + 1.0)  # a degree off the frame
-        res = inject(field, pd.concat([src, far], ignore_index=True), noise=False, min_separation_arcsec=0.0)
+        far = pd.DataFrame([src.iloc[0]]).assign(
+            ra=src["ra"].iloc[0] + 1.0
+        )  # a degree off the frame
+        res = inject(
+            field, pd.concat([src, far], ignore_index=True), noise=False, min_separation_arcsec=0.0
+        )
     assert _files(sas["cache"]) == before  # nothing written or touched in the cache
     assert res.counts["off_frame"] == 1 and sum(res.counts.values()) == 13
     assert set(res.refused["reason"]) <= set(REFUSALS)
@@ -65,10 +86,14 @@ def test_injection_per_band_positions_refusals_and_no_cache_write(sas):
         assert abs(diff.sum() - 50.0 * n) < 0.02 * 50.0 * n
         x, y = res.table[f"x_{b}"].to_numpy(), res.table[f"y_{b}"].to_numpy()
         ix, iy = np.round(x).astype(int), np.round(y).astype(int)
-        assert (diff[iy, ix] > 0.5 * diff.max()).mean() > 0.8  # peaks where that band's WCS puts them
+        assert (
+            diff[iy, ix] > 0.5 * diff.max()
+        ).mean() > 0.8  # peaks where that band's WCS puts them
     assert not np.allclose(res.table["x_u"], res.table["x_r"])  # bands are not pixel-aligned
     # cutting the injected field gives point sources centred on the central pixel
-    X = Cutter(size=15, psf=True, sas_url=sas["sas_url"], cache_dir=str(sas["cache"])).cut_field(res.table, res.field)
+    X = Cutter(size=15, psf=True, sas_url=sas["sas_url"], cache_dir=str(sas["cache"])).cut_field(
+        res.table, res.field
+    )
     assert X.shape == (n, 10, 15, 15)
     r = X[:, 2]
     assert (np.argmax(r.reshape(n, -1), axis=1) == 7 * 15 + 7).mean() > 0.9
@@ -77,15 +102,22 @@ def test_injection_per_band_positions_refusals_and_no_cache_write(sas):
 def test_near_source_masked_and_near_injected_are_refused(sas):
     field = Field("1100-2-40", sas["fetcher"])
     stars = sas["stars"]
-    ra, dec = field.frame("r").pixel_to_world(stars["x_r"].to_numpy()[:3] + 1.0, stars["y_r"].to_numpy()[:3])
+    ra, dec = field.frame("r").pixel_to_world(
+        stars["x_r"].to_numpy()[:3] + 1.0, stars["y_r"].to_numpy()[:3]
+    )
     _, reason = check_positions(field, ra, dec, min_separation_arcsec=4.0)
     assert list(reason) == ["near_source"] * 3
     src = _sources(field, 1)
     twin = pd.concat([src, src], ignore_index=True)
     _, reason = check_positions(field, twin["ra"], twin["dec"], min_separation_arcsec=1.0)
     assert reason[1] == "near_injected"
-    _, reason = check_positions(field, twin["ra"], twin["dec"], min_separation_arcsec=1.0,
-                                min_injected_separation_arcsec=0.0)
+    _, reason = check_positions(
+        field,
+        twin["ra"],
+        twin["dec"],
+        min_separation_arcsec=1.0,
+        min_injected_separation_arcsec=0.0,
+    )
     assert list(reason) == ["", ""]  # injected-injected distance has its own threshold
     # a masked (non-finite) pixel beside the position
     x, y = field.frame("g").world_to_pixel(src["ra"], src["dec"])
@@ -129,7 +161,7 @@ def test_calibration_cache_missing_or_corrupt_is_read_again_from_the_frame(sas):
 
 # ------------------------------------------------------------------------------ sampler
 def _fake_photometry(sas, monkeypatch):
-    """The synthetic field has no catalog: give measured_photometry's memo a population to draw from."""
+    """The synthetic field has no catalog: give measured_photometry's memo a population."""
     from stargal import synth
     from stargal.fetch import get_fetcher
 
@@ -143,8 +175,15 @@ def test_injector_fit_only_shapes_labels_and_groups(sas, monkeypatch):
     rng = np.random.default_rng(0)
     X = rng.normal(0, 0.01, (10, 10, 15, 15)).astype(np.float32)
     y = np.arange(10) % 2
-    inj = SyntheticInjector(fields=["1100-2-40"], n_objects=8, galaxy_fraction=0.5, random_state=0,
-                            sas_url=sas["sas_url"], cache_dir=str(sas["cache"]), min_separation_arcsec=2.0)
+    inj = SyntheticInjector(
+        fields=["1100-2-40"],
+        n_objects=8,
+        galaxy_fraction=0.5,
+        random_state=0,
+        sas_url=sas["sas_url"],
+        cache_dir=str(sas["cache"]),
+        min_separation_arcsec=2.0,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PSFWarning)
         Xr, yr = inj.fit_resample(X, y)
@@ -154,7 +193,9 @@ def test_injector_fit_only_shapes_labels_and_groups(sas, monkeypatch):
     np.testing.assert_array_equal(Xr[:10], X)
     np.testing.assert_array_equal(yr[10:], inj.truth_["label"].to_numpy())
     np.testing.assert_allclose(Xr[10:, 5:].sum(axis=(2, 3)), 1.0, atol=1e-4)  # PSF channels
-    assert (y[inj.sample_indices_[10:]] == yr[10:]).all()  # groups from a real row of the same label
+    assert (
+        y[inj.sample_indices_[10:]] == yr[10:]
+    ).all()  # groups from a real row of the same label
     # 5-channel input gives 5-channel output
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PSFWarning)
@@ -174,11 +215,23 @@ def test_injector_in_a_pipeline_is_fit_only(sas, monkeypatch):
     rng = np.random.default_rng(1)
     X = rng.normal(0, 0.01, (12, 5, 15, 15)).astype(np.float32)
     y = np.arange(12) % 2
-    pipe = Pipeline([("augment", SyntheticInjector(fields=["1100-2-40"], n_objects=6, random_state=0,
-                                                   sas_url=sas["sas_url"], cache_dir=str(sas["cache"]),
-                                                   min_separation_arcsec=2.0)),
-                     ("flat", FunctionTransformer(lambda a: a.reshape(len(a), -1))),
-                     ("clf", LogisticRegression())])
+    pipe = Pipeline(
+        [
+            (
+                "augment",
+                SyntheticInjector(
+                    fields=["1100-2-40"],
+                    n_objects=6,
+                    random_state=0,
+                    sas_url=sas["sas_url"],
+                    cache_dir=str(sas["cache"]),
+                    min_separation_arcsec=2.0,
+                ),
+            ),
+            ("flat", FunctionTransformer(lambda a: a.reshape(len(a), -1))),
+            ("clf", LogisticRegression()),
+        ]
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PSFWarning)
         pipe.fit(X, y)
@@ -186,11 +239,17 @@ def test_injector_in_a_pipeline_is_fit_only(sas, monkeypatch):
     assert pipe.predict(X).shape == (12,)
 
 
-@pytest.mark.parametrize("kw,match", [({"fields": None}, "fields"), ({"n_objects": -1}, "n_objects"),
-                                      ({"mag_range": (10, 20)}, "mag_range"),
-                                      ({"hlr_range": (0.01, 1.0)}, "hlr_range"),
-                                      ({"galaxy_fraction": 2}, "galaxy_fraction"),
-                                      ({"min_separation_arcsec": -1}, "min_separation")])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"fields": None}, "fields"),
+        ({"n_objects": -1}, "n_objects"),
+        ({"mag_range": (10, 20)}, "mag_range"),
+        ({"hlr_range": (0.01, 1.0)}, "hlr_range"),
+        ({"galaxy_fraction": 2}, "galaxy_fraction"),
+        ({"min_separation_arcsec": -1}, "min_separation"),
+    ],
+)
 def test_injector_bad_parameters(kw, match):
     params = {"fields": ["1035-6-17"], **kw}
     X = np.zeros((2, 5, 15, 15), np.float32)
@@ -211,11 +270,14 @@ def test_injected_stars_in_a_real_frame_are_typed_as_stars(mirror_fetcher):
     from experiments.synthetic import sdss_rule
 
     field = Field("8162-6-80", mirror_fetcher)
-    pop = SyntheticPopulation(measured_photometry_table(), mag_range=(17.0, 20.0), galaxy_fraction=0.0)
+    pop = SyntheticPopulation(
+        measured_photometry_table(), mag_range=(17.0, 20.0), galaxy_fraction=0.0
+    )
     res = inject_random(field, pop, 40, random_state=0, noise=False)
     assert res.counts["injected"] == 40 and res.counts["masked"] == 0
-    X = Cutter(size=15, psf=True, sas_url=mirror_fetcher.base_url,
-               cache_dir=str(mirror_fetcher.cache_dir)).cut_field(res.table, res.field)
+    X = Cutter(
+        size=15, psf=True, sas_url=mirror_fetcher.base_url, cache_dir=str(mirror_fetcher.cache_dir)
+    ).cut_field(res.table, res.field)
     gal, diff = sdss_rule(X)
     assert (~gal).mean() >= 0.95
     assert np.median(np.abs(diff)) < 0.05

@@ -44,7 +44,10 @@ def test_cached_json_memo_file_and_rebuild(tmp_path):
     assert cached_json(path, build, parse, memo=memo) == first and len(calls) == 1  # memo
     memo.clear()
     assert cached_json(path, build, parse, memo=memo) == first and len(calls) == 1  # the file
-    for bad in ("{not json", json.dumps({"version": 2, "value": 5})):  # unreadable / another version
+    for bad in (
+        "{not json",
+        json.dumps({"version": 2, "value": 5}),
+    ):  # unreadable / another version
         path.write_text(bad)
         memo.clear()
         with pytest.warns(UserWarning, match="field X: thing: unreadable cache file"):

@@ -24,21 +24,40 @@ from synthetic import make_synthetic_sas
 def shifted_sas(tmp_path_factory):
     """A field whose g header WCS is wrong by a known constant shift (true = WCS + shift)."""
     root = tmp_path_factory.mktemp("shifted")
-    info = make_synthetic_sas(root, fid="3000-2-41", n_stars=14, n_gal=3, shape=(260, 360), noise=0.004,
-                              flux_range=(60.0, 400.0), seed=7, wcs_error={"g": (0.30, -0.25)})
+    info = make_synthetic_sas(
+        root,
+        fid="3000-2-41",
+        n_stars=14,
+        n_gal=3,
+        shape=(260, 360),
+        noise=0.004,
+        flux_range=(60.0, 400.0),
+        seed=7,
+        wcs_error={"g": (0.30, -0.25)},
+    )
     return info, {"sas_url": info["sas_url"], "cache_dir": str(tmp_path_factory.mktemp("cache"))}
 
 
 def _refs_table(x, y, offsets, ok=True):
     """A reference-star table as find_reference_stars returns, with given per-band offsets."""
     n = len(x)
-    table = {"x_r": np.asarray(x, float), "y_r": np.asarray(y, float), "peak_snr": np.full(n, 100.0),
-             "size": np.full(n, 1.3)}
+    table = {
+        "x_r": np.asarray(x, float),
+        "y_r": np.asarray(y, float),
+        "peak_snr": np.full(n, 100.0),
+        "size": np.full(n, 1.3),
+    }
     for b in BANDS:
         dx, dy = offsets.get(b, (0.0, 0.0))
-        table.update({f"dx_{b}": np.broadcast_to(np.asarray(dx, float), (n,)).copy(),
-                      f"dy_{b}": np.broadcast_to(np.asarray(dy, float), (n,)).copy(),
-                      f"snr_{b}": np.full(n, 100.0), f"ok_{b}": np.full(n, ok), f"flux_{b}": np.full(n, 50.0)})
+        table.update(
+            {
+                f"dx_{b}": np.broadcast_to(np.asarray(dx, float), (n,)).copy(),
+                f"dy_{b}": np.broadcast_to(np.asarray(dy, float), (n,)).copy(),
+                f"snr_{b}": np.full(n, 100.0),
+                f"ok_{b}": np.full(n, ok),
+                f"flux_{b}": np.full(n, 50.0),
+            }
+        )
     return pd.DataFrame(table)
 
 
@@ -50,8 +69,11 @@ def test_registration_model():
     dy_g[0] = 0.8  # an outlier: clipped
     local = (x < 300) & (y < 300)  # a corner where i is off by +0.12 px in x
     assert local.sum() >= 5
-    refs = _refs_table(x, y, {"g": (0.05, dy_g), "i": (np.where(local, 0.12, 0.0) + 0.02 * rng.standard_normal(n),
-                                                      0.0)})
+    refs = _refs_table(
+        x,
+        y,
+        {"g": (0.05, dy_g), "i": (np.where(local, 0.12, 0.0) + 0.02 * rng.standard_normal(n), 0.0)},
+    )
     const = Registration("8162-6-80", refs, local_scale=None)
     assert const.constant["r"] == (0.0, 0.0) and const.n_used["r"] == 0
     np.testing.assert_allclose(const.constant["g"], (0.05, -0.1), atol=0.005)
@@ -69,13 +91,19 @@ def test_registration_model():
     assert abs(dys[0] + 0.1) < 0.02
     # too few usable references: no correction at all
     few = Registration("8162-6-80", refs.iloc[: MIN_REFERENCES - 1])
-    assert few.constant["g"] == (0.0, 0.0) and few.offsets("g", [5.0], [5.0]) == (np.zeros(1), np.zeros(1))
+    assert few.constant["g"] == (0.0, 0.0) and few.offsets("g", [5.0], [5.0]) == (
+        np.zeros(1),
+        np.zeros(1),
+    )
     # tabulated on a grid (shape given, as field_registration does): the same model to < 0.002 px
     gridded = Registration("8162-6-80", refs, shape=(1400, 2000))
     qx, qy = rng.uniform(-100, 2100, 500), rng.uniform(-100, 1500, 500)
     for b in ("g", "i"):
-        np.testing.assert_allclose(np.column_stack(gridded.offsets(b, qx, qy)),
-                                   np.column_stack(reg.offsets(b, qx, qy)), atol=2e-3)
+        np.testing.assert_allclose(
+            np.column_stack(gridded.offsets(b, qx, qy)),
+            np.column_stack(reg.offsets(b, qx, qy)),
+            atol=2e-3,
+        )
     # subset and JSON round trip reproduce the model
     left = reg.subset(x < 1000)
     assert len(left.references) == (x < 1000).sum()
@@ -87,8 +115,12 @@ def test_registration_model():
 def test_registration_is_cached_per_field(shifted_sas, monkeypatch):
     info, kw = shifted_sas
     reg = field_registration(info["fid"], **kw)
-    path = registration_module.registration_path(kw["cache_dir"], registration_module.FieldID.parse(info["fid"]))
-    assert path.is_file() and path.name.endswith(f".v{registration_module.REGISTRATION_VERSION}.json")
+    path = registration_module.registration_path(
+        kw["cache_dir"], registration_module.FieldID.parse(info["fid"])
+    )
+    assert path.is_file() and path.name.endswith(
+        f".v{registration_module.REGISTRATION_VERSION}.json"
+    )
     assert not list(path.parent.glob("*.part"))
 
     def fail(field):
@@ -114,10 +146,10 @@ def test_registration_is_cached_per_field(shifted_sas, monkeypatch):
 
 
 def test_windowed_size_of_a_gaussian_and_its_window():
-    """size = s w / sqrt(s^2 + w^2) for a Gaussian of sigma s in a window of sigma w (psf_stars uses it)."""
+    """size = s w / sqrt(s^2 + w^2) for a Gaussian of sigma s, window w (psf_stars uses it)."""
     yy, xx = np.mgrid[:REFERENCE_STAMP, :REFERENCE_STAMP] - (REFERENCE_STAMP - 1) / 2
     for s in (1.0, 1.5, 2.0):
-        g = np.exp(-(xx ** 2 + yy ** 2) / (2 * s ** 2))[None]
+        g = np.exp(-(xx**2 + yy**2) / (2 * s**2))[None]
         size = windowed_size(g, np.zeros(1), np.zeros(1), sigma=2.0)
         assert size[0] == pytest.approx(s * 2.0 / np.hypot(s, 2.0), rel=0.02), s
     assert np.isnan(windowed_size(np.zeros((1, 15, 15)), np.zeros(1), np.zeros(1))[0])
@@ -131,8 +163,10 @@ def test_reference_stars_are_the_point_sources_at_their_positions(shifted_sas):
     truth = info["objects"]
     stars = truth[truth["label"] == "star"]
     assert len(refs) >= 10
-    d = np.hypot(refs["x_r"].to_numpy()[:, None] - stars["x_r"].to_numpy()[None],
-                 refs["y_r"].to_numpy()[:, None] - stars["y_r"].to_numpy()[None])
+    d = np.hypot(
+        refs["x_r"].to_numpy()[:, None] - stars["x_r"].to_numpy()[None],
+        refs["y_r"].to_numpy()[:, None] - stars["y_r"].to_numpy()[None],
+    )
     assert (d.min(axis=1) < 0.05).all(), d.min(axis=1)  # each reference sits on a true star
     assert refs["ok_g"].all() and refs["dx_r"].eq(0).all() and refs["dy_r"].eq(0).all()
     np.testing.assert_allclose(np.median(refs[["dx_g", "dy_g"]], axis=0), (0.30, -0.25), atol=0.02)
@@ -153,7 +187,9 @@ def test_summary_and_repr(shifted_sas):
 def test_an_unwritable_cache_only_costs_a_warning(shifted_sas, tmp_path, monkeypatch):
     info, kw = shifted_sas
     cache = tmp_path / "cache"
-    path = registration_module.registration_path(cache, registration_module.FieldID.parse(info["fid"]))
+    path = registration_module.registration_path(
+        cache, registration_module.FieldID.parse(info["fid"])
+    )
     path.parent.mkdir(parents=True)
     path.mkdir()  # a directory where the file should go: the write fails
     monkeypatch.setattr(registration_module, "_MEMO", {})
