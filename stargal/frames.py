@@ -42,7 +42,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 from ._imaging import frame_sky_noise
 from ._io import atomic_write_bytes as _atomic_write_bytes
 from ._validation import check_radec, is_real
-from .fetch import FetchError, NotFoundError, get_fetcher
+from .fetch import NotFoundError, get_fetcher
 from .sdss import BANDS, FieldID, frame_path
 
 __all__ = [

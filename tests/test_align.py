@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 from sklearn.base import clone
 
-import stargal.align as align_module
 from stargal.align import (
     MIN_REFERENCES,
     Aligner,
