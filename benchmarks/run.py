@@ -179,7 +179,7 @@ def bench_cutter(ctx: Context) -> list[Result]:
     import stargal.registration as align
     from stargal.align import Aligner
     from stargal.catalogs import read_calibobj
-    from stargal.cutouts import Cutter, kernel_weights, numba_available
+    from stargal.cutouts import CUTOUT_SIZE, Cutter, kernel_weights, numba_available
     from stargal.frames import Field
     from stargal.sdss import BANDS
 
@@ -193,7 +193,7 @@ def bench_cutter(ctx: Context) -> list[Result]:
     coords = catalog.iloc[rows][["ra", "dec"]].reset_index(drop=True)
     table = aligned.iloc[rows].reset_index(drop=True)
     n = len(table)
-    size = 15
+    size = CUTOUT_SIZE
 
     cutter = Cutter(size=size, **kw)
     threaded = Cutter(size=size, n_jobs=-1, **kw)
