@@ -103,14 +103,14 @@ class Competitor:
 def _models(kw):
     from stargal.align import Aligner, edge_margin
     from stargal.catalogs import labels_to_y, read_calibobj
-    from stargal.cutouts import Cutter
+    from stargal.cutouts import CUTOUT_SIZE, Cutter
     from stargal.models import make_cnn_pipeline, make_forest_pipeline
     from stargal.persist import load_model
 
     from stargal.psf_channels import PSFChannels
 
     cnn = load_model(CNN_MODEL) if CNN_MODEL.is_file() else None
-    cut_size = cnn["cut"].size if cnn is not None else 15
+    cut_size = cnn["cut"].size if cnn is not None else CUTOUT_SIZE
     psf = bool(cnn["cut"].psf) if cnn is not None else True  # the forest gets the same cutouts
     train = read_calibobj(TRAIN_FIELD, margin_pix=edge_margin(cut_size) + 1, **kw)
     y = labels_to_y(train["label"])

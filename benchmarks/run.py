@@ -147,7 +147,7 @@ def _default_sas_url() -> str | None:
 
 # ----------------------------------------------------------------------------- benchmarks
 def _engine_note() -> str:
-    from stargal.cutouts import _numba_threads, numba_available
+    from stargal._imaging import _numba_threads, numba_available
 
     if not numba_available():
         return "numpy engine (numba not available)"
@@ -179,7 +179,7 @@ def bench_cutter(ctx: Context) -> list[Result]:
     import stargal.registration as align
     from stargal.align import Aligner
     from stargal.catalogs import read_calibobj
-    from stargal.cutouts import Cutter, kernel_weights, numba_available
+    from stargal.cutouts import CUTOUT_SIZE, Cutter, kernel_weights, numba_available
     from stargal.frames import Field
     from stargal.sdss import BANDS
 
@@ -193,7 +193,7 @@ def bench_cutter(ctx: Context) -> list[Result]:
     coords = catalog.iloc[rows][["ra", "dec"]].reset_index(drop=True)
     table = aligned.iloc[rows].reset_index(drop=True)
     n = len(table)
-    size = 15
+    size = CUTOUT_SIZE
 
     cutter = Cutter(size=size, **kw)
     threaded = Cutter(size=size, n_jobs=-1, **kw)

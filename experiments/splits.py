@@ -1,20 +1,27 @@
 """Stage 2 -- data preparation: the split, its leakage guarantees, and how similar the splits are.
 
 Writes ``split_report.csv``, ``split_magnitude_ks.csv``, ``split_magnitudes.png`` and
-``split_sky.png`` (each field's objects coloured by split).
+``split_sky.png`` (each field's objects coloured by split). The per-split summary
+(:func:`split_report`) and the magnitude KS tests (:func:`magnitude_ks`) live here, with the
+study that reports them.
 """
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
-from stargal.frames import Field
-from stargal.split import in_footprints, magnitude_ks, min_separation_arcsec, split_report
+from stargal.frames import Field, in_footprints, min_separation_arcsec
+from stargal.sdss import PIXEL_SCALE_ARCSEC
 
 from .common import fmt, write_csv
 
+__all__ = ["run", "split_report", "magnitude_ks", "SPLIT_ORDER"]
+
 SPLITS = ("train", "valid", "test", "excluded")
+#: Order in which split names are reported (others follow alphabetically).
+SPLIT_ORDER: tuple[str, ...] = ("train", "valid", "validation", "test", "excluded")
 COLOURS = {"train": "tab:blue", "valid": "tab:orange", "test": "tab:red", "excluded": "0.6"}
 
 
@@ -82,7 +89,7 @@ def run(ctx) -> dict:
     min_sep = float(min_separation_arcsec(fit["ra"], fit["dec"], test["ra"], test["dec"]))
     train, valid = table[table["split"] == "train"], table[table["split"] == "valid"]
     shared_groups = len(set(train["group"]) & set(valid["group"]))
-    half_diag_arcsec = ctx.config.cutout_size / 2 * np.sqrt(2) * 0.396
+    half_diag_arcsec = ctx.config.cutout_size / 2 * np.sqrt(2) * PIXEL_SCALE_ARCSEC
 
     counts = table["split"].value_counts().to_dict()
     rep = report
@@ -150,3 +157,149 @@ def _ks_table(ks) -> str:
     for r in ks.itertuples(index=False):
         rows.append(f"| {r.split_a} vs {r.split_b} | {r.n_a} / {r.n_b} | {r.ks_statistic:.3f} | {r.p_value:.2g} |")
     return "\n".join(rows)
+
+
+# --------------------------------------------------------------------------- split reports
+def _split_names(values):
+    uniq = list(pd.unique(values))
+    known = [s for s in SPLIT_ORDER if s in uniq]
+    others = sorted((s for s in uniq if s not in SPLIT_ORDER), key=str)
+    return known + others
+
+
+def _is_galaxy(labels):
+    """Labels ('galaxy'/'star' or 1/0) -> float array 1/0, NaN for missing."""
+    s = pd.Series(labels)
+    out = np.full(len(s), np.nan)
+    low = s.astype(str).str.strip().str.lower()
+    gal = low.isin(["galaxy", "1", "1.0", "true"])
+    star = low.isin(["star", "0", "0.0", "false"])
+    missing = s.isna().to_numpy()
+    bad = ~(gal | star).to_numpy() & ~missing
+    if bad.any():
+        examples = sorted(set(s[bad].astype(str)))[:5]
+        raise ValueError(f"labels must be 'star'/'galaxy' or 0/1; got {examples}")
+    out[gal.to_numpy()] = 1.0
+    out[star.to_numpy()] = 0.0
+    return out
+
+
+def _field_strings(table):
+    if "field_id" in table:
+        return table["field_id"].astype(str).to_numpy()
+    if all(c in table for c in ("run", "camcol", "field")):
+        triples = zip(table["run"], table["camcol"], table["field"])
+        return np.array([f"{r}-{c}-{f}" for r, c, f in triples], dtype=object)
+    return None
+
+
+def split_report(table, split_col="split", label_col="label", mag_col="psfmag_r"):
+    """Per-split summary: counts, class balance, r magnitudes and fields.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Objects with ``split_col``, ``label_col`` (``'star'``/``'galaxy'`` or 0/1; missing
+        labels are counted in ``n_objects`` only) and optionally ``mag_col`` and ``field_id``
+        (or ``run``/``camcol``/``field``).
+    split_col, label_col, mag_col : str
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by split (train, valid, test, excluded first), columns ``n_objects``,
+        ``n_stars``, ``n_galaxies``, ``galaxy_fraction``, ``{mag_col}_median``,
+        ``{mag_col}_q10``, ``{mag_col}_q90`` (NaN without ``mag_col``), ``n_fields``, ``fields``
+        (comma-separated, sorted; empty when the table has no field columns).
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"split": ["train", "train", "test"],
+    ...                   "label": ["star", "galaxy", "star"],
+    ...                   "psfmag_r": [18.0, 20.0, 19.0],
+    ...                   "field_id": ["1035-6-17"] * 2 + ["8162-6-80"]})
+    >>> cols = ["n_objects", "n_galaxies", "galaxy_fraction", "fields"]
+    >>> split_report(t)[cols]  # doctest: +NORMALIZE_WHITESPACE
+           n_objects  n_galaxies  galaxy_fraction     fields
+    split
+    train          2           1              0.5  1035-6-17
+    test           1           0              0.0  8162-6-80
+    """
+    for col in (split_col, label_col):
+        if col not in table:
+            raise ValueError(f"split_report needs a {col!r} column")
+    gal = _is_galaxy(table[label_col].to_numpy())
+    mags = None
+    if mag_col in table:
+        mags = pd.to_numeric(table[mag_col], errors="coerce").to_numpy(dtype=float)
+    fields_ = _field_strings(table)
+    splits = table[split_col].to_numpy()
+    rows = {}
+    for name in _split_names(splits):
+        m = splits == name
+        g = gal[m]
+        n_gal = int(np.nansum(g == 1))
+        n_star = int(np.nansum(g == 0))
+        row = {
+            "n_objects": int(m.sum()),
+            "n_stars": n_star,
+            "n_galaxies": n_gal,
+            "galaxy_fraction": n_gal / (n_gal + n_star) if n_gal + n_star else np.nan,
+        }
+        mm = mags[m] if mags is not None else np.array([])
+        mm = mm[np.isfinite(mm)]
+        q = np.quantile(mm, [0.5, 0.1, 0.9]) if len(mm) else [np.nan] * 3
+        for suffix, value in zip(("median", "q10", "q90"), q):
+            row[f"{mag_col}_{suffix}"] = float(value)
+        fs = sorted(set(fields_[m])) if fields_ is not None else []
+        row["n_fields"] = len(fs)
+        row["fields"] = ", ".join(fs)
+        rows[name] = row
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "split"
+    return out
+
+
+def magnitude_ks(table, split_col="split", mag_col="psfmag_r"):
+    """Two-sample Kolmogorov-Smirnov tests of ``mag_col`` between every pair of splits.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+    split_col, mag_col : str
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per pair: ``split_a``, ``split_b``, ``n_a``, ``n_b``, ``ks_statistic``,
+        ``p_value`` (NaN when a split has no finite magnitude).
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"split": ["train"] * 50 + ["test"] * 50,
+    ...                   "psfmag_r": np.r_[np.linspace(16, 22, 50), np.linspace(16, 22, 50)]})
+    >>> magnitude_ks(t)[["split_a", "split_b", "ks_statistic"]]
+      split_a split_b  ks_statistic
+    0   train    test           0.0
+    """
+    from scipy.stats import ks_2samp
+
+    for col in (split_col, mag_col):
+        if col not in table:
+            raise ValueError(f"magnitude_ks needs a {col!r} column")
+    splits = table[split_col].to_numpy()
+    mags = pd.to_numeric(table[mag_col], errors="coerce").to_numpy(dtype=float)
+    names = _split_names(splits)
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            ma = mags[(splits == a) & np.isfinite(mags)]
+            mb = mags[(splits == b) & np.isfinite(mags)]
+            if len(ma) and len(mb):
+                res = ks_2samp(ma, mb)
+                stat, p = float(res.statistic), float(res.pvalue)
+            else:
+                stat = p = np.nan
+            rows.append((a, b, len(ma), len(mb), stat, p))
+    columns = ["split_a", "split_b", "n_a", "n_b", "ks_statistic", "p_value"]
+    return pd.DataFrame(rows, columns=columns)

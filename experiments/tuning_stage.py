@@ -15,7 +15,7 @@
    epoch budget ("after tuning") -> ``metrics_before_after.csv``.
 4. **Parallel backends**: one small search timed sequentially, on 2 loky processes and on a
    2-worker Dask ``LocalCluster`` (or ``ctx.scheduler``) -> ``tuning_backends.csv``; the timing
-   itself is :func:`benchmarks.bench_backends.backend_timing` (also ``make bench``).
+   itself is :func:`experiments.backends.backend_timing` (also ``make bench``).
 
 The ``valid`` split is never seen by the search nor by the fits (their early stopping holds out
 sky cells of the ``train`` rows), so train/valid/test metrics before and after tuning compare
@@ -41,9 +41,8 @@ from stargal.nets import StarGalaxyCNN
 from stargal.training import CNN_PARAM_NAMES, cnn_param_grid
 from stargal.tuning import cv_results_frame, grid_search
 
-from benchmarks.bench_backends import (DASK_LABEL, DASK_TRIM_LABEL, SEQ1_LABEL, SEQ_LABEL,  # noqa: F401
-                                       backend_timing, backends_markdown)
-
+from .backends import (DASK_LABEL, DASK_TRIM_LABEL, SEQ1_LABEL, SEQ_LABEL,  # noqa: F401
+                       backend_timing, backends_markdown)
 from .common import fmt, write_csv, write_json
 
 __all__ = [
@@ -51,6 +50,7 @@ __all__ = [
     "architecture_summary",
     "search_grid",
     "search_settings",
+    "cnn_search",
     "metrics_frame",
     "METRICS",
 ]
@@ -300,7 +300,13 @@ def _search_inputs(ctx):
     return rows, ctx.y(rows), rows["group"].to_numpy()
 
 
-def _search(ctx, grid, *, epochs, cv, n_jobs=1, scheduler=None):
+def cnn_search(ctx, grid, *, epochs, cv, n_jobs=1, scheduler=None):
+    """The stage's group-aware grid search of the CNN on the ``train`` rows (no refit).
+
+    ``grid`` holds pipeline parameter names; ``epochs`` caps every fit; ``cv`` group folds;
+    ``n_jobs`` / ``scheduler`` as :func:`stargal.tuning.grid_search` (the backend timing of
+    :func:`experiments.backends.backend_timing` calls it on each backend).
+    """
     rows, y, groups = _search_inputs(ctx)
     base = ctx.pipeline("cnn", params={"net__max_epochs": int(epochs), **ONE_NETWORK})
     return grid_search(base, grid, rows, y, groups, cv=cv, n_jobs=n_jobs, scheduler=scheduler,
@@ -369,7 +375,7 @@ def run(ctx) -> dict:
     n_cand = _n_candidates(grid)
     print(f"  search: {n_cand} candidates x {settings['cv']} folds, "
           f"{settings['search_epochs']} epochs max, n_jobs={ctx.n_jobs} ...", flush=True)
-    search = _search(ctx, grid, epochs=settings["search_epochs"], cv=settings["cv"], n_jobs=ctx.n_jobs)
+    search = cnn_search(ctx, grid, epochs=settings["search_epochs"], cv=settings["cv"], n_jobs=ctx.n_jobs)
     timings["search_s"] = round(search.timing_["wall_time_s"], 1)
     cv = cv_results_frame(search)
     write_csv(out / "tuning_cv_results.csv", cv)
@@ -409,7 +415,7 @@ def run(ctx) -> dict:
     # 4. backends ------------------------------------------------------------------------
     print("  backend timing ...", flush=True)
     t0 = time.perf_counter()
-    backends, binfo = backend_timing(ctx, settings, _search)
+    backends, binfo = backend_timing(ctx, settings, cnn_search)
     timings["backend_timing_s"] = round(time.perf_counter() - t0, 1)
     write_csv(out / "tuning_backends.csv", backends)
 

@@ -9,8 +9,10 @@ starts with scikit-learn's own sentence and ends with the estimator's domain-spe
 why a cutout size must be odd. Checks that a constraint cannot express (odd sizes) are
 :func:`check_odd`.
 
-This module is the only one that imports scikit-learn's private validation names, so an
-upgrade that moves them is fixed here.
+This module is the only one that imports scikit-learn's private validation names (and its
+``_num_samples``, as :func:`num_samples`), so an upgrade that moves them is fixed here. It also
+holds the value checks every module shares: :func:`is_real`, :func:`check_radec` (sky
+coordinates), :func:`check_cutouts`, :func:`check_range`.
 
 Examples
 --------
@@ -28,6 +30,7 @@ sklearn.utils._param_validation.InvalidParameterError: The 'size' parameter of T
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from numbers import Integral, Real
@@ -36,6 +39,7 @@ import numpy as np
 from scipy import sparse
 
 from sklearn.base import _fit_context
+from sklearn.utils.validation import _num_samples as num_samples
 from sklearn.utils._param_validation import (
     HasMethods,
     Hidden,
@@ -65,6 +69,9 @@ __all__ = [
     "validate_params",
     "check_odd",
     "check_cutouts",
+    "check_radec",
+    "is_real",
+    "num_samples",
 ]
 
 #: ``sas_url`` / ``cache_dir``: ``None`` (environment / defaults), a string or a path.
@@ -170,6 +177,48 @@ def check_range(name, value, lo, hi, who="stargal"):
     if a < lo or b > hi:
         raise ValueError(f"{who}: {name}={value!r} is outside the supported range [{lo:g}, {hi:g}]")
     return a, b
+
+
+def is_real(value) -> bool:
+    """True for a finite real number that is not a bool (``True`` is an ``int`` in Python).
+
+    Examples
+    --------
+    >>> [is_real(v) for v in (1, 2.5, np.float32(3), True, float("nan"), "1")]
+    [True, True, True, False, False, False]
+    """
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def check_radec(ra, dec, what: str = "coordinates") -> tuple[np.ndarray, np.ndarray]:
+    """``(ra, dec)`` as 1-d float arrays of one length, finite, ``|dec| <= 90`` (degrees).
+
+    A ``ValueError`` naming ``what`` otherwise (the shape, the first non-finite row, the largest
+    ``|dec|``).
+
+    Examples
+    --------
+    >>> check_radec([10.0, 20.0], [0.0, -5.0])
+    (array([10., 20.]), array([ 0., -5.]))
+    """
+    ra = np.asarray(ra, dtype=float)
+    dec = np.asarray(dec, dtype=float)
+    if ra.shape != dec.shape or ra.ndim != 1:
+        raise ValueError(
+            f"{what}: ra and dec must be 1-d arrays of the same length, got shapes {ra.shape} and "
+            f"{dec.shape}"
+        )
+    bad = ~(np.isfinite(ra) & np.isfinite(dec))
+    if bad.any():
+        raise ValueError(
+            f"{what}: {int(bad.sum())} row(s) have non-finite ra/dec (first at position "
+            f"{int(np.argmax(bad))})"
+        )
+    if (np.abs(dec) > 90).any():
+        raise ValueError(
+            f"{what}: dec must lie in [-90, 90] degrees; got values up to {np.abs(dec).max():.6g}"
+        )
+    return ra, dec
 
 
 #: Keys of a model input that carries measured features beside the cutouts (the hybrid CNN's).

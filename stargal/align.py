@@ -55,6 +55,7 @@ from .frames import Field, MissingBandError
 from .registration import (LOCAL_PRIOR, LOCAL_SCALE_PX, MIN_REFERENCES, REFERENCE_CRITERIA,  # noqa: F401
                            REGISTRATION_VERSION, Registration, field_registration, find_reference_stars,
                            registration_path)
+from ._imaging import CUTOUT_SIZE
 from ._validation import PATH_LIKE, POSITIVE_INT, StrOptions, check_odd, validate_params
 from .sdss import BANDS, FieldID, parse_field_list
 
@@ -141,7 +142,7 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         lies farthest from every band's edge (by the frames' WCS) wins.
         ``None``: the fields named by those columns of ``X``; a table without them raises
         (there is no silent default: name the fields or use ``'window'``).
-    cutout_size : int, default=15
+    cutout_size : int, default=CUTOUT_SIZE
         Side of the cutouts that will be made (odd). Sets the edge margin
         :attr:`edge_margin_` ``= (cutout_size - 1) / 2 + 3.5`` pixels.
     policy : {'raise', 'flag'}, default='raise'
@@ -172,7 +173,8 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     ['field_id', 'x_u', 'y_u', 'x_g', 'y_g', 'x_r', 'y_r', 'x_i', 'y_i', 'x_z', 'y_z', 'flag']
     """
 
-    def __init__(self, fields=None, cutout_size=15, policy="raise", sas_url=None, cache_dir=None, refine=True):
+    def __init__(self, fields=None, cutout_size=CUTOUT_SIZE, policy="raise", sas_url=None, cache_dir=None,
+                 refine=True):
         self.fields = fields
         self.cutout_size = cutout_size
         self.policy = policy

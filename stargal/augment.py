@@ -77,41 +77,44 @@ PSF-aware cutouts (stars of FWHM 3 px = 1.19" here) broadened towards 2" seeing:
 >>> psf = np.exp(-(xx**2 + yy**2) / (2 * (3.0 / FWHM_PER_SIGMA) ** 2))
 >>> psf = np.tile(psf / psf.sum(), (6, 5, 1, 1))
 >>> Xp = np.concatenate([10.0 * psf + rng.normal(0.0, 0.01, psf.shape), psf], axis=1)
->>> Xs, _ = single_technique("seeing", seeing=2.0, random_state=0).fit_resample(Xp, y)
+>>> seeing_only = CutoutAugmenter(dihedral=False, shift=0.0, noise=0.0, seeing=2.0, random_state=0)
+>>> Xs, _ = seeing_only.fit_resample(Xp, y)
 >>> r = psf_fwhm(Xs[6:])[:, 2]  # r-band PSF FWHM of the copies, arcsec
 >>> bool(((r > 1.18) & (r < 2.0)).all()), np.allclose(Xs[6:, 5:].sum(axis=(2, 3)), 1.0)
 (True, True)
+
+The statistics the sampler measures (:func:`sky_noise`, :func:`psf_fwhm`) live in
+:mod:`stargal._imaging` (``cutout_sky_noise``, ``psf_channels_moment_fwhm``) and are importable
+from here; the kernels and geometric transforms in :mod:`stargal._transforms`.
 """
 
 from __future__ import annotations
 
-import numbers
-import warnings
-
 import numpy as np
-from scipy import ndimage, special
+from scipy import ndimage
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import type_of_target
 
-from ._imaging import (MAD_TO_SIGMA_EXACT, N_IMAGE_BANDS, SDSS_TYPE_RATIO, border_median, mad_std,
-                       point_source_ratio)
+from ._imaging import (FWHM_PER_SIGMA, N_IMAGE_BANDS, SDSS_TYPE_RATIO, border_median,
+                       moment_fwhm, point_source_ratio)
+from ._imaging import cutout_sky_noise as sky_noise
+from ._imaging import psf_channels_moment_fwhm as psf_fwhm
+from ._transforms import (affine, convolve_psf, convolve_zero, dihedral, discrete_gaussian,
+                          kernel_groups, noise_variance_factor)
 from ._validation import (HasMethods, Integral, InvalidParameterError, Interval, Real, StrOptions,
                           check_cutouts, join_inputs, split_inputs, validate_params)
-from .sdss import BANDS
+from .sdss import BANDS, PIXEL_SCALE_ARCSEC
 
 __all__ = [
     "TECHNIQUES",
     "DEFAULT_STRENGTHS",
     "CutoutAugmenter",
-    "augmentation_names",
-    "single_technique",
     "sky_noise",
     "psf_fwhm",
-    "PIXEL_SCALE",
-    "FWHM_PER_SIGMA",
     "SEEING_LABELS",
     "SEEING_BANDS",
+    "NOISE_LABELS",
     "SDSS_TYPE_RATIO",
 ]
 
@@ -119,10 +122,9 @@ __all__ = [
 #: Each is a constructor parameter of :class:`CutoutAugmenter`.
 TECHNIQUES: tuple[str, ...] = ("dihedral", "shift", "zoom", "shear", "blur", "noise", "seeing")
 
-#: Strength used by :func:`single_technique` when a technique is switched on
-#: alone (``dihedral`` is a flag; the others are in pixels, relative units,
-#: multiples of the sky noise or, for ``seeing``, arcsec, as documented on
-#: :class:`CutoutAugmenter`).
+#: A typical strength of each technique switched on (``dihedral`` is a flag; the others are in
+#: pixels, relative units, multiples of the sky noise or, for ``seeing``, arcsec, as documented on
+#: :class:`CutoutAugmenter`): the study's ablation uses these.
 DEFAULT_STRENGTHS: dict[str, bool | float] = {
     "dihedral": True,
     "shift": 0.5,
@@ -133,24 +135,6 @@ DEFAULT_STRENGTHS: dict[str, bool | float] = {
     "seeing": 2.0,
 }
 
-#: Values of each technique's parameter that switch it off.
-_OFF: dict[str, bool | float] = {
-    "dihedral": False,
-    "shift": 0.0,
-    "zoom": 0.0,
-    "shear": 0.0,
-    "blur": 0.0,
-    "noise": 0.0,
-    "seeing": 0.0,
-}
-
-
-#: SDSS imaging pixel scale, arcsec per pixel (``seeing`` is in arcsec).
-PIXEL_SCALE = 0.396
-
-#: FWHM / sigma of a Gaussian, ``2 sqrt(2 ln 2)``.
-FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
-
 #: Channel of the r-band PSF in PSF-aware cutouts (``seeing`` measures this one).
 _R_PSF = N_IMAGE_BANDS + BANDS.index("r")
 
@@ -160,191 +144,8 @@ SEEING_LABELS = ("consistent", "keep")
 #: Values of ``seeing_bands``.
 SEEING_BANDS = ("same", "independent")
 
-
-def augmentation_names() -> tuple[str, ...]:
-    """Names of the augmentation techniques of :class:`CutoutAugmenter`.
-
-    Returns
-    -------
-    tuple of str
-        ``('dihedral', 'shift', 'zoom', 'shear', 'blur', 'noise', 'seeing')``;
-        each is a parameter of :class:`CutoutAugmenter` and a valid ``name``
-        for :func:`single_technique`.
-
-    Examples
-    --------
-    >>> augmentation_names()
-    ('dihedral', 'shift', 'zoom', 'shear', 'blur', 'noise', 'seeing')
-    """
-    return TECHNIQUES
-
-
-def single_technique(name: str, **kw) -> "CutoutAugmenter":
-    """An augmenter with exactly one technique switched on (for ablations).
-
-    Parameters
-    ----------
-    name : str
-        One of :func:`augmentation_names`, or ``'none'`` for a control
-        augmenter with every technique off (its copies equal the originals).
-    **kw
-        Other :class:`CutoutAugmenter` parameters, e.g. ``n_copies``,
-        ``random_state``, ``balance``, or the strength of the chosen technique
-        under its own name (``single_technique('shift', shift=1.0)``). The
-        strength defaults to :data:`DEFAULT_STRENGTHS`. Keywords naming a
-        *different* technique are rejected, so the result really has a single
-        technique on.
-
-    Returns
-    -------
-    CutoutAugmenter
-        Unfitted.
-
-    Raises
-    ------
-    ValueError
-        Unknown technique name, or a keyword that would switch on another
-        technique.
-
-    Examples
-    --------
-    >>> single_technique("shift", shift=1.0, n_copies=2).get_params()["shift"]
-    1.0
-    >>> single_technique("blur").get_params()["dihedral"]
-    False
-    >>> single_technique("seeing").get_params()["seeing"]  # PSF-aware cutouts only
-    2.0
-    """
-    if name != "none" and name not in TECHNIQUES:
-        raise ValueError(
-            f"unknown augmentation technique {name!r}; expected one of "
-            f"{list(TECHNIQUES) + ['none']}"
-        )
-    others = [t for t in TECHNIQUES if t != name and t in kw]
-    if others:
-        raise ValueError(
-            f"single_technique({name!r}) cannot also set other techniques: {others}"
-        )
-    params = dict(_OFF)
-    if name != "none":
-        params[name] = DEFAULT_STRENGTHS[name]
-    params.update(kw)
-    return CutoutAugmenter(**params)
-
-
-_check_cutouts = check_cutouts  # the name other branches may still import
-
-
-def sky_noise(X, *, allow_nan: bool = False) -> np.ndarray:
-    """Robust per-band sky noise of a set of cutouts, in nanomaggies.
-
-    Uses the outer one-pixel border of every cutout (``4 H - 4`` pixels per
-    band for square cutouts), which is dominated by sky for centred objects.
-    Each cutout's border median is subtracted first (removing small
-    sky-level offsets between cutouts); the noise is then
-    ``1.4826 * MAD`` (median absolute deviation) of all those border pixels of
-    a band, pooled over the whole set. For pure Gaussian noise this slightly
-    underestimates the standard deviation, because each cutout's border
-    median comes from the same pixels it is subtracted from: by about 2 % for
-    15 x 15 cutouts (3.5 % for 9 x 9, 1.3 % for 25 x 25; measured on 10^4+
-    pure-noise cutouts). Neighbours and source wings on the border are
-    outliers the median ignores. On PSF-aware cutouts pass the image
-    channels only (``X[:, :5]``); :class:`CutoutAugmenter` does.
-
-    Parameters
-    ----------
-    X : array-like of shape (n, n_bands, H, W)
-        Cutouts in nanomaggies; ``H, W >= 3``.
-    allow_nan : bool, default=False
-        Ignore non-finite pixels instead of raising.
-
-    Returns
-    -------
-    ndarray of shape (n_bands,), float64
-        Sky noise per band; ``nan`` for a band with no finite border pixel.
-
-    Examples
-    --------
-    >>> rng = np.random.default_rng(1)
-    >>> X = rng.normal(0.0, [0.05, 0.02, 0.02, 0.03, 0.1], size=(200, 15, 15, 5))
-    >>> np.round(sky_noise(X.transpose(0, 3, 1, 2)), 2).tolist()
-    [0.05, 0.02, 0.02, 0.03, 0.1]
-    """
-    X = _check_cutouts(X, who="sky_noise", allow_nan=allow_nan)
-    n, n_bands, h, w = X.shape
-    if h < 3 or w < 3:
-        raise ValueError(f"sky_noise: cutouts must be at least 3 x 3 pixels, got {h} x {w}")
-    border = np.concatenate(
-        [X[:, :, 0, :], X[:, :, -1, :], X[:, :, 1:-1, 0], X[:, :, 1:-1, -1]], axis=2
-    ).astype(np.float64)  # (n, B, 2W + 2H - 4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices -> nan, handled below
-        border = border - np.nanmedian(border, axis=2, keepdims=True)
-        pooled = border.transpose(1, 0, 2).reshape(n_bands, -1)
-        # sky_noise's factor is the unrounded 1 / Phi^-1(3/4) (its numbers since it was written)
-        return mad_std(pooled, axis=1, ignore_nan=True, scale=MAD_TO_SIGMA_EXACT)
-
-
-def _moment_fwhm(stamps: np.ndarray) -> np.ndarray:
-    """Second-moment FWHM in pixels of stamps ``(..., H, W)``: ``2.3548 sqrt((Mxx + Myy) / 2)``.
-
-    Unweighted central moments about each stamp's own centroid, over the whole
-    stamp (negative pixels included); ``nan`` where the sum or the moment is
-    not positive. For a Gaussian this is its FWHM (less the part of its wings
-    cut off by the stamp).
-    """
-    P = np.asarray(stamps, dtype=np.float64)
-    h, w = P.shape[-2:]
-    yy = np.arange(h, dtype=np.float64)[:, None]
-    xx = np.arange(w, dtype=np.float64)[None, :]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tot = P.sum(axis=(-2, -1))
-        yc = (P * yy).sum(axis=(-2, -1)) / tot
-        xc = (P * xx).sum(axis=(-2, -1)) / tot
-        myy = (P * (yy - yc[..., None, None]) ** 2).sum(axis=(-2, -1)) / tot
-        mxx = (P * (xx - xc[..., None, None]) ** 2).sum(axis=(-2, -1)) / tot
-        m = (mxx + myy) / 2.0
-        ok = (tot > 0) & (m > 0) & np.isfinite(m)
-        return np.where(ok, FWHM_PER_SIGMA * np.sqrt(np.where(ok, m, 1.0)), np.nan)
-
-
-def psf_fwhm(X) -> np.ndarray:
-    """Second-moment FWHM (arcsec) of the PSF channels of PSF-aware cutouts.
-
-    ``FWHM = 2.3548 * sqrt((Mxx + Myy) / 2) * 0.396"`` with ``Mxx``, ``Myy``
-    the unweighted second central moments (pixels^2) of each PSF stamp about
-    its centroid: the FWHM of a round Gaussian with the same second moments.
-    This is the measure the ``seeing`` augmentation uses (Gaussian convolution
-    adds exactly ``sigma**2`` to ``Mxx`` and ``Myy``). For a real PSF with
-    extended wings it differs from a profile-fit FWHM and depends on the stamp
-    size; it is a consistent, not an absolute, size.
-
-    Parameters
-    ----------
-    X : array-like of shape (n, 10, H, W)
-        PSF-aware cutouts (``Cutter(psf=True)``).
-
-    Returns
-    -------
-    ndarray of shape (n, 5), float64
-        FWHM in arcsec per object and band ``u, g, r, i, z``; ``nan`` for an
-        empty (non-positive) PSF stamp.
-
-    Examples
-    --------
-    >>> yy, xx = np.mgrid[:15, :15] - 7.0
-    >>> g = np.exp(-(xx**2 + yy**2) / (2 * 1.5**2)); g /= g.sum()
-    >>> X = np.concatenate([np.zeros((1, 5, 15, 15)), np.tile(g, (1, 5, 1, 1))], axis=1)
-    >>> np.round(psf_fwhm(X) / 0.396 / 2.3548, 2).tolist()  # sigma in pixels
-    [[1.5, 1.5, 1.5, 1.5, 1.5]]
-    """
-    X = _check_cutouts(X, who="psf_fwhm", allow_nan=True)
-    if X.shape[1] != 2 * N_IMAGE_BANDS:
-        raise ValueError(
-            f"psf_fwhm: expected PSF-aware cutouts of shape (n, {2 * N_IMAGE_BANDS}, H, W) from "
-            f"Cutter(psf=True) (5 images, then the PSF in each band); got shape {X.shape}"
-        )
-    return _moment_fwhm(X[:, N_IMAGE_BANDS:]) * PIXEL_SCALE
+#: Values of ``noise_labels``.
+NOISE_LABELS = ("keep", "consistent")
 
 
 def _check_target(y, n: int, who: str) -> np.ndarray:
@@ -364,10 +165,6 @@ def _check_target(y, n: int, who: str) -> np.ndarray:
             f"got target type {kind!r}"
         )
     return y
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v)
 
 
 class CutoutAugmenter(BaseEstimator):
@@ -409,7 +206,7 @@ class CutoutAugmenter(BaseEstimator):
         sky noise is smoothed and not restored.
     seeing : float, default=0.0
         Maximum r-band seeing FWHM in **arcsec** (SDSS pixels are
-        :data:`PIXEL_SCALE` = 0.396") to broaden copies towards; needs
+        :data:`stargal.sdss.PIXEL_SCALE_ARCSEC` = 0.396") to broaden copies towards; needs
         PSF-aware cutouts (10 channels, ``Cutter(psf=True)``). Each copy's
         r FWHM is drawn from ``U(current, max(current, seeing))``, so copies
         of fields with seeing already at least ``seeing`` stay as they are.
@@ -610,7 +407,7 @@ class CutoutAugmenter(BaseEstimator):
         "zoom": [Interval(Real, 0, 1, closed="left")],
         "seeing_labels": [StrOptions(set(SEEING_LABELS))],
         "seeing_bands": [StrOptions(set(SEEING_BANDS))],
-        "noise_labels": [StrOptions(set(SEEING_LABELS))],
+        "noise_labels": [StrOptions(set(NOISE_LABELS))],
         "balance": ["boolean", StrOptions({"smote"}), HasMethods(["fit_resample"])],
         "random_state": ["random_state"],
     }
@@ -622,7 +419,7 @@ class CutoutAugmenter(BaseEstimator):
         "zoom": "zoom must be < 1 (scale factor 1 +/- zoom > 0)",
         "seeing_labels": f"seeing_labels must be one of {list(SEEING_LABELS)}",
         "seeing_bands": f"seeing_bands must be one of {list(SEEING_BANDS)}",
-        "noise_labels": f"noise_labels must be one of {list(SEEING_LABELS)}",
+        "noise_labels": f"noise_labels must be one of {list(NOISE_LABELS)}",
         "balance": "balance must be True, False, 'smote' or an imbalanced-learn sampler (an object with "
                    "fit_resample)",
     }
@@ -636,7 +433,7 @@ class CutoutAugmenter(BaseEstimator):
 
     def _check_data(self, X, y):
         who = type(self).__name__
-        X = _check_cutouts(X, who=who)
+        X = check_cutouts(X, who=who)
         n, _, h, w = X.shape
         if h != w or h % 2 == 0 or h < 3:
             raise ValueError(
@@ -658,7 +455,7 @@ class CutoutAugmenter(BaseEstimator):
                 f"got {n_channels} channels; build the cutouts with Cutter(psf=True), or set "
                 "seeing=0 (blur broadens 5-channel cutouts without telling the model)"
             )
-        bad = np.flatnonzero(~np.isfinite(_moment_fwhm(X[:, _R_PSF])))
+        bad = np.flatnonzero(~np.isfinite(moment_fwhm(X[:, _R_PSF])))
         if bad.size:
             raise ValueError(
                 f"{who}: seeing needs a positive r-band PSF stamp (channel {_R_PSF}) in every "
@@ -858,7 +655,7 @@ class CutoutAugmenter(BaseEstimator):
             scale = 1.0 + rng.uniform(-self.zoom, self.zoom, size=m) if do_zoom else np.ones(m)
             g = rng.uniform(-self.shear, self.shear, size=m) if do_shear else np.zeros(m)
             theta = rng.uniform(0.0, np.pi, size=m) if do_shear else np.zeros(m)
-            out = _affine(out, d, scale, g, theta)
+            out = affine(out, d, scale, g, theta)
 
         psf_aware = n_bands == 2 * N_IMAGE_BANDS
         nb = N_IMAGE_BANDS if psf_aware else n_bands  # image channels
@@ -866,7 +663,7 @@ class CutoutAugmenter(BaseEstimator):
         if self.blur > 0:
             sigmas = streams["blur"].uniform(0.0, self.blur, size=m)
             for i in range(m):
-                kernel = _discrete_gaussian(sigmas[i])
+                kernel = discrete_gaussian(sigmas[i])
                 if kernel.size > 1:
                     noise_level[i] = np.sum(kernel**2)  # interior white-noise sigma factor
                     for axis in (1, 2):  # rows, columns of the (bands, H, W) stack
@@ -874,7 +671,7 @@ class CutoutAugmenter(BaseEstimator):
                             out[i, :nb], kernel, axis=axis, mode="nearest"
                         )
                     if psf_aware:
-                        out[i, nb:] = _convolve_psf(out[i, nb:], kernel)
+                        out[i, nb:] = convolve_psf(out[i, nb:], kernel)
 
         if self.seeing > 0:
             check = self.seeing_labels == "consistent" and y is not None
@@ -891,7 +688,7 @@ class CutoutAugmenter(BaseEstimator):
                 self._seeing_keep_[galaxy[flipped]] = False
 
         if self.dihedral:
-            out = _dihedral(out, streams["dihedral"].integers(0, 8, size=m))
+            out = dihedral(out, streams["dihedral"].integers(0, 8, size=m))
 
         if self.noise > 0:
             check = self.noise_labels == "consistent" and y is not None and psf_aware
@@ -916,134 +713,28 @@ class CutoutAugmenter(BaseEstimator):
         """
         m, _, h, w = out.shape
         nb = N_IMAGE_BANDS
-        top = self.seeing / PIXEL_SCALE
+        top = self.seeing / PIXEL_SCALE_ARCSEC
         sky = np.nan_to_num(self.sky_noise_[:nb])
         # A fixed number of draws per copy (whatever the data), in copy order: one target per band
         # ('independent', from each band's PSF) or one for all bands (from the r PSF).
         if self.seeing_bands == "independent":
-            u, current = rng.uniform(0.0, 1.0, size=(m, nb)), _moment_fwhm(out[:, nb:])  # (m, nb) pixels
+            u, current = rng.uniform(0.0, 1.0, size=(m, nb)), moment_fwhm(out[:, nb:])  # (m, nb) pixels
         else:
-            u, current = rng.uniform(0.0, 1.0, size=(m, 1)), _moment_fwhm(out[:, _R_PSF])[:, None]
+            u, current = rng.uniform(0.0, 1.0, size=(m, 1)), moment_fwhm(out[:, _R_PSF])[:, None]
         target = current + u * np.maximum(top - current, 0.0)
-        # NaN where a band has no usable PSF stamp: that band keeps its seeing (_kernel_groups)
+        # NaN where a band has no usable PSF stamp: that band keeps its seeing (kernel_groups)
         sigma_k = np.broadcast_to(np.sqrt(np.maximum(target**2 - current**2, 0.0)) / FWHM_PER_SIGMA, (m, nb))
         for i in range(m):
             eps = rng.standard_normal(size=(nb, h, w), dtype=np.float32)
-            for s_k, bands in _kernel_groups(sigma_k[i]):
-                kernel = _discrete_gaussian(s_k)
+            for s_k, bands in kernel_groups(sigma_k[i]):
+                kernel = discrete_gaussian(s_k)
                 if kernel.size == 1:
                     continue
                 img = out[i, bands].astype(np.float64)
                 b = border_median(img)[:, None, None]  # local sky level per band
-                img = _convolve_zero(img - b, kernel) + b
-                restore = np.sqrt(np.clip(1.0 - _noise_variance_factor(kernel, h, w), 0.0, 1.0))
+                img = convolve_zero(img - b, kernel) + b
+                restore = np.sqrt(np.clip(1.0 - noise_variance_factor(kernel, h, w), 0.0, 1.0))
                 img += eps[bands] * (noise_level[i] * sky[bands][:, None, None] * restore[None])
                 out[i, bands] = img
-                out[i, nb + bands] = _convolve_psf(out[i, nb + bands], kernel)
+                out[i, nb + bands] = convolve_psf(out[i, nb + bands], kernel)
         return out
-
-
-def _kernel_groups(sigmas):
-    """``(sigma, band indices)`` for each distinct finite kernel width of one copy.
-
-    Bands sharing a width are convolved together; a non-finite width (no usable PSF
-    in this copy, checked on the input rows) leaves those bands unchanged.
-    """
-    sigmas = np.asarray(sigmas, dtype=np.float64)
-    groups = []
-    for s in np.unique(sigmas[np.isfinite(sigmas)]):
-        groups.append((float(s), np.flatnonzero(sigmas == s)))
-    return groups
-
-
-def _discrete_gaussian(sigma: float) -> np.ndarray:
-    """1-D discrete Gaussian kernel ``exp(-t) I_n(t)``, ``t = sigma**2`` (Lindeberg 1990).
-
-    Unlike a Gaussian sampled at pixel centres, its variance is exactly
-    ``sigma**2`` pixels^2 even for sub-pixel ``sigma`` (and it tends to the
-    sampled Gaussian for large ``sigma``). Truncated at ``4 sigma + 1`` pixels
-    and normalised to unit sum, so flux is conserved.
-    """
-    t = float(sigma) ** 2
-    if t < 1e-12:
-        return np.ones(1)
-    radius = int(np.ceil(4.0 * sigma)) + 1
-    kernel = special.ive(np.arange(-radius, radius + 1), t)
-    return kernel / kernel.sum()
-
-
-def _convolve_zero(stack: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Separable convolution of a ``(C, H, W)`` stack with zero padding (float64)."""
-    out = np.asarray(stack, dtype=np.float64)
-    for axis in (1, 2):
-        out = ndimage.convolve1d(out, kernel, axis=axis, mode="constant", cval=0.0)
-    return out
-
-
-def _noise_variance_factor(kernel: np.ndarray, h: int, w: int) -> np.ndarray:
-    """``f^2`` per pixel: white noise's variance after :func:`_convolve_zero`, over its input.
-
-    Output pixel ``(r, c)`` is ``sum k_{r-r'} k_{c-c'} x_{r'c'}`` over the stamp, so for
-    independent pixels of variance ``s^2`` its variance is ``s^2 G(r) G(c)`` with
-    ``G(j) = sum_{j' in stamp} k_{j-j'}^2`` (``= sum_i k_i^2`` away from the edges).
-    """
-    g_r = ndimage.convolve1d(np.ones(h), kernel**2, mode="constant")
-    g_c = ndimage.convolve1d(np.ones(w), kernel**2, mode="constant")
-    return g_r[:, None] * g_c[None, :]
-
-
-def _convolve_psf(psfs: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Convolve PSF stamps ``(C, H, W)`` with zero padding, rescaled to their input sums.
-
-    A stamp whose input or output sum is not positive is left unscaled.
-    """
-    before = np.asarray(psfs, dtype=np.float64).sum(axis=(1, 2))
-    out = _convolve_zero(psfs, kernel)
-    after = out.sum(axis=(1, 2))
-    ok = (before > 0) & (after > 0)
-    scale = np.divide(before, after, out=np.ones_like(after), where=ok)
-    return out * scale[:, None, None]
-
-
-def _dihedral(X: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Apply dihedral element ``k[i]`` (0..7) to cutout ``i``: ``k % 4`` quarter
-    turns after a left-right flip when ``k >= 4``. Square cutouts only."""
-    out = np.empty_like(X)
-    for code in range(8):
-        idx = np.flatnonzero(k == code)
-        if idx.size == 0:
-            continue
-        block = X[idx]
-        if code >= 4:
-            block = block[..., ::-1]
-        out[idx] = np.rot90(block, code % 4, axes=(2, 3))
-    return out
-
-
-def _affine(
-    X: np.ndarray, d: np.ndarray, scale: np.ndarray, g: np.ndarray, theta: np.ndarray
-) -> np.ndarray:
-    """Zoom/shear each cutout about its centre pixel and shift it by ``d``.
-
-    Forward map (0-based ``(row, col)`` pixel coordinates, centre ``c``):
-    ``out = s (I + g a b^T)(in - c) + c + d`` with ``a = (cos t, sin t)``,
-    ``b = (-sin t, cos t)``. :func:`scipy.ndimage.affine_transform` needs the
-    inverse ``in = M (out - c - d) + c``, ``M = (I - g a b^T) / s``; the result is
-    multiplied by ``|det M| = 1 / s^2`` so that flux is conserved.
-    """
-    m, n_bands, h, w = X.shape
-    c = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
-    out = np.empty_like(X)
-    for i in range(m):
-        a = np.array([np.cos(theta[i]), np.sin(theta[i])])
-        b = np.array([-np.sin(theta[i]), np.cos(theta[i])])
-        mat = (np.eye(2) - g[i] * np.outer(a, b)) / scale[i]
-        offset = c - mat @ (c + d[i])
-        jac = abs(np.linalg.det(mat))
-        for band in range(n_bands):
-            ndimage.affine_transform(
-                X[i, band], mat, offset=offset, output=out[i, band], order=3, mode="nearest"
-            )
-        if jac != 1.0:
-            out[i] *= np.float32(jac)
-    return out

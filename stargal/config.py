@@ -30,13 +30,14 @@ Examples
 from __future__ import annotations
 
 import copy
-import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
-from numbers import Integral, Real
+from numbers import Integral
 from pathlib import Path
 
+from stargal._imaging import CUTOUT_SIZE, PSF_MODES
+from stargal._validation import is_real as _is_real
 from stargal.sdss import FieldID
 
 __all__ = ["StudyConfig", "load_config", "default_config_text", "CNN_KEYS", "CNN_PARAM_NAMES"]
@@ -64,8 +65,9 @@ _DEFAULT_RESOURCE = ("stargal", "data/study.toml")
 #: Model kinds the study compares (``default_model`` is one of them).
 MODEL_KINDS = ("cnn", "hybrid", "forest", "rule")
 
-#: Values of the ``psf`` key: a :class:`stargal.psf_channels.PSFChannels` mode, or ``'none'``.
-PSF_CONFIG_MODES = ("scaled", "residual", "unit", "none")
+#: Values of the ``psf`` key: the :class:`stargal.psf_channels.PSFChannels` modes (``'none'``:
+#: PSF-blind).
+PSF_CONFIG_MODES = PSF_MODES
 
 # Scalar settings stored under [study] in the TOML file (flat attributes of StudyConfig).
 _STUDY_KEYS = (
@@ -95,10 +97,6 @@ _TOP_LEVEL_KEYS = _FIELD_LIST_KEYS + (
 # ----------------------------------------------------------------------------------------------
 def _is_int(v) -> bool:
     return isinstance(v, Integral) and not isinstance(v, bool)
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
 def _check_int(name, v, lo=None):
@@ -242,7 +240,7 @@ class StudyConfig:
     extra_fields: tuple = ()
     extra_field_notes: dict = field(default_factory=dict)
     seed: int = 0
-    cutout_size: int = 15
+    cutout_size: int = CUTOUT_SIZE
     exclusion_margin_arcsec: float = 20.0
     group_cell_arcmin: float = 3.0
     group_by: str = "cell"

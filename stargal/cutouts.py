@@ -69,6 +69,7 @@ from .sdss import BANDS
 PSF_SOURCES = ("stars", "psfield", "auto")
 
 __all__ = [
+    "CUTOUT_SIZE",
     "PSF_SOURCES",
     "Cutter",
     "INTERPOLATIONS",
@@ -79,10 +80,10 @@ __all__ = [
     "numba_available",
 ]
 
-from ._imaging import (  # noqa: E402,F401 - the resampling lives in the shared helpers; re-exported
-    _CHUNK, _KIND, _NUMBA_STATE, _PARALLEL_LOCK, ENGINES, INTERPOLATIONS, _cut_into, _numba_failed,
-    _numba_threads, _resample_numba, _resample_numpy, centroid_offsets, kernel_weights,
-    numba_available, resample_stamps,
+# the resampling lives in the shared helpers (stargal._imaging); its public names are re-exported
+from ._imaging import (  # noqa: E402
+    CUTOUT_SIZE, ENGINES, INTERPOLATIONS, _cut_into, centroid_offsets, kernel_weights, numba_available,
+    resample_stamps,
 )
 
 
@@ -96,8 +97,8 @@ class Cutter(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
 
     Parameters
     ----------
-    size : int, default=15
-        Cutout side in pixels; must be odd (an even size has no central pixel).
+    size : int, default=CUTOUT_SIZE
+        Cutout side in pixels (15 by default); must be odd (an even size has no central pixel).
     interpolation : {'lanczos3', 'bicubic', 'nearest'}, default='lanczos3'
         Resampling kernel; ``'nearest'`` cuts at integer pixels without resampling.
     sas_url, cache_dir : str, optional
@@ -128,8 +129,8 @@ class Cutter(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     (1, 5, 15, 15)
     """
 
-    def __init__(self, size=15, interpolation="lanczos3", sas_url=None, cache_dir=None, fill_value=np.nan,
-                 n_jobs=None, psf=False, psf_source="stars"):
+    def __init__(self, size=CUTOUT_SIZE, interpolation="lanczos3", sas_url=None, cache_dir=None,
+                 fill_value=np.nan, n_jobs=None, psf=False, psf_source="stars"):
         self.size = size
         self.psf = psf
         self.psf_source = psf_source

@@ -37,6 +37,7 @@ from photutils.aperture import CircularAperture
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from stargal._imaging import FWHM_PER_SIGMA as _FWHM_PER_SIGMA
 from stargal._imaging import N_IMAGE_BANDS, border_pixels, mad_std, split_psf_channels
 from stargal._validation import Real, validate_params
 from stargal.sdss import BANDS
@@ -51,8 +52,6 @@ SOFTENING = np.array([1.4e-10, 0.9e-10, 1.2e-10, 1.8e-10, 7.4e-10])
 #: ratios (concentration, peak/total) are clipped to this range
 _RATIO_RANGE = (-1.0, 2.0)
 
-#: FWHM of a Gaussian in units of its sigma, ``2 sqrt(2 ln 2)``
-_FWHM_PER_SIGMA = 2.3548
 #: SPREAD_MODEL's exponential scale length in units of the PSF FWHM (Desai et al. 2012)
 _SPREAD_SCALE = 1.0 / 16.0
 #: SPREAD_MODEL is clipped to this range (noise-only stamps: near-zero denominators)

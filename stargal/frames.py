@@ -1,4 +1,9 @@
-"""A field's five calibrated frames, each with its own WCS, and sky lookups.
+"""A field's five calibrated frames, each with its own WCS, and their footprints on the sky.
+
+:class:`Frame` (one band: image, WCS, sky statistics, pixel scale, "is this position on me"),
+:class:`Field` (the five bands, loaded lazily from a decompressed cache), and the footprint
+geometry built on :meth:`Frame.near`: :func:`in_footprints`, :func:`distance_to_footprint`,
+:func:`footprint_overlap` and :func:`min_separation_arcsec` (RA/Dec in ICRS degrees).
 
 An SDSS ``frame`` file holds a calibrated, sky-subtracted image in
 **nanomaggies** (HDU0, ``float32``, 2048 x 1489) with a TAN WCS. The five bands of
@@ -34,9 +39,10 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
-from ._imaging import mad_std
+from ._imaging import frame_sky_noise
 from ._io import atomic_write_bytes as _atomic_write_bytes
-from .fetch import FetchError, NotFoundError, get_fetcher
+from ._validation import check_radec, is_real
+from .fetch import NotFoundError, get_fetcher
 from .sdss import BANDS, FieldID, frame_path
 
 __all__ = [
@@ -44,12 +50,14 @@ __all__ = [
     "Field",
     "open_field",
     "MissingBandError",
-    "NoFieldError",
-    "robust_sky_noise",
     "calibration_path",
     "load_calibration",
     "read_frame_calibration",
     "decompressed_paths",
+    "distance_to_footprint",
+    "in_footprints",
+    "footprint_overlap",
+    "min_separation_arcsec",
 ]
 
 _CACHE_VERSION = 1
@@ -63,32 +71,6 @@ class MissingBandError(FileNotFoundError):
         self.missing = tuple(missing)
         msg = f"field {self.fid} has no frame for band(s) {', '.join(self.missing)}"
         super().__init__(msg + (f" ({detail})" if detail else ""))
-
-
-class NoFieldError(LookupError):
-    """Coordinates fall outside every available field."""
-
-
-def robust_sky_noise(image: np.ndarray, sample: int = 200_000, seed: int = 0) -> tuple[float, float]:
-    """Median and robust standard deviation (1.4826 MAD, 3-sigma clipped) of an image.
-
-    Returns ``(median, sigma)`` in the image's units (nanomaggies for frames). A random
-    subsample of ``sample`` pixels keeps this fast; sources are removed by clipping.
-    """
-    flat = np.asarray(image, dtype=np.float32).ravel()
-    flat = flat[np.isfinite(flat)]
-    if flat.size == 0:
-        return float("nan"), float("nan")
-    if flat.size > sample:
-        flat = np.random.default_rng(seed).choice(flat, sample, replace=False)
-    med, sig = np.median(flat), mad_std(flat)
-    for _ in range(3):
-        keep = np.abs(flat - med) < 3 * max(sig, 1e-12)
-        if keep.sum() < 100:
-            break
-        med = np.median(flat[keep])
-        sig = mad_std(flat[keep])
-    return float(med), float(sig)
 
 
 class Frame:
@@ -107,7 +89,8 @@ class Frame:
     wcs : astropy.wcs.WCS, optional
         Celestial WCS; built from ``header`` on first use when omitted.
     sky_median, sky_noise : float
-        Robust median and standard deviation of the (sky-subtracted) image, nanomaggies.
+        Robust median and standard deviation of the (sky-subtracted) image, nanomaggies
+        (:func:`stargal._imaging.frame_sky_noise`).
     header : astropy.io.fits.Header or str, optional
         The frame's primary header (a string is parsed on first use).
 
@@ -376,7 +359,7 @@ def load_frame(fid: FieldID | str, band: str, fetcher=None, *, sas_url=None, cac
             header, image, (calib, sky_counts) = fetcher.read(rel, _read_frame_file)
         except NotFoundError as exc:
             raise MissingBandError(fid, [band], str(exc)) from exc
-        sky_median, sky_noise = robust_sky_noise(image)
+        sky_median, sky_noise = frame_sky_noise(image)
         meta = {
             "version": _CACHE_VERSION,
             "relpath": rel,
@@ -485,3 +468,144 @@ def open_field(fid, fetcher=None, *, bands=BANDS, sas_url=None, cache_dir=None) 
     field = Field(fid, fetcher, bands=bands, sas_url=sas_url, cache_dir=cache_dir)
     field.frames()
     return field
+
+
+# ----------------------------------------------------------------------------- footprints
+# Whether sky positions lie on a frame (or within a margin of it), decided in that frame's pixels
+# through its own WCS (Frame.near): the margin in arcsec is converted with the frame's pixel
+# scale, and the frame grown by the margin has rounded corners (Euclidean pixel distance). A
+# *footprint* is a Frame, or a Field (its r frame).
+
+def _check_margin(margin_arcsec):
+    if not is_real(margin_arcsec) or margin_arcsec < 0:
+        raise ValueError(f"margin_arcsec must be a finite number >= 0, got {margin_arcsec!r}")
+    return float(margin_arcsec)
+
+
+def _frames(footprints):
+    """Normalise to a list of frames: a :class:`Frame`, a :class:`Field` (its r frame), or a
+    sequence / mapping of these."""
+    if hasattr(footprints, "world_to_pixel") and hasattr(footprints, "outside_distance"):
+        return [footprints]
+    if hasattr(footprints, "frame") and callable(footprints.frame):
+        return [footprints.frame("r")]
+    if isinstance(footprints, dict):
+        footprints = list(footprints.values())
+    if isinstance(footprints, (list, tuple)):
+        return [f for item in footprints for f in _frames(item)]
+    raise TypeError(
+        "footprints must be frames (stargal.frames.Frame), fields (stargal.frames.Field: their r "
+        f"frame) or a sequence of them; got {type(footprints).__name__}")
+
+
+def distance_to_footprint(ra, dec, footprint):
+    """Angular distance (arcsec) from each point to a frame; 0 on it.
+
+    Measured in the frame's pixels (:meth:`~stargal.frames.Frame.outside_distance` times its
+    pixel scale); ``inf`` for points the frame's tangent plane cannot hold (90 degrees away).
+
+    Parameters
+    ----------
+    ra, dec : array-like of float, shape (n,)
+        Degrees.
+    footprint : stargal.frames.Frame or stargal.frames.Field
+        The frame (a field: its r frame).
+
+    Returns
+    -------
+    ndarray of float, shape (n,)
+    """
+    ra, dec = check_radec(ra, dec)
+    (frame,) = _frames(footprint)
+    return frame.outside_distance(*frame.world_to_pixel(ra, dec)) * frame.pixel_scale
+
+
+def in_footprints(ra, dec, footprints, margin_arcsec=0.0):
+    """True for points on any frame or within ``margin_arcsec`` of one (pixel space, its WCS).
+
+    Parameters
+    ----------
+    ra, dec : array-like of float, shape (n,)
+        Degrees; non-finite values are an error.
+    footprints : Frame, Field or sequence / mapping of them
+        :class:`Frame` objects, or :class:`Field` objects (their r frame is used).
+    margin_arcsec : float, default=0.0
+
+    Returns
+    -------
+    ndarray of bool, shape (n,)
+        :func:`stargal.split.exclude_fields` returns the complement for a table.
+
+    Examples
+    --------
+    >>> from astropy.wcs import WCS
+    >>> wcs = WCS(naxis=2); wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]; wcs.wcs.crval = [0.0, 0.0]
+    >>> wcs.wcs.cdelt = [-0.1 / 3600, 0.1 / 3600]; wcs.wcs.crpix = [3600.5, 3600.5]  # 0.2 deg
+    >>> frame = Frame("r", np.zeros((7200, 7200), np.float32), wcs=wcs)      # straddles RA 0
+    >>> in_footprints([0.0, 0.105, 10.0], [0.0, 0.0, 0.0], frame, margin_arcsec=20.0).tolist()
+    [True, True, False]
+    """
+    ra, dec = check_radec(ra, dec)
+    margin = _check_margin(margin_arcsec)
+    hit = np.zeros(len(ra), dtype=bool)
+    for frame in _frames(footprints):
+        hit |= frame.near(ra, dec, margin)
+    return hit
+
+
+def footprint_overlap(frame_a, frame_b, margin_arcsec=0.0, step_pix=1.0):
+    """Whether two frames overlap, or come within ``margin_arcsec`` of each other.
+
+    Two convex frames overlap (or come within the margin) exactly when a point of one's boundary
+    lies on (or within the margin of) the other; the boundaries are sampled every ``step_pix``
+    pixels, so the answer is exact to ``step_pix / 2`` pixels.
+
+    Parameters
+    ----------
+    frame_a, frame_b : stargal.frames.Frame or stargal.frames.Field
+    margin_arcsec : float, default=0.0
+    step_pix : float, default=1.0
+
+    Returns
+    -------
+    bool
+    """
+    margin = _check_margin(margin_arcsec)
+    (fa,) = _frames(frame_a)
+    (fb,) = _frames(frame_b)
+    for one, other in ((fa, fb), (fb, fa)):
+        ny, nx = one.shape
+        xs = np.arange(-0.5, nx - 0.5 + step_pix, step_pix).clip(max=nx - 0.5)
+        ys = np.arange(-0.5, ny - 0.5 + step_pix, step_pix).clip(max=ny - 0.5)
+        bx = np.r_[xs, xs, np.full(ys.size, -0.5), np.full(ys.size, nx - 0.5)]
+        by = np.r_[np.full(xs.size, -0.5), np.full(xs.size, ny - 0.5), ys, ys]
+        ra, dec = one.pixel_to_world(bx, by)
+        if other.near(ra, dec, margin).any():
+            return True
+    return False
+
+
+def min_separation_arcsec(ra1, dec1, ra2, dec2):
+    """Smallest angular separation (arcsec) between any object of set 1 and any of set 2.
+
+    Uses astropy's ``match_coordinates_sky`` (a KD-tree): an independent check that two
+    splits share no object. Returns ``inf`` when either set is empty.
+
+    Examples
+    --------
+    >>> round(float(min_separation_arcsec([0.0], [0.0], [0.0, 1.0], [1 / 3600, 0.0])), 6)
+    1.0
+    """
+    ra1, dec1 = check_radec(ra1, dec1)
+    ra2, dec2 = check_radec(ra2, dec2)
+    if len(ra1) == 0 or len(ra2) == 0:
+        return float("inf")
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord, match_coordinates_sky
+
+    c1 = SkyCoord(ra1 * u.deg, dec1 * u.deg)
+    c2 = SkyCoord(ra2 * u.deg, dec2 * u.deg)
+    if len(ra2) == 1:
+        return float(c1.separation(c2[0]).arcsec.min())
+    _, sep, _ = match_coordinates_sky(c1, c2)
+    return float(sep.arcsec.min())

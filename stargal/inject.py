@@ -53,6 +53,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
+from ._imaging import CUTOUT_SIZE
 from ._validation import PATH_LIKE, Integral, Interval, Real, StrOptions, validate_params
 from ._validation import check_range as _check_range
 from .frames import Field, Frame
@@ -185,8 +186,8 @@ def random_positions(field: Field, n: int, rng, margin_pix: float = 0.0):
     return frame.pixel_to_world(x, y)
 
 
-def check_positions(field: Field, ra, dec, *, min_separation_arcsec=MIN_SEPARATION_ARCSEC, cutout_size=15,
-                    taken=None, min_injected_separation_arcsec=None):
+def check_positions(field: Field, ra, dec, *, min_separation_arcsec=MIN_SEPARATION_ARCSEC,
+                    cutout_size=CUTOUT_SIZE, taken=None, min_injected_separation_arcsec=None):
     """Aligner table of positions and the reason each is refused (``''`` when accepted).
 
     ``min_separation_arcsec``: distance to detected sources' pixels; ``min_injected_separation_arcsec``
@@ -237,9 +238,7 @@ def check_positions(field: Field, ra, dec, *, min_separation_arcsec=MIN_SEPARATI
 
 def _pixel_scale(field: Field) -> float:
     try:
-        from astropy.wcs.utils import proj_plane_pixel_scales
-
-        return float(np.mean(proj_plane_pixel_scales(field.frame("r").wcs.celestial)) * 3600.0)
+        return field.frame("r").pixel_scale
     except Exception:  # noqa: BLE001 - a WCS without a celestial part: SDSS's scale
         return PIXEL_SCALE_ARCSEC
 
@@ -252,8 +251,8 @@ def _counts(reason) -> dict:
 
 
 def inject(field: Field, sources: pd.DataFrame, *, psf_source: str = "stars",
-           min_separation_arcsec: float = MIN_SEPARATION_ARCSEC, cutout_size: int = 15, noise: bool = True,
-           random_state=None, min_injected_separation_arcsec=None) -> Injection:
+           min_separation_arcsec: float = MIN_SEPARATION_ARCSEC, cutout_size: int = CUTOUT_SIZE,
+           noise: bool = True, random_state=None, min_injected_separation_arcsec=None) -> Injection:
     """Add ``sources`` (``ra``, ``dec`` + :data:`stargal.synth.SOURCE_COLUMNS`) to copies of ``field``'s frames.
 
     Refused positions (:data:`REFUSALS`) are counted in ``counts`` and returned in ``refused``; the
@@ -316,7 +315,7 @@ def inject(field: Field, sources: pd.DataFrame, *, psf_source: str = "stars",
 
 def inject_random(field: Field, population: SyntheticPopulation, n: int, *, random_state=None,
                   psf_source: str = "stars", min_separation_arcsec: float = MIN_SEPARATION_ARCSEC,
-                  cutout_size: int = 15, noise: bool = True, kinds=None, max_rounds: int = 8,
+                  cutout_size: int = CUTOUT_SIZE, noise: bool = True, kinds=None, max_rounds: int = 8,
                   min_injected_separation_arcsec=None) -> Injection:
     """Inject ``n`` sources of ``population`` at random positions of ``field``.
 
@@ -363,10 +362,6 @@ def inject_random(field: Field, population: SyntheticPopulation, n: int, *, rand
 
 
 # ------------------------------------------------------------------------- the sampler
-def _is_pair(v):
-    return isinstance(v, (tuple, list)) and len(v) == 2
-
-
 class SyntheticInjector(BaseEstimator):
     """Add cutouts of synthetic stars and galaxies injected into real frames (imblearn sampler, fit only).
 

@@ -18,9 +18,12 @@ network sees (``mode``):
     the image minus the scaled PSF: the light a point source does not explain (extent directly).
 ``'unit'``
     the unit-sum PSF stamps unchanged.
-``'drop'``
-    the PSF channels are removed: a PSF-blind model on the same cutouts (5 channels), for
-    comparisons inside one pipeline (``psf__mode``).
+``'none'``
+    the PSF channels are removed: the network is PSF-blind (5 channels) on the same cutouts, for
+    comparisons inside one pipeline (``psf__mode``; the cutouts, and an augmenter before this
+    step, still carry the PSF). ``'drop'``, its former name, is deprecated (a ``FutureWarning``;
+    it does the same). A PSF-blind pipeline from the objects table, forest included, is
+    ``stargal.training.build_pipeline(..., psf='none')``: no PSF stamps are cut at all.
 
 The step sits after the augmenter, so augmented copies (including the seeing augmentation,
 which broadens image and PSF with the same kernel) get their PSF-fit flux measured afresh.
@@ -35,24 +38,25 @@ Examples
 >>> Xt = PSFChannels().fit_transform(X)
 >>> Xt.shape, bool(np.allclose(Xt[:, 5:], Xt[:, :5]))
 ((2, 10, 7, 7), True)
->>> PSFChannels(mode="drop").fit_transform(X).shape
+>>> PSFChannels(mode="none").fit_transform(X).shape
 (2, 5, 7, 7)
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._imaging import N_IMAGE_BANDS, psf_fit_flux, split_psf_channels
-from ._validation import join_inputs, split_inputs
+from ._imaging import N_IMAGE_BANDS, PSF_MODES, psf_fit_flux, split_psf_channels
+from ._validation import StrOptions, join_inputs, split_inputs
 
 __all__ = ["PSFChannels", "PSF_MODES"]
 
-#: Values of :class:`PSFChannels`' ``mode``.
-PSF_MODES = ("scaled", "residual", "unit", "drop")
+#: The former name of ``mode='none'`` (deprecated; accepted with a ``FutureWarning``).
+_DEPRECATED_MODES = {"drop": "none"}
 
 
 class PSFChannels(TransformerMixin, BaseEstimator):
@@ -60,13 +64,14 @@ class PSFChannels(TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    mode : {'scaled', 'residual', 'unit', 'drop'}, default='scaled'
-        See the module docstring.
+    mode : {'scaled', 'residual', 'unit', 'none'}, default='scaled'
+        See the module docstring (:data:`PSF_MODES`; ``'drop'`` is a deprecated name of
+        ``'none'``).
 
     Attributes
     ----------
     n_channels_out_ : int
-        10, or 5 for ``mode='drop'``.
+        10, or 5 for ``mode='none'``.
 
     Notes
     -----
@@ -76,7 +81,10 @@ class PSFChannels(TransformerMixin, BaseEstimator):
     channels and give a zero-flux PSF channel.
     """
 
-    _parameter_constraints = {"mode": [StrOptions(set(PSF_MODES))]}
+    _parameter_constraints = {
+        "mode": [StrOptions(set(PSF_MODES) | set(_DEPRECATED_MODES),
+                            deprecated=set(_DEPRECATED_MODES))],
+    }
 
     def __init__(self, mode="scaled"):
         self.mode = mode
@@ -108,8 +116,16 @@ class PSFChannels(TransformerMixin, BaseEstimator):
         """
         self._validate_params()
         self._check_X(split_inputs(X)[0])
-        self.n_channels_out_ = N_IMAGE_BANDS if self.mode == "drop" else 2 * N_IMAGE_BANDS
+        if self.mode in _DEPRECATED_MODES:
+            warnings.warn(f"PSFChannels(mode={self.mode!r}) is deprecated; use "
+                          f"mode={_DEPRECATED_MODES[self.mode]!r} (the same PSF-blind output)",
+                          FutureWarning, stacklevel=2)
+        self.n_channels_out_ = N_IMAGE_BANDS if self._mode() == "none" else 2 * N_IMAGE_BANDS
         return self
+
+    def _mode(self) -> str:
+        """``mode`` with a deprecated name replaced by its current one."""
+        return _DEPRECATED_MODES.get(self.mode, self.mode)
 
     def transform(self, X):
         """The network's input channels (see ``mode``).
@@ -129,11 +145,12 @@ class PSFChannels(TransformerMixin, BaseEstimator):
         X = self._check_X(X)
         images, psfs = split_psf_channels(X)
         images = images.astype(np.float32, copy=False)
-        if self.mode == "drop":
+        mode = self._mode()
+        if mode == "none":
             return np.array(images, dtype=np.float32, copy=True)
-        if self.mode == "unit":
+        if mode == "unit":
             return np.array(X, dtype=np.float32, copy=True)
         flux = psf_fit_flux(images, psfs).astype(np.float32)
         scaled = np.nan_to_num(psfs.astype(np.float32)) * flux[:, :, None, None]
-        second = scaled if self.mode == "scaled" else images - scaled
+        second = scaled if mode == "scaled" else images - scaled
         return np.concatenate([images, second], axis=1).astype(np.float32, copy=False)

@@ -15,8 +15,6 @@ step; the resampling and centroids it needs are the shared helpers of :mod:`star
 
 from __future__ import annotations
 
-import json
-import threading
 import warnings
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ._imaging import border_median, centroid_offsets, resample_stamps
-from ._io import atomic_write_bytes
+from ._io import cached_json
 from .frames import Field, MissingBandError, decompressed_paths
 from .sdss import BANDS, FieldID, frame_path
 
@@ -36,6 +34,7 @@ __all__ = [
     "registration_path",
     "REGISTRATION_VERSION",
     "REFERENCE_CRITERIA",
+    "REFERENCE_STAMP",
     "MIN_REFERENCES",
     "LOCAL_SCALE_PX",
     "LOCAL_PRIOR",
@@ -69,12 +68,12 @@ MIN_REFERENCES = 5
 LOCAL_SCALE_PX = 200.0
 #: Weight of the field-wide constant against the kernel-weighted neighbours (shrinkage).
 LOCAL_PRIOR = 0.5
-_STAMP = 15
+#: Side (pixels) of the stamps on which reference stars are measured (centroids, windowed size).
+REFERENCE_STAMP = 15
 _AP_RADIUS = 3.0
 _MAX_OFFSET_PX = 1.0  # references farther than this from the band's median offset are never used
 _MIN_CLIP_PX = 0.15   # ... nor farther than max(5 x their median distance, this)
-_MEMO: dict = {}
-_MEMO_LOCK = threading.Lock()
+_MEMO: dict = {}  # per-process memo of field_registration (stargal._io.cached_json)
 
 
 _REFERENCE_COLUMNS = ("x_r", "y_r", "peak_snr", "size") + tuple(
@@ -193,7 +192,7 @@ def find_reference_stars(field: Field) -> pd.DataFrame:
     if px.size == 0:
         return _empty_references()
 
-    stamps = resample_stamps(img, px.astype(float), py.astype(float), _STAMP, "nearest")
+    stamps = resample_stamps(img, px.astype(float), py.astype(float), REFERENCE_STAMP, "nearest")
     cen = centroid_offsets(stamps[:, None])[:, 0]
     ok = np.isfinite(cen).all(axis=1)
     cen = np.where(np.isfinite(cen), cen, 0.0)
@@ -221,10 +220,10 @@ def find_reference_stars(field: Field) -> pd.DataFrame:
             frame = None
         if frame is not None:
             xb, yb = (x_r, y_r) if b == "r" else frame.world_to_pixel(ra, dec)
-            raw = resample_stamps(frame.image, xb, yb, _STAMP, "nearest")
+            raw = resample_stamps(frame.image, xb, yb, REFERENCE_STAMP, "nearest")
             flux = _aperture_flux(raw)
             noise_b = float(frame.sky_noise)
-            npix = int(_aperture(_STAMP).sum())
+            npix = int(_aperture(REFERENCE_STAMP).sum())
             snr = flux / (noise_b * np.sqrt(npix)) if noise_b > 0 else np.full(x_r.size, np.nan)
             off = centroid_offsets(raw[:, None])[:, 0]
             off -= np.column_stack([xb - np.floor(xb + 0.5), yb - np.floor(yb + 0.5)])
@@ -505,7 +504,8 @@ def field_registration(field, fetcher=None, *, sas_url=None, cache_dir=None, ref
     The reference stars are measured on the first call for a field and stored as a small
     JSON file beside the field's decompressed frames (``registration-RRRRRR-C-FFFF.v<N>.json``,
     written atomically; ``N`` = :data:`REGISTRATION_VERSION`), so later calls, in any process,
-    only read it. A cache that cannot be written only costs a warning.
+    only read it (:func:`stargal._io.cached_json`). A cache file that cannot be read is measured
+    again with a ``RuntimeWarning``; one that cannot be written only costs a warning.
 
     Parameters
     ----------
@@ -525,37 +525,23 @@ def field_registration(field, fetcher=None, *, sas_url=None, cache_dir=None, ref
     if not isinstance(field, Field):
         field = Field(field, fetcher, sas_url=sas_url, cache_dir=cache_dir)
     fid = field.fid
-    path = registration_path(field.fetcher.cache_dir, fid)
-    key = str(path)
-    if not refresh:
-        with _MEMO_LOCK:
-            if key in _MEMO:
-                return _MEMO[key]
+
+    def build() -> dict:
         try:
-            data = json.loads(path.read_text())
-            columns = set(data.get("references") or _REFERENCE_COLUMNS)
-            if (data.get("version") == REGISTRATION_VERSION and data.get("fid") == str(fid)
-                    and columns >= set(_REFERENCE_COLUMNS)):
-                reg = Registration.from_dict(data)
-                with _MEMO_LOCK:
-                    _MEMO[key] = reg
-                return reg
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # missing or unreadable: measure
-    try:
-        shape = field.frame("r").shape
-    except MissingBandError:
-        shape = None
-    data = Registration(str(fid), find_reference_stars(field), shape=shape).to_dict()
-    # use exactly what the cache holds (values rounded to 1e-5 px), so that a process that
-    # measured the registration and one that read it from the cache give identical positions
-    reg = Registration.from_dict(json.loads(json.dumps(data)))
-    try:
-        payload = json.dumps(data).encode()
-        atomic_write_bytes(path, lambda fh: fh.write(payload))
-    except OSError as exc:
-        warnings.warn(f"Aligner: could not cache the registration of field {fid} at {path}: {exc}",
-                      RuntimeWarning, stacklevel=2)
-    with _MEMO_LOCK:
-        _MEMO[key] = reg
-    return reg
+            shape = field.frame("r").shape
+        except MissingBandError:
+            shape = None
+        return Registration(str(fid), find_reference_stars(field), shape=shape).to_dict()
+
+    def parse(data: dict) -> Registration:
+        columns = set(data.get("references") or _REFERENCE_COLUMNS)
+        if data.get("version") != REGISTRATION_VERSION or data.get("fid") != str(fid):
+            raise ValueError(f"the file holds version {data.get('version')!r} of field {data.get('fid')!r}")
+        if not columns >= set(_REFERENCE_COLUMNS):
+            raise ValueError(f"reference columns missing: {sorted(set(_REFERENCE_COLUMNS) - columns)}")
+        return Registration.from_dict(data)
+
+    # the object is parsed from exactly what the cache holds (values rounded to 1e-5 px), so that a
+    # process that measured the registration and one that read it give identical positions
+    return cached_json(registration_path(field.fetcher.cache_dir, fid), build, parse, memo=_MEMO,
+                       refresh=refresh, what=f"field {fid}: registration", category=RuntimeWarning)

@@ -40,10 +40,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from stargal._imaging import N_IMAGE_BANDS
+from stargal._imaging import N_IMAGE_BANDS, cutout_sky_noise
 from stargal._validation import (InvalidParameterError, Interval, Real, StrOptions, validate_params,
                                  check_cutouts as _check_cutouts, join_inputs, split_inputs)
-from stargal.augment import sky_noise
 
 __all__ = ["AsinhScaler", "MIN_SOFTENING"]
 
@@ -62,7 +61,7 @@ class AsinhScaler(TransformerMixin, BaseEstimator):
     softening : 'auto', float or array-like of shape (n_bands,), default='auto'
         Softening ``b`` in nanomaggies (``> 0``), one value for every band or
         one per band. ``'auto'`` uses each band's sky noise measured on the
-        training cutouts with :func:`stargal.augment.sky_noise`
+        training cutouts with :func:`stargal._imaging.cutout_sky_noise`
         (``1.4826 * MAD`` of the cutouts' border pixels after subtracting each
         cutout's border median), floored at :data:`MIN_SOFTENING`. On PSF-aware
         cutouts (10 channels: 5 images, then the PSF of each band, see
@@ -153,10 +152,10 @@ class AsinhScaler(TransformerMixin, BaseEstimator):
         who = type(self).__name__
         if isinstance(self.softening, str):  # 'auto' (validated)
             if n_bands == 2 * N_IMAGE_BANDS:  # PSF-aware: PSF channel k + 5 is softened like band k
-                noise = sky_noise(X[:, :N_IMAGE_BANDS], allow_nan=self.nan_policy == "zero")
+                noise = cutout_sky_noise(X[:, :N_IMAGE_BANDS], allow_nan=self.nan_policy == "zero")
                 noise = np.where(np.isfinite(noise), noise, 0.0)
                 return np.tile(np.maximum(noise, MIN_SOFTENING), 2)
-            noise = sky_noise(X, allow_nan=self.nan_policy == "zero")
+            noise = cutout_sky_noise(X, allow_nan=self.nan_policy == "zero")
             noise = np.where(np.isfinite(noise), noise, 0.0)
             return np.maximum(noise, MIN_SOFTENING)
         try:

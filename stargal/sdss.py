@@ -1,8 +1,10 @@
-"""SDSS field identifiers and Science Archive Server (SAS) paths.
+"""SDSS identifiers, Science Archive Server (SAS) paths and the imaging constants.
 
-Everything here is pure string work: no I/O. Paths are *relative* to a SAS
-base URL (``https://data.sdss.org/sas/`` or a mirror) and follow the DR17
-layout exactly::
+Field identifiers (:class:`FieldID`), relative SAS paths, and the constants of SDSS imaging
+that every module shares: the band order :data:`BANDS`, the nominal pixel scale
+:data:`PIXEL_SCALE_ARCSEC` and the frame shape :data:`FRAME_SHAPE`. Pure string work: no I/O.
+Paths are *relative* to a SAS base URL (``https://data.sdss.org/sas/`` or a mirror) and follow
+the DR17 layout exactly::
 
     dr17/eboss/photoObj/frames/301/RUN/CAMCOL/frame-BAND-RRRRRR-C-FFFF.fits.bz2
     dr17/eboss/photoObj/frames/301/RUN/CAMCOL/frame-irg-RRRRRR-C-FFFF.jpg
@@ -27,6 +29,8 @@ from dataclasses import dataclass
 
 __all__ = [
     "BANDS",
+    "PIXEL_SCALE_ARCSEC",
+    "FRAME_SHAPE",
     "DEFAULT_SAS_URL",
     "DEFAULT_RERUN",
     "FieldID",
@@ -41,6 +45,13 @@ __all__ = [
 
 #: SDSS bands in wavelength order; every cutout tensor uses this channel order.
 BANDS: tuple[str, ...] = ("u", "g", "r", "i", "z")
+
+#: Nominal pixel scale of SDSS imaging (arcsec per pixel). Where a frame is at hand its own WCS
+#: gives the scale (:attr:`stargal.frames.Frame.pixel_scale`); this is for when none is.
+PIXEL_SCALE_ARCSEC = 0.396
+
+#: Shape ``(ny, nx)`` of an SDSS frame (and of the pixel grid of its psField PSF model).
+FRAME_SHAPE: tuple[int, int] = (1489, 2048)
 
 #: The real SDSS Science Archive Server.
 DEFAULT_SAS_URL = "https://data.sdss.org/sas/"

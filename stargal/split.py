@@ -1,27 +1,20 @@
-"""Leakage-free data splits: sky-region groups, test-field exclusion, split reports.
+"""Leakage-free data splits: sky-region groups, test-field exclusion, group-aware splitters.
 
 Objects that are close on the sky share seeing, depth, calibration and neighbours, so random
 row-wise splits leak. This module provides
 
 * :func:`sky_groups` / :func:`make_groups` -- group ids from a fixed sky grid (or whole fields),
   to be used with group-aware cross-validation (:func:`make_cv`) and validation hold-outs
-  (:func:`group_train_valid_indices`);
+  (:class:`GroupHoldOut`, :func:`group_train_valid_indices`);
 * :func:`exclude_fields` -- a *keep* mask that removes every object lying on (or within a
   margin of) any given frame, e.g. the test field's r frame, so the test field never leaks
   into train/validation even when fields overlap;
-* :func:`distance_to_footprint`, :func:`footprint_overlap`, :func:`min_separation_arcsec` --
-  the geometry behind it, exposed for checks;
-* :func:`assign_splits` -- the study's ``'test'``/``'train'``/``'valid'``/``'excluded'`` column;
-* :func:`split_report` and :func:`magnitude_ks` -- per-split counts, class balance, magnitude
-  distributions and KS tests for the report.
+* :func:`assign_splits` -- the study's ``'test'``/``'train'``/``'valid'``/``'excluded'`` column.
 
-Geometry conventions
---------------------
-RA/Dec are ICRS degrees. A *footprint* is a frame (:class:`stargal.frames.Frame`, or a
-:class:`stargal.frames.Field`, whose r frame is used). Whether a point lies on a frame, or
-within a margin of it, is decided in that frame's **pixels** through its own WCS
-(:meth:`stargal.frames.Frame.near`): the margin in arcsec is converted with the frame's pixel
-scale, and the frame grown by the margin has rounded corners (Euclidean pixel distance).
+RA/Dec are ICRS degrees (checked by :func:`stargal._validation.check_radec`). The footprint
+geometry (on a frame or within a margin of it, decided in the frame's pixels through its own WCS)
+is :mod:`stargal.frames`' (:func:`~stargal.frames.in_footprints`, ...); the split reports of the
+study are :mod:`experiments.splits`'.
 
 Examples
 --------
@@ -41,78 +34,41 @@ array([False, False,  True])
 
 from __future__ import annotations
 
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import BaseCrossValidator
 
+from stargal._validation import check_radec, is_real
+# the footprint geometry lives in stargal.frames; its names stay importable from here
+from stargal.frames import (distance_to_footprint, footprint_overlap, in_footprints,  # noqa: F401
+                            min_separation_arcsec)
 from stargal.sdss import FieldID
 
 __all__ = [
     "sky_groups",
     "make_groups",
     "field_group_ids",
-    "distance_to_footprint",
-    "in_footprints",
     "exclude_fields",
-    "footprint_overlap",
-    "min_separation_arcsec",
     "group_train_valid_indices",
     "GroupHoldOut",
     "make_cv",
     "assign_splits",
-    "split_report",
-    "magnitude_ks",
-    "SPLIT_ORDER",
 ]
 
 _DEG = np.pi / 180.0
-
-#: Order in which split names are reported (others follow alphabetically).
-SPLIT_ORDER: tuple[str, ...] = ("train", "valid", "validation", "test", "excluded")
 
 
 # ==============================================================================================
 # input helpers
 # ==============================================================================================
-def _coords(ra, dec, what="coordinates"):
-    ra = np.asarray(ra, dtype=float)
-    dec = np.asarray(dec, dtype=float)
-    if ra.shape != dec.shape or ra.ndim != 1:
-        raise ValueError(
-            f"{what}: ra and dec must be 1-d arrays of the same length, got shapes {ra.shape} and "
-            f"{dec.shape}"
-        )
-    bad = ~(np.isfinite(ra) & np.isfinite(dec))
-    if bad.any():
-        raise ValueError(
-            f"{what}: {int(bad.sum())} row(s) have non-finite ra/dec (first at position "
-            f"{int(np.argmax(bad))})"
-        )
-    if (np.abs(dec) > 90).any():
-        raise ValueError(
-            f"{what}: dec must lie in [-90, 90] degrees; got values up to {np.abs(dec).max():.6g}"
-        )
-    return ra, dec
-
-
 def _table_coords(table, ra_col="ra", dec_col="dec"):
     try:
         ra, dec = table[ra_col], table[dec_col]
     except (KeyError, TypeError, IndexError):
         raise ValueError(f"table must have columns {ra_col!r} and {dec_col!r} (degrees)") from None
-    return _coords(ra, dec, what="table")
-
-
-def _is_real(value):
-    return isinstance(value, Real) and not isinstance(value, bool) and bool(np.isfinite(value))
-
-
-def _check_margin(margin_arcsec):
-    if not _is_real(margin_arcsec) or margin_arcsec < 0:
-        raise ValueError(f"margin_arcsec must be a finite number >= 0, got {margin_arcsec!r}")
-    return float(margin_arcsec)
+    return check_radec(ra, dec, what="table")
 
 
 # ==============================================================================================
@@ -145,9 +101,9 @@ def sky_groups(ra, dec, cell_arcmin=3.0):
     >>> bool(g[0] == g[1]), bool(g[0] == g[2])
     (True, False)
     """
-    if not _is_real(cell_arcmin) or cell_arcmin <= 0:
+    if not is_real(cell_arcmin) or cell_arcmin <= 0:
         raise ValueError(f"cell_arcmin must be a positive number, got {cell_arcmin!r}")
-    ra, dec = _coords(ra, dec)
+    ra, dec = check_radec(ra, dec)
     h = float(cell_arcmin) / 60.0
     n_bands = int(np.ceil(180.0 / h))
     n_max = max(1, int(np.floor(360.0 / h)))
@@ -229,69 +185,8 @@ def make_groups(table, by="cell", cell_arcmin=3.0):
 
 
 # ==============================================================================================
-# footprints
+# test-field exclusion (the geometry: stargal.frames)
 # ==============================================================================================
-def _frames(footprints):
-    """Normalise to a list of frames: a :class:`~stargal.frames.Frame`, a
-    :class:`~stargal.frames.Field` (its r frame), or a sequence / mapping of these."""
-    if hasattr(footprints, "world_to_pixel") and hasattr(footprints, "outside_distance"):
-        return [footprints]
-    if hasattr(footprints, "frame") and callable(footprints.frame):
-        return [footprints.frame("r")]
-    if isinstance(footprints, dict):
-        footprints = list(footprints.values())
-    if isinstance(footprints, (list, tuple)):
-        return [f for item in footprints for f in _frames(item)]
-    raise TypeError(
-        "footprints must be frames (stargal.frames.Frame), fields (stargal.frames.Field: their r "
-        f"frame) or a sequence of them; got {type(footprints).__name__}")
-
-
-def distance_to_footprint(ra, dec, footprint):
-    """Angular distance (arcsec) from each point to a frame; 0 on it.
-
-    Measured in the frame's pixels (:meth:`~stargal.frames.Frame.outside_distance` times its
-    pixel scale); ``inf`` for points the frame's tangent plane cannot hold (90 degrees away).
-
-    Parameters
-    ----------
-    ra, dec : array-like of float, shape (n,)
-        Degrees.
-    footprint : stargal.frames.Frame or stargal.frames.Field
-        The frame (a field: its r frame).
-
-    Returns
-    -------
-    ndarray of float, shape (n,)
-    """
-    ra, dec = _coords(ra, dec)
-    (frame,) = _frames(footprint)
-    return frame.outside_distance(*frame.world_to_pixel(ra, dec)) * frame.pixel_scale
-
-
-def in_footprints(ra, dec, footprints, margin_arcsec=0.0):
-    """True for points on any frame or within ``margin_arcsec`` of one (pixel space, its WCS).
-
-    Parameters
-    ----------
-    ra, dec : array-like of float, shape (n,)
-        Degrees; non-finite values are an error.
-    footprints : see :func:`exclude_fields`
-    margin_arcsec : float, default=0.0
-
-    Returns
-    -------
-    ndarray of bool, shape (n,)
-        :func:`exclude_fields` returns the complement for a table.
-    """
-    ra, dec = _coords(ra, dec)
-    margin = _check_margin(margin_arcsec)
-    hit = np.zeros(len(ra), dtype=bool)
-    for frame in _frames(footprints):
-        hit |= frame.near(ra, dec, margin)
-    return hit
-
-
 def exclude_fields(table, footprints, margin_arcsec=20.0, ra_col="ra", dec_col="dec"):
     """Mask of rows to KEEP: objects farther than ``margin_arcsec`` from every footprint frame.
 
@@ -319,64 +214,6 @@ def exclude_fields(table, footprints, margin_arcsec=20.0, ra_col="ra", dec_col="
     """
     ra, dec = _table_coords(table, ra_col, dec_col)
     return ~in_footprints(ra, dec, footprints, margin_arcsec=margin_arcsec)
-
-
-def footprint_overlap(frame_a, frame_b, margin_arcsec=0.0, step_pix=1.0):
-    """Whether two frames overlap, or come within ``margin_arcsec`` of each other.
-
-    Two convex frames overlap (or come within the margin) exactly when a point of one's boundary
-    lies on (or within the margin of) the other; the boundaries are sampled every ``step_pix``
-    pixels, so the answer is exact to ``step_pix / 2`` pixels.
-
-    Parameters
-    ----------
-    frame_a, frame_b : stargal.frames.Frame or stargal.frames.Field
-    margin_arcsec : float, default=0.0
-    step_pix : float, default=1.0
-
-    Returns
-    -------
-    bool
-    """
-    margin = _check_margin(margin_arcsec)
-    (fa,) = _frames(frame_a)
-    (fb,) = _frames(frame_b)
-    for one, other in ((fa, fb), (fb, fa)):
-        ny, nx = one.shape
-        xs = np.arange(-0.5, nx - 0.5 + step_pix, step_pix).clip(max=nx - 0.5)
-        ys = np.arange(-0.5, ny - 0.5 + step_pix, step_pix).clip(max=ny - 0.5)
-        bx = np.r_[xs, xs, np.full(ys.size, -0.5), np.full(ys.size, nx - 0.5)]
-        by = np.r_[np.full(xs.size, -0.5), np.full(xs.size, ny - 0.5), ys, ys]
-        ra, dec = one.pixel_to_world(bx, by)
-        if other.near(ra, dec, margin).any():
-            return True
-    return False
-
-
-def min_separation_arcsec(ra1, dec1, ra2, dec2):
-    """Smallest angular separation (arcsec) between any object of set 1 and any of set 2.
-
-    Uses astropy's ``match_coordinates_sky`` (a KD-tree): an independent check that two
-    splits share no object. Returns ``inf`` when either set is empty.
-
-    Examples
-    --------
-    >>> round(float(min_separation_arcsec([0.0], [0.0], [0.0, 1.0], [1 / 3600, 0.0])), 6)
-    1.0
-    """
-    ra1, dec1 = _coords(ra1, dec1)
-    ra2, dec2 = _coords(ra2, dec2)
-    if len(ra1) == 0 or len(ra2) == 0:
-        return float("inf")
-    from astropy import units as u
-    from astropy.coordinates import SkyCoord, match_coordinates_sky
-
-    c1 = SkyCoord(ra1 * u.deg, dec1 * u.deg)
-    c2 = SkyCoord(ra2 * u.deg, dec2 * u.deg)
-    if len(ra2) == 1:
-        return float(c1.separation(c2[0]).arcsec.min())
-    _, sep, _ = match_coordinates_sky(c1, c2)
-    return float(sep.arcsec.min())
 
 
 # ==============================================================================================
@@ -469,7 +306,7 @@ class GroupHoldOut(BaseCrossValidator):
             Group of every row (e.g. from :func:`make_groups`).
         """
         fraction = self.fraction
-        if not _is_real(fraction) or not 0 < fraction <= 0.5:
+        if not is_real(fraction) or not 0 < fraction <= 0.5:
             raise ValueError(f"valid_fraction (fraction) must be in (0, 0.5], got {fraction!r}")
         if groups is None:
             raise ValueError("GroupHoldOut needs groups (e.g. stargal.split.make_groups)")
@@ -624,149 +461,3 @@ def assign_splits(
     return pd.Series(split, index=table.index, name="split", dtype=object)
 
 
-# ==============================================================================================
-# reports
-# ==============================================================================================
-def _split_names(values):
-    uniq = list(pd.unique(values))
-    known = [s for s in SPLIT_ORDER if s in uniq]
-    others = sorted((s for s in uniq if s not in SPLIT_ORDER), key=str)
-    return known + others
-
-
-def _is_galaxy(labels):
-    """Labels ('galaxy'/'star' or 1/0) -> float array 1/0, NaN for missing."""
-    s = pd.Series(labels)
-    out = np.full(len(s), np.nan)
-    low = s.astype(str).str.strip().str.lower()
-    gal = low.isin(["galaxy", "1", "1.0", "true"])
-    star = low.isin(["star", "0", "0.0", "false"])
-    missing = s.isna().to_numpy()
-    bad = ~(gal | star).to_numpy() & ~missing
-    if bad.any():
-        examples = sorted(set(s[bad].astype(str)))[:5]
-        raise ValueError(f"labels must be 'star'/'galaxy' or 0/1; got {examples}")
-    out[gal.to_numpy()] = 1.0
-    out[star.to_numpy()] = 0.0
-    return out
-
-
-def _field_strings(table):
-    if "field_id" in table:
-        return table["field_id"].astype(str).to_numpy()
-    if all(c in table for c in ("run", "camcol", "field")):
-        triples = zip(table["run"], table["camcol"], table["field"])
-        return np.array([f"{r}-{c}-{f}" for r, c, f in triples], dtype=object)
-    return None
-
-
-def split_report(table, split_col="split", label_col="label", mag_col="psfmag_r"):
-    """Per-split summary: counts, class balance, r magnitudes and fields.
-
-    Parameters
-    ----------
-    table : pandas.DataFrame
-        Objects with ``split_col``, ``label_col`` (``'star'``/``'galaxy'`` or 0/1; missing
-        labels are counted in ``n_objects`` only) and optionally ``mag_col`` and ``field_id``
-        (or ``run``/``camcol``/``field``).
-    split_col, label_col, mag_col : str
-
-    Returns
-    -------
-    pandas.DataFrame
-        Indexed by split (train, valid, test, excluded first), columns ``n_objects``,
-        ``n_stars``, ``n_galaxies``, ``galaxy_fraction``, ``{mag_col}_median``,
-        ``{mag_col}_q10``, ``{mag_col}_q90`` (NaN without ``mag_col``), ``n_fields``, ``fields``
-        (comma-separated, sorted; empty when the table has no field columns).
-
-    Examples
-    --------
-    >>> t = pd.DataFrame({"split": ["train", "train", "test"],
-    ...                   "label": ["star", "galaxy", "star"],
-    ...                   "psfmag_r": [18.0, 20.0, 19.0],
-    ...                   "field_id": ["1035-6-17"] * 2 + ["8162-6-80"]})
-    >>> cols = ["n_objects", "n_galaxies", "galaxy_fraction", "fields"]
-    >>> split_report(t)[cols]  # doctest: +NORMALIZE_WHITESPACE
-           n_objects  n_galaxies  galaxy_fraction     fields
-    split
-    train          2           1              0.5  1035-6-17
-    test           1           0              0.0  8162-6-80
-    """
-    for col in (split_col, label_col):
-        if col not in table:
-            raise ValueError(f"split_report needs a {col!r} column")
-    gal = _is_galaxy(table[label_col].to_numpy())
-    mags = None
-    if mag_col in table:
-        mags = pd.to_numeric(table[mag_col], errors="coerce").to_numpy(dtype=float)
-    fields_ = _field_strings(table)
-    splits = table[split_col].to_numpy()
-    rows = {}
-    for name in _split_names(splits):
-        m = splits == name
-        g = gal[m]
-        n_gal = int(np.nansum(g == 1))
-        n_star = int(np.nansum(g == 0))
-        row = {
-            "n_objects": int(m.sum()),
-            "n_stars": n_star,
-            "n_galaxies": n_gal,
-            "galaxy_fraction": n_gal / (n_gal + n_star) if n_gal + n_star else np.nan,
-        }
-        mm = mags[m] if mags is not None else np.array([])
-        mm = mm[np.isfinite(mm)]
-        q = np.quantile(mm, [0.5, 0.1, 0.9]) if len(mm) else [np.nan] * 3
-        for suffix, value in zip(("median", "q10", "q90"), q):
-            row[f"{mag_col}_{suffix}"] = float(value)
-        fs = sorted(set(fields_[m])) if fields_ is not None else []
-        row["n_fields"] = len(fs)
-        row["fields"] = ", ".join(fs)
-        rows[name] = row
-    out = pd.DataFrame.from_dict(rows, orient="index")
-    out.index.name = "split"
-    return out
-
-
-def magnitude_ks(table, split_col="split", mag_col="psfmag_r"):
-    """Two-sample Kolmogorov-Smirnov tests of ``mag_col`` between every pair of splits.
-
-    Parameters
-    ----------
-    table : pandas.DataFrame
-    split_col, mag_col : str
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per pair: ``split_a``, ``split_b``, ``n_a``, ``n_b``, ``ks_statistic``,
-        ``p_value`` (NaN when a split has no finite magnitude).
-
-    Examples
-    --------
-    >>> t = pd.DataFrame({"split": ["train"] * 50 + ["test"] * 50,
-    ...                   "psfmag_r": np.r_[np.linspace(16, 22, 50), np.linspace(16, 22, 50)]})
-    >>> magnitude_ks(t)[["split_a", "split_b", "ks_statistic"]]
-      split_a split_b  ks_statistic
-    0   train    test           0.0
-    """
-    from scipy.stats import ks_2samp
-
-    for col in (split_col, mag_col):
-        if col not in table:
-            raise ValueError(f"magnitude_ks needs a {col!r} column")
-    splits = table[split_col].to_numpy()
-    mags = pd.to_numeric(table[mag_col], errors="coerce").to_numpy(dtype=float)
-    names = _split_names(splits)
-    rows = []
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            ma = mags[(splits == a) & np.isfinite(mags)]
-            mb = mags[(splits == b) & np.isfinite(mags)]
-            if len(ma) and len(mb):
-                res = ks_2samp(ma, mb)
-                stat, p = float(res.statistic), float(res.pvalue)
-            else:
-                stat = p = np.nan
-            rows.append((a, b, len(ma), len(mb), stat, p))
-    columns = ["split_a", "split_b", "n_a", "n_b", "ks_statistic", "p_value"]
-    return pd.DataFrame(rows, columns=columns)

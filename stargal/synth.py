@@ -48,7 +48,8 @@ import pandas as pd
 
 from ._imaging import aperture_flux
 from ._validation import check_range as _check_range
-from .sdss import BANDS
+from ._imaging import CUTOUT_SIZE
+from .sdss import BANDS, PIXEL_SCALE_ARCSEC
 
 __all__ = [
     "MAG_RANGE",
@@ -80,8 +81,6 @@ AXIS_RATIO_RANGE = (0.2, 1.0)
 TRUNCATION_HLR = 4.5
 #: Sérsic indices are rounded to this step (GalSim caches its tables per index).
 N_STEP = 0.1
-#: SDSS pixel scale, arcsec per pixel (used when no WCS is at hand).
-PIXEL_SCALE_ARCSEC = 0.396
 #: Source kinds; label 1 = galaxy, 0 = star (``stargal.catalogs.LABELS``).
 KINDS = ("star", "galaxy")
 #: Columns of a sources table (:meth:`SyntheticPopulation.sample`).
@@ -259,9 +258,9 @@ def measured_photometry(fields, fetcher=None, *, psf_source="stars", sas_url=Non
         return _MEASURED_MEMO[key].copy()
     table = load_catalog(list(fields), fetcher)
     common = {"sas_url": fetcher.base_url, "cache_dir": str(fetcher.cache_dir)}
-    aligned = Aligner(cutout_size=15, policy="flag", **common).fit_transform(table)
+    aligned = Aligner(cutout_size=CUTOUT_SIZE, policy="flag", **common).fit_transform(table)
     aligned = aligned[aligned["flag"] == ""].reset_index(drop=True)
-    cut = Cutter(size=15, psf=True, psf_source=psf_source, **common).fit_transform(aligned)
+    cut = Cutter(size=CUTOUT_SIZE, psf=True, psf_source=psf_source, **common).fit_transform(aligned)
     img, psf = cut[:, :5].astype(np.float64), cut[:, 5:].astype(np.float64)
     y = labels_to_y(aligned["label"])
     psf_flux = psf_fit_flux(img, psf)

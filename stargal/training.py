@@ -129,9 +129,10 @@ def build_pipeline(kind: str = "cnn", config=None, *, sas_url=None, cache_dir=No
     * ``'majority'``: the most frequent class.
 
     ``params`` are set with ``set_params`` afterwards (``{'net__max_epochs': 5, 'cut__size': 21}``).
-    ``psf`` (default: the config's ``psf``) is ``'none'`` for a PSF-blind model, or a
-    :class:`~stargal.psf_channels.PSFChannels` mode: the cutter then appends each field's PSF
-    (``Cutter(psf=True)``), the CNN gets a ``'psf'`` step and the forest PSF-relative features.
+    ``psf`` (default: the config's ``psf``) is ``'none'`` for a PSF-blind model (no PSF stamps are
+    cut; ``'drop'``, :class:`~stargal.psf_channels.PSFChannels`' former name of it, builds the same
+    pipeline with a ``FutureWarning``), or a PSFChannels mode: the cutter then appends each field's
+    PSF (``Cutter(psf=True)``), the CNN gets a ``'psf'`` step and the forest PSF-relative features.
     """
     from .align import Aligner
     from .cutouts import Cutter
@@ -145,6 +146,12 @@ def build_pipeline(kind: str = "cnn", config=None, *, sas_url=None, cache_dir=No
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(repr(k) for k in KINDS)}")
     psf = config.psf if psf is None else psf
+    if psf == "drop":  # PSFChannels' former name of 'none': the same PSF-blind pipeline
+        import warnings
+
+        warnings.warn("psf='drop' is deprecated; use psf='none' (the same PSF-blind pipeline)",
+                      FutureWarning, stacklevel=2)
+        psf = "none"
     size = config.cutout_size
     aware = psf != "none"
     align = ("align", Aligner(cutout_size=max_cutout or size, sas_url=sas_url, cache_dir=cache_dir))

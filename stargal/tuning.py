@@ -272,9 +272,9 @@ def resolve_scoring(scoring):
 
 
 def _n_samples(X):
-    from sklearn.utils.validation import _num_samples
+    from ._validation import num_samples
 
-    return _num_samples(X)
+    return num_samples(X)
 
 
 def grid_search(

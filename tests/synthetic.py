@@ -41,6 +41,9 @@ __all__ = [
     "REAL_WCS_R",
     "DEFAULT_OFFSETS",
     "PIXEL_SCALE_DEG",
+    "measured_photometry_table",
+    "gaussian",
+    "psf_aware_stack",
     "synthetic_header",
     "make_synthetic_sas",
     "make_psf_sas",
@@ -530,6 +533,43 @@ def write_window_flist(root, rows, extra_columns: bool = True, drop=(), score=No
     path.parent.mkdir(parents=True, exist_ok=True)
     fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols)]).writeto(path, overwrite=True)
     return path
+
+
+def measured_photometry_table():
+    """A stand-in for :func:`stargal.synth.measured_photometry`: 200 objects, stars and galaxies
+    alternating, r 16-23, fixed colours per kind (u - r = 1.5 for stars, 3.0 for galaxies)."""
+    rng = np.random.default_rng(0)
+    n = 200
+    lab = np.arange(n) % 2
+    mag = rng.uniform(16, 23, n)
+    out = pd.DataFrame({"label": lab, "mag_r": mag})
+    for b, c in zip(BANDS, (1.5, 0.6, 0.0, -0.3, -0.4)):
+        out[f"flux_{b}"] = 10 ** (-0.4 * (mag + c * (1 + lab) - 22.5))
+    return out
+
+
+def gaussian(size, sigma):
+    """A unit-sum round Gaussian of ``sigma`` pixels, centred on the central pixel of a ``size`` stamp."""
+    yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2
+    g = np.exp(-(xx ** 2 + yy ** 2) / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def psf_aware_stack(n=120, size=15, seed=0, noise=0.02):
+    """PSF-aware cutouts ``(n, 10, size, size)``: stars (the PSF) and galaxies (broader than the PSF)
+    under two seeings, labels ``y`` (1 = galaxy) and total fluxes."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    psf_sigma = np.where(np.arange(n) % 4 < 2, 1.1, 1.7)  # two "fields"
+    X = np.zeros((n, 10, size, size), dtype=np.float32)
+    flux = rng.uniform(5, 50, n)
+    for i in range(n):
+        p = gaussian(size, psf_sigma[i])
+        obj = gaussian(size, np.hypot(psf_sigma[i], 1.2)) if y[i] else p
+        X[i, :5] = flux[i] * obj
+        X[i, 5:] = p
+    X[:, :5] += rng.normal(0, noise, (n, 5, size, size)).astype(np.float32)
+    return X, y, flux
 
 
 def make_photo_sas(root, fid="1200-3-30", shape=(360, 480), psf_sigma=1.5, sky_counts=150.0,

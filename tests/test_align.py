@@ -1,6 +1,5 @@
 """Aligner: field assignment, per-band pixel positions through each band's own WCS, flags."""
 
-import json
 import pickle
 from pathlib import Path
 
@@ -9,14 +8,11 @@ import pandas as pd
 import pytest
 from sklearn.base import clone
 
-import stargal.align as align_module
-import stargal.registration as registration_module
 from stargal.align import (
     MIN_REFERENCES,
     Aligner,
     AlignmentError,
     MissingBandAlignmentError,
-    Registration,
     aligned_columns,
     edge_margin,
     field_registration,
@@ -270,61 +266,6 @@ def test_real_missing_band_field(tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- registration refinement
-def _refs_table(x, y, offsets, ok=True):
-    """A reference-star table as find_reference_stars returns, with given per-band offsets."""
-    n = len(x)
-    table = {"x_r": np.asarray(x, float), "y_r": np.asarray(y, float), "peak_snr": np.full(n, 100.0),
-             "size": np.full(n, 1.3)}
-    for b in BANDS:
-        dx, dy = offsets.get(b, (0.0, 0.0))
-        table.update({f"dx_{b}": np.broadcast_to(np.asarray(dx, float), (n,)).copy(),
-                      f"dy_{b}": np.broadcast_to(np.asarray(dy, float), (n,)).copy(),
-                      f"snr_{b}": np.full(n, 100.0), f"ok_{b}": np.full(n, ok), f"flux_{b}": np.full(n, 50.0)})
-    return pd.DataFrame(table)
-
-
-def test_registration_model():
-    rng = np.random.default_rng(0)
-    n = 300
-    x, y = rng.uniform(0, 2000, n), rng.uniform(0, 1400, n)
-    dy_g = -0.1 + 0.02 * rng.standard_normal(n)
-    dy_g[0] = 0.8  # an outlier: clipped
-    local = (x < 300) & (y < 300)  # a corner where i is off by +0.12 px in x
-    assert local.sum() >= 5
-    refs = _refs_table(x, y, {"g": (0.05, dy_g), "i": (np.where(local, 0.12, 0.0) + 0.02 * rng.standard_normal(n),
-                                                      0.0)})
-    const = Registration("8162-6-80", refs, local_scale=None)
-    assert const.constant["r"] == (0.0, 0.0) and const.n_used["r"] == 0
-    np.testing.assert_allclose(const.constant["g"], (0.05, -0.1), atol=0.005)
-    assert const.n_used["g"] == n - 1  # the outlier is not used
-    dx, dy = const.offsets("g", [10.0, 1500.0], [10.0, 700.0])
-    np.testing.assert_allclose(dy, const.constant["g"][1])
-    np.testing.assert_allclose(dx, 0.05, atol=0.005)
-    # the local term follows the corner, and falls back to the constant far from it
-    reg = Registration("8162-6-80", refs)
-    assert reg.n_used["i"] == n
-    dx_i, _ = reg.offsets("i", [100.0, 1800.0], [100.0, 1200.0])
-    assert dx_i[0] > 0.07 and abs(dx_i[1] - reg.constant["i"][0]) < 0.01, dx_i
-    # leave-one-out: a reference's own value is excluded
-    dxs, dys = reg.offsets("g", x[:1], y[:1], exclude_within=1.0)
-    assert abs(dys[0] + 0.1) < 0.02
-    # too few usable references: no correction at all
-    few = Registration("8162-6-80", refs.iloc[: MIN_REFERENCES - 1])
-    assert few.constant["g"] == (0.0, 0.0) and few.offsets("g", [5.0], [5.0]) == (np.zeros(1), np.zeros(1))
-    # tabulated on a grid (shape given, as field_registration does): the same model to < 0.002 px
-    gridded = Registration("8162-6-80", refs, shape=(1400, 2000))
-    qx, qy = rng.uniform(-100, 2100, 500), rng.uniform(-100, 1500, 500)
-    for b in ("g", "i"):
-        np.testing.assert_allclose(np.column_stack(gridded.offsets(b, qx, qy)),
-                                   np.column_stack(reg.offsets(b, qx, qy)), atol=2e-3)
-    # subset and JSON round trip reproduce the model
-    left = reg.subset(x < 1000)
-    assert len(left.references) == (x < 1000).sum()
-    back = Registration.from_dict(json.loads(json.dumps(gridded.to_dict())))
-    np.testing.assert_allclose(back.offsets("i", x, y), reg.offsets("i", x, y), atol=2e-3)
-    assert back.n_used == reg.n_used and back.shape == (1400, 2000)
-
-
 @pytest.fixture(scope="module")
 def shifted_sas(tmp_path_factory):
     """A field whose g header WCS is wrong by a known constant shift (true = WCS + shift)."""
@@ -360,34 +301,6 @@ def test_refine_recovers_a_known_wcs_error(shifted_sas):
     off_ref = centroid_offsets(Cutter(**kw).transform(refined[stars]))[:, 1]
     off_raw = centroid_offsets(Cutter(**kw).transform(raw[stars]))[:, 1]
     assert np.abs(off_ref).max() < 0.03 and np.median(np.hypot(*off_raw.T)) > 0.3
-
-
-def test_registration_is_cached_per_field(shifted_sas, monkeypatch):
-    info, kw = shifted_sas
-    reg = field_registration(info["fid"], **kw)
-    path = registration_module.registration_path(kw["cache_dir"], registration_module.FieldID.parse(info["fid"]))
-    assert path.is_file() and path.name.endswith(f".v{registration_module.REGISTRATION_VERSION}.json")
-    assert not list(path.parent.glob("*.part"))
-
-    def fail(field):
-        raise AssertionError("the cached registration should have been used")
-
-    def constants(r):
-        return np.array([r.constant[b] for b in BANDS])
-
-    # a new process (empty in-memory memo) reads the JSON instead of measuring again
-    with monkeypatch.context() as patch:
-        patch.setattr(registration_module, "_MEMO", {})
-        patch.setattr(registration_module, "find_reference_stars", fail)
-        again = field_registration(info["fid"], **kw)
-    np.testing.assert_allclose(constants(again), constants(reg), atol=1e-4)
-    assert again.n_used == reg.n_used
-    # a corrupt cache file is measured again (and rewritten), not trusted
-    path.write_text("{not json")
-    monkeypatch.setattr(registration_module, "_MEMO", {})
-    fresh = field_registration(info["fid"], **kw)
-    np.testing.assert_allclose(constants(fresh), constants(reg), atol=1e-6)
-    assert json.loads(path.read_text())["version"] == registration_module.REGISTRATION_VERSION
 
 
 def test_refine_with_exact_wcs_or_too_few_stars(sas):

@@ -1,4 +1,4 @@
-"""Tests for stargal.augment (CutoutAugmenter, sky_noise, single_technique)."""
+"""Tests for stargal.augment (CutoutAugmenter), its statistics and kernels (_imaging, _transforms)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,12 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import FunctionTransformer
 
+from stargal._imaging import cutout_sky_noise as sky_noise
+from stargal._transforms import affine
 from stargal.augment import (
     DEFAULT_STRENGTHS,
     TECHNIQUES,
     CutoutAugmenter,
-    _affine,
-    augmentation_names,
-    single_technique,
-    sky_noise,
 )
 from stargal.scale import AsinhScaler
 
@@ -75,6 +73,11 @@ def dihedral_images(img):
 
 
 OFF = dict(dihedral=False, shift=0.0, noise=0.0, zoom=0.0, shear=0.0, blur=0.0)
+
+
+def single_technique(name, **kw):
+    """An augmenter with only ``name`` on (at :data:`DEFAULT_STRENGTHS` unless given in ``kw``)."""
+    return CutoutAugmenter(**{**OFF, "seeing": 0.0, name: DEFAULT_STRENGTHS[name], **kw})
 
 
 # ---------------------------------------------------------------- row layout
@@ -163,7 +166,7 @@ def test_dihedral_exact_flux_centre_and_same_op_for_all_bands():
 @pytest.mark.parametrize("d", [(0.3, -0.2), (-0.5, 0.45), (0.0, 0.25)])
 def test_affine_shift_moves_centroid_by_d(d):
     X = gaussian_sources(1)
-    out = _affine(X, np.array([d]), np.ones(1), np.zeros(1), np.zeros(1))
+    out = affine(X, np.array([d]), np.ones(1), np.zeros(1), np.zeros(1))
     r, c = centroid(out[0].astype(np.float64))
     np.testing.assert_allclose(r - C, d[0], atol=0.05)
     np.testing.assert_allclose(c - C, d[1], atol=0.05)
@@ -379,20 +382,22 @@ def test_clone_pickle_and_sampler_api():
     assert is_sampler(aug)
 
 
-def test_single_technique_and_names():
-    assert augmentation_names() == TECHNIQUES
+def test_label_options_are_validated_against_their_own_values():
+    from stargal.augment import NOISE_LABELS, SEEING_BANDS, SEEING_LABELS
+
+    X, y = gaussian_sources(4), labels(4, 2)
+    for name, values in (("noise_labels", NOISE_LABELS), ("seeing_labels", SEEING_LABELS),
+                         ("seeing_bands", SEEING_BANDS)):
+        for value in values:
+            CutoutAugmenter(**{name: value}).fit(X, y)
+        with pytest.raises(ValueError, match=name):
+            CutoutAugmenter(**{name: "independent" if name != "seeing_bands" else "keep"}).fit(X, y)
+
+
+def test_one_technique_at_a_time():
     for name in TECHNIQUES:
-        aug = single_technique(name, n_copies=2, random_state=0)
-        params = aug.get_params()
-        on = [t for t in TECHNIQUES if params[t]]
-        assert on == [name]
-        assert params["n_copies"] == 2
-    assert single_technique("shift", shift=1.5).shift == 1.5
-    assert not any(single_technique("none").get_params()[t] for t in TECHNIQUES)
-    with pytest.raises(ValueError, match="unknown augmentation"):
-        single_technique("rotate")
-    with pytest.raises(ValueError, match="other techniques"):
-        single_technique("shift", noise=1.0)
+        params = single_technique(name, n_copies=2, random_state=0).get_params()
+        assert [t for t in TECHNIQUES if params[t]] == [name] and params["n_copies"] == 2
 
 
 # ---------------------------------------------------------------- bad input
@@ -460,15 +465,15 @@ def test_sample_indices_point_to_source_rows(balance):
 
 
 # ------------------------------------------------- PSF-aware cutouts, seeing
-from stargal.augment import (  # noqa: E402
-    FWHM_PER_SIGMA,
-    PIXEL_SCALE,
-    _convolve_zero,
-    _discrete_gaussian,
-    _moment_fwhm,
-    _noise_variance_factor,
-    psf_fwhm,
+from stargal._imaging import FWHM_PER_SIGMA  # noqa: E402
+from stargal._imaging import moment_fwhm as _moment_fwhm  # noqa: E402
+from stargal._imaging import psf_channels_moment_fwhm as psf_fwhm  # noqa: E402
+from stargal._transforms import (  # noqa: E402
+    convolve_zero as _convolve_zero,
+    discrete_gaussian as _discrete_gaussian,
+    noise_variance_factor as _noise_variance_factor,
 )
+from stargal.sdss import PIXEL_SCALE_ARCSEC as PIXEL_SCALE  # noqa: E402
 
 PSF_FWHM = 3.0  # pixels (1.19")
 

@@ -63,11 +63,11 @@ def test_metrics_frame_layout():
 def test_preserved_environ_undoes_changes(monkeypatch):
     import os
 
-    from benchmarks.bench_backends import _preserved_environ
+    from experiments.backends import preserved_environ
 
     monkeypatch.setenv("STARGAL_TEST_KEEP", "1")
     monkeypatch.delenv("STARGAL_TEST_NEW", raising=False)
-    with _preserved_environ():
+    with preserved_environ():
         os.environ["STARGAL_TEST_NEW"] = "x"
         os.environ["STARGAL_TEST_KEEP"] = "2"
     assert "STARGAL_TEST_NEW" not in os.environ

@@ -4,14 +4,15 @@ import numpy as np
 import pytest
 
 from stargal.catalogs import read_calibobj
-from stargal.frames import Field, MissingBandError, open_field, robust_sky_noise
+from stargal._imaging import frame_sky_noise
+from stargal.frames import Field, MissingBandError, open_field
 
 
-def test_robust_sky_noise_ignores_sources():
+def test_frame_sky_noise_ignores_sources():
     rng = np.random.default_rng(0)
     img = rng.normal(0.01, 0.05, (300, 300)).astype(np.float32)
     img[100:110, 100:110] += 50.0  # a bright source
-    med, sig = robust_sky_noise(img)
+    med, sig = frame_sky_noise(img)
     assert abs(med - 0.01) < 0.005 and abs(sig - 0.05) < 0.005
 
 

@@ -94,17 +94,31 @@ class FlipAugmenter(BaseEstimator):
         return (np.concatenate([X, X[extra, :, :, ::-1]]), np.concatenate([y, y[extra]]))
 
 
-class RecordSplit(Callback):
-    """Observer: records the internal train/valid indices skorch actually used."""
+class SharedRecord(list):
+    """A list that copies of its owner share: ``clone`` (GridSearchCV) deep-copies callbacks."""
 
-    seen = []
+    def __deepcopy__(self, memo):
+        return self
+
+
+class RecordSplit(Callback):
+    """Observer: records the internal train/valid indices skorch actually used into ``seen``."""
+
+    def __init__(self, seen):
+        self.seen = seen
 
     def on_train_begin(self, net, X=None, y=None, **kwargs):
         pass
 
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
-        RecordSplit.seen.append((np.asarray(dataset_train.indices),
-                                 np.asarray(dataset_valid.indices)))
+        self.seen.append((np.asarray(dataset_train.indices), np.asarray(dataset_valid.indices)))
+
+
+@pytest.fixture
+def recorder():
+    """``(seen, callback)``: a fresh record for each test, shared by every clone of the callback."""
+    seen = SharedRecord()
+    return seen, RecordSplit(seen)
 
 
 # --------------------------------------------------------------------------- nets
@@ -304,30 +318,30 @@ def test_sky_valid_split_errors_and_fallback():
     assert len(valid) == 10
 
 
-def test_net_internal_split_is_leak_free(data):
+def test_net_internal_split_is_leak_free(data, recorder):
     X, y, groups = data
-    RecordSplit.seen.clear()
-    pipe = make_cnn_pipeline(**tiny(max_epochs=1), callbacks=[("rec", RecordSplit())])
+    seen, rec = recorder
+    pipe = make_cnn_pipeline(**tiny(max_epochs=1), callbacks=[("rec", rec)])
     with warnings.catch_warnings():
         warnings.simplefilter("error", LeakyValidationWarning)
         pipe.fit(X, y, net__groups=groups)
-    (train, valid), = RecordSplit.seen
+    (train, valid), = seen
     assert len(train) + len(valid) == len(y) and len(valid) > 0
     assert set(groups[train]).isdisjoint(groups[valid])
 
 
-def test_augmented_rows_stay_in_their_group(data):
+def test_augmented_rows_stay_in_their_group(data, recorder):
     """A sampler adding rows must not put copies of validation objects in training."""
     X, y, groups = data
-    RecordSplit.seen.clear()
+    seen, rec = recorder
     pipe = make_cnn_pipeline(augmenter=FlipAugmenter(), **tiny(max_epochs=1),
-                             callbacks=[("rec", RecordSplit())])
+                             callbacks=[("rec", rec)])
     with warnings.catch_warnings():
         warnings.simplefilter("error", LeakyValidationWarning)
         pipe.fit(X, y, net__groups=groups)
     source = pipe.named_steps["augment"].sample_indices_  # source row of every resampled row
     assert len(source) > len(y)
-    (train, valid), = RecordSplit.seen
+    (train, valid), = seen
     assert len(train) + len(valid) == len(source)
     assert set(groups[source[train]]).isdisjoint(groups[source[valid]])
 
@@ -379,18 +393,18 @@ def test_grid_search_group_kfold(data):
         search.best_params_["net__module__width"]
 
 
-def test_grid_search_with_metadata_routing(data):
+def test_grid_search_with_metadata_routing(data, recorder):
     X, y, groups = data
-    RecordSplit.seen.clear()
-    pipe = make_cnn_pipeline(**tiny(max_epochs=1), callbacks=[("rec", RecordSplit())])
+    seen, rec = recorder
+    pipe = make_cnn_pipeline(**tiny(max_epochs=1), callbacks=[("rec", rec)])
     cv = GroupKFold(n_splits=2)
     with sklearn.config_context(enable_metadata_routing=True):
         search = GridSearchCV(pipe, {"net__lr": [1e-3]}, cv=cv, scoring="balanced_accuracy")
         with warnings.catch_warnings():
             warnings.simplefilter("error", LeakyValidationWarning)
             search.fit(X, y, groups=groups)
-    assert len(RecordSplit.seen) == 3  # 2 folds + refit, each got groups
-    for (train_idx, test_idx), (tr, va) in zip(cv.split(X, y, groups), RecordSplit.seen):
+    assert len(seen) == 3  # 2 folds + refit, each got groups
+    for (train_idx, test_idx), (tr, va) in zip(cv.split(X, y, groups), seen):
         fold_groups = groups[train_idx]
         assert set(fold_groups[tr]).isdisjoint(fold_groups[va])
 

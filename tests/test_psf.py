@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import stargal.psf as psf_module
+import stargal.psfield as psfield_module
 from stargal.cutouts import centroid_offsets, resample_stamps
 from stargal.frames import Field, MissingBandError
 from stargal.psf import (
@@ -20,11 +21,11 @@ from stargal.psf import (
     measure_fwhm,
     psfield_psf,
 )
-from stargal.sdss import BANDS, psfield_path
+from stargal.sdss import BANDS, FRAME_SHAPE, PIXEL_SCALE_ARCSEC, psfield_path
 from synthetic import make_psf_sas, make_synthetic_sas, write_psfield
 
-SCALE = 0.396
-SIG2FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
+SCALE = PIXEL_SCALE_ARCSEC
+SIG2FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))  # written out: independent of the code under test
 
 
 def _fwhm_true(sigma_px):
@@ -233,7 +234,7 @@ def test_cache_round_trip_memo_and_corrupt_rebuild(constant):
     # a corrupt cache file: rebuilt with a warning, and the rebuilt model is the same
     psf_module._MEMO.clear()
     path.write_text('{"version": 1, "fid": "1100-2-20", "models": {"u": [')
-    with pytest.warns(PSFWarning, match="unreadable PSF cache"):
+    with pytest.warns(PSFWarning, match="1100-2-20: PSF model: unreadable cache file"):
         rebuilt = field_psf(constant["fid"], **kw)
     np.testing.assert_allclose(rebuilt.stamps("r", x, y), psf.stamps("r", x, y), atol=1e-7)
     assert json.loads(path.read_text())["fid"] == "1100-2-20"
@@ -256,11 +257,11 @@ def m2(mirror_fetcher):
 def test_psfield_basis_reproduces_pydl(mirror_fetcher):
     from astropy.io import fits
 
-    sdss_psf_recon = psf_module._pydl_recon()  # pydl.photoop.image.sdss_psf_recon
+    sdss_psf_recon = psfield_module._pydl_recon()  # pydl.photoop.image.sdss_psf_recon
     with fits.open(mirror_fetcher.fetch(psfield_path(FID))) as hdul:
         for k, b in enumerate(BANDS):
             table = hdul[k + 1].data
-            raw = psf_module._band_psfield(table, b, 51, (1489, 2048), SCALE, recentre=False)
+            raw = psfield_module._band_psfield(table, b, 51, FRAME_SHAPE, SCALE, recentre=False)
             for x, y in [(0.0, 0.0), (1023.5, 744.0), (2000.0, 60.0), (150.0, 1400.0)]:
                 ref = np.asarray(sdss_psf_recon(table, x, y), float)
                 ref /= ref.sum()

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from stargal.config import load_config
-from stargal.frames import Field
-from stargal.split import in_footprints, min_separation_arcsec
+from stargal.frames import Field, in_footprints, min_separation_arcsec
+from stargal.sdss import PIXEL_SCALE_ARCSEC
 from stargal.training import CNN_PARAM_NAMES, build_pipeline, cnn_param_grid, parse_param_overrides, study_table
 
 
@@ -20,6 +20,14 @@ def test_param_overrides_and_grid_mapping():
     assert all(name in params for name in CNN_PARAM_NAMES.values())
     assert [n for n, _ in pipe.steps] == ["align", "cut", "psf", "scale", "net"]  # PSF-aware by default
     assert [n for n, _ in build_pipeline("cnn", psf="none").steps] == ["align", "cut", "scale", "net"]
+    # PSF-blind under either name: the same pipelines, and no PSF stamps are cut (for the forest too)
+    for kind in ("cnn", "forest"):
+        blind = build_pipeline(kind, psf="none")
+        with pytest.warns(FutureWarning, match="psf='none'"):
+            old = build_pipeline(kind, psf="drop")
+        assert [n for n, _ in old.steps] == [n for n, _ in blind.steps]
+        assert old.get_params()["cut__psf"] is blind.get_params()["cut__psf"] is False
+        assert build_pipeline(kind, psf="scaled").get_params()["cut__psf"] is True
     with pytest.raises(ValueError, match="unknown model kind"):
         build_pipeline("svm")
 
@@ -39,15 +47,13 @@ def test_study_split_never_leaks_the_test_field(mirror_fetcher):
 
     # sky position: no train/validation object inside the test footprint + margin
     test_field = Field(cfg.test_fields[0], mirror_fetcher)
-    fp = test_field.footprint()
     assert not in_footprints(fit["ra"], fit["dec"], [test_field], margin_arcsec=cfg.exclusion_margin_arcsec).any()
 
     # pixels: no training cutout covers any pixel of any of the test field's band frames
     half = (cfg.cutout_size - 1) / 2 + 0.5
     sep = min_separation_arcsec(fit["ra"], fit["dec"], test["ra"], test["dec"])
-    assert sep > 2 * half * 0.396 * np.sqrt(2)  # cutouts of train and test objects cannot share sky pixels
-    near = fit[(np.abs(fit["dec"] - fp[:, 1].mean()) < 1.0)]  # TAN projection is only meaningful nearby
+    assert sep > 2 * half * PIXEL_SCALE_ARCSEC * np.sqrt(2)  # train and test cutouts share no sky pixel
     for band, frame in test_field.frames().items():
-        if len(near):
-            x, y = frame.world_to_pixel(near["ra"], near["dec"])
-            assert not frame.inside(x, y, margin_pix=-half).any(), band
+        reach = half * np.sqrt(2) * frame.pixel_scale  # a cutout's half-diagonal, arcsec
+        assert not frame.near(fit["ra"], fit["dec"], reach).any(), band  # each band's own frame
+        assert frame.near(test["ra"], test["dec"], reach).all(), band  # the check can fail
