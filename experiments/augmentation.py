@@ -85,10 +85,19 @@ def _synthetic_injector(ctx, random_state):
                              sas_url=ctx.fetcher.base_url, cache_dir=str(ctx.fetcher.cache_dir))
 
 
+def _rule_injector(ctx, random_state):
+    """:func:`_synthetic_injector` with ``label='rule'``: injected objects typed by SDSS's rule on our
+    measurement of the injected frames, with the boundary the study's rule fitted (stage 5)."""
+    from stargal.photo import MIRROR_TYPE_BOUNDARY
+
+    boundary = ctx.results.get("baselines", {}).get("rule_boundary", MIRROR_TYPE_BOUNDARY)
+    return _synthetic_injector(ctx, random_state).set_params(label="rule", rule_boundary=float(boundary))
+
+
 #: Ablation configurations that are samplers other than the CutoutAugmenter: name -> ``factory(ctx,
 #: random_state)``. They are not in the default ablation (rendering costs time): ``experiments/synthetic.py``
-#: runs them paired with the control, ``ablation(ctx, configs=['none', 'synthetic'])``.
-SAMPLER_CONFIGS: dict = {"synthetic": _synthetic_injector}
+#: runs them paired with the control, ``ablation(ctx, configs=['none', 'synthetic', 'synthetic_rule'])``.
+SAMPLER_CONFIGS: dict = {"synthetic": _synthetic_injector, "synthetic_rule": _rule_injector}
 
 #: Width of the proxy CNNs (the study's depth, dropout, lr, ... are kept).
 PROXY_WIDTH = 16

@@ -17,11 +17,12 @@
    (injected objects in the training fields' frames), same seeds; validation MCC on the *real* validation
    objects, overall and at r ≥ 21.
 
-SDSS's rule, measured by us on the cutouts (``sdss_rule``): PSF-fit flux
-(:func:`stargal._imaging.psf_fit_flux`) and the flux in a 5-px-radius aperture divided by the PSF's fraction
-inside it ("model"-like flux: what a PSF-shaped object would have in total), both summed over g, r, i;
-galaxy when ``-2.5 log10(psf / model) > 0.145`` (SDSS's ``psfMag - cModelMag`` threshold); a non-positive
-sum counts as a star.
+SDSS's rule (``measured_rule``): the injected frames measured like real ones
+(:meth:`stargal.photo.SDSSPhotometry.measure_field`: PSF and cModel fits, the type statistic summed over the
+detected bands) and typed with the boundary the rule fitted in stage 5 (the mirror's 0.19 without it); an
+object the rule cannot measure counts as a star. The ablation also trains with
+``SyntheticInjector(label='rule')``: injected objects labelled by that rule, as SDSS would type them, instead
+of their true type.
 
 Files: ``synthetic_injected.csv`` (one row per injected object: truth, predictions), ``synthetic_recall.csv``
 (the maps), ``synthetic_recall_maps.png``, ``synthetic_hlr_check.csv``, ``synthetic_ablation_runs.csv``.
@@ -40,11 +41,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from stargal._imaging import SDSS_TYPE_MAG  # noqa: E402
-
 from .common import fmt, write_csv  # noqa: E402
 
-__all__ = ["MAP_FIELDS", "MAG_EDGES", "SIZE_EDGES", "BATCH", "SDSS_THRESHOLD", "sdss_rule", "recall_maps",
+__all__ = ["MAP_FIELDS", "MAG_EDGES", "SIZE_EDGES", "BATCH", "measured_rule", "rule_boundary", "recall_maps",
            "data_limit", "run"]
 
 #: Fields whose frames receive the evaluation objects: the test field (sharp) and a broad-seeing training field.
@@ -63,27 +62,39 @@ N_HLR = {"full": 200, "quick": 60}
 N_SEEDS = {"full": 3, "quick": 1}
 #: Size check: galaxies per batch and their minimum mutual separation (arcsec; a 3″ galaxy's stamp is 46 px).
 HLR_BATCH, HLR_SEPARATION_ARCSEC = 50, 40.0
-#: SDSS's psfMag - cModelMag threshold.
-SDSS_THRESHOLD = SDSS_TYPE_MAG
 #: Galaxy recall at least this (with star recall at least STAR_OK in the same r bin) counts as "told apart".
 GALAXY_OK, STAR_OK = 0.8, 0.9
-_AP_RADIUS = 5.0
-_RULE_BANDS = (1, 2, 3)  # g, r, i
 
 
-def sdss_rule(X) -> tuple[np.ndarray, np.ndarray]:
-    """``(is_galaxy, psf_minus_model)`` of PSF-aware cutouts ``(n, 10, H, W)`` (see the module docstring).
+def rule_boundary(ctx) -> float:
+    """The boundary the study's rule fitted (stage 5), else the mirror catalogs' 0.19."""
+    from stargal.photo import MIRROR_TYPE_BOUNDARY
 
-    ``psf_minus_model = -2.5 log10`` of :func:`stargal._imaging.point_source_ratio` (g, r, i summed,
-    PSF-corrected aperture of ``_AP_RADIUS`` px as the "model" flux); galaxy above ``SDSS_THRESHOLD``.
+    return float(ctx.results.get("baselines", {}).get("rule_boundary", MIRROR_TYPE_BOUNDARY))
+
+
+def measured_rule(table, field, boundary, psf_source="stars") -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """``(is_galaxy, type_stat, measurements)`` of an Aligner table's rows on ``field`` (e.g. injected).
+
+    SDSS's rule on our measurement (:class:`stargal.photo.SDSSPhotometry`); unmeasured objects (NaN
+    statistic) count as stars.
     """
-    from stargal._imaging import point_source_ratio
+    from stargal.photo import SDSSPhotometry
 
-    ratio = point_source_ratio(np.asarray(X, dtype=np.float64), bands=_RULE_BANDS, radius=_AP_RADIUS)
-    ok = np.isfinite(ratio)
-    diff = np.full(len(ratio), np.nan)
-    diff[ok] = -2.5 * np.log10(ratio[ok])
-    return ok & (diff > SDSS_THRESHOLD), diff
+    phot = SDSSPhotometry(psf_source=psf_source, sas_url=field.fetcher.base_url,
+                          cache_dir=str(field.fetcher.cache_dir)).measure_field(table, field)
+    stat = phot["type_stat"].to_numpy(float)
+    return np.nan_to_num(stat, nan=-np.inf) > boundary, stat, phot
+
+
+def _forest_on(forest, X, phot):
+    """A measured forest (``align -> features -> forest``) on given cutouts and measurements."""
+    union = forest.named_steps["features"]
+    parts = dict(union.transformer_list)
+    feats = [parts["pixels"].named_steps["aperture"].transform(X)]
+    if parts.get("measured") not in (None, "drop"):
+        feats.append(parts["measured"].named_steps["fit"].transform(phot))
+    return forest[-1].predict_proba(np.hstack(feats))
 
 
 def _after_cutter(pipe):
@@ -297,9 +308,9 @@ def run(ctx, cnn=None, forest=None, log=print) -> dict:
     models = {}
     if cnn is not None:
         models["cnn"] = _after_cutter(cnn)
-    if forest is not None:
-        models["forest"] = _after_cutter(forest)
-    labels = {"cnn": "final CNN", "forest": "forest", "sdss": "SDSS's rule (ours)"}
+
+    labels = {"cnn": "final CNN", "forest": "forest", "sdss": "SDSS's rule (measured)"}
+    boundary = rule_boundary(ctx)
     pop = _population(ctx, train_fields, (17.0, 23.5), (0.1, 3.0), "uniform")
     n_map = N_MAP[mode]
     parts, counts = [], {}
@@ -313,18 +324,21 @@ def run(ctx, cnn=None, forest=None, log=print) -> dict:
             t = res.table.copy()
             if not len(t):
                 continue
+            gal, t["psf_minus_model"], phot = measured_rule(res.table, res.field, boundary, ctx.config.psf_source)
+            t["pred_sdss"] = gal.astype(int)
             with torch_threads():
                 for name, m in models.items():
                     t[f"p_{name}"] = m.predict_proba(X)[:, 1]
                     t[f"pred_{name}"] = (t[f"p_{name}"] >= 0.5).astype(int)
-            t["pred_sdss"], t["psf_minus_model"] = sdss_rule(X)
-            t["pred_sdss"] = t["pred_sdss"].astype(int)
+                if forest is not None:
+                    t["p_forest"] = _forest_on(forest, X, phot)[:, 1]
+                    t["pred_forest"] = (t["p_forest"] >= 0.5).astype(int)
             parts.append(t)
         counts[fid] = c_f
     objects = pd.concat(parts, ignore_index=True)
     keep = [c for c in objects.columns if not c.startswith(("x_", "y_")) and c not in ("flag",)]
     write_csv(out / "synthetic_injected.csv", objects[keep])
-    names = list(models) + ["sdss"]
+    names = list(models) + (["forest"] if forest is not None else []) + ["sdss"]
     maps = recall_maps(objects, names)
     write_csv(out / "synthetic_recall.csv", maps)
     fwhm = objects.groupby("field_id")["fwhm_r"].median().to_dict()
@@ -341,11 +355,12 @@ def run(ctx, cnn=None, forest=None, log=print) -> dict:
 
     # 3. ablation ------------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    runs = ablation(ctx, configs=["none", "synthetic"], seeds=range(N_SEEDS[mode]), log=log)
+    runs = ablation(ctx, configs=["none", "synthetic", "synthetic_rule"], seeds=range(N_SEEDS[mode]), log=log)
     write_csv(out / "synthetic_ablation_runs.csv", runs)
     summary = summarise(runs)
     timings["ablation_s"] = round(time.perf_counter() - t0, 1)
     syn = summary[summary["config"] == "synthetic"].iloc[0]
+    synr = summary[summary["config"] == "synthetic_rule"].iloc[0]
     ctl = summary[summary["config"] == "none"].iloc[0]
 
     # markdown ---------------------------------------------------------------------------------------------
@@ -353,9 +368,9 @@ def run(ctx, cnn=None, forest=None, log=print) -> dict:
         s = row[f"{m}_std"]
         return fmt(row[f"{m}_mean"]) + ("" if not np.isfinite(s) else f" ± {fmt(s)}")
 
-    def dpm(m):
-        s = syn[f"delta_{m}_std"]
-        return f"{syn[f'delta_{m}_mean']:+.3f}" + ("" if not np.isfinite(s) else f" ± {fmt(s)}")
+    def dpm(m, row=syn):
+        s = row[f"delta_{m}_std"]
+        return f"{row[f'delta_{m}_mean']:+.3f}" + ("" if not np.isfinite(s) else f" ± {fmt(s)}")
 
     by_hlr = hlr.assign(bin=pd.cut(hlr["hlr_arcsec"], [0.3, 0.6, 1.2, 3.0])).groupby("bin", observed=True)
     hlr_rows = [[f"{b.left:g}–{b.right:g}″", len(g), fmt(g["ratio"].median()), fmt((np.abs(g["ratio"] - 1) <= 0.1).mean()),
@@ -405,7 +420,8 @@ def run(ctx, cnn=None, forest=None, log=print) -> dict:
         "",
         _md_table(["field", "u", "g", "r", "i", "z"], noise_rows),
         "",
-        "**Renderer checks.** Injected stars at r < 21 typed as stars by our SDSS-like rule: "
+        "**Renderer checks.** Injected stars at r < 21 typed as stars by SDSS's rule on our measurement "
+        f"(boundary {fmt(boundary)} mag, fitted in section 5): "
         f"{fmt(star_pass)} (target ≥ 0.98; " + ", ".join(f"{k} {fmt(v)}" for k, v in star_pass_by_field.items())
         + f"). Bright galaxies (r 15.5–16.5) in {MAP_FIELDS[1]}: the half-light radius measured on the injected "
         "pixels (second moments minus the PSF's, converted with the Sérsic profile's own moment ratio) is within "
@@ -416,8 +432,8 @@ def run(ctx, cnn=None, forest=None, log=print) -> dict:
         "",
         "**Recall maps** (`synthetic_recall_maps.png`, `synthetic_recall.csv`): "
         f"{n_map} objects per field (half stars), r uniform 17–23.5, hlr log-uniform 0.1–3″, classified by the "
-        "final CNN, the forest and SDSS's rule measured by us on the same cutouts (PSF-fit vs PSF-corrected 5-px "
-        f"aperture flux summed over g, r, i; galaxy when the difference exceeds {SDSS_THRESHOLD} mag). "
+        "final CNN, the forest and SDSS's rule on our measurement of the injected frames (PSF and cModel fits, "
+        f"the type statistic over the detected bands, galaxy above {fmt(boundary)} mag). "
         f"The test field's objects are used for evaluation only. Smallest hlr told apart (galaxy recall ≥ "
         f"{GALAXY_OK} in that size bin and all larger ones, with star recall ≥ {STAR_OK} in the r bin):",
         "",
@@ -428,19 +444,26 @@ def run(ctx, cnn=None, forest=None, log=print) -> dict:
         "**Does training with injected objects help on real objects?** Proxy CNNs (stage 4's), control "
         "(unperturbed copies) vs `SyntheticInjector` (as many injected objects as training rows"
         + (", at most 300 in quick mode" if ctx.quick else "")
-        + f", from the training fields' frames), {len(runs) // 2} seed(s), validation MCC on the real validation objects:",
+        + ", from the training fields' frames) labelled with their *true* type, and the same labelled *by SDSS's "
+        "rule on our measurement of the injected frames* (`SyntheticInjector(label='rule')`, the boundary of "
+        f"section 5; injected objects the rule cannot measure are left out), {int(ctl['n_seeds'])} seed(s), "
+        "validation MCC on the real validation objects (held-out sky groups of the training fields):",
         "",
         _md_table(["training", "MCC", f"MCC r ≥ 21", "Δ MCC vs control (paired)", "Δ MCC r ≥ 21", "wins"],
                   [["control (copies)", pm(ctl, "mcc"), pm(ctl, "mcc_faint"), "", "", ""],
-                   ["+ injected objects", pm(syn, "mcc"), pm(syn, "mcc_faint"), dpm("mcc"), dpm("mcc_faint"),
-                    f"{int(syn['wins'])}/{int(syn['n_seeds'])}"]]),
+                   ["+ injected objects, true type", pm(syn, "mcc"), pm(syn, "mcc_faint"), dpm("mcc"),
+                    dpm("mcc_faint"), f"{int(syn['wins'])}/{int(syn['n_seeds'])}"],
+                   ["+ injected objects, typed by the rule", pm(synr, "mcc"), pm(synr, "mcc_faint"),
+                    dpm("mcc", synr), dpm("mcc_faint", synr), f"{int(synr['wins'])}/{int(synr['n_seeds'])}"]]),
         "",
-        f"Reading: overall {_verdict(syn['delta_mcc_mean'], syn['delta_mcc_std'], int(syn['n_seeds']))}; at r ≥ 21 "
-        f"{_verdict(syn['delta_mcc_faint_mean'], syn['delta_mcc_faint_std'], int(syn['n_seeds']))}. The injected "
-        "objects carry the *true* type, the real validation labels SDSS's morphological one: of the injected "
-        f"galaxies with hlr < 0.3 PSF FWHM at r < 21 in the maps above, SDSS's rule (ours) calls {fmt(small_called_stars)} "
-        "stars: there a model trained on injected objects learns a boundary that the real labels do not share, "
-        "one possible reason for a loss against them.",
+        f"Reading: true type, overall {_verdict(syn['delta_mcc_mean'], syn['delta_mcc_std'], int(syn['n_seeds']))}; "
+        f"at r ≥ 21 {_verdict(syn['delta_mcc_faint_mean'], syn['delta_mcc_faint_std'], int(syn['n_seeds']))}. "
+        f"Typed by the rule, overall {_verdict(synr['delta_mcc_mean'], synr['delta_mcc_std'], int(synr['n_seeds']))}; "
+        f"at r ≥ 21 {_verdict(synr['delta_mcc_faint_mean'], synr['delta_mcc_faint_std'], int(synr['n_seeds']))}. "
+        "The real labels are SDSS's morphological type, not the truth: of the injected galaxies with hlr < 0.3 PSF "
+        f"FWHM at r < 21 in the maps above, SDSS's rule calls {fmt(small_called_stars)} stars, and a model trained "
+        "on true types learns a boundary the real labels do not share; rule-typed injection trains on the labels' "
+        "own boundary.",
         "",
         f"Stage time {time.perf_counter() - t_stage:.0f} s (size check {timings['hlr_check_s']:.0f} s, maps "
         f"{timings['maps_s']:.0f} s, ablation {timings['ablation_s']:.0f} s).",
@@ -450,6 +473,7 @@ def run(ctx, cnn=None, forest=None, log=print) -> dict:
         "star_pass_r_lt_21": star_pass,
         "star_pass_by_field": star_pass_by_field,
         "small_galaxies_called_stars_by_sdss_rule": small_called_stars,
+        "rule_boundary": boundary,
         "hlr_within_10pct": hlr_within,
         "hlr_median_ratio": float(hlr["ratio"].median()) if len(hlr) else np.nan,
         "counts": counts,

@@ -153,8 +153,14 @@ class SDSSTypeRule(ClassifierMixin, BaseEstimator):
         return np.column_stack([1.0 - p, p])
 
     def decision_function(self, X) -> np.ndarray:
-        """``(stat - boundary_) / sqrt(err^2 + err_floor^2)``; NaN without a measurement."""
-        return self._z(X)
+        """``(stat - boundary_) / sqrt(err^2 + err_floor^2)``; without a measurement NaN, or with
+        ``unmeasured='prior'`` the score whose probability is the prior."""
+        from scipy.special import ndtri
+
+        z = self._z(X)
+        if self.unmeasured == "prior":
+            z = np.where(np.isnan(z), ndtri(self.prior_), z)
+        return z
 
     def predict(self, X) -> np.ndarray:
         """Labels; a row without a measurement gets the more frequent training class."""

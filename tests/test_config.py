@@ -197,3 +197,17 @@ def test_one_source_for_every_cnn_default():
     assert {k: network[k].default for k in ("width", "depth", "dropout")} == {
         k: cnn[k] for k in ("width", "depth", "dropout")}
     assert training_names is CNN_PARAM_NAMES and set(CNN_KEYS) <= set(CNN_PARAM_NAMES)
+
+
+def test_default_model_is_the_study_s_leave_one_field_out_winner():
+    """`stargal train` ships by default the kind the committed study chose on held-out fields."""
+    import json
+    from pathlib import Path
+
+    summary = Path(__file__).resolve().parents[1] / "experiments" / "results" / "seeing_summary.json"
+    data = json.loads(summary.read_text())
+    if "default_model" not in data:
+        pytest.skip("the committed study predates the default-model choice")
+    assert load_config().default_model == data["default_model"], (
+        "study.toml's default_model differs from the committed study's leave-one-field-out winner "
+        f"({data['default_means']}); update one or rerun make experiments")

@@ -266,8 +266,8 @@ def test_injector_bad_data():
 
 @pytest.mark.integration
 def test_injected_stars_in_a_real_frame_are_typed_as_stars(mirror_fetcher):
-    """The real test field: injected stars (its own PSF model) pass our SDSS-like rule as stars."""
-    from experiments.synthetic import sdss_rule
+    """The real test field: injected stars (its own PSF model) pass SDSS's rule on our measurement as stars."""
+    from experiments.synthetic import measured_rule
 
     field = Field("8162-6-80", mirror_fetcher)
     pop = SyntheticPopulation(
@@ -275,12 +275,9 @@ def test_injected_stars_in_a_real_frame_are_typed_as_stars(mirror_fetcher):
     )
     res = inject_random(field, pop, 40, random_state=0, noise=False)
     assert res.counts["injected"] == 40 and res.counts["masked"] == 0
-    X = Cutter(
-        size=15, psf=True, sas_url=mirror_fetcher.base_url, cache_dir=str(mirror_fetcher.cache_dir)
-    ).cut_field(res.table, res.field)
-    gal, diff = sdss_rule(X)
+    gal, stat, _ = measured_rule(res.table, res.field, boundary=0.19)
     assert (~gal).mean() >= 0.95
-    assert np.median(np.abs(diff)) < 0.05
+    assert np.median(np.abs(stat)) < 0.05
 
 
 def test_injector_labels_by_the_measured_rule(sas, monkeypatch):

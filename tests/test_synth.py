@@ -84,22 +84,6 @@ def test_population_draws_measured_colours_and_ranges():
 
 
 # ---------------------------------------------------------------------- the report stage's pieces
-def test_sdss_rule_types_psf_shaped_objects_as_stars():
-    from experiments.synthetic import sdss_rule
-
-    psf = FieldPSF.gaussian("8162-6-80", fwhm_arcsec=1.3).stamps("r", np.zeros(4), np.zeros(4), size=15)
-    yy, xx = np.mgrid[:15, :15] - 7
-    broad = np.exp(-(xx**2 + yy**2) / (2 * 3.0**2))
-    broad /= broad.sum()
-    X = np.zeros((4, 10, 15, 15), np.float32)
-    X[:, 5:] = psf[:, None]
-    X[:2, :5] = 20 * psf[:2, None]  # stars: the PSF
-    X[2:, :5] = 20 * broad  # galaxies: broader than the PSF
-    gal, diff = sdss_rule(X)
-    assert list(gal) == [False, False, True, True]
-    np.testing.assert_allclose(diff[:2], 0.0, atol=1e-6)
-
-
 def test_recall_maps_and_data_limit():
     from experiments.synthetic import data_limit, recall_maps
 
