@@ -507,3 +507,15 @@ def test_input_union_builds_the_dict_and_drops_features():
     out = u.fit_transform(np.zeros((4, 1)))
     assert out["images"].shape == (4, 5, 3, 3) and out["features"].dtype == np.float32
     assert u.set_params(features="drop").fit_transform(np.zeros((4, 1))).shape == (4, 5, 3, 3)
+
+
+def test_calibrating_the_hybrid_keeps_its_dict_inputs():
+    from stargal.calibration import calibrate_pipeline
+    from stargal.models import SkyPipeline, make_cnn_net
+
+    X, F, y = _dict_inputs(n=60)
+    pipe = SkyPipeline([("net", make_cnn_net(hybrid=True, width=4, depth=1, max_epochs=2, valid_fraction=None))])
+    pipe.fit({"images": X, "features": F}, y)
+    cal = calibrate_pipeline(pipe, {"images": X, "features": F}, y)
+    p = cal.predict_proba({"images": X[:5], "features": F[:5]})
+    assert p.shape == (5, 2) and np.allclose(p.sum(axis=1), 1.0)
