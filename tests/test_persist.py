@@ -17,6 +17,7 @@ from sklearn.preprocessing import FunctionTransformer
 from stargal.models import StarGalaxyNet, make_cnn_pipeline, make_forest_pipeline
 from stargal.persist import (
     STARGAL_FORMAT,
+    IncompatibleModelError,
     NotAStargalModelError,
     UntrustedModelError,
     load_model,
@@ -154,8 +155,9 @@ def test_skops_file_of_other_object_is_refused(tmp_path):
 def test_unsupported_format_version(tmp_path):
     path = tmp_path / "future.skops"
     sio.dump({"stargal_format": 99, "model": None, "nets": []}, path)
-    with pytest.raises(NotAStargalModelError, match="stargal_format 99"):
+    with pytest.raises(IncompatibleModelError, match="format 99") as info:
         load_model(path)
+    assert "\n" not in str(info.value) and "pip install -U stargal" in str(info.value)
 
 
 def test_untrusted_types_are_listed(tmp_path):
