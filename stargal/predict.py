@@ -85,6 +85,12 @@ def _split_pipeline(model):
     return steps[0][1], model[1:]
 
 
+def _predict_field(tail, rows: pd.DataFrame) -> np.ndarray:
+    """Galaxy probability for the aligned rows of one field (runs in a worker)."""
+    proba = tail.predict_proba(rows)
+    return np.asarray(proba, dtype=float)[:, 1]
+
+
 def _point_at(obj, source):
     """``obj`` with every data-reading step (parameters ``sas_url``/``cache_dir``) pointed at
     ``source``: shallow copies along the way, so the model itself is not modified."""
