@@ -351,10 +351,14 @@ def _json_default(o):
     raise TypeError(type(o).__name__)
 
 
-@functools.lru_cache(maxsize=None)
 def _signature_params(cls):
     """``{name: default}`` of the named ``__init__`` parameters of ``cls`` and, for skorch nets, of
     the NeuralNet classes it derives from (``inspect.Parameter.empty`` where there is no default)."""
+    return _signature_params_of(cls, cls.__init__)
+
+
+@functools.lru_cache(maxsize=256)
+def _signature_params_of(cls, init):  # ``init`` in the key: a replaced __init__ is read again
     out = {}
     chain = [k for k in cls.__mro__ if isinstance(k, type) and issubclass(k, NeuralNet)] \
         if issubclass(cls, NeuralNet) else [cls]
