@@ -11,6 +11,13 @@ release kept, machine paths included (``sas_url`` = the mirror's ``file://`` URL
 = a temporary directory of the machine that wrote them)::
 
     STARGAL_SAS_URL=file:///work/shared/sdss .venv/bin/python tests/data/make_v0_1_0_models.py
+
+``v0.1.0-predictions.csv`` holds what that code predicted with these files for 24 bright catalog
+objects of the test field (12 stars, 12 galaxies, ``random_state=0``); written with the code of
+48e9727 exported beside (``git archive 48e9727 stargal | tar -x -C /tmp/stargal-010``)::
+
+    cd /tmp/stargal-010 && STARGAL_SAS_URL=file:///work/shared/sdss PYTHONPATH=. \\
+        /path/to/.venv/bin/python /path/to/tests/data/make_v0_1_0_models.py predictions
 """
 
 from __future__ import annotations
@@ -61,5 +68,29 @@ def main() -> int:
     return 0
 
 
+def predictions() -> int:
+    """Predictions of the fixtures by the code that imports as ``stargal`` (run with 48e9727's)."""
+    import pandas as pd
+
+    from stargal.catalogs import read_calibobj
+    from stargal.persist import load_model
+    from stargal.predict import predict_coordinates
+
+    with tempfile.TemporaryDirectory(prefix="stargal-fixture-cache-") as cache:
+        t = read_calibobj("8162-6-80", cache_dir=cache)
+        b = t[t.psfmag_r < 20]
+        s = pd.concat([b[b.label == "star"].sample(12, random_state=0),
+                       b[b.label == "galaxy"].sample(12, random_state=0)])
+        out = s[["objid", "ra", "dec", "label", "psfmag_r"]].reset_index(drop=True)
+        for kind in ("forest", "cnn"):
+            model = load_model(HERE / f"{kind}-v0.1.0.stargal")
+            model.set_params(align__cache_dir=cache, cut__cache_dir=cache)
+            o = predict_coordinates(model, out[["ra", "dec"]], fields=["8162-6-80"], progress=False)
+            assert (o.flag == "").all()
+            out[f"p_galaxy_{kind}"] = o["p_galaxy"].to_numpy()
+    out.to_csv(HERE / "v0.1.0-predictions.csv", index=False)  # full precision: positions round-trip
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(predictions() if sys.argv[1:] == ["predictions"] else main())
