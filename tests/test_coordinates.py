@@ -131,3 +131,15 @@ def test_read_coordinates_is_strict_and_accepts_the_same_input():
     np.testing.assert_allclose(out[["ra", "dec"]].iloc[0].to_numpy(float), [RA, DEC], atol=1e-8)
     with pytest.raises(CoordinateError, match=r"row 1: cannot parse ra '12h3'"):
         read_coordinates({"ra": ["331.7", "12h3"], "dec": ["0", "0"]})
+
+
+def test_the_readme_lists_exactly_the_accepted_names():
+    from pathlib import Path
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {m.group(1): m.group(2, 3) for m in re.finditer(r"^\| (`icrs`.*?|`galactic`) \| (.*?) \| (.*?) \|$", text, re.M)}
+    assert len(rows) == 2
+    for kind, (lon, lat) in zip(("equatorial", "galactic"), rows.values()):
+        listed = tuple(tuple(re.findall(r"`([^`]+)`", cell)) for cell in (lon, lat))
+        assert listed == COORDINATE_COLUMNS[kind]
