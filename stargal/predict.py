@@ -46,11 +46,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
-from sklearn.base import clone
-from tqdm.auto import tqdm
-
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.pipeline import Pipeline as _SkPipeline
+from tqdm.auto import tqdm
 
 from .calibration import adapt_to_field
 from .catalogs import (LABEL_NAMES, CoordinateError, coordinate_columns, invalid_rows_message,
