@@ -200,7 +200,9 @@ def test_bad_input_tour_keeps_every_input_value(case, columns, kwargs, flags, de
         assert (out.loc[good, "field"] == FIELD).all()
 
 
-def test_the_command_line_writes_every_input_value_back_as_it_was(tmp_path, mirror_url, mirror_cache):
+def test_the_command_line_writes_every_input_value_back_as_it_was(tmp_path, mirror_url, mirror_cache, capsys):
+    from stargal.cli import main
+
     text = ("id,RAJ2000,DEJ2000,note\n"
             f"007,{SEXA[0]},{SEXA[1]},copied from NED\n"
             f"008,{RA0:.7f},0{DEC0:.7f},leading zero\n"
@@ -210,15 +212,14 @@ def test_the_command_line_writes_every_input_value_back_as_it_was(tmp_path, mirr
     csv.write_text(text)
     model = tmp_path / "forest.stargal"
     save_model(_old("forest"), model)
-    run = _cli(["predict", "--model", model, csv, "-o", tmp_path / "out.csv", "--strict"],
-               {"STARGAL_SAS_URL": mirror_url, "STARGAL_CACHE": str(mirror_cache)})
-    assert run.returncode == 2 and run.stderr.count("\n") == 1
-    assert "row 2: cannot parse ra '12h3'" in run.stderr and "row 3: ra missing; dec missing" in run.stderr
+    source = ["--model", str(model), str(csv), "-o", str(tmp_path / "out.csv"), "--sas-url", mirror_url,
+              "--cache-dir", str(mirror_cache)]
+    assert main(["predict", *source, "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "row 2: cannot parse ra '12h3'" in err and "row 3: ra missing; dec missing" in err
     assert not (tmp_path / "out.csv").exists()
-    run = _cli(["predict", "--model", model, csv, "-o", tmp_path / "out.csv"],
-               {"STARGAL_SAS_URL": mirror_url, "STARGAL_CACHE": str(mirror_cache)})
-    assert run.returncode == 0, run.stderr
-    assert "2 flagged" in run.stderr
+    assert main(["predict", *source]) == 0
+    assert "2 flagged" in capsys.readouterr().err
     out = pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False)
     given = pd.read_csv(csv, dtype=str, keep_default_na=False)
     pd.testing.assert_frame_equal(out[given.columns], given)  # character for character
