@@ -57,7 +57,8 @@ def test_predict_flags_instead_of_crashing(trained, mirror_url, mirror_cache):
     coords = _coords(mirror_url, mirror_cache)
     out = predict_coordinates(model, coords, sas_url=mirror_url, cache_dir=str(mirror_cache),
                               fields=["8162-6-80", "1035-6-17"], progress=False)
-    assert list(out.columns[: len(OUTPUT_COLUMNS)]) == OUTPUT_COLUMNS and len(out) == len(coords)
+    assert list(out.columns) == ["ra", "dec"] + OUTPUT_COLUMNS and len(out) == len(coords)
+    assert out[["ra", "dec"]].equals(coords[["ra", "dec"]])  # the input's values, as given
     assert out["flag"].iloc[-3:].tolist() == ["outside", "invalid_coord", "edge"]
     assert out["p_galaxy"].iloc[-3:].isna().all() and (out["label"].iloc[-3:] == "").all()
     good = out.iloc[:-3]
@@ -66,7 +67,7 @@ def test_predict_flags_instead_of_crashing(trained, mirror_url, mirror_cache):
     ok = good[good["flag"] == ""]
     assert ok["p_galaxy"].between(0, 1).all() and set(ok["field"]) == {"8162-6-80", "1035-6-17"}
     # strict mode turns bad coordinates into a clear error instead
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match=r"row 81: ra missing"):
         predict_coordinates(model, coords, strict=True, progress=False)
 
 
