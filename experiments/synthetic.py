@@ -439,6 +439,8 @@ def run(ctx, cnn=None, forest=None, log=print) -> dict:
         "",
         _md_table(["field (r FWHM)", "r"] + [labels[n] for n in names], lim_rows),
         "",
+        "![recall maps](synthetic_recall_maps.png)",
+        "",
         "**Where the limit of the data lies:** " + "; ".join(sentences) + ".",
         "",
         "**Does training with injected objects help on real objects?** Proxy CNNs (stage 4's), control "

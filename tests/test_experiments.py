@@ -33,9 +33,11 @@ def test_make_experiments_quick(mirror_url, mirror_cache, tmp_path):
                   "7. Held-out fields", "8. How hard is it, with exact truth", "Headline", "Targets"):
         assert f"## {title}" in report
     assert "(stage not run)" not in report
-    # every figure the report links exists
-    for png in re.findall(r"\]\(([^)]+\.png)\)", report):
+    # every figure the report links exists, and every figure the study writes is shown in the report
+    linked = set(re.findall(r"\]\(([^)]+\.png)\)", report))
+    for png in linked:
         assert (out / png).is_file() and (out / png).stat().st_size > 1000, png
+    assert {p.name for p in out.glob("*.png")} <= linked, sorted({p.name for p in out.glob("*.png")} - linked)
     # headline numbers are real metrics in range
     summary = json.loads((out / "baselines_summary.json").read_text())
     for model, metrics in summary["test"].items():
