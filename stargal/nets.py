@@ -3,7 +3,7 @@
 :class:`StarGalaxyCNN` is a small, plain PyTorch module: a stack of
 ``Conv3x3 -> BatchNorm -> ReLU [-> MaxPool]`` blocks, global average pooling,
 dropout and a linear layer producing one logit per class.  It is wrapped for
-scikit-learn by :func:`stargal.models.make_cnn_net` (skorch).
+scikit-learn by :func:`stargal.classifier.make_cnn_net` (skorch).
 
 Design notes
 ------------
@@ -57,7 +57,7 @@ class StarGalaxyCNN(nn.Module):
     members : int, default=1
         ``> 1``: an ensemble of that many such networks (``towers``), each with
         its own initial weights and its own loss during training
-        (:meth:`stargal.models.StarGalaxyNet.get_loss`), averaged in probability
+        (:meth:`stargal.classifier.StarGalaxyNet.get_loss`), averaged in probability
         at prediction. Costs ``members`` times the compute.
 
     Examples
