@@ -9,7 +9,7 @@
 * :func:`valid_balanced_accuracy`, :func:`valid_roc_auc`: the scorers of its history;
 * :func:`make_cnn_net`: the network with the study's defaults (``module__*`` routing).
 
-The pipelines around it are in :mod:`stargal.pipelines`, the torch modules in :mod:`stargal.nets`.
+The pipelines around it are in :mod:`stargal.pipelines`, the torch modules in :mod:`stargal.cnn`.
 
 Group-aware internal validation
 -------------------------------
@@ -53,7 +53,7 @@ from skorch.utils import is_dataset, to_numpy, to_tensor
 from stargal._threads import ThreadProbe
 from stargal._validation import (Integral, Interval, StrOptions, num_samples, split_inputs,
                                  validate_params)
-from stargal.nets import HybridCNN, StarGalaxyCNN
+from stargal.cnn import HybridCNN, StarGalaxyCNN
 from stargal.split import GroupHoldOut
 
 __all__ = [
@@ -424,7 +424,7 @@ class StarGalaxyNet(NeuralNetClassifier):
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         """The criterion's loss; for an ensemble module in training mode (logits of shape
-        ``(n, members, n_classes)``, :class:`~stargal.nets.StarGalaxyCNN` with ``members > 1``)
+        ``(n, members, n_classes)``, :class:`~stargal.cnn.StarGalaxyCNN` with ``members > 1``)
         every member's loss on the same batch, averaged (each member learns on its own)."""
         if isinstance(y_pred, torch.Tensor) and y_pred.ndim == 3:
             y_true = to_tensor(y_true, device=y_pred.device).repeat_interleave(y_pred.shape[1])
@@ -519,7 +519,7 @@ def make_cnn_net(width=32, depth=3, dropout=0.3, lr=1e-3, weight_decay=1e-4, max
     Parameters
     ----------
     width, depth, dropout, in_channels, n_classes, input_size, members
-        :class:`~stargal.nets.StarGalaxyCNN` parameters (``module__*``); ``members > 1`` is an
+        :class:`~stargal.cnn.StarGalaxyCNN` parameters (``module__*``); ``members > 1`` is an
         ensemble of that many networks (their mean probability). ``in_channels=None``
         (default): the channel count of the cutouts seen in ``fit`` (5, or 10 for PSF-aware
         cutouts).
@@ -538,7 +538,7 @@ def make_cnn_net(width=32, depth=3, dropout=0.3, lr=1e-3, weight_decay=1e-4, max
     random_state : int or None, default=0
         Seeds torch and the validation split.
     hybrid : bool, default=False
-        The module is :class:`~stargal.nets.HybridCNN` (cutouts and measured features, whose
+        The module is :class:`~stargal.cnn.HybridCNN` (cutouts and measured features, whose
         width ``module__n_features`` is taken from ``fit``'s data); ``members`` must be 1.
     device : str, optional
         Default ``'cuda'`` when available, else ``'cpu'``.

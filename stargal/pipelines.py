@@ -264,7 +264,7 @@ def make_hybrid_pipeline(align, cutter, photometry, augmenter=None, scaler=None,
     ``align -> inputs -> ['augment'] -> ['psf'] -> ['scale'] -> net`` with ``inputs`` an
     :class:`InputUnion` of ``images`` (``cutter``) and ``features`` (``photometry`` ->
     :class:`~stargal.features.MeasuredFeatures` -> standardised -> NaN imputed with 0, plus
-    missing-value indicators); the net's module is :class:`~stargal.nets.HybridCNN`. The
+    missing-value indicators); the net's module is :class:`~stargal.cnn.HybridCNN`. The
     feature-blind variant is ``inputs__features='drop'`` (or ``features=False``), the PSF-blind
     one ``cutter.psf=False`` without a ``psf`` step, as for the CNN.
 

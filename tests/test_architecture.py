@@ -44,7 +44,7 @@ LAYERS: list[set[str]] = [
     {"cutouts"},                                                     # cutouts
     {"photo"},                                                       # model-fit photometry (SDSS's measurement)
     {"augment", "psf_channels", "scale", "features", "synth", "inject"},  # cutout -> model input
-    {"nets", "classifier", "pipelines", "models", "rule"},           # estimators
+    {"cnn", "nets", "classifier", "pipelines", "models", "rule"},    # estimators
     {"calibration", "tuning", "metrics"},                            # fitting and scoring
     {"training", "persist", "predict", "explain", "cli"},            # workflows
 ]

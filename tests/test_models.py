@@ -1,60 +1,11 @@
-"""Tests for stargal.nets and the old import paths of stargal.models (tiny synthetic cutouts, CPU)."""
+"""The old import paths: stargal.models (split into classifier, pipelines, _threads) and stargal.nets
+(renamed cnn) keep every name, and model files and pickles naming them still load."""
 
 import numpy as np
 import pytest
 import torch
 
-from stargal.nets import StarGalaxyCNN
-
 torch.set_num_threads(1)
-
-
-# --------------------------------------------------------------------------- nets
-@pytest.mark.parametrize("size", [7, 9, 15, 21])
-@pytest.mark.parametrize("depth", [1, 2, 3])
-def test_cnn_any_odd_size(size, depth):
-    net = StarGalaxyCNN(width=4, depth=depth).eval()
-    out = net(torch.randn(3, 5, size, size))
-    assert out.shape == (3, 2)
-    assert torch.isfinite(out).all()
-
-
-def test_cnn_architecture_is_attribution_friendly():
-    net = StarGalaxyCNN(width=4, depth=3)
-    relus = [m for m in net.modules() if isinstance(m, torch.nn.ReLU)]
-    assert len(relus) == 3 and len({id(m) for m in relus}) == 3
-    assert not any(m.inplace for m in relus)
-    pools = [m for m in net.modules() if isinstance(m, torch.nn.MaxPool2d)]
-    assert len(pools) == 2
-    assert net.classifier.in_features == 16 and net.feature_map_size(15) == 4
-
-
-@pytest.mark.parametrize("kw", [dict(width=0), dict(depth=0), dict(dropout=1.0),
-                                dict(input_size=14), dict(input_size=5), dict(n_classes=1)])
-def test_cnn_bad_params(kw):
-    with pytest.raises(ValueError):
-        StarGalaxyCNN(**kw)
-
-
-def test_cnn_bad_input_shape():
-    with pytest.raises(ValueError, match="expected cutouts"):
-        StarGalaxyCNN()(torch.zeros(2, 4, 15, 15))
-
-
-def test_cnn_ensemble_members_average_in_probability():
-    pair = StarGalaxyCNN(width=4, depth=2, members=3)
-    assert len(pair.towers) == 3 and pair.n_features == 8
-    X = torch.randn(6, 5, 9, 9)
-    # each member has its own initial weights
-    w = [t.features[0].weight for t in pair.towers]
-    assert not torch.allclose(w[0], w[1]) and not torch.allclose(w[1], w[2])
-    assert pair.train()(X).shape == (6, 3, 2)  # training: every member's logits
-    pair.eval()
-    members = torch.stack([torch.softmax(t(X), dim=-1) for t in pair.towers]).mean(dim=0)
-    torch.testing.assert_close(torch.softmax(pair(X), dim=-1), members)
-    with pytest.raises(ValueError, match="members"):
-        StarGalaxyCNN(members=0)
-
 
 
 # --------------------------------------------------------------------------- the old import paths
@@ -68,6 +19,7 @@ MOVED = {
                           "make_majority_pipeline"],
     "stargal._threads": ["torch_threads", "ENV_PREDICT_THREADS"],
 }
+RENAMED = {"stargal.nets": ("stargal.cnn", ["StarGalaxyCNN", "HybridCNN"])}
 
 
 def test_every_old_name_is_the_object_of_its_new_home():
@@ -81,19 +33,27 @@ def test_every_old_name_is_the_object_of_its_new_home():
         assert getattr(models, name) is getattr(importlib.import_module(home), name), name
     moved_classes = [n for n in old if isinstance(getattr(models, n), type)]
     assert all(getattr(models, n).__module__ == old[n] for n in moved_classes)  # new files name the new home
+    for alias, (home, names) in RENAMED.items():
+        module = importlib.import_module(alias)
+        assert sorted(module.__all__) == sorted(names)
+        for name in names:
+            assert getattr(module, name) is getattr(importlib.import_module(home), name)
+            assert getattr(module, name).__module__ == home
 
 
 def _as_before_the_split(path, out):
-    """A copy of a model file with the class paths a file of the unsplit stargal.models holds."""
+    """A copy of a model file with the class paths a file written before the split holds."""
     import zipfile
 
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
         for item in src.infolist():
             data = src.read(item.filename)
             if item.filename == "schema.json":
-                data = data.replace(b'"stargal.classifier"', b'"stargal.models"').replace(
-                    b'"stargal.pipelines"', b'"stargal.models"').replace(b'\\"stargal.classifier\\"',
-                                                                         b'\\"stargal.models\\"')
+                for new, old in ((b"stargal.classifier", b"stargal.models"), (b"stargal.pipelines", b"stargal.models"),
+                                 (b"stargal.cnn", b"stargal.nets")):
+                    # the skops part holds "module"; the net specs hold JSON strings, \"module\"
+                    data = data.replace(b'"' + new + b'"', b'"' + old + b'"').replace(
+                        b'\\"' + new + b'\\"', b'\\"' + old + b'\\"')
             dst.writestr(item, data)
     return out
 
@@ -116,8 +76,8 @@ def old_files(tmp_path_factory):
     for name, model in (("cnn", cnn), ("majority", majority)):
         old = _as_before_the_split(save_model(model, tmp / f"{name}.skops"), tmp / f"{name}-old.skops")
         schema = zipfile.ZipFile(old).read("schema.json")
-        assert b"stargal.models" in schema and b"stargal.classifier" not in schema
-        assert b"stargal.pipelines" not in schema
+        assert b"stargal.models" in schema and (name != "cnn" or b"stargal.nets" in schema)
+        assert not any(new in schema for new in (b"stargal.classifier", b"stargal.pipelines", b"stargal.cnn"))
         out[name] = model, old
     return X, out
 
@@ -132,14 +92,15 @@ def test_model_files_naming_the_old_paths_load_and_predict_alike(old_files):
         np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
 
 
-@pytest.mark.parametrize("name, cls", [("cnn", "StarGalaxyNet"), ("cnn", "SkyPipeline"),
-                                       ("majority", "Flatten")])
-def test_old_file_test_can_fail(old_files, monkeypatch, name, cls):
-    """Without its re-export, a file naming ``stargal.models.<class>`` does not load."""
-    import stargal.models
+@pytest.mark.parametrize("name, alias, cls", [("cnn", "models", "StarGalaxyNet"), ("cnn", "models", "SkyPipeline"),
+                                              ("cnn", "nets", "StarGalaxyCNN"), ("majority", "models", "Flatten")])
+def test_old_file_test_can_fail(old_files, monkeypatch, name, alias, cls):
+    """Without its re-export, a file naming ``stargal.<alias>.<class>`` does not load."""
+    import importlib
+
     from stargal.persist import load_model
 
-    monkeypatch.delattr(stargal.models, cls)
+    monkeypatch.delattr(importlib.import_module(f"stargal.{alias}"), cls)
     with pytest.raises(Exception, match=cls):
         load_model(old_files[1][name][1])
 
