@@ -50,10 +50,12 @@ from skorch.callbacks import EarlyStopping, EpochScoring
 from skorch.dataset import ValidSplit, get_len
 from skorch.utils import is_dataset, to_numpy, to_tensor
 
+from stargal._imaging import CUTOUT_SIZE
 from stargal._threads import ThreadProbe
 from stargal._validation import (Integral, Interval, StrOptions, num_samples, split_inputs,
                                  validate_params)
 from stargal.cnn import HybridCNN, StarGalaxyCNN
+from stargal.config import CNN_DEFAULTS
 from stargal.split import GroupHoldOut
 
 __all__ = [
@@ -245,12 +247,12 @@ class StarGalaxyNet(NeuralNetClassifier):
     module : type or torch.nn.Module, default=StarGalaxyCNN
     criterion : type, default=torch.nn.CrossEntropyLoss
     optimizer : type, default=torch.optim.AdamW
-    lr : float, default=1e-3
-    max_epochs : int, default=30
-    batch_size : int, default=128
+    lr : float, default=CNN_DEFAULTS["lr"]
+    max_epochs : int, default=CNN_DEFAULTS["max_epochs"]
+    batch_size : int, default=CNN_DEFAULTS["batch_size"]
     train_split : callable or None, default=SkyValidSplit()
     class_weight : {'balanced', None} or dict, default='balanced'
-    patience : int or None, default=5
+    patience : int or None, default=CNN_DEFAULTS["patience"]
     random_state : int or None, default=0
     device : str, default='cpu'
     verbose : int, default=0
@@ -276,8 +278,9 @@ class StarGalaxyNet(NeuralNetClassifier):
     """
 
     def __init__(self, module=StarGalaxyCNN, *args, criterion=torch.nn.CrossEntropyLoss,
-                 optimizer=torch.optim.AdamW, lr=1e-3, max_epochs=30, batch_size=128,
-                 train_split=SkyValidSplit(), class_weight="balanced", patience=5,
+                 optimizer=torch.optim.AdamW, lr=CNN_DEFAULTS["lr"], max_epochs=CNN_DEFAULTS["max_epochs"],
+                 batch_size=CNN_DEFAULTS["batch_size"], train_split=SkyValidSplit(), class_weight="balanced",
+                 patience=CNN_DEFAULTS["patience"],
                  random_state=0, device="cpu", verbose=0, **kwargs):
         # set before skorch's __init__: _default_callbacks reads them
         self.class_weight = class_weight
@@ -510,26 +513,32 @@ def _padded(rows, size):
     return rows
 
 
-def make_cnn_net(width=32, depth=3, dropout=0.3, lr=1e-3, weight_decay=1e-4, max_epochs=30,
-                 batch_size=128, patience=5, valid_fraction=0.2, class_weight="balanced",
+def make_cnn_net(width=CNN_DEFAULTS["width"], depth=CNN_DEFAULTS["depth"], dropout=CNN_DEFAULTS["dropout"],
+                 lr=CNN_DEFAULTS["lr"], weight_decay=CNN_DEFAULTS["weight_decay"],
+                 max_epochs=CNN_DEFAULTS["max_epochs"], batch_size=CNN_DEFAULTS["batch_size"],
+                 patience=CNN_DEFAULTS["patience"], valid_fraction=0.2, class_weight="balanced",
                  random_state=0, device=None, verbose=0, in_channels=None, n_classes=2,
-                 input_size=15, members=1, hybrid=False, **kwargs):
+                 input_size=CUTOUT_SIZE, members=CNN_DEFAULTS["members"], hybrid=False, **kwargs):
     """The CNN as a scikit-learn classifier (:class:`StarGalaxyNet`).
+
+    Every setting of the study's ``[cnn]`` table is a parameter here, and its default is the
+    packaged study's value (:data:`stargal.config.CNN_DEFAULTS`, written ``CNN_DEFAULTS[...]``
+    below).
 
     Parameters
     ----------
     width, depth, dropout, in_channels, n_classes, input_size, members
-        :class:`~stargal.cnn.StarGalaxyCNN` parameters (``module__*``); ``members > 1`` is an
-        ensemble of that many networks (their mean probability). ``in_channels=None``
-        (default): the channel count of the cutouts seen in ``fit`` (5, or 10 for PSF-aware
-        cutouts).
-    lr : float, default=1e-3
+        :class:`~stargal.cnn.StarGalaxyCNN` parameters (``module__*``), with its defaults;
+        ``members > 1`` is an ensemble of that many networks (their mean probability).
+        ``in_channels=None`` (default): the channel count of the cutouts seen in ``fit`` (5,
+        or 10 for PSF-aware cutouts).
+    lr : float, default=CNN_DEFAULTS["lr"]
         AdamW learning rate.
-    weight_decay : float, default=1e-4
+    weight_decay : float, default=CNN_DEFAULTS["weight_decay"]
         AdamW weight decay (``optimizer__weight_decay``).
-    max_epochs, batch_size : int
+    max_epochs, batch_size : int, default=CNN_DEFAULTS[...]
         Training length and mini-batch size.
-    patience : int or None, default=5
+    patience : int or None, default=CNN_DEFAULTS["patience"]
         Early-stopping patience in epochs on ``valid_loss`` (best weights restored).
     valid_fraction : float, default=0.2
         Fraction held out by :class:`SkyValidSplit` (``None``: no internal

@@ -30,6 +30,9 @@ import math
 import torch
 from torch import nn
 
+from stargal._imaging import CUTOUT_SIZE, N_IMAGE_BANDS
+from stargal.config import CNN_DEFAULTS
+
 __all__ = ["StarGalaxyCNN", "HybridCNN"]
 
 
@@ -40,24 +43,26 @@ class StarGalaxyCNN(nn.Module):
     BatchNorm2d -> ReLU`` with ``width * 2**k`` output channels, followed by
     ``MaxPool2d(2, ceil_mode=True)`` for every block except the last.  The head
     is ``AdaptiveAvgPool2d(1) -> Flatten -> Dropout(dropout) -> Linear``.
+    Defaults named ``CNN_DEFAULTS[...]`` are the packaged study's ``[cnn]`` settings
+    (:data:`stargal.config.CNN_DEFAULTS`).
 
     Parameters
     ----------
-    in_channels : int, default=5
-        Number of input bands (``u, g, r, i, z``).
-    width : int, default=32
+    in_channels : int, default=N_IMAGE_BANDS
+        Number of input channels (the five bands ``u, g, r, i, z``; 10 with PSF channels).
+    width : int, default=CNN_DEFAULTS["width"]
         Channels of the first block; doubled after every block.
-    depth : int, default=3
+    depth : int, default=CNN_DEFAULTS["depth"]
         Number of convolutional blocks (``>= 1``).
-    dropout : float, default=0.3
+    dropout : float, default=CNN_DEFAULTS["dropout"]
         Dropout probability before the linear layer, in ``[0, 1)``.
     n_classes : int, default=2
         Number of output logits (``0 = star``, ``1 = galaxy``).
-    input_size : int, default=15
+    input_size : int, default=CUTOUT_SIZE
         Nominal cutout side in pixels (odd, ``>= 7``).  The network itself is
         size-agnostic; this value is validated and reported by
         :meth:`feature_map_size`.
-    members : int, default=1
+    members : int, default=CNN_DEFAULTS["members"]
         ``> 1``: an ensemble of that many such networks (``towers``), each with
         its own initial weights and its own loss during training
         (:meth:`stargal.classifier.StarGalaxyNet.get_loss`), averaged in probability
@@ -78,8 +83,9 @@ class StarGalaxyCNN(nn.Module):
     True
     """
 
-    def __init__(self, in_channels=5, width=32, depth=3, dropout=0.3, n_classes=2,
-                 input_size=15, members=1):
+    def __init__(self, in_channels=N_IMAGE_BANDS, width=CNN_DEFAULTS["width"], depth=CNN_DEFAULTS["depth"],
+                 dropout=CNN_DEFAULTS["dropout"], n_classes=2, input_size=CUTOUT_SIZE,
+                 members=CNN_DEFAULTS["members"]):
         super().__init__()
         for name, value, low in (("in_channels", in_channels, 1), ("width", width, 1),
                                  ("depth", depth, 1), ("n_classes", n_classes, 2),
@@ -184,7 +190,9 @@ class HybridCNN(nn.Module):
 
     Parameters
     ----------
-    in_channels, width, depth, dropout, n_classes, input_size
+    in_channels : int, default=2 * N_IMAGE_BANDS
+        Channels of the cutouts (the five bands and their PSF channels).
+    width, depth, dropout, n_classes, input_size
         As :class:`StarGalaxyCNN`.
     n_features : int, default=48
         Width of the feature input.
@@ -201,8 +209,9 @@ class HybridCNN(nn.Module):
     torch.Size([3, 2])
     """
 
-    def __init__(self, in_channels=10, width=32, depth=3, dropout=0.3, n_classes=2, input_size=15,
-                 n_features=48, feature_width=32):
+    def __init__(self, in_channels=2 * N_IMAGE_BANDS, width=CNN_DEFAULTS["width"], depth=CNN_DEFAULTS["depth"],
+                 dropout=CNN_DEFAULTS["dropout"], n_classes=2, input_size=CUTOUT_SIZE, n_features=48,
+                 feature_width=32):
         super().__init__()
         for name, value in (("n_features", n_features), ("feature_width", feature_width)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
