@@ -39,7 +39,7 @@ def catalog_measurements(fid, fetcher) -> pd.DataFrame:
     f = FieldID.parse(fid)
     parts = []
     for kind in ("star", "gal"):
-        path = fetcher.fetch(calibobj_path(f.run, f.camcol, kind))
+        path = fetcher.fetch(calibobj_path(f, kind))
         with fits.open(path, memmap=False) as hdul:
             d = hdul[1].data
             d = d[d["FIELD"] == f.field]
@@ -105,6 +105,7 @@ def run(ctx) -> dict:
     write_csv(ctx.out_dir / "measurement_bins.csv", bins)
     per_field = pd.DataFrame([{"field": fid, **compare(g).set_index("r_bin").loc["r < 21"].to_dict()}
                               for fid, g in measured.groupby("field_id")])
+    per_field["n"] = per_field["n"].astype(int)
     _plot(measured, ctx.out_dir / "measurement_check.png")
     bright = bins.set_index("r_bin").loc["r < 21"]
     flags = frame.loc[frame["fit_flag"] != "", "fit_flag"].value_counts().to_dict()

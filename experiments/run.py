@@ -145,7 +145,7 @@ def targets_markdown(ctx, meta: dict) -> str:
             by(worst, 0.84))
     if "offset_r_lt_21" in mea:
         off, agree = mea["offset_r_lt_21"], mea["agreement_r_lt_21"]
-        add("our psf − cModel vs the catalogs' (training fields, r < 21): |median offset| ≤ 0.02 mag",
+        add("our psf − cModel vs the catalogs' (training fields, r < 21): median offset within ±0.02 mag",
             fmt(off, 4), abs(off) <= 0.02)
         add("  type agreement ≥ 97 %", fmt(agree), agree >= 0.97, by(agree, 0.97))
     if not ctx.quick:

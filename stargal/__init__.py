@@ -2,9 +2,13 @@
 
 Data flows one way: catalog -> locate/align -> cut -> augment/scale -> model -> metrics/report.
 Public names are imported lazily, so ``import stargal`` stays fast (torch loads only when a
-model is used)::
+model is used). Fit, save, load and predict from the front door::
 
-    from stargal import Aligner, Cutter, AsinhScaler, make_cnn_pipeline, predict_coordinates
+    from stargal import study_table, build_pipeline, fit_pipeline, save_model, load_model, predict_coordinates
+    table = study_table(fields=["1035-6-17"])               # labelled objects, split by sky groups
+    model = fit_pipeline(build_pipeline("forest"), table[table["split"] == "train"])
+    save_model(model, "forest.stargal")                     # portable: no paths of this machine inside
+    out = predict_coordinates(load_model("forest.stargal"), {"ra": ["22:06:48.0"], "dec": ["+26:57:00"]})
 """
 
 import os as _os
@@ -16,21 +20,28 @@ from importlib import import_module
 # so set here, before any stargal module imports torch. A value set by the user wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__all__ = [
-    "FieldID", "Fetcher", "Field", "open_field", "read_calibobj", "load_catalog", "read_coordinates",
-    "Aligner", "Cutter", "CutoutAugmenter", "AsinhScaler", "PhotometricFeatures",
-    "make_cnn_pipeline", "make_forest_pipeline", "make_majority_pipeline",
-    "load_config", "save_model", "load_model", "predict_coordinates",
-]
-
+#: The front door: public name -> the module that defines it (``__all__`` is this table's keys).
+#: A name the README uses from ``stargal`` belongs here.
 _WHERE = {
+    # data: identifiers, source, frames, catalogs, coordinate lists, the field index
     "FieldID": "sdss", "Fetcher": "fetch", "Field": "frames", "open_field": "frames",
     "read_calibobj": "catalogs", "load_catalog": "catalogs", "read_coordinates": "catalogs",
-    "Aligner": "align", "Cutter": "cutouts", "CutoutAugmenter": "augment", "AsinhScaler": "scale",
-    "PhotometricFeatures": "features", "make_cnn_pipeline": "models", "make_forest_pipeline": "models",
-    "make_majority_pipeline": "models", "load_config": "config", "save_model": "persist",
-    "load_model": "persist", "predict_coordinates": "predict",
+    "parse_coordinates": "catalogs", "labels_to_y": "catalogs", "CoordinateError": "catalogs",
+    "load_window_index": "window", "field_psf": "psf",
+    # pipeline steps and factories
+    "Aligner": "align", "Cutter": "cutouts", "CutoutAugmenter": "augment", "PSFChannels": "psf_channels",
+    "AsinhScaler": "scale", "PhotometricFeatures": "features", "SyntheticInjector": "inject",
+    "make_cnn_pipeline": "pipelines", "make_forest_pipeline": "pipelines", "make_majority_pipeline": "pipelines",
+    # the study workflow
+    "load_config": "config", "study_table": "training", "build_pipeline": "training",
+    "fit_pipeline": "training", "train_model": "training", "evaluate_model": "training",
+    "calibrate_pipeline": "calibration", "adjust_prior": "calibration",
+    "classification_metrics": "metrics", "grid_search": "tuning",
+    # model files and prediction
+    "save_model": "persist", "load_model": "persist", "predict_coordinates": "predict",
+    "predict_csv": "predict",
 }
+__all__ = list(_WHERE)
 
 try:
     from importlib.metadata import version as _version

@@ -36,10 +36,11 @@ calibrated corresponds to a mix of 0.5 (both classes weighted equally).
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
 
-__all__ = ["calibrate_pipeline", "adjust_prior", "estimate_prior", "adapt_to_field", "CALIBRATION_METHODS",
+__all__ = ["calibrate_pipeline", "PackedInputs", "adjust_prior", "estimate_prior", "adapt_to_field", "CALIBRATION_METHODS",
            "MIN_FIELD_OBJECTS"]
 
 #: Fewest objects of one field for which :func:`adapt_to_field` re-estimates the field's mix.
@@ -101,13 +102,81 @@ def calibrate_pipeline(pipe, X, y, method="sigmoid"):
         y = y[known]
         if np.unique(y).size < 2:
             raise ValueError("calibration needs both classes among the held-out objects the model answers")
+    packed = isinstance(Xt, dict)
+    if packed:  # cutouts and measured features (the hybrid CNN): scikit-learn wants one array per row
+        final, Xt = PackedInputs.wrap(final, Xt)
     calibrated = CalibratedClassifierCV(FrozenEstimator(final), method=method).fit(Xt, y)
+    if packed:
+        calibrated = PackedInputs(calibrated, final.image_shape, pack=True)
     new = type(pipe)(list(steps[:-1]) + [(name, calibrated)])
     for attr in ("memory", "verbose"):
         if hasattr(pipe, attr):
             setattr(new, attr, getattr(pipe, attr))
     new.calibration_fraction_ = float(np.mean(y == 1))  # the mix p_galaxy is calibrated at
     return new
+
+
+def _pack(X) -> np.ndarray:
+    """``{'images': (n, C, H, W), 'features': (n, F)}`` -> ``(n, C*H*W + F)`` float32 rows."""
+    images = np.asarray(X["images"], dtype=np.float32)
+    features = np.asarray(X.get("features", np.zeros((len(images), 0))), dtype=np.float32)
+    return np.hstack([images.reshape(len(images), -1), features])
+
+
+class PackedInputs(ClassifierMixin, BaseEstimator):
+    """A classifier of dict inputs (``{'images', 'features'}``, the hybrid CNN's) seen through packed rows.
+
+    :class:`~sklearn.calibration.CalibratedClassifierCV` needs one array per row. With
+    ``pack=False`` this wraps the fitted network: rows packed as ``[images.ravel(), features]`` are
+    unpacked for it. With ``pack=True`` it wraps the fitted calibrator: the dicts the pipeline passes
+    at prediction are packed for it. :func:`calibrate_pipeline` builds both.
+
+    Parameters
+    ----------
+    estimator : fitted classifier
+    image_shape : tuple of int
+        ``(C, H, W)`` of one cutout.
+    pack : bool, default=False
+    """
+
+    def __init__(self, estimator=None, image_shape=(), pack=False):
+        self.estimator = estimator
+        self.image_shape = image_shape
+        self.pack = pack
+
+    @classmethod
+    def wrap(cls, estimator, X: dict):
+        """``(wrapper, packed X)`` for a fitted ``estimator`` and a dict input ``X``."""
+        return cls(estimator, tuple(int(v) for v in np.shape(X["images"])[1:])), _pack(X)
+
+    @property
+    def classes_(self):
+        return self.estimator.classes_
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return self.estimator is not None  # wraps an already fitted classifier
+
+    def fit(self, X, y=None):
+        """Nothing to fit: the wrapped classifier is already fitted. Returns ``self``."""
+        return self
+
+    def _convert(self, X):
+        if self.pack:
+            return _pack(X) if isinstance(X, dict) else X
+        if isinstance(X, dict):
+            return X
+        X = np.asarray(X, dtype=np.float32)
+        k = int(np.prod(self.image_shape))
+        images = X[:, :k].reshape((len(X),) + tuple(self.image_shape))
+        return {"images": images, "features": X[:, k:]} if X.shape[1] > k else images
+
+    def predict_proba(self, X):
+        """The wrapped classifier's probabilities."""
+        return self.estimator.predict_proba(self._convert(X))
+
+    def predict(self, X):
+        """The wrapped classifier's labels."""
+        return self.estimator.predict(self._convert(X))
 
 
 def adjust_prior(p_galaxy, galaxy_fraction, calibration_fraction):

@@ -10,10 +10,26 @@ those labels, so ``psfmag_r``/``modelmag_r`` are kept for *reporting* (magnitude
 and must never be used as model features.
 
 Magnitudes: Pogson, ``m = 22.5 - 2.5 log10(flux / nanomaggy)``; NaN for flux <= 0.
+
+Coordinate lists as people have them
+------------------------------------
+:func:`parse_coordinates` reads the coordinates of a user's list, row by row, without losing any:
+
+* columns are found by name, case-insensitively, from :data:`COORDINATE_COLUMNS` (``RA``/``DEC``,
+  ``ra_deg``, ``RAJ2000``/``DEJ2000``, ``RA_ICRS``/``DE_ICRS``, ``alpha``/``delta``, ...; for
+  ``frame='galactic'``: ``l``/``b``, ``glon``/``glat``, ...), or named explicitly (``columns=``);
+* a value is a number of degrees, or a sexagesimal string (``22:06:48.0``, ``22 06 48``,
+  ``22h06m48s``, ``+26:57:00``, ``26d57m00s``); for equatorial frames RA written with ``:`` or
+  spaces is in hours (astropy ``unit=(hourangle, deg)``); a value with ``h``/``d`` says its unit;
+* ``frame`` (:data:`FRAMES`: ``icrs``, ``fk5``, ``fk4``, ``galactic``) names the input's frame;
+  values are converted to ICRS degrees (``ra_deg``, ``dec_deg``);
+* a value that cannot be used gets a short reason (``flag_detail``: ``"dec 95.0 out of range
+  [-90, 90]"``, ``"cannot parse ra '12h3'"``, ``"ra missing"``) instead of an error.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +51,11 @@ __all__ = [
     "read_band_centroids",
     "load_catalog",
     "read_coordinates",
+    "parse_coordinates",
+    "coordinate_columns",
+    "invalid_rows_message",
+    "COORDINATE_COLUMNS",
+    "FRAMES",
     "labels_to_y",
 ]
 
@@ -49,6 +70,194 @@ _R = 2  # index of r in u,g,r,i,z flux vectors
 
 class CoordinateError(ValueError):
     """A coordinate list is malformed; the message names the bad rows/columns."""
+
+
+#: Frames a coordinate list may be given in (astropy names) and the kind of columns each uses.
+FRAMES = {"icrs": "equatorial", "fk5": "equatorial", "fk4": "equatorial", "galactic": "galactic"}
+#: Accepted column names (case-insensitive; the first present wins) of longitude and latitude,
+#: by kind of frame. SIMBAD/NED/SDSS (``ra``, ``dec``), VizieR (``RAJ2000``, ``_RAJ2000``),
+#: Gaia (``ra_icrs``/``RA_ICRS``, ``DE_ICRS``), and common spellings.
+COORDINATE_COLUMNS = {
+    "equatorial": (
+        ("ra", "ra_deg", "radeg", "ra_icrs", "raj2000", "ra_j2000", "_raj2000", "rab1950", "ra_b1950",
+         "alpha", "alpha_j2000", "right_ascension"),
+        ("dec", "dec_deg", "decdeg", "de", "dec_icrs", "de_icrs", "dej2000", "decj2000", "de_j2000",
+         "dec_j2000", "_dej2000", "deb1950", "decb1950", "dec_b1950", "delta", "delta_j2000", "decl",
+         "declination"),
+    ),
+    "galactic": (
+        ("l", "glon", "gal_l", "lii", "l_deg", "glon_deg"),
+        ("b", "glat", "gal_b", "bii", "b_deg", "glat_deg"),
+    ),
+}
+_ROLES = {"equatorial": ("ra", "dec"), "galactic": ("l", "b")}
+# sexagesimal: "22:06:48.0", "22 06 48", "+26:57" (separators), "22h06m48.0s", "26d57m", "26°57′00″"
+_SEXAGESIMAL_SEP = re.compile(r"^[+-]?\d{1,3}(?:(?::\s*|\s+)\d{1,2}(?:\.\d*)?){1,2}$")
+_SEXAGESIMAL_UNITS = re.compile(
+    r"^[+-]?\d+(?:\.\d*)?\s*[hd°](?:\s*\d+(?:\.\d*)?\s*[m'′](?:\s*\d+(?:\.\d*)?\s*[s\"″]?)?)?$")
+_ANGLE_ERRORS = {"IllegalHourError": "hours must be below 24", "IllegalMinuteError": "minutes must be below 60",
+                 "IllegalSecondError": "seconds must be below 60"}
+_MISSING_TEXT = {"", "nan", "na", "n/a", "null", "none", "--"}
+
+
+def _check_frame(frame) -> str:
+    key = str(frame).strip().lower() if isinstance(frame, str) else None
+    if key not in FRAMES:
+        raise ValueError(f"frame must be one of {sorted(FRAMES)}, got {frame!r}")
+    return key
+
+
+def coordinate_columns(table: pd.DataFrame, frame: str = "icrs", columns=None) -> tuple:
+    """The names of ``table``'s longitude and latitude columns (RA/Dec, or l/b for galactic).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+    frame : str, default='icrs'
+        One of :data:`FRAMES`; ``'galactic'`` looks for l/b columns.
+    columns : (str, str), optional
+        The two names, given explicitly (matched case-insensitively).
+
+    Returns
+    -------
+    (lon, lat) : column labels of ``table``
+
+    Raises
+    ------
+    CoordinateError
+        A column is missing; the message lists the names looked for.
+
+    Examples
+    --------
+    >>> coordinate_columns(pd.DataFrame({"RAJ2000": [1.0], "DEJ2000": [2.0], "id": [3]}))
+    ('RAJ2000', 'DEJ2000')
+    """
+    kind = FRAMES[_check_frame(frame)]
+    lower = {}
+    for c in table.columns:
+        lower.setdefault(str(c).strip().lower(), c)
+    if columns is not None:
+        if isinstance(columns, str) or len(columns) != 2:
+            raise ValueError(f"columns must be two column names (longitude, latitude), got {columns!r}")
+        wanted = [((str(columns[i]).strip().lower(),), role) for i, role in enumerate(_ROLES[kind])]
+    else:
+        wanted = list(zip(COORDINATE_COLUMNS[kind], _ROLES[kind]))
+    found, missing = [], []
+    for names, role in wanted:
+        hit = next((lower[n] for n in names if n in lower), None)
+        if hit is None:
+            missing.append(f"{role} (looked for {', '.join(names)})")
+        found.append(hit)
+    if missing:
+        raise CoordinateError(
+            f"coordinate list lacks a column for {'; '.join(missing)}; found {list(table.columns)}. "
+            f"Names are matched case-insensitively; name other columns explicitly "
+            f"(--ra-column/--dec-column, columns=)")
+    return tuple(found)
+
+
+def _value_text(value) -> str:
+    text = value.strip() if isinstance(value, str) else repr(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def _parse_axis(values, role: str, sexagesimal_unit, lo: float, hi: float, closed: bool):
+    """Degrees and a reason ('' when fine) for every value of one coordinate column."""
+    import astropy.units as u
+    from astropy.coordinates import Angle
+
+    raw = np.asarray(values, dtype=object)
+    n = raw.size
+    deg = np.array(pd.to_numeric(pd.Series(raw, dtype=object), errors="coerce")
+                   .to_numpy(dtype=float, na_value=np.nan), dtype=float)  # a writable copy
+    detail = np.full(n, "", dtype=object)
+    is_str = np.array([isinstance(v, str) for v in raw], dtype=bool)
+    text = np.array([v.strip() if isinstance(v, str) else "" for v in raw], dtype=object)
+    missing = np.array([v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA or v is pd.NaT
+                        for v in raw], dtype=bool)
+    missing |= is_str & np.isin(np.char.lower(text.astype(str)), list(_MISSING_TEXT))
+    # strings that are not numbers: sexagesimal, or unparseable
+    other = np.isnan(deg) & ~missing
+    sexa = other & is_str & np.array([bool(_SEXAGESIMAL_SEP.match(t) or _SEXAGESIMAL_UNITS.match(t))
+                                      for t in text], dtype=bool)
+    if sexa.any():
+        idx = np.flatnonzero(sexa)
+        try:
+            deg[idx] = Angle(list(text[idx]), unit=sexagesimal_unit).degree
+        except Exception:  # noqa: BLE001 - one bad value: parse them one by one to find it
+            for i in idx:
+                try:
+                    deg[i] = Angle(text[i], unit=sexagesimal_unit).degree
+                except Exception as exc:  # noqa: BLE001 - astropy's parse errors vary
+                    reason = _ANGLE_ERRORS.get(type(exc).__name__)
+                    detail[i] = f"cannot parse {role} {_value_text(raw[i])!r}" + (f" ({reason})" if reason else "")
+    unparsed = other & ~sexa
+    for i in np.flatnonzero(unparsed):
+        detail[i] = f"cannot parse {role} {_value_text(raw[i])!r}"
+    for i in np.flatnonzero(missing):
+        detail[i] = f"{role} missing"
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(deg) | (deg < lo) | ((deg > hi) if closed else (deg >= hi))
+    bad &= detail == ""
+    for i in np.flatnonzero(bad):
+        detail[i] = f"{role} {_value_text(raw[i])} out of range [{lo:g}, {hi:g}{']' if closed else ')'}"
+    deg[detail != ""] = np.nan
+    return deg, detail
+
+
+def parse_coordinates(table, frame: str = "icrs", columns=None) -> pd.DataFrame:
+    """ICRS degrees of every row of a coordinate list, and why a row cannot be used.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame or dict of columns
+        The user's list; its coordinate columns are found with :func:`coordinate_columns`.
+        Values are numbers (degrees) or sexagesimal strings (see the module docstring).
+    frame : str, default='icrs'
+        The input's frame, one of :data:`FRAMES`.
+    columns : (str, str), optional
+        Names of the longitude and latitude columns, if not one of :data:`COORDINATE_COLUMNS`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Same index as ``table``: ``ra_deg``, ``dec_deg`` (float, ICRS; NaN where the row cannot be
+        used) and ``flag_detail`` (``''``, or a short reason such as ``"dec 95.0 out of range
+        [-90, 90]"``). ``table`` is not modified.
+
+    Raises
+    ------
+    CoordinateError
+        A coordinate column is missing.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"RA": ["22:06:48.0", "331.7", "12h3"], "DEC": ["+26:57:00", "95.0", "0"]})
+    >>> out = parse_coordinates(t)
+    >>> out["ra_deg"].round(4).tolist()[:1], out["flag_detail"].tolist()
+    ([331.7], ['', 'dec 95.0 out of range [-90, 90]', "cannot parse ra '12h3'"])
+    """
+    import astropy.units as u
+
+    table = pd.DataFrame(table) if isinstance(table, dict) else table
+    frame = _check_frame(frame)
+    kind = FRAMES[frame]
+    lon_col, lat_col = coordinate_columns(table, frame, columns)
+    lon_role, lat_role = _ROLES[kind]
+    lon_unit = u.hourangle if kind == "equatorial" else u.deg
+    lon, lon_detail = _parse_axis(table[lon_col].to_numpy(dtype=object), lon_role, lon_unit, 0.0, 360.0, False)
+    lat, lat_detail = _parse_axis(table[lat_col].to_numpy(dtype=object), lat_role, u.deg, -90.0, 90.0, True)
+    detail = np.array(["; ".join(d for d in pair if d) for pair in zip(lon_detail, lat_detail)], dtype=object)
+    ok = detail == ""
+    lon[~ok] = np.nan
+    lat[~ok] = np.nan
+    if frame != "icrs" and ok.any():
+        from astropy.coordinates import SkyCoord
+
+        icrs = SkyCoord(lon[ok] * u.deg, lat[ok] * u.deg, frame=frame).icrs
+        lon[ok] = icrs.ra.deg
+        lat[ok] = icrs.dec.deg
+    return pd.DataFrame({"ra_deg": lon, "dec_deg": lat, "flag_detail": detail}, index=table.index)
 
 
 def nmgy_to_mag(flux) -> np.ndarray:
@@ -199,33 +408,40 @@ def load_catalog(fields, fetcher=None, *, on_frames: bool = True, margin_pix: fl
     return pd.concat(tables, ignore_index=True)
 
 
-def read_coordinates(source, *, ra: str = "ra", dec: str = "dec") -> pd.DataFrame:
-    """Read and validate a user's coordinate list.
+def read_coordinates(source, *, ra=None, dec=None, frame: str = "icrs") -> pd.DataFrame:
+    """Read and validate a user's coordinate list (strictly: any unusable row is an error).
 
     Parameters
     ----------
     source : path, DataFrame, dict or (n, 2) array
-        A CSV file with ``ra`` and ``dec`` columns (degrees, ICRS), a DataFrame, a
-        mapping of columns, or an array of ``(ra, dec)`` rows. Other columns are kept.
-    ra, dec : str
-        Column names to use (case-insensitive), renamed to ``ra``/``dec``.
+        A CSV file, a DataFrame, a mapping of columns, or an array of ``(ra, dec)`` rows
+        (degrees). Coordinate columns are found by name (:data:`COORDINATE_COLUMNS`); values may
+        be degrees or sexagesimal strings (:func:`parse_coordinates`). Other columns are kept.
+    ra, dec : str, optional
+        Column names to use (case-insensitive) instead of looking them up.
+    frame : str, default='icrs'
+        The input's frame (:data:`FRAMES`); coordinates are converted to ICRS.
 
     Returns
     -------
     pandas.DataFrame
-        A copy with float ``ra`` in [0, 360) and ``dec`` in [-90, 90]; the index is kept.
+        A copy whose coordinate columns are renamed ``ra``/``dec`` and hold float ICRS degrees
+        (``ra`` in [0, 360), ``dec`` in [-90, 90]); the index is kept.
 
     Raises
     ------
     CoordinateError
-        Missing columns, non-numeric values, NaN/inf, or values out of range; the
-        message lists the offending rows (first 10) and columns.
+        Missing columns, or rows that cannot be used; the message lists the offending rows
+        (first 10) with the reason of each.
 
     Examples
     --------
     >>> read_coordinates({"ra": [331.7], "dec": [26.9]})
          ra   dec
     0  331.7  26.9
+    >>> read_coordinates({"RAJ2000": ["22:06:48.0"], "DEJ2000": ["+26:57:00"]}).round(2)
+          ra    dec
+    0  331.7  26.95
     """
     if isinstance(source, (str, Path)):
         path = Path(source)
@@ -243,33 +459,26 @@ def read_coordinates(source, *, ra: str = "ra", dec: str = "dec") -> pd.DataFram
         arr = np.asarray(source)
         if arr.ndim != 2 or arr.shape[1] != 2:
             raise CoordinateError(f"expected an (n, 2) array of (ra, dec), got shape {arr.shape}")
-        table = pd.DataFrame({ra: arr[:, 0], dec: arr[:, 1]})
-    lower = {str(c).strip().lower(): c for c in table.columns}
-    missing = [c for c in (ra, dec) if c.lower() not in lower]
-    if missing:
-        raise CoordinateError(
-            f"coordinate list lacks column(s) {missing}; found {list(table.columns)} "
-            "(expected 'ra' and 'dec' in degrees)"
-        )
-    table = table.rename(columns={lower[ra.lower()]: "ra", lower[dec.lower()]: "dec"})
-    problems = []
-    for col, lo, hi, closed in (("ra", 0.0, 360.0, False), ("dec", -90.0, 90.0, True)):
-        values = pd.to_numeric(table[col], errors="coerce")
-        nonnum = values.isna() & table[col].notna()
-        nan = table[col].isna() | ~np.isfinite(values.fillna(0.0))
-        with np.errstate(invalid="ignore"):
-            out = (values < lo) | ((values > hi) if closed else (values >= hi))
-        for what, mask in (("not a number", nonnum), ("NaN/missing/inf", nan & ~nonnum), (
-                f"outside [{lo:g}, {hi:g}{']' if closed else ')'}", out & ~nan & ~nonnum)):
-            if mask.any():
-                rows = list(table.index[mask.to_numpy()])
-                problems.append(f"{col} {what} in {len(rows)} row(s): {rows[:10]}{' ...' if len(rows) > 10 else ''}")
-        table[col] = values.astype(float)
-    if problems:
-        raise CoordinateError("invalid coordinates: " + "; ".join(problems))
+        table = pd.DataFrame({ra or "ra": arr[:, 0], dec or "dec": arr[:, 1]})
+    columns = None if ra is None and dec is None else (ra or "ra", dec or "dec")
+    lon_col, lat_col = coordinate_columns(table, frame, columns)
     if len(table) == 0:
         raise CoordinateError("coordinate list is empty")
+    parsed = parse_coordinates(table, frame, (str(lon_col), str(lat_col)))
+    bad = (parsed["flag_detail"] != "").to_numpy()
+    if bad.any():
+        raise CoordinateError(invalid_rows_message(table.index[bad], parsed["flag_detail"][bad]))
+    table = table.rename(columns={lon_col: "ra", lat_col: "dec"})
+    table["ra"] = parsed["ra_deg"].to_numpy()
+    table["dec"] = parsed["dec_deg"].to_numpy()
     return table
+
+
+def invalid_rows_message(rows, details, limit: int = 10) -> str:
+    """``'invalid coordinates in 3 row(s): row 1: ra missing; row 4: ...'`` (first ``limit`` rows)."""
+    rows, details = list(rows), list(details)
+    shown = "; ".join(f"row {r}: {d}" for r, d in zip(rows[:limit], details[:limit]))
+    return f"invalid coordinates in {len(rows)} row(s): {shown}{' ...' if len(rows) > limit else ''}"
 
 
 # ----------------------------------------------------------------------------- objects tables

@@ -51,8 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "sky groups (default: fit on train, calibrate on validation)")
     _add_source(p)
 
-    p = sub.add_parser("predict", help="galaxy probabilities for a CSV of ra,dec")
-    p.add_argument("coords", help="CSV with ra, dec columns (degrees)")
+    p = sub.add_parser("predict", help="galaxy probabilities for a CSV of coordinates",
+                       description="Galaxy probabilities for a CSV of coordinates. Coordinate columns are "
+                                   "found by name, in any case: " + _column_names() + ". Values are "
+                                   "degrees or sexagesimal (22:06:48.0 +26:57:00, 22h06m48s; RA with ':' in "
+                                   "hours). The output keeps every input column as it was and adds "
+                                   "ra_deg, dec_deg (ICRS), field, p_galaxy, label, flag, flag_detail.")
+    p.add_argument("coords", help="CSV of coordinates (RA/Dec, or l/b with --frame galactic)")
     p.add_argument("--model", required=True, help="model file from `stargal train`")
     p.add_argument("-o", "--output", default="-", help="output CSV (default stdout)")
     p.add_argument("--fields", nargs="*", default=None,
@@ -65,7 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows read and classified at a time (memory: one chunk + one field's frames)")
     p.add_argument("--n-jobs", type=int, default=1, help="fields processed in parallel")
     p.add_argument("--scheduler", default=None, help="Dask scheduler address tcp://host:port")
-    p.add_argument("--strict", action="store_true", help="error on NaN/out-of-range coordinates instead of flag")
+    p.add_argument("--frame", default="icrs", choices=["icrs", "fk5", "fk4", "galactic"],
+                   help="frame of the input coordinates (default icrs); galactic reads l/b columns")
+    p.add_argument("--ra-column", default=None, metavar="NAME",
+                   help="name of the RA (or l) column, if it is not one of the accepted names")
+    p.add_argument("--dec-column", default=None, metavar="NAME",
+                   help="name of the Dec (or b) column, if it is not one of the accepted names")
+    p.add_argument("--strict", action="store_true",
+                   help="error on unusable coordinates (missing, unparseable, out of range) instead of a flag")
     _add_source(p)
 
     p = sub.add_parser("evaluate", help="metrics of a model on labelled objects")
@@ -76,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by-magnitude", action="store_true", help="also print metrics per r-magnitude bin")
     _add_source(p)
     return parser
+
+
+def _column_names() -> str:
+    from .catalogs import COORDINATE_COLUMNS
+
+    ra, dec = COORDINATE_COLUMNS["equatorial"]
+    lon, lat = COORDINATE_COLUMNS["galactic"]
+    return (f"RA: {', '.join(ra)}; Dec: {', '.join(dec)}; with --frame galactic, longitude: "
+            f"{', '.join(lon)}; latitude: {', '.join(lat)}")
 
 
 def _version() -> str:
@@ -120,9 +141,12 @@ def _cmd_predict(args) -> int:
     model = load_model(args.model)
     if args.fields is not None and not args.fields:
         raise ValueError("--fields needs at least one RUN-CAMCOL-FIELD (omit it to look fields up in window_flist)")
+    if (args.ra_column is None) != (args.dec_column is None):
+        raise ValueError("give both --ra-column and --dec-column (or neither)")
+    columns = (args.ra_column, args.dec_column) if args.ra_column is not None else None
     output = sys.stdout if args.output == "-" else args.output
     stats = predict_csv(model, args.coords, output, chunksize=args.chunksize, fields=args.fields,
-                        field_prior=args.field_prior,
+                        field_prior=args.field_prior, frame=args.frame, columns=columns,
                         strict=args.strict, n_jobs=args.n_jobs, scheduler=args.scheduler, sas_url=args.sas_url,
                         cache_dir=args.cache_dir, progress=sys.stderr.isatty())
     if args.output != "-":

@@ -210,6 +210,17 @@ class Cutter(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         """Accepted for pipeline compatibility; the output is always a 4-D numpy array."""
         return self
 
+    def get_feature_names_out(self, input_features=None):
+        """Names of the output channels: the bands, then (``psf=True``) ``psf_<band>``.
+
+        Examples
+        --------
+        >>> Cutter(psf=True).get_feature_names_out().tolist()[4:6]
+        ['z', 'psf_u']
+        """
+        names = list(BANDS) + ([f"psf_{b}" for b in BANDS] if self.psf else [])
+        return np.asarray(names, dtype=object)
+
     def transform(self, X) -> np.ndarray:
         """Cut and resample every row's five bands.
 

@@ -19,6 +19,24 @@ is made absolute and treated as a ``file://`` URL.
 Cache directory, first match wins: the ``cache_dir`` argument, the
 ``STARGAL_CACHE`` environment variable, ``platformdirs.user_cache_dir("stargal")``.
 
+One cache, one source
+---------------------
+A cache directory records the base URL its files came from, in a small manifest
+at its root (:data:`CACHE_MANIFEST`, ``{"sas_url": ...}``), written atomically
+the first time a fetcher uses the directory. A fetcher whose base URL differs
+from the one recorded keeps its files apart, in
+``cache_dir/sources/<source key>/`` (:func:`source_key`: the URL made readable
+plus a hash), which records its own source: so a cache filled from one mirror
+is never answered from for another (a ``window_flist`` of another mirror would
+put every point of this one ``outside``). Files derived from the downloads
+(decompressed frames, registrations, PSF models, the field index) live under
+the same root, so they are kept apart too. The first time in a process that a
+cache meets another source, a :class:`CacheSourceWarning` names both sources and
+where the new one's files go. A cache written before this manifest existed is
+claimed for the first source that uses it, with a warning. ``Fetcher.cache_dir``
+is the directory this source's files go to; ``Fetcher.cache_root`` the
+configured one.
+
 Atomic-write protocol
 ---------------------
 The cache never holds a partial or unvalidated file under its final name:
@@ -71,7 +89,10 @@ import http.client
 import logging
 import os
 import re
+import hashlib
+import json
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -90,6 +111,11 @@ __all__ = [
     "NotFoundError",
     "CorruptFileError",
     "CacheHealWarning",
+    "CacheSourceWarning",
+    "source_key",
+    "cache_source",
+    "CACHE_MANIFEST",
+    "SOURCES_DIR",
     "ENV_SAS_URL",
     "ENV_CACHE",
 ]
@@ -100,6 +126,10 @@ logger = logging.getLogger(__name__)
 ENV_SAS_URL = "STARGAL_SAS_URL"
 #: Environment variable overriding the default cache directory.
 ENV_CACHE = "STARGAL_CACHE"
+#: File at the root of a cache that records the base URL its files came from.
+CACHE_MANIFEST = "stargal-cache.json"
+#: Folder of a cache holding the files of sources other than the one it records.
+SOURCES_DIR = "sources"
 
 _CHUNK = 1 << 20  # bytes read from the network per step
 _DECOMP_STEP = 4 << 20  # max decompressed bytes produced per decompressor call
@@ -126,6 +156,10 @@ class CorruptFileError(FetchError):
 
 class CacheHealWarning(UserWarning):
     """A cached file could not be read; it is removed and fetched again (see :meth:`Fetcher.read`)."""
+
+
+class CacheSourceWarning(UserWarning):
+    """A cache holds files of another source than the configured one; they are kept apart."""
 
 
 class _Transient(Exception):
@@ -369,6 +403,112 @@ def _default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("stargal"))
 
 
+# ------------------------------------------------------------------ one cache, one source
+_WARNED: set = set()
+_WARNED_LOCK = threading.Lock()
+
+
+def source_key(base_url) -> str:
+    """Folder name of a source's files inside another source's cache: readable URL + hash.
+
+    Examples
+    --------
+    >>> source_key("http://127.0.0.1:8000/")
+    'http_127.0.0.1_8000-628be10f84'
+    """
+    url = _normalise_base_url(base_url)
+    readable = re.sub(r"[^A-Za-z0-9.]+", "_", url).strip("_")
+    if len(readable) > 48:
+        readable = readable[:20] + "_" + readable[-27:]
+    return f"{readable}-{hashlib.sha256(url.encode()).hexdigest()[:10]}"
+
+
+def cache_source(directory) -> str | None:
+    """The base URL a cache directory records as the source of its files (None: no record)."""
+    try:
+        with open(Path(directory) / CACHE_MANIFEST, encoding="utf-8") as fh:
+            value = json.load(fh).get("sas_url")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def _claim(directory: Path, base_url: str) -> str | None:
+    """Record ``base_url`` as the source of ``directory`` unless one is recorded already.
+
+    The manifest is created atomically and exclusively (a complete temporary file hard-linked to
+    its name), so two processes claiming at once agree on one source. Returns the source recorded
+    now, or None when nothing can be written there (a read-only cache is used as it is).
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{CACHE_MANIFEST}.", suffix=".part", dir=directory)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"sas_url": base_url, "note": "stargal cache: files here came from this source"}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644 & ~_UMASK)
+        try:
+            os.link(tmp, directory / CACHE_MANIFEST)
+        except FileExistsError:
+            pass
+        except OSError:  # no hard links here: the rename is atomic, the check before it is not
+            if not (directory / CACHE_MANIFEST).exists():
+                os.replace(tmp, directory / CACHE_MANIFEST)
+    except OSError:
+        return None
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+    return cache_source(directory)
+
+
+def _warn_once(key, message) -> None:
+    with _WARNED_LOCK:
+        if key in _WARNED:
+            return
+        _WARNED.add(key)
+    import warnings
+
+    warnings.warn(message, CacheSourceWarning, stacklevel=4)
+    logger.warning("%s", message)
+
+
+def _source_cache_dir(root: Path, base_url: str) -> Path:
+    """The directory of ``root`` holding ``base_url``'s files (``root`` itself, or a folder of it)."""
+    recorded = cache_source(root)
+    if recorded is None:
+        try:
+            legacy = root.is_dir() and any(p.name not in (CACHE_MANIFEST, SOURCES_DIR)
+                                           and not p.name.startswith(f".{CACHE_MANIFEST}.")
+                                           for p in root.iterdir())
+        except OSError:
+            legacy = False
+        recorded = _claim(root, base_url)
+        if recorded is None:
+            return root
+        if recorded == base_url and legacy:
+            _warn_once((str(root), None, base_url),
+                       f"cache {root} has no record of the source of its files (written before stargal "
+                       f"0.2.0); recording {base_url} as their source. If they came from another "
+                       f"source, delete the cache (make clean-cache) so that it is filled again")
+    if recorded == base_url:
+        return root
+    sub = root / SOURCES_DIR / source_key(base_url)
+    _warn_once((str(root), recorded, base_url),
+               f"cache {root} holds files from {recorded}, not from the configured source {base_url}; "
+               f"keeping the two apart: files from {base_url} go to {sub}")
+    other = cache_source(sub) or _claim(sub, base_url)
+    if other not in (None, base_url):
+        raise FetchError(f"cache folder {sub} records the source {other}, not {base_url}; remove it")
+    return sub
+
+
 # ------------------------------------------------------------------------- Fetcher
 class Fetcher:
     """Fetch SAS files into a local cache, atomically, validated and with retries.
@@ -380,9 +520,9 @@ class Fetcher:
         local directory path. Default: env ``STARGAL_SAS_URL``, else
         ``https://data.sdss.org/sas/``.
     cache_dir : str or path-like, optional
-        Cache root; files land at ``cache_dir / relpath``. Default: env
-        ``STARGAL_CACHE``, else ``platformdirs.user_cache_dir("stargal")``.
-        Created on first download.
+        Cache root. Default: env ``STARGAL_CACHE``, else
+        ``platformdirs.user_cache_dir("stargal")``. Created, with its source manifest,
+        when the fetcher first needs it; files land at ``self.cache_dir / relpath``.
     retries : int, default=3
         Retries after the first attempt for transient failures (so at most
         ``retries + 1`` attempts).
@@ -397,16 +537,27 @@ class Fetcher:
     ----------
     base_url : str
         Normalised base URL, with a trailing slash (``file://`` for local paths).
+    cache_root : pathlib.Path
+        The configured cache directory, absolute.
     cache_dir : pathlib.Path
-        Absolute cache root.
+        Where this source's files go: ``cache_root`` when it records this source (or
+        nothing yet), else ``cache_root / 'sources' / source_key(base_url)`` (see *One
+        cache, one source* in :mod:`stargal.fetch`). Resolved on first use.
 
     Examples
     --------
-    >>> f = Fetcher("file:///data/sdss", cache_dir="/tmp/cache")
-    >>> f.base_url, str(f.cache_dir)
-    ('file:///data/sdss/', '/tmp/cache')
-    >>> f.cached_path("dr17/a/b.fits.bz2").as_posix()
-    '/tmp/cache/dr17/a/b.fits.bz2'
+    >>> import tempfile
+    >>> root = tempfile.mkdtemp()
+    >>> f = Fetcher("file:///data/sdss", cache_dir=root)
+    >>> f.base_url, f.cache_dir == f.cache_root, cache_source(root)
+    ('file:///data/sdss/', True, 'file:///data/sdss/')
+    >>> f.cached_path("dr17/a/b.fits.bz2").relative_to(root).as_posix()
+    'dr17/a/b.fits.bz2'
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True):
+    ...     other = Fetcher("http://127.0.0.1:8000/", cache_dir=root).cache_dir   # another source
+    >>> other.relative_to(root).as_posix()
+    'sources/http_127.0.0.1_8000-628be10f84'
     """
 
     def __init__(
@@ -417,7 +568,8 @@ class Fetcher:
         self.base_url = _normalise_base_url(base_url)
         if cache_dir is None:
             cache_dir = _default_cache_dir()
-        self.cache_dir = Path(os.fspath(cache_dir)).expanduser().absolute()
+        self.cache_root = Path(os.fspath(cache_dir)).expanduser().absolute()
+        self._cache_dir = None
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
         for name, value, positive in (("backoff", backoff, False), ("timeout", timeout, True)):
@@ -431,7 +583,14 @@ class Fetcher:
         self.quiet = bool(quiet)
 
     def __repr__(self) -> str:
-        return f"Fetcher(base_url={self.base_url!r}, cache_dir={str(self.cache_dir)!r})"
+        return f"Fetcher(base_url={self.base_url!r}, cache_dir={str(self.cache_root)!r})"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where this source's files go (resolved, and the cache's manifest written, on first use)."""
+        if self._cache_dir is None:
+            self._cache_dir = _source_cache_dir(self.cache_root, self.base_url)
+        return self._cache_dir
 
     # -- paths
     def url(self, relpath) -> str:

@@ -5,14 +5,24 @@ followed by ``'cut'`` and the model. Scikit-learn's ``predict`` must return one
 answer per row, so objects that cannot be classified would have to crash it;
 :func:`predict_coordinates` is the forgiving entry point instead:
 
-1. validate and align every coordinate with the pipeline's aligner in ``policy='flag'``
-   mode (objects outside every available field, too close to an edge, on a field
-   with a missing band, or with NaN/out-of-range coordinates get a ``flag``);
+1. read every row's coordinates (:func:`stargal.catalogs.parse_coordinates`: column names
+   such as ``RA``/``DEC``, ``ra_deg``, ``RAJ2000``/``DEJ2000``, ``alpha``/``delta``;
+   degrees or sexagesimal strings; ``frame`` for input that is not ICRS) and align them
+   with the pipeline's aligner in ``policy='flag'`` mode (objects outside every available
+   field, too close to an edge, on a field with a missing band, or with unusable
+   coordinates get a ``flag`` and a short ``flag_detail``);
 2. group the good rows by field and run the rest of the pipeline field by field,
    so at most one field's frames are open per worker (bounded memory); fields can be
    spread over joblib workers (``n_jobs``) or a Dask cluster (``scheduler``);
-3. return one row per input row, in input order: ``ra, dec, field, p_galaxy, label,
-   flag``; flagged rows have ``p_galaxy = NaN`` and ``label = ''``.
+3. return one row per input row, in input order: the input's own columns with their
+   values as given, then :data:`OUTPUT_COLUMNS` (``ra_deg, dec_deg, field, p_galaxy,
+   label, flag, flag_detail``); flagged rows have ``p_galaxy = NaN`` and ``label = ''``.
+   An input column whose name is one of those is kept as ``input_<name>``.
+
+Where the data come from: the model's steps read frames from the source and cache given
+here (``sas_url``, ``cache_dir``), else from ``STARGAL_SAS_URL`` / ``STARGAL_CACHE``, else
+from the defaults; never from where the model was trained (model files do not carry it,
+see :mod:`stargal.persist`).
 
 Which field holds each object: the input's ``run``/``camcol``/``field`` columns where
 present, else one of the ``fields`` you name, else (the default) SDSS's own field index
@@ -36,19 +46,31 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
-from sklearn.base import clone
+from sklearn.base import BaseEstimator, clone
+from sklearn.pipeline import Pipeline as _SkPipeline
 from tqdm.auto import tqdm
 
 from .calibration import adapt_to_field
-from .catalogs import LABEL_NAMES, CoordinateError, read_coordinates
+from .catalogs import (LABEL_NAMES, CoordinateError, coordinate_columns, invalid_rows_message,
+                       parse_coordinates)
 
-__all__ = ["predict_coordinates", "predict_csv", "OUTPUT_COLUMNS", "DEFAULT_CHUNKSIZE"]
+__all__ = ["predict_coordinates", "predict_csv", "OUTPUT_COLUMNS", "FLAG_DETAILS", "DEFAULT_CHUNKSIZE"]
 
 #: Rows read (and classified) per chunk by :func:`predict_csv`.
 DEFAULT_CHUNKSIZE = 100_000
 
-#: Columns of the table :func:`predict_coordinates` returns (plus any input columns kept).
-OUTPUT_COLUMNS = ["ra", "dec", "field", "p_galaxy", "label", "flag"]
+#: Columns :func:`predict_coordinates` adds after the input's own columns.
+OUTPUT_COLUMNS = ["ra_deg", "dec_deg", "field", "p_galaxy", "label", "flag", "flag_detail"]
+
+#: ``flag_detail`` of each flag (``invalid_coord`` rows say what is wrong with their values).
+FLAG_DETAILS = {
+    "outside": "no field holds this position",
+    "edge": "too close to a frame edge for a cutout",
+    "missing_band": "its field lacks a band's frame",
+    "no_frames": "window_flist lists its field but the source has no frames for it",
+    "invalid_coord": "invalid coordinates",
+    "unmeasured": "the model cannot measure this object (not detected, saturated or masked) and abstains",
+}
 
 
 def _split_pipeline(model):
@@ -62,58 +84,85 @@ def _split_pipeline(model):
     return steps[0][1], model[1:]
 
 
-def _with_params(step, overrides):
-    """A shallow copy of ``step`` with those of ``overrides`` that it accepts set."""
-    params = step.get_params(deep=False) if hasattr(step, "get_params") else {}
-    accepted = {k: v for k, v in overrides.items() if k in params}
-    return copy.copy(step).set_params(**accepted) if accepted else step
-
-
 def _predict_field(tail, rows: pd.DataFrame) -> np.ndarray:
     """Galaxy probability for the aligned rows of one field (runs in a worker)."""
     proba = tail.predict_proba(rows)
     return np.asarray(proba, dtype=float)[:, 1]
 
 
-def _coerce_table(coords) -> pd.DataFrame:
+def _point_at(obj, source):
+    """``obj`` with every data-reading step (parameters ``sas_url``/``cache_dir``) pointed at
+    ``source``: shallow copies along the way, so the model itself is not modified."""
+    if isinstance(obj, _SkPipeline):
+        steps = [(name, _point_at(step, source)) for name, step in obj.steps]
+        if all(a is b for (_, a), (_, b) in zip(steps, obj.steps)):
+            return obj
+        new = copy.copy(obj)
+        new.steps = steps
+        return new
+    if isinstance(getattr(obj, "transformer_list", None), list):  # FeatureUnion, InputUnion: their branches
+        parts = [(name, _point_at(t, source) if isinstance(t, BaseEstimator) else t) for name, t in obj.transformer_list]
+        if all(a is b for (_, a), (_, b) in zip(parts, obj.transformer_list)):
+            return obj
+        new = copy.copy(obj)
+        new.transformer_list = parts
+        return new
+    if isinstance(obj, BaseEstimator) and hasattr(obj, "get_params"):
+        try:
+            params = obj.get_params(deep=False)
+        except AttributeError:
+            return obj
+        accepted = {k: v for k, v in source.items() if k in params}
+        if accepted:
+            return copy.copy(obj).set_params(**accepted)
+    return obj
+
+
+def _read_table(path, chunksize=None):
+    """A CSV read with every value as the text it is (nothing reformatted or lost on output)."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=chunksize)
+
+
+def _coerce_table(coords, frame="icrs", columns=None) -> pd.DataFrame:
     if isinstance(coords, pd.DataFrame):
         table = coords.copy()
     elif isinstance(coords, dict):
         table = pd.DataFrame(coords)
     elif isinstance(coords, (str, bytes)) or hasattr(coords, "__fspath__"):
         try:
-            table = pd.read_csv(coords)
+            table = _read_table(coords)
         except FileNotFoundError as exc:
             raise CoordinateError(f"coordinate file {coords} does not exist") from exc
+        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+            raise CoordinateError(f"cannot read {coords} as CSV: {exc}") from exc
     else:
         arr = np.asarray(coords, dtype=object)
         if arr.ndim != 2 or arr.shape[1] != 2:
             raise CoordinateError(f"expected an (n, 2) array of (ra, dec), got shape {arr.shape}")
         table = pd.DataFrame({"ra": arr[:, 0], "dec": arr[:, 1]})
-    lower = {str(c).strip().lower(): c for c in table.columns}
-    if "ra" not in lower or "dec" not in lower:
-        raise CoordinateError(f"coordinate list needs 'ra' and 'dec' columns; found {list(table.columns)}")
-    table = table.rename(columns={lower["ra"]: "ra", lower["dec"]: "dec"})
+    coordinate_columns(table, frame, columns)  # raises naming the columns looked for
     if len(table) == 0:
         raise CoordinateError("coordinate list is empty")
     return table
 
 
 def _prepare(model, fields, sas_url, cache_dir):
-    """The model's aligner (flagging, pointed at the fields or the window index) and the rest."""
+    """The model's aligner (flagging, pointed at the fields or the window index) and the rest.
+
+    Every data-reading step is pointed at ``sas_url`` / ``cache_dir`` where they are given; the
+    steps of a loaded model hold ``None`` otherwise (model files carry no source), so they read
+    from ``STARGAL_SAS_URL`` / ``STARGAL_CACHE``, else the defaults.
+    """
     from .align import WINDOW
 
     aligner, tail = _split_pipeline(model)
-    overrides = {k: v for k, v in {"sas_url": sas_url, "cache_dir": cache_dir}.items() if v is not None}
-    aligner = clone(aligner).set_params(policy="flag", **overrides)
+    source = {k: v for k, v in {"sas_url": sas_url, "cache_dir": cache_dir}.items() if v is not None}
+    aligner = _point_at(clone(aligner), source).set_params(policy="flag")
     if fields is None or (isinstance(fields, str) and fields.strip().lower() == WINDOW):
         aligner.set_params(fields=WINDOW)
     else:
         aligner.set_params(fields=[str(f) for f in ([fields] if isinstance(fields, str) else fields)])
-    if overrides:  # point the data-reading steps at another source without touching the model
-        tail = copy.copy(tail)
-        tail.steps = [(name, _with_params(step, overrides)) for name, step in tail.steps]
-    return aligner, tail
+    return aligner, _point_at(tail, source) if source else tail
 
 
 def _calibration_fraction(model) -> float:
@@ -121,14 +170,31 @@ def _calibration_fraction(model) -> float:
     return float(getattr(model, "calibration_fraction_", 0.5))
 
 
+def _output_frame(table: pd.DataFrame, added) -> pd.DataFrame:
+    """The input's columns, values untouched; one named like an added column becomes ``input_<name>``."""
+    taken = {str(c).lower() for c in added}
+    names, used = {}, {str(c).lower() for c in table.columns}
+    for c in table.columns:
+        if str(c).lower() in taken:
+            new = f"input_{c}"
+            while new.lower() in used or new.lower() in taken:
+                new = f"input_{new}"
+            used.add(new.lower())
+            names[c] = new
+    return table.rename(columns=names) if names else table.copy()
+
+
 def _predict_table(aligner, tail, table: pd.DataFrame, *, strict, n_jobs, scheduler, bar,
-                   field_prior=None) -> pd.DataFrame:
+                   field_prior=None, frame="icrs", columns=None) -> pd.DataFrame:
     """Classify one table (all of a small list, or one chunk of a large one)."""
-    if strict:
-        read_coordinates(table)  # raises with the offending rows listed
     # Keep the caller's rows and order; work on a positional index internally.
     work = table.reset_index(drop=True)
-    numeric = work[["ra", "dec"]].apply(pd.to_numeric, errors="coerce")
+    parsed = parse_coordinates(work, frame, columns)
+    detail = parsed["flag_detail"].to_numpy(dtype=object)
+    if strict and (detail != "").any():
+        bad = np.flatnonzero(detail != "")
+        raise CoordinateError(invalid_rows_message(table.index[bad], detail[bad]))
+    numeric = pd.DataFrame({"ra": parsed["ra_deg"].to_numpy(), "dec": parsed["dec_deg"].to_numpy()})
     explicit = [c for c in work.columns if str(c).strip().lower() in ("run", "camcol", "field")]
     aligned = aligner.fit(numeric).transform(pd.concat([numeric, work[explicit]], axis=1)
                                              if len(explicit) == 3 else numeric)
@@ -157,21 +223,23 @@ def _predict_table(aligner, tail, table: pd.DataFrame, *, strict, n_jobs, schedu
                     bar.update(len(idx))
 
     flags = np.where((flags == "") & np.isnan(p_galaxy), "unmeasured", flags)
-    out = table.copy()
-    out["ra"], out["dec"] = numeric["ra"].to_numpy(), numeric["dec"].to_numpy()
+    added = OUTPUT_COLUMNS + (["field_prior"] if field_prior is not None else [])
+    out = _output_frame(table, added)
+    out["ra_deg"], out["dec_deg"] = parsed["ra_deg"].to_numpy(), parsed["dec_deg"].to_numpy()
     out["field"] = field_ids
     out["p_galaxy"] = p_galaxy
-    label = np.where(np.isnan(p_galaxy), "", LABEL_NAMES[(np.nan_to_num(p_galaxy) >= 0.5).astype(int)])
-    out["label"] = label
+    out["label"] = np.where(np.isnan(p_galaxy), "", LABEL_NAMES[(np.nan_to_num(p_galaxy) >= 0.5).astype(int)])
     out["flag"] = flags
+    out["flag_detail"] = np.where(detail != "", detail,
+                                  [FLAG_DETAILS.get(f, f) if f else "" for f in flags]).astype(object)
     if field_prior is not None:
         out["field_prior"] = priors
-    return out[OUTPUT_COLUMNS + [c for c in out.columns if c not in OUTPUT_COLUMNS]]
+    return out
 
 
 def predict_coordinates(model, coords, *, fields=None, strict: bool = False, n_jobs: int = 1,
                         scheduler=None, sas_url=None, cache_dir=None, progress: bool = True,
-                        field_prior: bool = False) -> pd.DataFrame:
+                        field_prior: bool = False, frame: str = "icrs", columns=None) -> pd.DataFrame:
     """Galaxy probabilities for a list of RA/Dec coordinates.
 
     Parameters
@@ -179,20 +247,26 @@ def predict_coordinates(model, coords, *, fields=None, strict: bool = False, n_j
     model : fitted Pipeline
         A stargal pipeline (first step ``'align'``), e.g. from :func:`stargal.persist.load_model`.
     coords : DataFrame, dict, (n, 2) array or CSV path
-        ``ra``, ``dec`` in degrees (ICRS); other columns are carried through.
+        Coordinates in columns with one of the names of
+        :data:`stargal.catalogs.COORDINATE_COLUMNS` (``ra``/``dec``, ``RAJ2000``/``DEJ2000``,
+        ``alpha``/``delta``, ...; any case), in degrees or sexagesimal strings
+        (``22:06:48.0``, ``+26:57:00``: RA in hours); other columns are carried through, values
+        as given (a CSV is read as text).
     fields : list of str, optional
         Candidate SDSS fields (``'8162-6-80'``): skips the index lookup. Default: each object's
         ``run``/``camcol``/``field`` columns if present, else SDSS's ``window_flist``
         (fetched and cached once; see :mod:`stargal.window`).
     strict : bool, default=False
-        Raise :class:`~stargal.catalogs.CoordinateError` on NaN/out-of-range coordinates
-        instead of flagging them ``'invalid_coord'``.
+        Raise :class:`~stargal.catalogs.CoordinateError` on unusable coordinates (missing,
+        unparseable, out of range) instead of flagging them ``'invalid_coord'``.
     n_jobs : int, default=1
         Fields processed in parallel (joblib). Ignored when ``scheduler`` is given.
     scheduler : str or distributed.Client, optional
         ``'tcp://host:port'`` of a Dask scheduler: fields are spread over its workers.
     sas_url, cache_dir : str, optional
-        Data source and cache for the frames (default: what the model was built with).
+        Data source and cache of the frames and field index. Default: ``STARGAL_SAS_URL`` /
+        ``STARGAL_CACHE``, else https://data.sdss.org/sas/ and the user cache directory; never
+        where the model was trained.
     progress : bool, default=True
         Show a progress bar over objects (tqdm).
     field_prior : bool, default=False
@@ -203,24 +277,32 @@ def predict_coordinates(model, coords, *, fields=None, strict: bool = False, n_j
         catalogs of whole fields (SDSS fields differ from ~10 % to ~60 % galaxies); a
         probability then depends on the other objects of its field in the list, so it is off
         by default. Adds the column ``field_prior`` (the fraction used).
+    frame : {'icrs', 'fk5', 'fk4', 'galactic'}, default='icrs'
+        The frame of the input coordinates (``'galactic'``: columns ``l``/``b``,
+        ``glon``/``glat``, ...); ``ra_deg``/``dec_deg`` are ICRS.
+    columns : (str, str), optional
+        Names of the longitude and latitude columns, when they are not among the accepted ones.
 
     Returns
     -------
     pandas.DataFrame
-        Input rows in input order with :data:`OUTPUT_COLUMNS` (``field`` is ``''`` and
-        ``p_galaxy`` NaN where ``flag`` is set).
+        The input's rows in input order, its columns with their values as given (one named
+        like an added column is kept as ``input_<name>``), then :data:`OUTPUT_COLUMNS`:
+        ``ra_deg``/``dec_deg`` (parsed, ICRS), ``field`` (``''`` where flagged), ``p_galaxy``
+        (NaN where flagged), ``label``, ``flag`` and ``flag_detail`` (why, in a few words).
 
     Examples
     --------
     >>> out = predict_coordinates(model, {"ra": [331.70], "dec": [26.95]})  # doctest: +SKIP
     >>> out[["field", "p_galaxy", "label", "flag"]]                         # doctest: +SKIP
     """
-    table = _coerce_table(coords)
+    table = _coerce_table(coords, frame, columns)
     aligner, tail = _prepare(model, fields, sas_url, cache_dir)
     bar = tqdm(total=len(table), desc="stargal predict", unit="obj", disable=not progress)
     try:
         return _predict_table(aligner, tail, table, strict=strict, n_jobs=n_jobs, scheduler=scheduler, bar=bar,
-                              field_prior=_calibration_fraction(model) if field_prior else None)
+                              field_prior=_calibration_fraction(model) if field_prior else None,
+                              frame=frame, columns=columns)
     finally:
         bar.close()
 
@@ -240,7 +322,7 @@ def _count_rows(path: Path) -> int | None:
 
 def predict_csv(model, source, output, *, chunksize: int = DEFAULT_CHUNKSIZE, fields=None, strict: bool = False,
                 n_jobs: int = 1, scheduler=None, sas_url=None, cache_dir=None, progress: bool = True,
-                field_prior: bool = False) -> dict:
+                field_prior: bool = False, frame: str = "icrs", columns=None) -> dict:
     """Classify a CSV of coordinates of any length, chunk by chunk, writing the output as it goes.
 
     Parameters
@@ -248,7 +330,8 @@ def predict_csv(model, source, output, *, chunksize: int = DEFAULT_CHUNKSIZE, fi
     model : fitted Pipeline
         As for :func:`predict_coordinates`.
     source : path
-        CSV with ``ra``, ``dec`` columns (degrees); other columns are carried through.
+        CSV with coordinate columns as for :func:`predict_coordinates`; every value is read as
+        text and written back as it was.
     output : path or text file
         Output CSV (columns as :func:`predict_coordinates`). A path is written atomically:
         to a temporary file in the same directory, ``fsync``-ed and renamed onto ``output``
@@ -257,7 +340,7 @@ def predict_csv(model, source, output, *, chunksize: int = DEFAULT_CHUNKSIZE, fi
     chunksize : int, default=100_000
         Rows read and classified at a time: memory is bounded by one chunk plus one field's
         frames (fields are opened one at a time and released).
-    fields, strict, n_jobs, scheduler, sas_url, cache_dir, field_prior
+    fields, strict, n_jobs, scheduler, sas_url, cache_dir, field_prior, frame, columns
         As for :func:`predict_coordinates` (``field_prior``: estimated per field within each chunk).
     progress : bool, default=True
         Progress bar over objects (tqdm, on stderr).
@@ -270,8 +353,8 @@ def predict_csv(model, source, output, *, chunksize: int = DEFAULT_CHUNKSIZE, fi
     Raises
     ------
     CoordinateError
-        The file is missing, not a CSV, or lacks ``ra``/``dec`` (before anything is written);
-        with ``strict=True`` also invalid coordinates (nothing is written).
+        The file is missing, not a CSV, or lacks coordinate columns (before anything is
+        written); with ``strict=True`` also invalid coordinates (nothing is written).
     """
     path = Path(source)
     if not path.is_file():
@@ -280,7 +363,7 @@ def predict_csv(model, source, output, *, chunksize: int = DEFAULT_CHUNKSIZE, fi
         raise ValueError(f"chunksize must be a positive integer, got {chunksize!r}")
     aligner, tail = _prepare(model, fields, sas_url, cache_dir)
     try:
-        reader = pd.read_csv(path, chunksize=chunksize)
+        reader = _read_table(path, chunksize=chunksize)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise CoordinateError(f"cannot read {path} as CSV: {exc}") from exc
 
@@ -300,9 +383,10 @@ def predict_csv(model, source, output, *, chunksize: int = DEFAULT_CHUNKSIZE, fi
         with reader:
             try:
                 for chunk in reader:
-                    out = _predict_table(aligner, tail, _coerce_table(chunk), strict=strict, n_jobs=n_jobs,
-                                         scheduler=scheduler, bar=bar,
-                                         field_prior=_calibration_fraction(model) if field_prior else None)
+                    out = _predict_table(aligner, tail, _coerce_table(chunk, frame, columns), strict=strict,
+                                         n_jobs=n_jobs, scheduler=scheduler, bar=bar,
+                                         field_prior=_calibration_fraction(model) if field_prior else None,
+                                         frame=frame, columns=columns)
                     out.to_csv(fh, index=False, header=stats["n_chunks"] == 0)
                     stats["n_chunks"] += 1
                     stats["n_rows"] += len(out)

@@ -33,6 +33,7 @@ __all__ = [
     "study_table",
     "build_pipeline",
     "KINDS",
+    "route_params",
     "fit_pipeline",
     "evaluate_predictions",
     "evaluate_model",
@@ -175,8 +176,32 @@ def build_pipeline(kind: str = "cnn", config=None, *, sas_url=None, cache_dir=No
     else:
         pipe = make_majority_pipeline(front=[align, ("cut", cutter(False))])
     if params:
-        pipe.set_params(**params)
+        pipe.set_params(**route_params(kind, params))
     return pipe
+
+
+#: Where the CNN's ``cut`` step sits in the other kinds' pipelines (its parameters are routed there).
+_CUT_PREFIX = {"hybrid": "inputs__images__", "forest": "features__pixels__cut__"}
+
+
+def route_params(kind: str, params: dict) -> dict:
+    """``params`` for ``kind``'s pipeline: the CNN's ``cut__*`` names (a tuned ``cut__size``, say) go to
+    where that kind cuts its cutouts (``inputs__images__*`` in the hybrid CNN,
+    ``features__pixels__cut__*`` in the forest); the rule cuts none and drops them.
+
+    Examples
+    --------
+    >>> route_params("hybrid", {"cut__size": 11, "net__lr": 0.003})
+    {'inputs__images__size': 11, 'net__lr': 0.003}
+    """
+    out = {}
+    for key, value in params.items():
+        if key.startswith("cut__") and kind in _CUT_PREFIX:
+            key = _CUT_PREFIX[kind] + key[len("cut__"):]
+        elif key.startswith("cut__") and kind == "rule":
+            continue
+        out[key] = value
+    return out
 
 
 def fit_pipeline(pipe, table: pd.DataFrame, groups=None):

@@ -4,6 +4,7 @@ import sys
 import pytest
 
 from stargal.cli import main
+from stargal.fetch import CACHE_MANIFEST, cache_source
 
 
 def test_fetch_fills_cache_from_http_mirror(http_serve, mirror_dir, tmp_path, capsys):
@@ -12,7 +13,8 @@ def test_fetch_fills_cache_from_http_mirror(http_serve, mirror_dir, tmp_path, ca
     assert main(["fetch", "8162-6-80", "--sas-url", server.url, "--cache-dir", str(cache), "--quiet"]) == 0
     got = sorted(p.name for p in cache.rglob("*") if p.is_file())
     assert got == sorted(["calibObj-008162-6-gal.fits.gz", "calibObj-008162-6-star.fits.gz"]
-                         + [f"frame-{b}-008162-6-0080.fits.bz2" for b in "ugriz"])
+                         + [f"frame-{b}-008162-6-0080.fits.bz2" for b in "ugriz"] + [CACHE_MANIFEST])
+    assert cache_source(cache) == server.url  # the cache records where its files came from
     n = len(server.requests)
     assert main(["fetch", "008162-6-0080", "--sas-url", server.url, "--cache-dir", str(cache)]) == 0
     assert len(server.requests) == n  # second run: everything cached, no request

@@ -73,5 +73,19 @@ def test_make_experiments_quick(mirror_url, mirror_cache, tmp_path):
     # the study's model file loads safely
     from stargal.persist import load_model
 
-    model = load_model(out / "cnn.stargal")
+    import warnings
+
+    import stargal
+    from stargal.persist import STARGAL_FORMAT, ModelVersionWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ModelVersionWarning)  # written by this version: loads as it is
+        model, info = load_model(out / "cnn.stargal", with_info=True)
     assert model.steps[0][0] == "align"
+    # ... and travels: the study's data source and cache are not in it (issue #18)
+    assert (info["stargal_version"], info["stargal_format"]) == (stargal.__version__, STARGAL_FORMAT)
+    assert {"align.sas_url", "align.cache_dir", "cut.sas_url", "cut.cache_dir"} <= set(info["unset_params"])
+    import zipfile
+    with zipfile.ZipFile(out / "cnn.stargal") as z:
+        saved = b"".join(z.read(n) for n in z.namelist())
+    assert str(mirror_cache).encode() not in saved and mirror_url.rstrip("/").encode() not in saved

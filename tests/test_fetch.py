@@ -17,12 +17,15 @@ from astropy.io import fits
 
 from stargal import sdss
 from stargal.fetch import (
+    CACHE_MANIFEST,
+    CacheSourceWarning,
     CorruptFileError,
     FetchError,
     Fetcher,
     NotFoundError,
     fetch_field,
     get_fetcher,
+    source_key,
 )
 
 FID = "8162-6-80"
@@ -58,11 +61,11 @@ def _write(root: Path, rel: str, data: bytes) -> None:
 
 
 def _files(directory: Path) -> list[str]:
-    """Every file (hidden ones included) under ``directory``."""
+    """Every file (hidden ones included) under ``directory``, except the cache's source manifest."""
     found = []
     for dirpath, _dirs, names in os.walk(directory):
         found += [os.path.relpath(os.path.join(dirpath, n), directory) for n in names]
-    return sorted(found)
+    return sorted(f for f in found if f != CACHE_MANIFEST)
 
 
 @pytest.fixture(scope="module")
@@ -325,7 +328,8 @@ def test_defaults_without_env(monkeypatch):
     monkeypatch.delenv("STARGAL_CACHE", raising=False)
     f = Fetcher()
     assert f.base_url == sdss.DEFAULT_SAS_URL == "https://data.sdss.org/sas/"
-    assert f.cache_dir == Path(platformdirs.user_cache_dir("stargal")).absolute()
+    assert f.cache_root == Path(platformdirs.user_cache_dir("stargal")).absolute()
+    assert f._cache_dir is None  # nothing resolved (or written) before the cache is used
     assert (f.retries, f.backoff, f.timeout, f.quiet) == (3, 0.5, 60.0, False)
     assert f.url(GOOD_BZ2) == "https://data.sdss.org/sas/" + GOOD_BZ2 == sdss.sas_url(GOOD_BZ2)
 
@@ -364,7 +368,9 @@ def test_repr_pickle_and_get_fetcher(tmp_path):
     assert get_fetcher(f) is f
     built = get_fetcher(sas_url="https://example.org/other", cache_dir=str(tmp_path))
     assert built.base_url == "https://example.org/other/"
-    assert (built.cache_dir, built.quiet) == (tmp_path, True)
+    assert (built.cache_root, built.quiet) == (tmp_path, True)
+    with pytest.warns(CacheSourceWarning, match="example.org/sas/.*example.org/other/"):
+        assert built.cache_dir == tmp_path / "sources" / source_key("https://example.org/other/")
     with pytest.raises(TypeError, match="Fetcher"):
         get_fetcher("https://example.org/")
 

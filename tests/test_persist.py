@@ -5,6 +5,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -14,9 +15,12 @@ from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import FunctionTransformer
 
+import stargal
 from stargal.models import StarGalaxyNet, make_cnn_pipeline, make_forest_pipeline
 from stargal.persist import (
     STARGAL_FORMAT,
+    IncompatibleModelError,
+    MachinePathWarning,
     NotAStargalModelError,
     UntrustedModelError,
     load_model,
@@ -154,8 +158,9 @@ def test_skops_file_of_other_object_is_refused(tmp_path):
 def test_unsupported_format_version(tmp_path):
     path = tmp_path / "future.skops"
     sio.dump({"stargal_format": 99, "model": None, "nets": []}, path)
-    with pytest.raises(NotAStargalModelError, match="stargal_format 99"):
+    with pytest.raises(IncompatibleModelError, match="format 99") as info:
         load_model(path)
+    assert "\n" not in str(info.value) and "pip install -U stargal" in str(info.value)
 
 
 def test_untrusted_types_are_listed(tmp_path):
@@ -202,3 +207,69 @@ def test_augmenter_step_is_saved(fitted, tmp_path):
     path = save_model(pipe, tmp_path / "aug.skops")
     with pytest.raises(UntrustedModelError, match="test_persist.Augment"):
         load_model(path)
+
+
+# ------------------------------------------------------------------ files that travel
+def _archive_text(path):
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        return b"".join(z.read(n) for n in z.namelist()).decode("latin-1")
+
+
+def test_saving_unsets_the_data_source_and_cache_and_keeps_the_users_model(tmp_path):
+    from stargal.align import Aligner
+    from stargal.cutouts import Cutter
+    from stargal.models import make_majority_pipeline
+
+    source, cache = (tmp_path / "my-mirror").as_uri(), str(tmp_path / "my-cache")
+    pipe = make_majority_pipeline(front=[("align", Aligner(sas_url=source, cache_dir=cache)),
+                                         ("cut", Cutter(sas_url=source, cache_dir=cache))])
+    path = save_model(pipe, tmp_path / "m.stargal")
+    text = _archive_text(path)
+    assert "my-mirror" not in text and "my-cache" not in text and str(tmp_path) not in text
+    assert pipe.get_params()["align__sas_url"] == source and pipe.get_params()["cut__cache_dir"] == cache
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a file of this version: nothing to bring up to date
+        loaded, info = load_model(path, with_info=True)
+    assert info["unset_params"] == ["align.cache_dir", "align.sas_url", "cut.cache_dir", "cut.sas_url"]
+    assert info["stargal_format"] == STARGAL_FORMAT == 2 and info["stargal_version"] == stargal.__version__
+    params = loaded.get_params()
+    assert all(params[k] is None for k in ("align__sas_url", "align__cache_dir", "cut__sas_url", "cut__cache_dir"))
+
+
+def test_a_fresh_cnn_file_loads_without_any_upgrade(fitted, tmp_path):
+    _, _, cnn, forest, _ = fitted
+    for model in (cnn, forest):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            _, info = load_model(save_model(model, tmp_path / "fresh.stargal"), with_info=True)
+        assert info["filled_params"] == info["ignored_params"] == info["unset_on_load"] == []
+
+
+def test_other_paths_of_this_machine_are_named_when_saving(tmp_path):
+    from sklearn.pipeline import make_pipeline
+    pipe = make_pipeline(FunctionTransformer(np.log1p, kw_args={"table": "/home/someone/lookup.csv"}),
+                         LogisticRegression())
+    with pytest.warns(MachinePathWarning, match=r"functiontransformer.kw_args.table='/home/someone/lookup.csv'"):
+        save_model(pipe, tmp_path / "p.stargal")
+
+
+def test_nested_steps_of_the_measured_models_lose_their_paths_and_follow_the_source(tmp_path):
+    """The forest's and hybrid's data-reading steps sit inside a FeatureUnion: saved unset, pointed at
+    the prediction's source like top-level steps."""
+    from stargal.predict import _point_at
+    from stargal.training import build_pipeline
+
+    for kind in ("forest", "hybrid", "rule"):
+        pipe = build_pipeline(kind, sas_url="file:///somewhere/sdss", cache_dir="/somewhere/cache")
+        nested = {k: v for k, v in pipe.get_params(deep=True).items() if k.endswith(("sas_url", "cache_dir"))}
+        assert len(nested) >= 4 and set(nested.values()) == {"file:///somewhere/sdss", "/somewhere/cache"}
+        from stargal.persist import _unset_machine_params
+
+        stripped, unset = _unset_machine_params(pipe)
+        left = {k: v for k, v in stripped.get_params(deep=True).items() if k.endswith(("sas_url", "cache_dir"))}
+        assert set(left.values()) == {None} and len(unset) == len(nested), kind
+        assert set(nested.values()) == {"file:///somewhere/sdss", "/somewhere/cache"}  # the model is untouched
+        moved = _point_at(stripped, {"sas_url": "http://127.0.0.1:1/", "cache_dir": str(tmp_path)})
+        here = {k: v for k, v in moved.get_params(deep=True).items() if k.endswith(("sas_url", "cache_dir"))}
+        assert set(here.values()) == {"http://127.0.0.1:1/", str(tmp_path)}, kind

@@ -32,7 +32,7 @@ def trained(mirror_url, mirror_cache, tmp_path_factory):
     cfg = d / "small.toml"
     cfg.write_text(SMALL_STUDY)
     paths = {}
-    for kind in ("cnn", "forest"):
+    for kind in ("cnn", "forest", "rule"):
         params = {"forest__n_estimators": 50} if kind == "forest" else None
         model, info = train_model(kind, config=cfg, params=params, sas_url=mirror_url,
                                   cache_dir=str(mirror_cache), model_path=d / f"{kind}.stargal")
@@ -57,7 +57,8 @@ def test_predict_flags_instead_of_crashing(trained, mirror_url, mirror_cache):
     coords = _coords(mirror_url, mirror_cache)
     out = predict_coordinates(model, coords, sas_url=mirror_url, cache_dir=str(mirror_cache),
                               fields=["8162-6-80", "1035-6-17"], progress=False)
-    assert list(out.columns[: len(OUTPUT_COLUMNS)]) == OUTPUT_COLUMNS and len(out) == len(coords)
+    assert list(out.columns) == ["ra", "dec"] + OUTPUT_COLUMNS and len(out) == len(coords)
+    assert out[["ra", "dec"]].equals(coords[["ra", "dec"]])  # the input's values, as given
     assert out["flag"].iloc[-3:].tolist() == ["outside", "invalid_coord", "edge"]
     assert out["p_galaxy"].iloc[-3:].isna().all() and (out["label"].iloc[-3:] == "").all()
     good = out.iloc[:-3]
@@ -66,8 +67,32 @@ def test_predict_flags_instead_of_crashing(trained, mirror_url, mirror_cache):
     ok = good[good["flag"] == ""]
     assert ok["p_galaxy"].between(0, 1).all() and set(ok["field"]) == {"8162-6-80", "1035-6-17"}
     # strict mode turns bad coordinates into a clear error instead
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match=r"row 81: ra missing"):
         predict_coordinates(model, coords, strict=True, progress=False)
+
+
+def test_the_rule_abstains_on_what_it_cannot_measure(trained, mirror_url, mirror_cache):
+    """Blank sky inside a field: the rule answers NaN with the flag 'unmeasured'; real objects get numbers."""
+    paths, _ = trained
+    model = load_model(paths["rule"])
+    test = read_calibobj("8162-6-80", sas_url=mirror_url, cache_dir=str(mirror_cache))
+    rng = np.random.default_rng(0)
+    objects = test[(test["psfmag_r"] < 20)].iloc[:10][["ra", "dec"]]
+    from stargal.frames import Field
+
+    frame = Field("8162-6-80", sas_url=mirror_url, cache_dir=str(mirror_cache)).frame("r")
+    ra, dec = frame.pixel_to_world(rng.uniform(100, 1900, 20), rng.uniform(100, 1350, 20))
+    blank = pd.DataFrame({"ra": ra, "dec": dec})
+    coords = pd.concat([objects, blank], ignore_index=True)
+    out = predict_coordinates(model, coords, sas_url=mirror_url, cache_dir=str(mirror_cache),
+                              fields=["8162-6-80"], progress=False)
+    assert len(out) == len(coords)
+    ok = out.iloc[:10]
+    assert ((ok["flag"] == "") | (ok["flag"] == "edge")).all() and ok.loc[ok["flag"] == "", "p_galaxy"].notna().all()
+    sky = out.iloc[10:]
+    assert (sky["flag"] == "unmeasured").sum() >= 10
+    assert sky.loc[sky["flag"] == "unmeasured", "p_galaxy"].isna().all()
+    assert (sky.loc[sky["flag"] == "unmeasured", "label"] == "").all()
 
 
 def test_parallel_and_dask_give_identical_probabilities(trained, mirror_url, mirror_cache):
