@@ -104,7 +104,7 @@ def _models(kw):
     from stargal.align import Aligner, edge_margin
     from stargal.catalogs import labels_to_y, read_calibobj
     from stargal.cutouts import CUTOUT_SIZE, Cutter
-    from stargal.models import make_cnn_pipeline, make_forest_pipeline
+    from stargal.pipelines import make_cnn_pipeline, make_forest_pipeline
     from stargal.persist import load_model
 
     from stargal.psf_channels import PSFChannels
@@ -178,7 +178,7 @@ def bench_throughput(ctx) -> list[Result]:
 
     import stargal.registration as align
     from stargal.catalogs import read_calibobj
-    from stargal.models import _thread_candidates
+    from stargal._threads import thread_candidates
 
     kw = {"sas_url": ctx.require_data(), "cache_dir": ctx.cache_dir}
     coords = read_calibobj(FIELD, **kw)[["ra", "dec"]]  # plain RA/Dec; fills the frame cache
@@ -219,7 +219,7 @@ def bench_throughput(ctx) -> list[Result]:
             legacy[cond] = _legacy(scaled, ctx.scratch, ctx.repeat, cond)
 
     cores = os.cpu_count()
-    threads = _thread_candidates()
+    threads = thread_candidates()
     where = (f"{n_align} plain RA/Dec of {FIELD} ({n_cut} cut: the rest are flagged 'edge'), warm cache, "
              f"{cores} CPUs, torch {torch.__version__} with {torch.get_num_threads()} intra-op threads, "
              f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}; CNN tried thread counts {threads} "

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stargal.nets import StarGalaxyCNN
+from stargal.cnn import StarGalaxyCNN
 from stargal.training import CNN_PARAM_NAMES, cnn_param_grid
 from stargal.tuning import cv_results_frame, grid_search
 

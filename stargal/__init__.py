@@ -31,7 +31,7 @@ _WHERE = {
     # pipeline steps and factories
     "Aligner": "align", "Cutter": "cutouts", "CutoutAugmenter": "augment", "PSFChannels": "psf_channels",
     "AsinhScaler": "scale", "PhotometricFeatures": "features", "SyntheticInjector": "inject",
-    "make_cnn_pipeline": "models", "make_forest_pipeline": "models", "make_majority_pipeline": "models",
+    "make_cnn_pipeline": "pipelines", "make_forest_pipeline": "pipelines", "make_majority_pipeline": "pipelines",
     # the study workflow
     "load_config": "config", "study_table": "training", "build_pipeline": "training",
     "fit_pipeline": "training", "train_model": "training", "evaluate_model": "training",

@@ -4,6 +4,11 @@ The default study lives in ``stargal/data/study.toml`` as *data*; :func:`load_co
 (or a user TOML file layered over it), applies keyword overrides, validates everything and returns
 a :class:`StudyConfig`.
 
+That file is the one source of these defaults: :class:`StudyConfig`'s field defaults are its
+values, and its ``[cnn]`` table, as :data:`CNN_DEFAULTS`, gives the CNN's defaults to
+:func:`stargal.classifier.make_cnn_net`, :class:`stargal.classifier.StarGalaxyNet` and the torch
+modules of :mod:`stargal.cnn` (their signatures read it; nothing repeats the numbers).
+
 Layering rules (for a user file and for keyword overrides alike):
 
 * scalar settings and the field lists replace the default;
@@ -30,17 +35,19 @@ Examples
 from __future__ import annotations
 
 import copy
+import functools
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from numbers import Integral
 from pathlib import Path
+from types import MappingProxyType
 
-from stargal._imaging import CUTOUT_SIZE, PSF_MODES
+from stargal._imaging import PSF_MODES
 from stargal._validation import is_real as _is_real
 from stargal.sdss import FieldID
 
-__all__ = ["StudyConfig", "load_config", "default_config_text", "CNN_KEYS", "CNN_PARAM_NAMES"]
+__all__ = ["StudyConfig", "load_config", "default_config_text", "CNN_KEYS", "CNN_PARAM_NAMES", "CNN_DEFAULTS"]
 
 #: The one name map of the CNN settings: ``[cnn]`` config names (the settings every configuration
 #: defines, see ``study.toml``) -> pipeline parameter names (skorch ``prefix__param`` routing);
@@ -61,6 +68,7 @@ CNN_PARAM_NAMES: dict[str, str] = {
 CNN_KEYS: tuple[str, ...] = tuple(k for k in CNN_PARAM_NAMES if k != "cutout_size")
 
 _DEFAULT_RESOURCE = ("stargal", "data/study.toml")
+_DEFAULT_SOURCE = "the packaged study.toml"
 
 #: Model kinds the study compares (``default_model`` is one of them).
 MODEL_KINDS = ("cnn", "hybrid", "forest", "rule")
@@ -180,11 +188,21 @@ def _check_grid(name, grid, value_check=None) -> dict:
 # ----------------------------------------------------------------------------------------------
 # the configuration object
 # ----------------------------------------------------------------------------------------------
+def _packaged_value(key):
+    return copy.deepcopy(_PACKAGED[key])  # a fresh copy: lists and tables are mutable
+
+
+def _packaged(key):
+    """A dataclass field whose default is the packaged study's value of ``key``."""
+    return field(default_factory=functools.partial(_packaged_value, key))
+
+
 @dataclass
 class StudyConfig:
     """A validated study configuration.
 
-    Construct it with :func:`load_config`; direct construction validates too.
+    Construct it with :func:`load_config`; direct construction validates too, and every
+    setting but the two field lists defaults to the packaged ``study.toml``'s value.
 
     Parameters
     ----------
@@ -220,7 +238,7 @@ class StudyConfig:
         What ``stargal train`` fits without ``--model-type``: the kind with the highest mean
         leave-one-field-out MCC in the study (``experiments/results``; a test keeps the two equal).
     cnn : dict
-        CNN defaults, exactly the keys of :data:`CNN_KEYS`.
+        CNN settings, exactly the keys of :data:`CNN_KEYS` (default :data:`CNN_DEFAULTS`).
     tuning_grid : dict of str -> dict
         CNN grids by mode (at least ``'quick'`` and ``'full'``); keys are :data:`CNN_KEYS` names.
     forest_grid : dict
@@ -237,21 +255,21 @@ class StudyConfig:
 
     test_fields: tuple
     train_fields: tuple
-    extra_fields: tuple = ()
-    extra_field_notes: dict = field(default_factory=dict)
-    seed: int = 0
-    cutout_size: int = CUTOUT_SIZE
-    exclusion_margin_arcsec: float = 20.0
-    group_cell_arcmin: float = 3.0
-    group_by: str = "cell"
-    cv_folds: int = 3
-    valid_fraction: float = 0.2
-    psf: str = "scaled"
-    psf_source: str = "stars"
-    default_model: str = "forest"
-    cnn: dict = field(default_factory=dict)
-    tuning_grid: dict = field(default_factory=dict)
-    forest_grid: dict = field(default_factory=dict)
+    extra_fields: tuple = _packaged("extra_fields")
+    extra_field_notes: dict = _packaged("extra_field_notes")
+    seed: int = _packaged("seed")
+    cutout_size: int = _packaged("cutout_size")
+    exclusion_margin_arcsec: float = _packaged("exclusion_margin_arcsec")
+    group_cell_arcmin: float = _packaged("group_cell_arcmin")
+    group_by: str = _packaged("group_by")
+    cv_folds: int = _packaged("cv_folds")
+    valid_fraction: float = _packaged("valid_fraction")
+    psf: str = _packaged("psf")
+    psf_source: str = _packaged("psf_source")
+    default_model: str = _packaged("default_model")
+    cnn: dict = _packaged("cnn")
+    tuning_grid: dict = _packaged("tuning_grid")
+    forest_grid: dict = _packaged("forest_grid")
 
     def __post_init__(self):
         for key in _FIELD_LIST_KEYS:
@@ -455,8 +473,7 @@ def load_config(path=None, **overrides) -> StudyConfig:
     >>> load_config(train_fields=["1035-6-17"]).train_fields
     ('1035-6-17',)
     """
-    default = "the packaged study.toml"
-    base = _flatten_toml(_read_toml(default_config_text(), default), default)
+    base = copy.deepcopy(_PACKAGED)
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -467,3 +484,12 @@ def load_config(path=None, **overrides) -> StudyConfig:
     if overrides:
         base = _layer(base, overrides, "load_config() overrides")
     return StudyConfig(**base)
+
+
+#: The packaged study, flattened (``[study]`` keys at the top level): :class:`StudyConfig`'s defaults.
+_PACKAGED = _flatten_toml(_read_toml(default_config_text(), _DEFAULT_SOURCE), _DEFAULT_SOURCE)
+#: The CNN's default settings (read-only), keyed by :data:`CNN_KEYS`: the packaged study's ``[cnn]``
+#: table, validated. The one source of the defaults of :func:`stargal.classifier.make_cnn_net`,
+#: :class:`stargal.classifier.StarGalaxyNet`, :class:`stargal.cnn.StarGalaxyCNN` and
+#: :class:`stargal.cnn.HybridCNN` (their signatures read it) and of :attr:`StudyConfig.cnn`.
+CNN_DEFAULTS = MappingProxyType(load_config().cnn)

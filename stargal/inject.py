@@ -372,7 +372,7 @@ class SyntheticInjector(BaseEstimator):
     channels, or 10 with the PSF stamps). Prediction never sees it.
 
     Sky groups: an injected row has no source row; ``sample_indices_`` attributes it to a random
-    input row of the same label (seeded), so :class:`~stargal.models.SkyPipeline` gives it that
+    input row of the same label (seeded), so :class:`~stargal.pipelines.SkyPipeline` gives it that
     row's group and injected rows split between the early-stopping train and validation parts in the
     same proportions as the real rows.
 

@@ -136,6 +136,13 @@ STARGAL_TYPES = frozenset({
     "stargal.models.SkyValidSplit",
     "stargal.nets.StarGalaxyCNN",
     "stargal.nets.HybridCNN",
+    "stargal.classifier.StarGalaxyNet",
+    "stargal.classifier.SkyValidSplit",
+    "stargal.pipelines.SkyPipeline",
+    "stargal.pipelines.Flatten",
+    "stargal.pipelines.InputUnion",
+    "stargal.cnn.StarGalaxyCNN",
+    "stargal.cnn.HybridCNN",
     "stargal.persist.NetSlot",
 })
 #: third-party libraries whose types skops may instantiate when loading

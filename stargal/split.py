@@ -264,7 +264,7 @@ class GroupHoldOut(BaseCrossValidator):
     shuffled groups when ``y`` is None) and the fold whose size is closest to ``fraction`` of the
     rows (the first such fold on ties) is the validation set. No group appears on both sides.
     It serves the study's ``'valid'`` split (:func:`group_train_valid_indices`) and the CNN's
-    early-stopping split (:class:`stargal.models.SkyValidSplit`, through skorch's ``ValidSplit``).
+    early-stopping split (:class:`stargal.classifier.SkyValidSplit`, through skorch's ``ValidSplit``).
     A scikit-learn CV splitter (``split``, ``get_n_splits`` = 1) that requests ``groups``.
 
     Parameters
@@ -317,7 +317,7 @@ class GroupHoldOut(BaseCrossValidator):
         if groups.shape[0] != n:
             raise ValueError(
                 f"groups has {groups.shape[0]} entries but the data has {n} rows; if a sampler "
-                f"added rows, use stargal.models.SkyPipeline and a sampler with sample_indices_")
+                f"added rows, use stargal.pipelines.SkyPipeline and a sampler with sample_indices_")
         if y is not None:
             y = np.asarray(y).ravel()
             if y.shape != groups.shape:

@@ -48,7 +48,7 @@ def _config(config) -> StudyConfig:
 
 
 def cnn_params(config: StudyConfig) -> dict:
-    """Keyword arguments of :func:`stargal.models.make_cnn_net` from the ``[cnn]`` table."""
+    """Keyword arguments of :func:`stargal.classifier.make_cnn_net` from the ``[cnn]`` table."""
     kw = {k: v for k, v in config.cnn.items() if k in CNN_PARAM_NAMES}
     kw.update(random_state=config.seed, valid_fraction=config.valid_fraction, input_size=config.cutout_size)
     return kw
@@ -137,8 +137,8 @@ def build_pipeline(kind: str = "cnn", config=None, *, sas_url=None, cache_dir=No
     """
     from .align import Aligner
     from .cutouts import Cutter
-    from .models import (make_cnn_pipeline, make_hybrid_pipeline, make_majority_pipeline,
-                         make_measured_forest_pipeline, make_rule_pipeline)
+    from .pipelines import (make_cnn_pipeline, make_hybrid_pipeline, make_majority_pipeline,
+                            make_measured_forest_pipeline, make_rule_pipeline)
     from .photo import SDSSPhotometry
     from .psf_channels import PSFChannels
     from .scale import AsinhScaler

@@ -33,7 +33,8 @@ TREES = ("stargal", "experiments", "benchmarks")
 
 #: The pipeline order of the ``stargal`` modules, earliest step first.
 LAYERS: list[set[str]] = [
-    {"sdss", "_io", "_validation", "_cutout_kernels", "_photo_kernels", "_imaging", "_transforms"},  # foundations
+    {"sdss", "_io", "_validation", "_cutout_kernels", "_photo_kernels", "_imaging", "_transforms",
+     "_threads"},                                                    # foundations
     {"fetch"},                                                       # data source
     {"window", "frames", "noise", "catalogs", "config", "split"},    # where things are; the study
     {"registration", "align"},                                       # per-band positions
@@ -43,18 +44,16 @@ LAYERS: list[set[str]] = [
     {"cutouts"},                                                     # cutouts
     {"photo"},                                                       # model-fit photometry (SDSS's measurement)
     {"augment", "psf_channels", "scale", "features", "synth", "inject"},  # cutout -> model input
-    {"nets", "models", "rule"},                                      # estimators
+    {"cnn", "nets", "classifier", "pipelines", "models", "rule"},    # estimators
     {"calibration", "tuning", "metrics"},                            # fitting and scoring
     {"training", "persist", "predict", "explain", "cli"},            # workflows
 ]
 #: Private modules of ``stargal`` whose underscore names the other modules may use.
-SHARED_PRIVATE = {"_imaging", "_io", "_validation", "_cutout_kernels", "_photo_kernels", "_transforms"}
+SHARED_PRIVATE = {"_imaging", "_io", "_validation", "_cutout_kernels", "_photo_kernels", "_transforms",
+                  "_threads"}
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 #: Private imports across trees still to be removed: (module, imported name) -> why still here.
-KNOWN_PRIVATE = {
-    ("benchmarks.bench_throughput", "stargal.models._thread_candidates"):
-        "stargal/models.py is being changed on main (issue #19's later phase makes it public)",
-}
+KNOWN_PRIVATE: dict[tuple[str, str], str] = {}
 
 
 # ----------------------------------------------------------------------------- the graph

@@ -164,9 +164,15 @@ def test_to_dict_roundtrip_and_pickle():
     assert pickle.loads(pickle.dumps(cfg)) == cfg
 
 
-def test_direct_construction_validates():
-    with pytest.raises(ValueError, match="cnn"):
-        StudyConfig(test_fields=["8162-6-80"], train_fields=["1035-6-17"])
+def test_direct_construction_defaults_to_the_packaged_study_and_validates():
+    lists = dict(test_fields=["8162-6-80"], train_fields=["1035-6-17"])
+    assert StudyConfig(**lists) == load_config(**lists)
+    with pytest.raises(ValueError, match="cnn.width"):
+        StudyConfig(**lists, cnn={**load_config().cnn, "width": 0})
+    with pytest.raises(ValueError, match="'cnn' is missing: lr"):
+        StudyConfig(**lists, cnn={k: v for k, v in load_config().cnn.items() if k != "lr"})
+    with pytest.raises(TypeError, match="train_fields"):
+        StudyConfig(test_fields=["8162-6-80"])  # the fields themselves have no default
 
 
 @pytest.mark.integration
@@ -181,22 +187,67 @@ def test_configured_fields_exist_in_mirror(mirror_dir):
             assert path.is_file(), f"{fid}: missing {path}"
 
 
-def test_one_source_for_every_cnn_default():
-    """The packaged study's [cnn] values are the factory's and the network's defaults."""
-    import inspect
-
-    from stargal.models import make_cnn_net
-    from stargal.nets import StarGalaxyCNN
-    from stargal.training import CNN_PARAM_NAMES as training_names
+def test_training_shares_the_one_cnn_name_map():
     from stargal.config import CNN_PARAM_NAMES
+    from stargal.training import CNN_PARAM_NAMES as training_names
 
-    cnn = load_config().cnn
-    factory = inspect.signature(make_cnn_net).parameters
-    network = inspect.signature(StarGalaxyCNN).parameters
-    assert {k: factory[k].default for k in CNN_KEYS} == cnn
-    assert {k: network[k].default for k in ("width", "depth", "dropout")} == {
-        k: cnn[k] for k in ("width", "depth", "dropout")}
     assert training_names is CNN_PARAM_NAMES and set(CNN_KEYS) <= set(CNN_PARAM_NAMES)
+
+
+# the [cnn] values of this edited copy of the packaged study.toml differ from every shipped default
+EDITED_CNN = {"width": 24, "depth": 2, "dropout": 0.25, "lr": 0.002, "weight_decay": 0.0003, "max_epochs": 7,
+              "batch_size": 64, "patience": 3, "members": 2}
+_REPORT_DEFAULTS = """
+import inspect, json, sys
+import stargal
+from stargal.classifier import StarGalaxyNet, make_cnn_net
+from stargal.cnn import HybridCNN, StarGalaxyCNN
+from stargal.config import CNN_DEFAULTS, StudyConfig, load_config
+
+def defaults(obj, names):
+    params = inspect.signature(obj).parameters
+    return {k: params[k].default for k in names}
+
+keys = list(CNN_DEFAULTS)
+json.dump({"package": stargal.__file__, "CNN_DEFAULTS": dict(CNN_DEFAULTS),
+           "make_cnn_net": defaults(make_cnn_net, keys),
+           "StarGalaxyCNN": defaults(StarGalaxyCNN, ["width", "depth", "dropout", "members"]),
+           "HybridCNN": defaults(HybridCNN, ["width", "depth", "dropout"]),
+           "StarGalaxyNet": defaults(StarGalaxyNet, ["lr", "max_epochs", "batch_size", "patience"]),
+           "StudyConfig": StudyConfig(test_fields=["8162-6-80"], train_fields=["1035-6-17"]).cnn,
+           "load_config": load_config().cnn}, sys.stdout)
+"""
+
+
+def test_the_packaged_study_is_the_one_source_of_the_cnn_defaults(tmp_path):
+    """Edit the packaged study.toml's [cnn] (in a copy of the package): every default follows."""
+    import json
+    import os
+    import re
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import stargal
+
+    package = tmp_path / "stargal"
+    shutil.copytree(Path(stargal.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    toml = package / "data" / "study.toml"
+    text = toml.read_text()
+    for key, value in EDITED_CNN.items():
+        text, n = re.subn(rf"^{key} = [^#\n]*", f"{key} = {value!r} ", text, count=1, flags=re.M)
+        assert n == 1, key
+    toml.write_text(text)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-c", _REPORT_DEFAULTS], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = json.loads(run.stdout)
+    assert Path(found.pop("package")).parent == package  # the edited copy was imported
+    for where, values in found.items():
+        assert values == {k: EDITED_CNN[k] for k in values}, where
+    assert found["CNN_DEFAULTS"] == found["make_cnn_net"] == found["StudyConfig"] == EDITED_CNN
 
 
 def test_default_model_is_the_study_s_leave_one_field_out_winner():

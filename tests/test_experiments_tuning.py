@@ -14,7 +14,7 @@ from experiments.tuning_stage import (
     search_settings,
 )
 from stargal.config import load_config
-from stargal.nets import StarGalaxyCNN
+from stargal.cnn import StarGalaxyCNN
 
 
 def test_search_grids_fit_the_budget():

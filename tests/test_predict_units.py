@@ -12,7 +12,7 @@ from stargal.catalogs import CoordinateError
 from stargal.cutouts import Cutter
 from stargal.models import ENV_PREDICT_THREADS, PREDICT_BATCH_SIZE, StarGalaxyNet, torch_threads
 from stargal.predict import predict_csv
-from test_models import synthetic_cutouts
+from cnn_testing import synthetic_cutouts
 
 
 @pytest.fixture(scope="module")

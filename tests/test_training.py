@@ -21,13 +21,13 @@ def test_param_overrides_and_grid_mapping():
     assert [n for n, _ in pipe.steps] == ["align", "cut", "psf", "scale", "net"]  # PSF-aware by default
     assert [n for n, _ in build_pipeline("cnn", psf="none").steps] == ["align", "cut", "scale", "net"]
     # PSF-blind under either name: the same pipelines, and no PSF stamps are cut (for the forest too)
-    for kind in ("cnn", "forest"):
+    for kind, cut in (("cnn", "cut"), ("forest", "features__pixels__cut")):  # the forest's cutter is in its union
         blind = build_pipeline(kind, psf="none")
         with pytest.warns(FutureWarning, match="psf='none'"):
             old = build_pipeline(kind, psf="drop")
         assert [n for n, _ in old.steps] == [n for n, _ in blind.steps]
-        assert old.get_params()["cut__psf"] is blind.get_params()["cut__psf"] is False
-        assert build_pipeline(kind, psf="scaled").get_params()["cut__psf"] is True
+        assert old.get_params()[f"{cut}__psf"] is blind.get_params()[f"{cut}__psf"] is False
+        assert build_pipeline(kind, psf="scaled").get_params()[f"{cut}__psf"] is True
     with pytest.raises(ValueError, match="unknown model kind"):
         build_pipeline("svm")
 
