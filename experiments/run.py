@@ -300,7 +300,7 @@ def main(argv=None) -> int:
     print(f"stargal study -> {out}  (data: {fetcher.base_url}; quick={args.quick})", flush=True)
 
     with stage_timer("fetch and catalog", timings):
-        train_fields = list(config.train_fields)[:3] if args.quick else list(config.train_fields)
+        train_fields = list(config.train_fields)[:2] if args.quick else list(config.train_fields)
         fetcher.fetch_many([p for f in list(config.test_fields) + train_fields for p in field_paths(f)],
                            desc="SDSS files")
         table = study_table(config, fetcher, fields=train_fields)
