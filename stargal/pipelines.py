@@ -156,15 +156,15 @@ def make_cnn_pipeline(front=None, augmenter=None, scaler=None, psf=None, **net_p
     >>> [name for name, _ in pipe.steps], pipe.get_params()['net__module__width']
     (['net'], 8)
     """
-    steps = _check_front(front)
-    if augmenter is not None:
-        steps.append(("augment", augmenter))
-    if psf is not None:
-        steps.append(("psf", psf))
-    if scaler is not None:
-        steps.append(("scale", scaler))
+    steps = _check_front(front) + _image_steps(augmenter, psf, scaler)
     steps.append(("net", make_cnn_net(**net_params)))
     return SkyPipeline(steps)
+
+
+def _image_steps(augmenter=None, psf=None, scaler=None) -> list:
+    """The cutout steps between the front and the net: ``['augment'] -> ['psf'] -> ['scale']``."""
+    return [(name, step) for name, step in (("augment", augmenter), ("psf", psf), ("scale", scaler))
+            if step is not None]
 
 
 def make_forest_pipeline(front=None, **rf_params):
@@ -284,12 +284,7 @@ def make_hybrid_pipeline(align, cutter, photometry, augmenter=None, scaler=None,
                          ("impute", SimpleImputer(strategy="constant", fill_value=0.0, add_indicator=True,
                                                   keep_empty_features=True))])
     steps = [("align", align), ("inputs", InputUnion([("images", cutter), ("features", measured if features else "drop")]))]
-    if augmenter is not None:
-        steps.append(("augment", augmenter))
-    if psf is not None:
-        steps.append(("psf", psf))
-    if scaler is not None:
-        steps.append(("scale", scaler))
+    steps += _image_steps(augmenter, psf, scaler)
     return SkyPipeline(steps + [("net", make_cnn_net(hybrid=True, **net_params))])
 
 
