@@ -237,10 +237,11 @@ def test_measured_features(field):
 
 
 @pytest.mark.skipif(not (MIRROR_DIR / "dr17").exists(), reason="needs the SDSS mirror ../shared/sdss")
-def test_our_measurement_agrees_with_the_catalogs_on_a_training_field():
+def test_our_measurement_agrees_with_the_catalogs_on_a_training_field(mirror_cache):
     """Our psfMag - cModelMag vs the mirror catalog's (training field 1043-5-25; never the test field)."""
     fid, run, camcol, fnum = "1043-5-25", 1043, 5, 25
     sas = MIRROR_DIR.resolve().as_uri()
+    kw = {"sas_url": sas, "cache_dir": str(mirror_cache)}
     rows = []
     for kind in ("star", "gal"):
         d = fits.getdata(MIRROR_DIR / f"dr17/eboss/sweeps/dr13_final/301/calibObj-{run:06d}-{camcol}-{kind}.fits.gz", 1)
@@ -249,8 +250,8 @@ def test_our_measurement_agrees_with_the_catalogs_on_a_training_field():
                                   "psf_r": d["PSFFLUX"][:, 2].astype(float), "theirs": d["PSF_MINUS_CMODEL"].astype(float),
                                   "galaxy": d["OBJC_TYPE"] == 3}))
     cat = pd.concat(rows, ignore_index=True)
-    aligned = Aligner(fields=[fid], policy="flag", sas_url=sas).fit_transform(cat[["ra", "dec"]])
-    res = SDSSPhotometry(sas_url=sas).fit_transform(aligned)
+    aligned = Aligner(fields=[fid], policy="flag", **kw).fit_transform(cat[["ra", "dec"]])
+    res = SDSSPhotometry(**kw).fit_transform(aligned)
     ok = (res["fit_flag"] == "").to_numpy()
     rmag = 22.5 - 2.5 * np.log10(np.clip(cat["psf_r"].to_numpy(), 1e-3, None))
     bright = ok & (rmag < 21)

@@ -226,3 +226,28 @@ def test_the_command_line_writes_every_input_value_back_as_it_was(tmp_path, mirr
     assert out["flag"].tolist() == ["", "", "invalid_coord", "invalid_coord"]
     assert out["flag_detail"].tolist()[2:] == ["cannot parse ra '12h3'", "ra missing; dec missing"]
     assert np.allclose(out["ra_deg"][:2].astype(float), RA0, atol=3e-6)
+
+
+@pytest.mark.integration
+def test_shipped_default_model_predicts_real_objects(mirror_url, mirror_cache):
+    """The study's file of the kind `stargal train` ships by default loads (this version, no paths
+    inside) and classifies real objects of a training field from RA/Dec."""
+    from stargal.config import load_config
+
+    kind = load_config().default_model
+    path = Path(__file__).resolve().parents[1] / "experiments" / "results" / f"{kind}.stargal"
+    if not path.is_file():
+        pytest.skip(f"the committed study saved no {path.name} (its default is the CNN: cnn.stargal)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ModelVersionWarning)  # written by this version: nothing to migrate
+        model = load_model(path)
+    params = model.get_params(deep=True)
+    assert all(v is None for k, v in params.items() if k.endswith(("sas_url", "cache_dir")))
+    cat = read_calibobj("1043-5-25", sas_url=mirror_url, cache_dir=str(mirror_cache))
+    rows = cat[(cat["psfmag_r"] < 20.5)].iloc[:30]
+    out = predict_coordinates(model, rows[["ra", "dec"]], sas_url=mirror_url, cache_dir=str(mirror_cache),
+                              fields=["1043-5-25"], progress=False)
+    ok = out["flag"] == ""
+    assert ok.sum() >= 25 and out.loc[ok, "p_galaxy"].between(0, 1).all()
+    agree = (out.loc[ok, "label"].to_numpy() == rows.loc[ok.to_numpy(), "label"].to_numpy()).mean()
+    assert agree >= 0.9  # bright objects of a training field
