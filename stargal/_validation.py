@@ -252,3 +252,13 @@ def n_rows(X) -> int:
     """Rows of a table, an array or a model-input dict."""
     images, _ = split_inputs(X)
     return len(images)
+
+
+def table_input_tags(tags, requires_fit: bool = True):
+    """scikit-learn tags of a step whose input is an objects table (strings and NaN allowed, no plain
+    2-D arrays); ``requires_fit=False`` for the stateless ones (Cutter, SDSSPhotometry)."""
+    tags.requires_fit = requires_fit
+    tags.input_tags.allow_nan = True
+    tags.input_tags.string = True
+    tags.input_tags.two_d_array = False
+    return tags

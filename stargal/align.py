@@ -56,11 +56,11 @@ from .registration import (LOCAL_PRIOR, LOCAL_SCALE_PX, MIN_REFERENCES, REFERENC
                            REGISTRATION_VERSION, Registration, field_registration, find_reference_stars,
                            registration_path)
 from ._imaging import CUTOUT_SIZE
-from ._validation import PATH_LIKE, POSITIVE_INT, StrOptions, check_odd, validate_params
+from ._validation import PATH_LIKE, POSITIVE_INT, StrOptions, check_odd, table_input_tags, validate_params
 from .sdss import BANDS, FieldID, parse_field_list
 
 __all__ = ["Aligner", "WINDOW", "MAX_WINDOW_CANDIDATES", "AlignmentError", "MissingBandAlignmentError",
-           "FLAGS", "INTERPOLATION_MARGIN", "aligned_columns", "edge_margin"]
+           "FLAGS", "INTERPOLATION_MARGIN", "aligned_columns", "check_aligned_table", "edge_margin"]
 
 #: The values the ``flag`` column can take besides ``''``.
 FLAGS = ("outside", "edge", "missing_band", "no_frames", "invalid_coord")
@@ -92,6 +92,23 @@ class MissingBandAlignmentError(MissingBandError, AlignmentError):
 def aligned_columns(bands=BANDS) -> list[str]:
     """Columns the :class:`Aligner` adds: ``field_id, x_u, y_u, ..., x_z, y_z, flag``."""
     return ["field_id"] + [f"{c}_{b}" for b in bands for c in ("x", "y")] + ["flag"]
+
+
+def check_aligned_table(X, who: str, step: str):
+    """``X`` if it is an Aligner output (a DataFrame with ``field_id`` and every band's ``x_``/``y_``),
+    else a ``TypeError`` / ``ValueError`` naming the step ``who`` and how to build its input
+    (``step``: e.g. ``'Cutter(...)'``)."""
+    import pandas as pd
+
+    if not isinstance(X, pd.DataFrame):
+        raise TypeError(f"{who} expects the Aligner's output table (a pandas DataFrame), got {type(X).__name__}; "
+                        f"use make_pipeline(Aligner(...), {step})")
+    missing = [c for c in aligned_columns()[:-1] if c not in X.columns]
+    if missing:
+        raise ValueError(f"{who} needs per-band pixel positions from stargal.align.Aligner; the table lacks "
+                         f"{missing[:6]}{' ...' if len(missing) > 6 else ''}. Run Aligner first, e.g. "
+                         f"make_pipeline(Aligner(...), {step})")
+    return X
 
 
 def edge_margin(cutout_size: int) -> float:
@@ -184,11 +201,7 @@ class Aligner(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
 
     # ------------------------------------------------------------------ sklearn API
     def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        tags.input_tags.string = True
-        tags.input_tags.two_d_array = False
-        return tags
+        return table_input_tags(super().__sklearn_tags__())
 
     _parameter_constraints = {
         "fields": [None, str, FieldID, "array-like"],

@@ -62,7 +62,9 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from .fetch import get_fetcher
 from .frames import Field
-from ._validation import N_JOBS, PATH_LIKE, POSITIVE_INT, Real, StrOptions, check_odd, validate_params
+from ._validation import (N_JOBS, PATH_LIKE, POSITIVE_INT, Real, StrOptions, check_odd, table_input_tags,
+                          validate_params)
+from .align import check_aligned_table
 from .sdss import BANDS
 
 #: Values of :class:`Cutter`'s ``psf_source`` (see :func:`stargal.psf.field_psf`).
@@ -141,12 +143,7 @@ class Cutter(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
         self.n_jobs = n_jobs
 
     def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.requires_fit = False
-        tags.input_tags.allow_nan = True
-        tags.input_tags.string = True
-        tags.input_tags.two_d_array = False
-        return tags
+        return table_input_tags(super().__sklearn_tags__(), requires_fit=False)
 
     _parameter_constraints = {
         "size": POSITIVE_INT,
@@ -174,20 +171,7 @@ class Cutter(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
 
     @staticmethod
     def _check_table(X) -> pd.DataFrame:
-        if not isinstance(X, pd.DataFrame):
-            raise TypeError(
-                f"Cutter expects the Aligner's output table (a pandas DataFrame), got {type(X).__name__}; "
-                "use make_pipeline(Aligner(...), Cutter(...))"
-            )
-        need = ["field_id"] + [f"{c}_{b}" for b in BANDS for c in ("x", "y")]
-        missing = [c for c in need if c not in X.columns]
-        if missing:
-            raise ValueError(
-                f"Cutter needs per-band pixel positions from stargal.align.Aligner; the table lacks "
-                f"{missing[:6]}{' ...' if len(missing) > 6 else ''}. Run Aligner first, e.g. "
-                "make_pipeline(Aligner(...), Cutter(...))"
-            )
-        return X
+        return check_aligned_table(X, "Cutter", "Cutter(...)")
 
     def fit(self, X, y=None):
         """Validate the parameters and the table; nothing is learned.

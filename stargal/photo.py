@@ -74,7 +74,8 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from ._imaging import numba_available, resample_stamps
-from ._validation import PATH_LIKE, Integral, Interval, StrOptions, check_odd, validate_params
+from ._validation import PATH_LIKE, Integral, Interval, StrOptions, check_odd, table_input_tags, validate_params
+from .align import check_aligned_table
 from .fetch import get_fetcher
 from .frames import Field
 from .noise import frame_calibration
@@ -738,12 +739,7 @@ class SDSSPhotometry(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None
     _parameter_hints = {"stamp_size": "stamp_size must be an odd integer >= 17"}
 
     def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.requires_fit = False
-        tags.input_tags.allow_nan = True
-        tags.input_tags.string = True
-        tags.input_tags.two_d_array = False
-        return tags
+        return table_input_tags(super().__sklearn_tags__(), requires_fit=False)
 
     def _check_params(self) -> None:
         validate_params(self)
@@ -751,15 +747,7 @@ class SDSSPhotometry(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None
 
     @staticmethod
     def _check_table(X) -> pd.DataFrame:
-        if not isinstance(X, pd.DataFrame):
-            raise TypeError(f"SDSSPhotometry expects the Aligner's output table (a pandas DataFrame), got "
-                            f"{type(X).__name__}; use make_pipeline(Aligner(...), SDSSPhotometry())")
-        need = ["field_id"] + [f"{c}_{b}" for b in BANDS for c in ("x", "y")]
-        missing = [c for c in need if c not in X.columns]
-        if missing:
-            raise ValueError(f"SDSSPhotometry needs per-band pixel positions from stargal.align.Aligner; the "
-                             f"table lacks {missing[:6]}{' ...' if len(missing) > 6 else ''}")
-        return X
+        return check_aligned_table(X, "SDSSPhotometry", "SDSSPhotometry()")
 
     def fit(self, X, y=None):
         """Validate the parameters and the table; nothing is learned. Returns ``self``."""

@@ -156,6 +156,7 @@ def test_net_params_route_through_pipeline():
     assert (net.module__width, net.lr, net.patience) == (16, 0.01, 2)
     assert isinstance(net, StarGalaxyNet)
 
+
 def _dict_inputs(n=40, n_feat=6, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.normal(0, 0.05, (n, 10, 15, 15)).astype("float32")
@@ -200,62 +201,6 @@ def test_hybrid_net_takes_cutouts_and_features_through_the_cutout_steps():
 
 
 def test_input_union_builds_the_dict_and_drops_features():
-    u = InputUnion([("images", FunctionTransformer(lambda t: np.zeros((len(t), 5, 3, 3)))),
-                    ("features", FunctionTransformer(lambda t: np.ones((len(t), 2))))])
-    out = u.fit_transform(np.zeros((4, 1)))
-    assert out["images"].shape == (4, 5, 3, 3) and out["features"].dtype == np.float32
-    assert u.set_params(features="drop").fit_transform(np.zeros((4, 1))).shape == (4, 5, 3, 3)
-
-
-def _dict_inputs(n=40, n_feat=6, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(0, 0.05, (n, 10, 15, 15)).astype("float32")
-    yy, xx = np.mgrid[:15, :15] - 7
-    y = np.arange(n) % 2
-    for k in range(n):
-        width = 1.2 if y[k] == 0 else 2.5
-        X[k, :5] += np.exp(-(xx ** 2 + yy ** 2) / (2 * width ** 2)) * 3
-        X[k, 5:] = np.exp(-(xx ** 2 + yy ** 2) / (2 * 1.2 ** 2)) / (2 * np.pi * 1.2 ** 2)
-    F = rng.normal(0, 1, (n, n_feat)).astype("float32")
-    F[:, 0] += 2.0 * y  # an informative measured feature
-    return X, F, y
-
-
-def test_hybrid_net_takes_cutouts_and_features_through_the_cutout_steps():
-    """The augmenter, PSF channels and scaler work on the images and carry the features row for row."""
-    from stargal.augment import CutoutAugmenter
-    from stargal.models import SkyPipeline, make_cnn_net
-    from stargal.psf_channels import PSFChannels
-    from stargal.scale import AsinhScaler
-
-    X, F, y = _dict_inputs()
-    aug = CutoutAugmenter(n_copies=1, random_state=0)
-    Xr, yr = aug.fit_resample({"images": X, "features": F}, y)
-    assert Xr["images"].shape[0] == len(yr) == 2 * len(y)
-    np.testing.assert_array_equal(Xr["features"], F[aug.sample_indices_])
-    pipe = SkyPipeline([("augment", CutoutAugmenter(n_copies=1, random_state=0)), ("psf", PSFChannels()),
-                        ("scale", AsinhScaler()),
-                        ("net", make_cnn_net(hybrid=True, width=4, depth=1, max_epochs=3, valid_fraction=None))])
-    groups = np.arange(len(y)) // 4
-    pipe.fit({"images": X, "features": F}, y, net__groups=groups)
-    assert pipe.named_steps["net"].module_.n_features == F.shape[1]
-    p_all = pipe.predict_proba({"images": X, "features": F})[:, 1]
-    p_one = pipe.predict_proba({"images": X[3:4], "features": F[3:4]})[:, 1]
-    assert p_all[3] == p_one[0]  # batch-independent, features included
-    changed = F.copy()
-    changed[:, 0] += 5.0
-    assert not np.allclose(pipe.predict_proba({"images": X, "features": changed})[:, 1], p_all)
-    with pytest.raises(ValueError, match="one row per cutout"):
-        pipe.predict_proba({"images": X, "features": F[:-1]})
-    with pytest.raises(ValueError, match="members=1"):
-        make_cnn_net(hybrid=True, members=2)
-
-
-def test_input_union_builds_the_dict_and_drops_features():
-    from sklearn.preprocessing import FunctionTransformer
-
-    from stargal.models import InputUnion
-
     u = InputUnion([("images", FunctionTransformer(lambda t: np.zeros((len(t), 5, 3, 3)))),
                     ("features", FunctionTransformer(lambda t: np.ones((len(t), 2))))])
     out = u.fit_transform(np.zeros((4, 1)))
@@ -265,7 +210,6 @@ def test_input_union_builds_the_dict_and_drops_features():
 
 def test_calibrating_the_hybrid_keeps_its_dict_inputs():
     from stargal.calibration import calibrate_pipeline
-    from stargal.models import SkyPipeline, make_cnn_net
 
     X, F, y = _dict_inputs(n=60)
     pipe = SkyPipeline([("net", make_cnn_net(hybrid=True, width=4, depth=1, max_epochs=2, valid_fraction=None))])
