@@ -1,13 +1,14 @@
 """numba kernel of :mod:`stargal.photo` (private; imported lazily, compiled on first use and cached).
 
 :func:`masked_gram_correction` removes the masked pixels' share from the templates' normal-matrix
-entries of each object: ``A[i, k] -= sum_p (sum_j coef[i, j] T[p, k, j])^2`` over the masked pixels
-``p`` of object ``i``. :func:`stargal.photo` falls back to the same loop in numpy without numba.
+entries of each object: ``A[i, k] -= sum_p (sum_j coef[i, j] T[p, j, k])^2`` over the masked pixels
+``p`` of object ``i`` (or, when most of its disc is masked, the same sum over its unmasked pixels). :func:`stargal.photo` falls back to the same loop in numpy without numba.
 """
 
 from __future__ import annotations
 
 import numba
+import numpy as np
 
 __all__ = ["masked_gram_correction"]
 
@@ -19,18 +20,230 @@ def _jit(func):
         return numba.njit(nogil=True, boundscheck=False, fastmath=True)(func)
 
 
+_FAST_WITH_NAN = {"reassoc", "contract", "nsz", "arcp"}  # fastmath that still sees NaN
+
+
+def _jit_nan(func):
+    """As :func:`_jit`, but with a fastmath that keeps NaN tests: the kernel tests for NaN."""
+    try:
+        return numba.njit(cache=True, nogil=True, boundscheck=False, fastmath=_FAST_WITH_NAN)(func)
+    except RuntimeError:
+        return numba.njit(nogil=True, boundscheck=False, fastmath=_FAST_WITH_NAN)(func)
+
+
 @_jit
-def masked_gram_correction(A, coef, Tp, obj_idx, pix_ptr, pix_idx):  # pragma: no cover - compiled
-    """In place on ``A`` (n, K); ``Tp`` is (P, K, J); objects ``obj_idx[m]`` have masked pixels
-    ``pix_idx[pix_ptr[m]:pix_ptr[m + 1]]``."""
-    K = Tp.shape[1]
-    J = Tp.shape[2]
+def masked_gram_correction(A, coef, Tp, obj_idx, pix_ptr, pix_idx, direct):  # pragma: no cover - compiled
+    """In place on ``A`` (n, K); ``Tp`` is (P, J, K) (templates last, so the inner loop runs over
+    contiguous memory); objects ``obj_idx[m]`` have pixels ``pix_idx[pix_ptr[m]:pix_ptr[m + 1]]``:
+    their masked pixels, whose share is subtracted, or, where ``direct[m]``, their unmasked ones,
+    whose sum replaces ``A[i]`` (no cancellation when most of the disc is masked)."""
+    J = Tp.shape[1]
+    K = Tp.shape[2]
+    s = np.empty(K, np.float64)
+    acc = np.empty(K, np.float64)
     for m in range(obj_idx.shape[0]):
         i = obj_idx[m]
+        for k in range(K):
+            acc[k] = 0.0
         for q in range(pix_ptr[m], pix_ptr[m + 1]):
             p = pix_idx[q]
             for k in range(K):
-                s = 0.0
-                for j in range(J):
-                    s += coef[i, j] * Tp[p, k, j]
-                A[i, k] -= s * s
+                s[k] = coef[i, 0] * Tp[p, 0, k]
+            for j in range(1, J):
+                c = coef[i, j]
+                for k in range(K):
+                    s[k] += c * Tp[p, j, k]
+            for k in range(K):
+                acc[k] += s[k] * s[k]
+        if direct[m]:
+            for k in range(K):
+                A[i, k] = acc[k]
+        else:
+            for k in range(K):
+                A[i, k] -= acc[k]
+
+
+@_jit
+def band_sums(d, P, usable, r, radius, sigma, src, out):  # pragma: no cover - compiled
+    """One pass over each object's radius-ordered pixels (``(n, p)`` float32 ``d``, ``P``; bool
+    ``usable``; radii ``r``): the sums behind the PSF flux, its error, the saturation test and the
+    moment size, into ``out`` (n, 13) in the order of :data:`stargal.photo._SUMS`. ``src`` converts
+    nanomaggies to the object's own Poisson variance (``nmgy_per_count / gain``)."""
+    n, npx = d.shape
+    for i in range(n):
+        ppd = 0.0
+        ppp = 0.0
+        dd = 0.0
+        npix = 0.0
+        ind = 0.0
+        inp = 0.0
+        outd = 0.0
+        outp = 0.0
+        pmax = -np.inf
+        peak = -np.inf
+        tot = 0.0
+        mom = 0.0
+        rad = radius[i]
+        src_i = src[i]
+        s2 = sigma[i] * sigma[i]
+        for q in range(npx):  # branch-free: masks as 0/1 factors (the masks are data, not predictable)
+            rq = r[q]
+            dq = d[i, q]
+            pq = P[i, q]
+            pmax = max(pmax, pq)
+            peak = max(peak, dq if rq <= 2.0 else -np.inf)
+            u = 1.0 if usable[i, q] else 0.0
+            w = u if rq <= rad else 0.0
+            pos = u * max(dq, 0.0) if rq <= 15.0 else 0.0
+            tot += pos
+            mom += pos * np.float32(rq * rq)
+            npix += w
+            ppd += w * pq * dq
+            ppp += w * pq * pq
+            dd += w * dq * dq
+            wi = w if (rq > 3.5 and rq <= 7.0) else 0.0
+            wo = w if (rq > 7.0 and rq <= 12.0) else 0.0
+            ind += wi * dq
+            inp += wi * pq
+            outd += wo * dq
+            outp += wo * pq
+        flux = ppd / ppp if ppp > 0 else np.nan
+        var = 0.0
+        for q in range(npx):
+            w = (1.0 if usable[i, q] else 0.0) if r[q] <= rad else 0.0
+            pq = P[i, q]
+            var += w * pq * pq * (s2 + max(flux * pq, 0.0) * src_i)
+        out[i, 0] = ppd
+        out[i, 1] = ppp
+        out[i, 2] = dd
+        out[i, 3] = var
+        out[i, 4] = npix
+        out[i, 5] = ind
+        out[i, 6] = inp
+        out[i, 7] = outd
+        out[i, 8] = outp
+        out[i, 9] = pmax
+        out[i, 10] = peak
+        out[i, 11] = tot
+        out[i, 12] = mom
+
+
+@_jit_nan
+def detection_snr(stamps, sigma, weights, comb_from, nfac, out):  # pragma: no cover - compiled
+    """Pixel-wise maximum S/N of Gaussian-smoothed stamps, per band and for the inverse-variance sum
+    of bands ``comb_from:`` (``stamps`` (n, B, S, S) with NaN as 0; ``weights`` the 1-D Gaussian,
+    odd length, 'reflect' edges like :func:`scipy.ndimage.gaussian_filter`; ``nfac`` the smoothed
+    white noise per unit sigma), into ``out`` (n, S, S)."""
+    n, B, S, _ = stamps.shape
+    h = weights.shape[0] // 2
+    L = weights.shape[0]
+    pad = np.empty((S + 2 * h, S + 2 * h))  # one band with 'reflect' edges: d c b a | a b c d | d c b a
+    src = np.empty(S + 2 * h, np.int64)
+    for q in range(S + 2 * h):
+        xx = q - h
+        while xx < 0 or xx >= S:
+            xx = -xx - 1 if xx < 0 else 2 * S - xx - 1
+        src[q] = xx
+    tmp = np.empty((S + 2 * h, S))
+    sm = np.empty((B, S, S))
+    comb = np.empty((S, S))
+    for i in range(n):
+        for b in range(B):
+            for py in range(S + 2 * h):
+                for px in range(S + 2 * h):
+                    v = stamps[i, b, src[py], src[px]]
+                    pad[py, px] = v if v == v else 0.0
+            # inner loops over x: independent sums, so they vectorise without reordering any one of them
+            for py in range(S + 2 * h):  # along x
+                for x in range(S):
+                    tmp[py, x] = weights[0] * pad[py, x]
+                for t in range(1, L):
+                    wt = weights[t]
+                    for x in range(S):
+                        tmp[py, x] += wt * pad[py, x + t]
+            for y in range(S):  # along y
+                for x in range(S):
+                    sm[b, y, x] = weights[0] * tmp[y, x]
+                for t in range(1, L):
+                    wt = weights[t]
+                    for x in range(S):
+                        sm[b, y, x] += wt * tmp[y + t, x]
+        wsum = 0.0
+        for b in range(comb_from, B):
+            wsum += 1.0 / (sigma[i, b] * sigma[i, b])
+        cden = np.sqrt(wsum) * nfac
+        for y in range(S):
+            for x in range(S):
+                out[i, y, x] = -np.inf
+                comb[y, x] = 0.0
+        for b in range(B):
+            s = sigma[i, b]
+            inv = 1.0 / (s * nfac)
+            cw = 1.0 / (s * s) / cden
+            for y in range(S):
+                for x in range(S):
+                    v = sm[b, y, x] * inv
+                    if v > out[i, y, x]:
+                        out[i, y, x] = v
+                    if b >= comb_from:
+                        comb[y, x] += sm[b, y, x] * cw
+        for y in range(S):
+            for x in range(S):
+                c = comb[y, x]
+                best = out[i, y, x]
+                if c > best:
+                    best = c
+                out[i, y, x] = best if best == best else 0.0
+
+
+@_jit
+def neighbour_mask(snr, peak_snr, foot_snr, centre_radius, out):  # pragma: no cover - compiled
+    """Pixels of other sources' footprints in ``(n, S, S)`` S/N maps, into bool ``out``: a pixel
+    whose steepest-ascent root (each pixel points at its highest 8-neighbour if
+    that one is strictly higher, the first of equals row by row winning) is a peak >= ``peak_snr`` farther than
+    ``centre_radius`` from the stamp centre, with its own S/N >= ``foot_snr``; then dilated by
+    the 3 x 3 square (pixels beyond the stamp count as unmasked)."""
+    n, S, _ = snr.shape
+    c = (S - 1) // 2
+    ptr = np.empty(S * S, np.int64)
+    other = np.zeros((S, S), np.bool_)
+    for i in range(n):
+        for y in range(S):
+            for x in range(S):
+                best = snr[i, y, x]
+                p = y * S + x
+                for dy in range(-1, 2):
+                    yy = y + dy
+                    if yy < 0 or yy >= S:
+                        continue
+                    for dx in range(-1, 2):
+                        xx = x + dx
+                        if (dy == 0 and dx == 0) or xx < 0 or xx >= S:
+                            continue
+                        if snr[i, yy, xx] > best:
+                            best = snr[i, yy, xx]
+                            p = yy * S + xx
+                ptr[y * S + x] = p
+        for q in range(S * S):
+            r = q
+            while ptr[r] != r:
+                r = ptr[r]
+            t = q
+            while ptr[t] != r:  # path compression: later walks stop here
+                nxt = ptr[t]
+                ptr[t] = r
+                t = nxt
+            ry = r // S
+            rx = r - ry * S
+            y = q // S
+            x = q - y * S
+            other[y, x] = (snr[i, ry, rx] >= peak_snr) and \
+                (np.hypot(ry - c, rx - c) > centre_radius) and (snr[i, y, x] >= foot_snr)
+        for y in range(S):
+            for x in range(S):
+                hit = False
+                for yy in range(max(y - 1, 0), min(y + 2, S)):
+                    for xx in range(max(x - 1, 0), min(x + 2, S)):
+                        if other[yy, xx]:
+                            hit = True
+                out[i, y, x] = hit

@@ -248,7 +248,7 @@ class _Bank:
                 T[:, j] = img
             T = T.reshape(n_re * n_sh, basis.shape[0], size * size)[:, :, self.order]
             self.T[kind] = np.ascontiguousarray(T)
-            self.Tp[kind] = np.ascontiguousarray(T.transpose(2, 0, 1))
+            self.Tp[kind] = np.ascontiguousarray(T.transpose(2, 1, 0))  # (P, J, K): the masked-pixel kernel's layout
             self.gram[kind] = np.stack([np.einsum("kjp,kip->kji", T[:, :, :m], T[:, :, :m], dtype=np.float64)
                                         for m in self.n_disc])
         self.re = np.repeat(RE_GRID_PX, n_sh)  # of each flat template index
@@ -307,6 +307,12 @@ def _neighbour_mask(snr: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
     n, size, _ = snr.shape
+    if numba_available():
+        from ._photo_kernels import neighbour_mask
+
+        out = np.empty((n, size, size), bool)
+        neighbour_mask(np.ascontiguousarray(snr, np.float64), _PEAK_SNR, _FOOTPRINT_SNR, _CENTRE_RADIUS, out)
+        return out
     h = (size - 1) // 2
     roots = _basins(snr).reshape(n, -1)
     root_snr = np.take_along_axis(snr.reshape(n, -1), roots, 1).reshape(n, size, size)
@@ -319,8 +325,17 @@ def _detection_snr(stamps: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     """Pixel-wise maximum S/N of the smoothed per-band maps and of the g+r+i+z inverse-variance sum."""
     from scipy import ndimage
 
-    sm = ndimage.gaussian_filter(np.nan_to_num(stamps), sigma=(0, 0, _SMOOTH_PX, _SMOOTH_PX))
     nfac = 1.0 / (2.0 * np.sqrt(np.pi) * _SMOOTH_PX)  # white noise sigma after smoothing, per unit sigma
+    if numba_available() and stamps.shape[1] == len(BANDS):
+        from ._photo_kernels import detection_snr
+
+        half = int(4.0 * _SMOOTH_PX + 0.5)  # scipy's gaussian_filter: truncate=4
+        g = np.exp(-0.5 * (np.arange(-half, half + 1) / _SMOOTH_PX) ** 2)
+        out = np.empty((stamps.shape[0],) + stamps.shape[2:])
+        detection_snr(np.ascontiguousarray(stamps, np.float64), np.ascontiguousarray(sigma, np.float64),
+                      g / g.sum(), 1, nfac, out)
+        return out
+    sm = ndimage.gaussian_filter(np.nan_to_num(stamps), sigma=(0, 0, _SMOOTH_PX, _SMOOTH_PX))
     with np.errstate(invalid="ignore", divide="ignore"):
         per_band = sm / (sigma[:, :, None, None] * nfac)
         griz = sigma[:, 1:] if sigma.shape[1] == len(BANDS) else sigma
@@ -349,38 +364,45 @@ def _recentre(image, x, y, bp, mask, sigma, size):
     ``(n, size, size)`` neighbour mask of the full stamps.
     """
     x0, y0 = x.copy(), y.copy()
+    x, y = x.astype(np.float64), y.astype(np.float64)  # copies: updated in place below
     half = int(np.ceil(_CENTRE_FIT_PX))
     small = 2 * half + 1
     lo = (size - small) // 2
     rr = _grid(small)
     region = (rr <= _CENTRE_FIT_PX)[None] & ~mask[:, lo:lo + small, lo:lo + small]
-    active = None
-    for _ in range(_CENTRE_ITER):
-        d = resample_stamps(image, x, y, small).astype(np.float64)
-        reg = region & np.isfinite(d)
+    rows = np.arange(len(x))  # the first step fits every object; later ones only the detected
+    for it in range(_CENTRE_ITER):
+        xs, ys = x[rows], y[rows]
+        d = resample_stamps(image, xs, ys, small).astype(np.float64)
+        reg = region[rows] & np.isfinite(d)
         d = np.where(reg, d, 0.0)
-        basis, coef = bp.components(x, y)
+        basis, coef = bp.components(xs, ys)
         P = _psf_stamps(coef, basis, small + 2)
-        gy, gx = np.gradient(P, axis=(1, 2))
-        comp = np.stack([P, gx, gy], 1)[:, :, 1:-1, 1:-1].reshape(len(x), 3, -1)
-        rw = reg.reshape(len(x), -1)
+        # the PSF and its central differences (np.gradient's interior) on the small stamp
+        gx = 0.5 * (P[:, 1:-1, 2:] - P[:, 1:-1, :-2])
+        gy = 0.5 * (P[:, 2:, 1:-1] - P[:, :-2, 1:-1])
+        comp = np.stack([P[:, 1:-1, 1:-1], gx, gy], 1).reshape(len(rows), 3, -1)
+        rw = reg.reshape(len(rows), -1)
         cw = comp * rw[:, None]
         M = np.matmul(cw, comp.transpose(0, 2, 1))
-        b = np.matmul(cw, d.reshape(len(x), -1, 1))[:, :, 0]
-        if active is None:
+        b = np.matmul(cw, d.reshape(len(rows), -1, 1))[:, :, 0]
+        if it == 0:
             with np.errstate(invalid="ignore", divide="ignore"):
                 active = b[:, 0] / np.sqrt(M[:, 0, 0]) / sigma >= DETECTION_SNR
-        ok = active & (np.abs(np.linalg.det(M)) > 0)
-        sol = np.zeros((len(x), 3))
+            rows, M, b = rows[active], M[active], b[active]
+            if not rows.size:
+                break
+        ok = np.abs(np.linalg.det(M)) > 0
+        sol = np.zeros((len(rows), 3))
         if ok.any():
             sol[ok] = np.linalg.solve(M[ok], b[ok][..., None])[..., 0]
         amp = sol[:, 0]
         good = ok & (amp > 0)
         dx = np.where(good, -sol[:, 1] / np.where(good, amp, 1.0), 0.0)
         dy = np.where(good, -sol[:, 2] / np.where(good, amp, 1.0), 0.0)
-        x = x + np.clip(dx, -0.5, 0.5)
-        y = y + np.clip(dy, -0.5, 0.5)
-        far = np.hypot(x - x0, y - y0) > _MAX_SHIFT_PX
+        x[rows] = x[rows] + np.clip(dx, -0.5, 0.5)
+        y[rows] = y[rows] + np.clip(dy, -0.5, 0.5)
+        far = rows[np.hypot(x[rows] - x0[rows], y[rows] - y0[rows]) > _MAX_SHIFT_PX]
         x[far], y[far] = x0[far], y0[far]
     return x, y
 
@@ -403,22 +425,26 @@ def _fit_radius(d, sigma, usable, rr_img):
     return np.minimum(np.searchsorted(classes, np.minimum(rad, classes[-1]) - 1e-9), len(classes) - 1)
 
 
-def _masked_correction(A, coef, Tp, masked):
-    """``A[i, k] -= sum over object i's masked pixels of its template k squared`` (in place)."""
+def _masked_correction(A, coef, Tp, masked, in_disc):
+    """Remove object i's masked pixels from its templates' normal-matrix entries ``A[i, k]`` (the
+    sum of template k squared over its disc), in place. Where most of the disc is masked, ``A[i]``
+    is summed over the unmasked pixels instead: less work, and no cancellation."""
     obj = np.flatnonzero(masked.any(axis=1))
     if obj.size == 0:
         return
-    pix = [np.flatnonzero(masked[i]) for i in obj]
+    direct = masked[obj].sum(1) > 0.5 * in_disc[obj].sum(1)
+    pix = [np.flatnonzero(in_disc[i] & ~masked[i]) if dr else np.flatnonzero(masked[i]) for i, dr in zip(obj, direct)]
     ptr = np.concatenate([[0], np.cumsum([len(p) for p in pix])]).astype(np.int64)
     idx = np.concatenate(pix).astype(np.int64)
     if numba_available():
         from ._photo_kernels import masked_gram_correction
 
-        masked_gram_correction(A, np.ascontiguousarray(coef, np.float64), Tp, obj.astype(np.int64), ptr, idx)
+        masked_gram_correction(A, np.ascontiguousarray(coef, np.float64), Tp, obj.astype(np.int64), ptr, idx, direct)
         return
     for m, i in enumerate(obj):
-        M = Tp[idx[ptr[m]:ptr[m + 1]]] @ coef[i]  # (npix, K)
-        A[i] -= (M.astype(np.float64) ** 2).sum(0)
+        M = np.einsum("pjk,j->pk", Tp[idx[ptr[m]:ptr[m + 1]]], coef[i])  # (npix, K)
+        share = (M.astype(np.float64) ** 2).sum(0)
+        A[i] = share if direct[m] else A[i] - share
 
 
 def _parabola(cm, c0, cp):
@@ -430,10 +456,51 @@ def _parabola(cm, c0, cp):
 
 
 # ----------------------------------------------------------------------------- one band
+#: The per-object pixel sums of one band (:func:`_band_sums`), in order.
+_SUMS = ("ppd", "ppp", "dd", "var", "npix", "inner_d", "inner_p", "outer_d", "outer_p", "p_max", "peak",
+         "mom_tot", "mom_r2")
+
+
+def _band_sums(d2, P2, u2, r1, radius, sigma, src) -> np.ndarray:
+    """``(n, len(_SUMS))`` sums over radius-ordered pixels (``d2``, ``P2`` float32, ``u2`` usable):
+    PSF-fit normal equations within each object's fit ``radius``, the PSF flux's variance (sky
+    ``sigma`` and the object's own Poisson noise, ``src`` = nmgy per count / gain), the saturation
+    test's annuli (3.5-7 and 7-12 px), the PSF's and the data's peaks (the latter within 2 px), and
+    the moment size's sums (positive flux within :data:`_MOMENT_RADIUS`). numba when available."""
+    n = len(d2)
+    if numba_available():
+        from ._photo_kernels import band_sums
+
+        out = np.empty((n, len(_SUMS)))
+        band_sums(np.ascontiguousarray(d2, np.float32), np.ascontiguousarray(P2, np.float32),
+                  np.ascontiguousarray(u2), np.ascontiguousarray(r1, np.float64),
+                  np.asarray(radius, np.float64), np.asarray(sigma, np.float64), np.asarray(src, np.float64), out)
+        return out
+    w2 = (u2 & (r1[None] <= radius[:, None])).astype(np.float32)
+    wP = w2 * P2
+    ppd = (wP * d2).sum(1, dtype=np.float64)
+    ppp = (wP * P2).sum(1, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        flux = ppd / ppp
+    source = np.clip(np.nan_to_num(flux)[:, None] * P2, 0, None) * src[:, None]
+    inner = w2 * ((r1 > 3.5) & (r1 <= 7.0))
+    outer = w2 * ((r1 > 7.0) & (r1 <= 12.0))
+    wpos = np.clip(d2, 0, None) * (u2 & (r1 <= _MOMENT_RADIUS))
+    return np.column_stack([
+        ppd, ppp, (w2 * d2 * d2).sum(1, dtype=np.float64),
+        ((wP * P2) * (sigma[:, None] ** 2 + source)).sum(1, dtype=np.float64), w2.sum(1, dtype=np.float64),
+        (inner * d2).sum(1, dtype=np.float64), (inner * P2).sum(1, dtype=np.float64),
+        (outer * d2).sum(1, dtype=np.float64), (outer * P2).sum(1, dtype=np.float64),
+        P2.max(axis=1), d2[:, r1 <= 2.0].max(axis=1),
+        wpos.sum(1, dtype=np.float64), (wpos * (r1 ** 2).astype(np.float32)).sum(1, dtype=np.float64)])
+
+
 def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, y, pixel_scale, force_class=None):
     """All measurements of one band for ``n`` stamps (``d`` in nanomaggies, NaN allowed).
 
     ``force_class``: fit every object over that radius class (the normalisation's bright stars).
+    Every measurement uses pixels within the largest fit radius only, so the stamps are flattened
+    in the bank's radius order and cut to that disc (a prefix) before any arithmetic.
     """
     n = len(d)
     rr = bank.rr.reshape(size, size)
@@ -441,45 +508,42 @@ def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, 
     d = np.where(usable, d, 0.0).astype(np.float32)
     cls = _fit_radius(d, sigma, usable, rr) if force_class is None else np.full(n, int(force_class))
     radius = np.asarray(_RADIUS_CLASSES)[cls]
-    region = usable & (rr[None] <= radius[:, None, None])
-    P = _psf_stamps(coef, basis, size).astype(np.float32)
-    # flattened float32 stamps, float64 sums
-    d2, P2, w2 = d.reshape(n, -1), P.reshape(n, -1), region.reshape(n, -1).astype(np.float32)
-    wP = w2 * P2
+    order = bank.order[:min(-(-bank.n_disc[-1] // 16) * 16, size * size)]  # a multiple of 16: aligned rows
+    r1 = bank.rr[order]
+    d2 = d.reshape(n, -1)[:, order]
+    u2 = usable.reshape(n, -1)[:, order]
+    in_disc = r1[None] <= radius[:, None]
+    region = u2 & in_disc
+    P2 = _psf_stamps(coef, basis, size).astype(np.float32).reshape(n, -1)[:, order]
+    w2 = region.astype(np.float32)
+    src = cal.nmgy_per_count(x) / cal.gain
+    S = dict(zip(_SUMS, _band_sums(d2, P2, u2, r1, radius, sigma, src).T))
     out = {}
     # --- PSF flux
-    ppd = (wP * d2).sum(1, dtype=np.float64)
-    ppp = (wP * P2).sum(1, dtype=np.float64)
-    dd = (w2 * d2 * d2).sum(1, dtype=np.float64)
+    ppd, ppp, dd = S["ppd"], S["ppp"], S["dd"]
     with np.errstate(invalid="ignore", divide="ignore"):
         flux = ppd / ppp
-        source = np.clip(flux[:, None] * P2, 0, None) * (cal.nmgy_per_count(x) / cal.gain)[:, None]
-        err = np.sqrt(((wP * P2) * (sigma[:, None] ** 2 + source)).sum(1, dtype=np.float64)) / ppp
+        err = np.sqrt(S["var"]) / ppp
         out["psf_flux"], out["psf_flux_err"] = flux, err
         out["chi2_psf"] = (dd - ppd ** 2 / ppp) / sigma ** 2
         out["snr"] = flux / err
-    out["npix"] = w2.sum(1, dtype=np.float64)
+    out["npix"] = S["npix"]
     out["_class"] = cls
     # --- saturation: a core far below what point-like wings predict
-    r1 = rr.ravel()
-    inner = w2 * ((r1 > 3.5) & (r1 <= 7.0))
-    outer = w2 * ((r1 > 7.0) & (r1 <= 12.0))
     with np.errstate(invalid="ignore", divide="ignore"):
-        f_inner = (inner * d2).sum(1, dtype=np.float64) / (inner * P2).sum(1, dtype=np.float64)
-        f_outer = (outer * d2).sum(1, dtype=np.float64) / (outer * P2).sum(1, dtype=np.float64)
-        peak_pred = f_inner * P2.max(axis=1) / nmgy + cal.sky_counts
-        peak_obs = d2[:, r1 <= 2.0].max(axis=1) / nmgy + cal.sky_counts
+        f_inner = S["inner_d"] / S["inner_p"]
+        f_outer = S["outer_d"] / S["outer_p"]
+        peak_pred = f_inner * S["p_max"] / nmgy + cal.sky_counts
+        peak_obs = S["peak"] / nmgy + cal.sky_counts
         out["saturated"] = (peak_pred > _SAT_COUNTS) & (peak_obs < _SAT_DEFICIT * peak_pred) & \
             (f_outer < _SAT_WING * f_inner)
     # --- r_e cap from the moment size
-    wpos = np.clip(d2, 0, None) * (usable.reshape(n, -1) & (r1 <= _MOMENT_RADIUS))
-    tot = wpos.sum(1, dtype=np.float64)
-    msize = np.sqrt((wpos * (r1 ** 2).astype(np.float32)).sum(1, dtype=np.float64) / np.where(tot > 0, tot, 1.0))
+    tot = S["mom_tot"]
+    msize = np.sqrt(S["mom_r2"] / np.where(tot > 0, tot, 1.0))
     cap = 4.0 * msize + 3.0
     # --- exp / deV fits against the bank (pixels in the bank's radius order: discs are prefixes)
-    order = bank.order
-    dflat = (d2 * w2)[:, order]
-    masked_in_disc = ((~usable) & (rr[None] <= radius[:, None, None])).reshape(n, -1)[:, order]
+    dflat = d2 * w2
+    masked_in_disc = ~u2 & in_disc
     best = {}
     for kind in ("exp", "dev"):
         T = bank.T[kind]
@@ -494,7 +558,7 @@ def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, 
             B = (T2[:, :m] @ dflat[rows_c, :m].T).reshape(K, J, rows_c.size).astype(np.float64)
             b[rows_c] = np.matmul(B.transpose(2, 0, 1), coef[rows_c, :, None])[:, :, 0]
             A[rows_c] = cc[rows_c] @ bank.gram[kind][c].reshape(K, J * J).T
-        _masked_correction(A, coef, bank.Tp[kind], masked_in_disc)
+        _masked_correction(A, coef, bank.Tp[kind], masked_in_disc, in_disc)
         with np.errstate(invalid="ignore", divide="ignore"):
             amp = b / A
             chi = (dd[:, None] - b * amp) / sigma[:, None] ** 2
@@ -524,12 +588,17 @@ def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, 
             out[f"_{kind}_err"] = sigma / np.sqrt(A[rows, k_best])
         best[kind] = k_best
     # --- cModel: the best linear mix of the two best models
-    Me = np.einsum("nj,njp->np", coef, bank.T["exp"][best["exp"]].astype(np.float64))
-    Md = np.einsum("nj,njp->np", coef, bank.T["dev"][best["dev"]].astype(np.float64))
-    reg = w2[:, order]
-    dv = d2[:, order]
-    a11, a22, a12 = (reg * Md * Md).sum(1), (reg * Me * Me).sum(1), (reg * Md * Me).sum(1)
-    b1, b2 = (reg * Md * dv).sum(1), (reg * Me * dv).sum(1)
+    # (over each radius class's disc only: the region holds no pixel beyond it)
+    a11, a22, a12, b1, b2 = (np.empty(n) for _ in range(5))
+    for c in np.unique(cls):
+        rows_c = np.flatnonzero(cls == c)
+        m = bank.n_disc[c]
+        Me = np.einsum("nj,njp->np", coef[rows_c], bank.T["exp"][best["exp"][rows_c], :, :m].astype(np.float64))
+        Md = np.einsum("nj,njp->np", coef[rows_c], bank.T["dev"][best["dev"][rows_c], :, :m].astype(np.float64))
+        reg = dflat[rows_c, :m].astype(np.float64)  # region-weighted data in radius order
+        wr = w2[rows_c, :m]
+        a11[rows_c], a22[rows_c], a12[rows_c] = (wr * Md * Md).sum(1), (wr * Me * Me).sum(1), (wr * Md * Me).sum(1)
+        b1[rows_c], b2[rows_c] = (Md * reg).sum(1), (Me * reg).sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         det = a11 * a22 - a12 ** 2
         fd, fe = (b1 * a22 - b2 * a12) / det, (b2 * a11 - b1 * a12) / det
@@ -537,7 +606,8 @@ def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, 
     frac = np.where(np.isfinite(frac), frac, np.where(out["chi2_dev"] < out["chi2_exp"], 1.0, 0.0))
     out["frac_dev"] = frac
     out["cmodel_flux"] = frac * out["dev_flux"] + (1.0 - frac) * out["exp_flux"]
-    out["cmodel_flux_err"] = np.sqrt(frac * out.pop("_dev_err") ** 2 + (1.0 - frac) * out.pop("_exp_err") ** 2)
+    with np.errstate(invalid="ignore"):  # an object with no usable pixel: infinite errors, NaN here
+        out["cmodel_flux_err"] = np.sqrt(frac * out.pop("_dev_err") ** 2 + (1.0 - frac) * out.pop("_exp_err") ** 2)
     return out
 
 
@@ -624,8 +694,11 @@ def _measure_rows(table: pd.DataFrame, field: Field, psf_model, size: int, recen
         x, y = pos[band]
         d = stamps[:, bi]
         if recentre:
-            x, y = _recentre(frame.image, x, y, bp, nmask | ~np.isfinite(d), sig[:, bi], size)
-            d = resample_stamps(frame.image, x, y, size).astype(np.float64)
+            x1, y1 = _recentre(frame.image, x, y, bp, nmask | ~np.isfinite(d), sig[:, bi], size)
+            moved = np.flatnonzero((x1 != x) | (y1 != y))
+            x, y, d = x1, y1, d.copy()
+            if moved.size:
+                d[moved] = resample_stamps(frame.image, x[moved], y[moved], size)
         basis, coef = bp.components(x, y)
         nmgy = cals[band].nmgy_per_count(x)
         res = _measure_band(d, sig[:, bi], nmask | ~np.isfinite(d), coef, basis, _bank(psf_model, band, size),
