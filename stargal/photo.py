@@ -686,9 +686,9 @@ def _measure_rows(table: pd.DataFrame, field: Field, psf_model, size: int, recen
         sig[:, bi] = _sky_sigma(cals[band], field.frame(band), x)
         stamps[:, bi] = resample_stamps(field.frame(band).image, x, y, size)
     nmask = _neighbour_mask(_detection_snr(stamps, sig))
-    out = {}
     h = (size - 1) // 2
-    for bi, band in enumerate(BANDS):
+
+    def one_band(bi, band):
         frame = field.frame(band)
         bp = psf_model.models[band]
         x, y = pos[band]
@@ -711,9 +711,14 @@ def _measure_rows(table: pd.DataFrame, field: Field, psf_model, size: int, recen
         res["detected"] = (res["snr"] >= DETECTION_SNR) & ~res["saturated"]
         res["_centre_bad"] = ~np.isfinite(d[:, h, h]) | nmask[:, h, h]
         res["_near_masked"] = (nmask & (rr[None] <= 2.0)).sum((1, 2)) > 0.5 * (rr <= 2.0).sum()
+        res["psf_source"] = np.full(n, bp.source, dtype=object)
+        return res
+
+    results = [one_band(bi, band) for bi, band in enumerate(BANDS)]
+    out = {}
+    for band, res in zip(BANDS, results):
         for key, val in res.items():
             out[(key, band)] = val
-        out[("psf_source", band)] = np.full(n, bp.source, dtype=object)
     return out
 
 

@@ -62,3 +62,33 @@ def test_decompressed_cache_is_reused(mirror_url, tmp_path):
     npys[0].write_bytes(b"garbage")
     Field("1043-5-25", fetcher).frames()
     assert np.load(npys[0], mmap_mode="r").shape == (1489, 2048)
+
+
+def test_a_frame_read_again_reuses_its_wcs_within_a_thread_only():
+    """Frames built from the same header text share one WCS per thread (predict reads its fields
+    again on every call); another thread builds its own (astropy WCS objects are not shared)."""
+    import threading
+
+    from astropy.wcs import WCS
+
+    from stargal.frames import Frame
+
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [150.0, 2.0]
+    w.wcs.crpix = [50.0, 40.0]
+    w.wcs.cdelt = [-0.396 / 3600, 0.396 / 3600]
+    text = w.to_header().tostring()
+    image = np.zeros((80, 100), np.float32)
+    a, b = Frame("r", image, header=text), Frame("r", image, header=text)
+    assert a.wcs is b.wcs
+    x, y = a.world_to_pixel(150.0, 2.0)
+    assert abs(float(x) - 49.0) < 1e-6 and abs(float(y) - 39.0) < 1e-6  # 0-based: CRPIX - 1
+    other = {}
+    t = threading.Thread(target=lambda: other.update(wcs=Frame("r", image, header=text).wcs))
+    t.start()
+    t.join()
+    assert other["wcs"] is not a.wcs
+    moved = w.deepcopy()
+    moved.wcs.crval = [150.1, 2.0]
+    assert Frame("r", image, header=moved.to_header().tostring()).wcs is not a.wcs
