@@ -20,11 +20,12 @@ PYTEST_ARGS ?=
 QUICK ?=
 EXPERIMENT_ARGS ?=
 
-.PHONY: install test experiments bench demo clean-cache help
+.PHONY: install test lint experiments bench demo clean-cache help
 
 help:
 	@echo "make experiments [QUICK=1]  run the study -> experiments/results/report.md"
 	@echo "make test                   run the test suite"
+	@echo "make lint                   style and pyflakes checks (ruff)"
 	@echo "make bench                  speed ratios measured in one run"
 	@echo "make demo                   fetch 8162-6-80 and classify a few coordinates"
 	@echo "data source: STARGAL_SAS_URL=$(STARGAL_SAS_URL)"
@@ -40,6 +41,9 @@ $(VENV)/.installed: pyproject.toml
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check stargal experiments benchmarks tests
 
 experiments: install
 	$(PY) -m experiments.run $(if $(QUICK),--quick,) $(EXPERIMENT_ARGS)

@@ -171,7 +171,7 @@ def bench_cutter(ctx: Context) -> list[Result]:
 
     The >= 100x target (the transformers issue: "against a per-object Cutout2D loop") is held
     to (a): the loop an astronomer writes to get object-centred cutouts from an RA/Dec table.
-    
+
     """
     from astropy.coordinates import SkyCoord
     from astropy.nddata import Cutout2D
@@ -284,7 +284,8 @@ def bench_cutter(ctx: Context) -> list[Result]:
                "cutouts/s", None,
                f"least favourable, no target (the loop does a different, smaller job: it aligns nothing, so its "
                f"cutouts are off by up to half a pixel in every band and by the band offsets unless positions "
-               f"come from each band's WCS; the target applies to (a), the object-centric job): Cutter resamples every band (Lanczos-3, {engine} engine, 1 thread) "
+               "come from each band's WCS; the target applies to (a), the object-centric "
+               f"job): Cutter resamples every band (Lanczos-3, {engine} engine, 1 thread) "
                f"including opening the field (5 memory-mapped frames, no WCS built); the loop only slices "
                f"integer pixels at given positions (no WCS, no resampling), frames preloaded; timed on "
                f"{n_bare} objects and scaled. {common}"),

@@ -395,7 +395,8 @@ def _markdown(summary: pd.DataFrame, n_fields: int, per_field: pd.DataFrame | No
              "|---|---|---|---|---|---|---|---|"]
     recs = summary.to_dict("records")
     for r in recs:
-        lines.append(f"| {r['band']} | {r['n_stars']} | {cell(r, 'before')} | {cell(r, 'wcs')} | {cell(r, 'refined')} | "
+        lines.append(f"| {r['band']} | {r['n_stars']} | {cell(r, 'before')} | {cell(r, 'wcs')} "
+                     f"| {cell(r, 'refined')} | "
                      f"{cell(r, 'refined_loo')} | {cell(r, 'refined_const')} | {cell(r, 'refined_colour')} |")
     if "sdss_wcs_median_px" in summary:
         lines += ["", "The same stars measured with **SDSS photo's own per-band centroids** (calibObj `COLC`/`ROWC`, "

@@ -70,7 +70,8 @@ CONFIGS: dict[str, dict] = {
 
 
 def _synthetic_injector(ctx, random_state):
-    """Injected synthetic stars and galaxies in the training fields' frames (:class:`~stargal.inject.SyntheticInjector`).
+    """Injected synthetic stars and galaxies in the training fields' frames
+    (:class:`~stargal.inject.SyntheticInjector`).
 
     As many objects as training rows (the row count of the control's unperturbed copies); fewer in quick
     mode. Magnitudes and colours from the training fields' measured photometry, r in 17-23, hlr 0.1-3″.
@@ -400,7 +401,7 @@ def _run(ctx, tuned_params, log) -> dict:
     write_csv(out / "augmentation_held_out.csv", held_out)
     means = held_out.groupby("recipe", sort=False)["mcc"].mean()
     winner = max(recipes, key=lambda label: (means[label], -list(recipes).index(label)))
-    log(f"  held-out-field MCC: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()) + f" -> {winner}")
+    log("  held-out-field MCC: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()) + f" -> {winner}")
 
     result = _result(ctx, summary, runs, chosen, fallback, final, mag_frame, params, tuned_params,
                      ablation_s, final_s, len(train), len(valid), len(test))

@@ -122,7 +122,7 @@ def targets_markdown(ctx, meta: dict) -> str:
     def by(value, goal):
         return f"by {fmt(goal - value)}" if value < goal else ""
 
-    test, rec = base.get("test", {}), base.get("test_recalls", {})
+    test = base.get("test", {})
     if RULE in test:
         m = test[RULE]["mcc"]
         add("SDSS rule (measured) test MCC ≥ 0.88", fmt(m), m >= 0.88, by(m, 0.88))
@@ -141,7 +141,7 @@ def targets_markdown(ctx, meta: dict) -> str:
         mean, worst = see["default_mean_mcc"], see["default_worst_mcc"]
         add(f"leave one field out, shipped default ({default}): mean MCC ≥ 0.88", fmt(mean), mean >= 0.88,
             by(mean, 0.88))
-        add(f"  worst held-out field ≥ 0.84", f"{fmt(worst)} ({see.get('default_worst_field')})", worst >= 0.84,
+        add("  worst held-out field ≥ 0.84", f"{fmt(worst)} ({see.get('default_worst_field')})", worst >= 0.84,
             by(worst, 0.84))
     if "offset_r_lt_21" in mea:
         off, agree = mea["offset_r_lt_21"], mea["agreement_r_lt_21"]
@@ -203,7 +203,8 @@ def write_report(ctx, timings: dict, meta: dict) -> Path:
         "thread per process and are repeatable on the same machine, but numbers can differ in the last "
         "digits between machines or thread counts (floating-point reductions in PyTorch's CPU kernels are "
         "not order-stable across thread counts; one fit's validation MCC moved by ~0.03 between 1 and 2 "
-        "threads in development), so treat differences of a few hundredths between single fits as noise. Per-stage numbers: `*_summary.json`.",
+        "threads in development), so treat differences of a few hundredths between single "
+        "fits as noise. Per-stage numbers: `*_summary.json`.",
         "",
     ]
     path = ctx.out_dir / "report.md"

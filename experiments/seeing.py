@@ -35,8 +35,8 @@ from stargal.training import build_pipeline, evaluate_predictions, fit_pipeline
 
 from .common import fmt, write_csv
 
-__all__ = ["psf_table", "star_fwhms", "star_check", "psf_markdown", "psfield_comparison", "psfield_markdown", "lofo_tasks",
-           "run_lofo", "lofo", "per_field", "choose_default", "N_SEEDS", "DEFAULT_CANDIDATES", "run"]
+__all__ = ["psf_table", "star_fwhms", "star_check", "psf_markdown", "psfield_comparison", "psfield_markdown",
+           "lofo_tasks", "run_lofo", "lofo", "per_field", "choose_default", "N_SEEDS", "DEFAULT_CANDIDATES", "run"]
 
 _METRICS = ("mcc", "recall_galaxy", "recall_star", "balanced_accuracy", "roc_auc")
 
@@ -191,7 +191,8 @@ def psfield_markdown(cmp: pd.DataFrame, fid=PSFIELD_FIELD) -> str:
         cen = [f"| band | stars within {CENTRE_RADIUS_PX:.0f} px of the centre | their own stamps (″) | our model "
                "there (″) | psField there (″) | ours / stars | psField / stars |", "|---|---|---|---|---|---|---|"]
         for r in cmp.itertuples(index=False):
-            cen.append(f"| {r.band} | {r.n_centre} | {fmt(r.fwhm_star_stamps_centre, 3)} | {fmt(r.fwhm_stars_centre, 3)} "
+            cen.append(f"| {r.band} | {r.n_centre} | {fmt(r.fwhm_star_stamps_centre, 3)} "
+                       f"| {fmt(r.fwhm_stars_centre, 3)} "
                        f"| {fmt(r.fwhm_psfield_centre, 3)} | {fmt(r.fwhm_stars_centre / r.fwhm_star_stamps_centre, 3)} "
                        f"| {fmt(r.fwhm_psfield_centre / r.fwhm_star_stamps_centre, 3)} |")
         text += ("\n\n**At the frame centre itself**, where the target compares the two models: the same "
@@ -408,7 +409,6 @@ def run(ctx, models=None, cnn_params=None, forest_params=None, augmenter=None, a
 
     spread = fields.groupby("variant", sort=False)["mcc"].agg(["mean", "std", "min", "max"])
     spread = spread.loc[sorted(spread.index, key=lambda v: order.get(v, 99))]
-    seed_std = frame.groupby("variant", sort=False)["mcc"].apply(lambda s: s.std(ddof=1) if len(s) > 1 else np.nan)
     seed_note = ", ".join(f"{v} {fmt(fields[fields['variant'] == v]['seed_std_mcc'].mean())}"
                           for v in spread.index if fields[fields["variant"] == v]["n_seeds"].max() > 1)
 
@@ -459,7 +459,7 @@ def run(ctx, models=None, cnn_params=None, forest_params=None, augmenter=None, a
         "",
         "![leave one field out](seeing_lofo.png)",
         "",
-        f"**The shipped default.** `stargal train` without `--model-type` fits the kind with the highest mean "
+        "**The shipped default.** `stargal train` without `--model-type` fits the kind with the highest mean "
         "leave-one-field-out MCC here (the config's `default_model`; a test keeps it equal to this run's choice): "
         + ", ".join(f"{k} {fmt(v)}" for k, v in sorted(default_means.items(), key=lambda kv: -kv[1]))
         + f" → **{default}**. Its worst held-out field: {worst_field} ({fmt(default_worst)}).",

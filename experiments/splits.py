@@ -137,10 +137,12 @@ def run(ctx) -> dict:
         _ks_table(ks),
         "",
         "Train and validation come from the same five high-latitude fields, so their label mix and "
-        "magnitude distributions agree closely (KS test above). The test field 8162-6-80 lies at lower Galactic latitude "
+        "magnitude distributions agree closely (KS test above). The test field 8162-6-80 "
+        "lies at lower Galactic latitude "
         "(b = -23.8°) and is star-rich (about three stars per galaxy): its galaxy fraction is lower than in "
         "training and its stars reach brighter magnitudes, so the test distribution differs measurably from "
-        "training (a real-world shift, kept on purpose: the test field is fixed by the study), which is why every model is judged by balanced accuracy and MCC as well as accuracy, and "
+        "training (a real-world shift, kept on purpose: the test field is fixed by the "
+        "study), which is why every model is judged by balanced accuracy and MCC as well as accuracy, and "
         "per magnitude bin.",
     ]
     return {

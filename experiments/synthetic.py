@@ -1,10 +1,10 @@
 """Stage 8 -- how hard is it, with exact truth: synthetic stars and galaxies injected into real frames.
 
 1. **Renderer checks** (the issue's targets). Bright galaxies (r 15.5-16.5, hlr 0.3-3″) are injected into a
-   training field's frames, at least 40″ from each other; on the injected pixels (injected frame minus real frame: the source and its
-   Poisson noise) the unweighted second moments minus the PSF's give the half-light radius
-   (:func:`stargal.synth.deconvolved_hlr`), compared with the requested one. Injected stars at r < 21 are
-   typed by our own SDSS-like rule (below): the fraction typed as stars.
+   training field's frames, at least 40″ from each other; on the injected pixels (injected frame minus
+   real frame: the source and its Poisson noise) the unweighted second moments minus the PSF's give the
+   half-light radius (:func:`stargal.synth.deconvolved_hlr`), compared with the requested one. Injected
+   stars at r < 21 are typed by our own SDSS-like rule (below): the fraction typed as stars.
 2. **Recall maps**: stars and galaxies (half each; r uniform in 17-23.5, hlr log-uniform 0.1-3″, Sérsic n
    0.5-4, colours from the training fields' measured photometry) are injected into the frames of the test
    field 8162-6-80 (r seeing about 1.2″) and of the training field 1035-6-17 (about 1.5″), in batches of
@@ -373,8 +373,8 @@ def run(ctx, cnn=None, forest=None, log=print) -> dict:
         return f"{row[f'delta_{m}_mean']:+.3f}" + ("" if not np.isfinite(s) else f" ± {fmt(s)}")
 
     by_hlr = hlr.assign(bin=pd.cut(hlr["hlr_arcsec"], [0.3, 0.6, 1.2, 3.0])).groupby("bin", observed=True)
-    hlr_rows = [[f"{b.left:g}–{b.right:g}″", len(g), fmt(g["ratio"].median()), fmt((np.abs(g["ratio"] - 1) <= 0.1).mean()),
-                 fmt(g["flux_ratio"].median(), 4)] for b, g in by_hlr]
+    hlr_rows = [[f"{b.left:g}–{b.right:g}″", len(g), fmt(g["ratio"].median()),
+                 fmt((np.abs(g["ratio"] - 1) <= 0.1).mean()), fmt(g["flux_ratio"].median(), 4)] for b, g in by_hlr]
     lim_rows = []
     for fid in MAP_FIELDS:
         for (lo, hi), g in limit[limit["field_id"] == fid].groupby(["mag_lo", "mag_hi"]):
@@ -397,7 +397,8 @@ def run(ctx, cnn=None, forest=None, log=print) -> dict:
         if not len(told):
             sentences.append(f"{see} no classifier separates galaxies from stars in any r bin by this criterion")
             continue
-        parts = ", ".join(f"r {r['mag_lo']:g}–{r['mag_hi']:g}: hlr ≥ {r['hlr_min_arcsec']:.2f}″" for _, r in told.iterrows())
+        parts = ", ".join(f"r {r['mag_lo']:g}–{r['mag_hi']:g}: hlr ≥ {r['hlr_min_arcsec']:.2f}″"
+                          for _, r in told.iterrows())
         never = best[~np.isfinite(best["hlr_min_arcsec"])]
         tail = (f"; at r {', '.join(f'{r.mag_lo:g}–{r.mag_hi:g}' for r in never.itertuples())} none of the three "
                 "meets it at any size") if len(never) else ""
@@ -427,8 +428,8 @@ def run(ctx, cnn=None, forest=None, log=print) -> dict:
         "pixels (second moments minus the PSF's, converted with the Sérsic profile's own moment ratio) is within "
         f"10 % of the requested one for {fmt(hlr_within)} of {len(hlr)} (target: within 10 %):",
         "",
-        _md_table(["requested hlr", "n", "median measured / requested", "within 10 %", "median flux injected / requested"],
-                  hlr_rows),
+        _md_table(["requested hlr", "n", "median measured / requested", "within 10 %",
+                   "median flux injected / requested"], hlr_rows),
         "",
         "**Recall maps** (`synthetic_recall_maps.png`, `synthetic_recall.csv`): "
         f"{n_map} objects per field (half stars), r uniform 17–23.5, hlr log-uniform 0.1–3″, classified by the "
@@ -451,7 +452,7 @@ def run(ctx, cnn=None, forest=None, log=print) -> dict:
         f"section 5; injected objects the rule cannot measure are left out), {int(ctl['n_seeds'])} seed(s), "
         "validation MCC on the real validation objects (held-out sky groups of the training fields):",
         "",
-        _md_table(["training", "MCC", f"MCC r ≥ 21", "Δ MCC vs control (paired)", "Δ MCC r ≥ 21", "wins"],
+        _md_table(["training", "MCC", "MCC r ≥ 21", "Δ MCC vs control (paired)", "Δ MCC r ≥ 21", "wins"],
                   [["control (copies)", pm(ctl, "mcc"), pm(ctl, "mcc_faint"), "", "", ""],
                    ["+ injected objects, true type", pm(syn, "mcc"), pm(syn, "mcc_faint"), dpm("mcc"),
                     dpm("mcc_faint"), f"{int(syn['wins'])}/{int(syn['n_seeds'])}"],

@@ -2,7 +2,8 @@
 
 :func:`masked_gram_correction` removes the masked pixels' share from the templates' normal-matrix
 entries of each object: ``A[i, k] -= sum_p (sum_j coef[i, j] T[p, j, k])^2`` over the masked pixels
-``p`` of object ``i`` (or, when most of its disc is masked, the same sum over its unmasked pixels). :func:`stargal.photo` falls back to the same loop in numpy without numba.
+``p`` of object ``i`` (or, when most of its disc is masked, the same sum over its unmasked pixels).
+:mod:`stargal.photo` falls back to numpy versions of every kernel without numba.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .catalogs import CoordinateError, explicit_field_ids, objects_table, table_coordinates
+from .catalogs import explicit_field_ids, objects_table, table_coordinates
 from .fetch import get_fetcher
 from .frames import Field, MissingBandError
 # the registration used to live here: its names stay importable from stargal.align

@@ -13,8 +13,8 @@ The prior
 A calibrated ``p_galaxy`` is the galaxy fraction *among objects like these in the calibration
 set*, whose star/galaxy mix is that of the training fields (about half galaxies in the default study).
 On a field with another mix (the star-rich test field has about three stars per galaxy; a field in
-the Galactic plane far fewer galaxies still) the right probability differs by Bayes' rule; :func:`adjust_prior` applies it when the new
-field's galaxy fraction is known or assumed::
+the Galactic plane far fewer galaxies still) the right probability differs by Bayes' rule;
+:func:`adjust_prior` applies it when the new field's galaxy fraction is known or assumed::
 
     p' = p r / (p r + (1 - p) (1 - r')),   r = pi' / pi,  r' = (1 - pi') / (1 - pi)
 
@@ -40,8 +40,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
 
-__all__ = ["calibrate_pipeline", "PackedInputs", "adjust_prior", "estimate_prior", "adapt_to_field", "CALIBRATION_METHODS",
-           "MIN_FIELD_OBJECTS"]
+__all__ = ["calibrate_pipeline", "PackedInputs", "adjust_prior", "estimate_prior", "adapt_to_field",
+           "CALIBRATION_METHODS", "MIN_FIELD_OBJECTS"]
 
 #: Fewest objects of one field for which :func:`adapt_to_field` re-estimates the field's mix.
 MIN_FIELD_OBJECTS = 100

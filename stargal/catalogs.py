@@ -163,7 +163,6 @@ def _value_text(value) -> str:
 
 def _parse_axis(values, role: str, sexagesimal_unit, lo: float, hi: float, closed: bool):
     """Degrees and a reason ('' when fine) for every value of one coordinate column."""
-    import astropy.units as u
     from astropy.coordinates import Angle
 
     raw = np.asarray(values, dtype=object)

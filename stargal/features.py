@@ -709,7 +709,8 @@ class MeasuredFeatures(TransformerMixin, BaseEstimator):
         return self
 
     @staticmethod
-    def _check_table(X) -> pd.DataFrame:
+    def _check_table(X):
+        """``X`` as SDSSPhotometry's table (a DataFrame), or a clear error."""
         import pandas as pd
 
         from .photo import measurement_columns

@@ -283,7 +283,8 @@ def make_hybrid_pipeline(align, cutter, photometry, augmenter=None, scaler=None,
     measured = Pipeline([("photo", photometry), ("fit", MeasuredFeatures()), ("standardise", StandardScaler()),
                          ("impute", SimpleImputer(strategy="constant", fill_value=0.0, add_indicator=True,
                                                   keep_empty_features=True))])
-    steps = [("align", align), ("inputs", InputUnion([("images", cutter), ("features", measured if features else "drop")]))]
+    inputs = InputUnion([("images", cutter), ("features", measured if features else "drop")])
+    steps = [("align", align), ("inputs", inputs)]
     steps += _image_steps(augmenter, psf, scaler)
     return SkyPipeline(steps + [("net", make_cnn_net(hybrid=True, **net_params))])
 

@@ -101,7 +101,8 @@ def _point_at(obj, source):
         new.steps = steps
         return new
     if isinstance(getattr(obj, "transformer_list", None), list):  # FeatureUnion, InputUnion: their branches
-        parts = [(name, _point_at(t, source) if isinstance(t, BaseEstimator) else t) for name, t in obj.transformer_list]
+        parts = [(name, _point_at(t, source) if isinstance(t, BaseEstimator) else t)
+                 for name, t in obj.transformer_list]
         if all(a is b for (_, a), (_, b) in zip(parts, obj.transformer_list)):
             return obj
         new = copy.copy(obj)

@@ -344,7 +344,8 @@ def train_model(kind: str | None = None, config=None, params=None, *, sas_url=No
     info["summary"] = (
         f"{kind}{' (the default: the kind with the best leave-one-field-out MCC in the study)' if chosen else ''}: "
         f"fitted on {info['n_fit']} objects from {', '.join(info['train_fields'])} "
-        f"in {fit_s:.0f} s{' (p_galaxy calibrated on the validation sky groups)' if calibrate else ''}; test field(s) {', '.join(info['test_fields'])} ({info['n_test']} objects): "
+        f"in {fit_s:.0f} s{' (p_galaxy calibrated on the validation sky groups)' if calibrate else ''}; "
+        f"test field(s) {', '.join(info['test_fields'])} ({info['n_test']} objects): "
         f"accuracy {overall['accuracy']:.3f}, balanced accuracy {overall['balanced_accuracy']:.3f}, "
         f"MCC {overall['mcc']:.3f}, ROC AUC {overall.get('roc_auc', float('nan')):.3f}"
     )

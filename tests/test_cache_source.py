@@ -61,7 +61,7 @@ def test_the_other_source_is_kept_apart_in_a_fresh_process_too(two_sources, tmp_
     url_a, server_b = two_sources
     cache = tmp_path / "cache"
     Fetcher(url_a, cache).fetch(WINDOW_FLIST_PATH)
-    code = textwrap.dedent(f"""
+    code = textwrap.dedent("""
         from stargal.window import load_window_index
         print(load_window_index().locate([100.1], [0.0])[0])
     """)

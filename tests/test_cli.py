@@ -1,7 +1,6 @@
 import subprocess
 import sys
 
-import pytest
 
 from stargal.cli import main
 from stargal.fetch import CACHE_MANIFEST, cache_source

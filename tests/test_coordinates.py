@@ -138,7 +138,8 @@ def test_the_readme_lists_exactly_the_accepted_names():
     import re
 
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    rows = {m.group(1): m.group(2, 3) for m in re.finditer(r"^\| (`icrs`.*?|`galactic`) \| (.*?) \| (.*?) \|$", text, re.M)}
+    row = re.compile(r"^\| (`icrs`.*?|`galactic`) \| (.*?) \| (.*?) \|$", re.M)
+    rows = {m.group(1): m.group(2, 3) for m in row.finditer(text)}
     assert len(rows) == 2
     for kind, (lon, lat) in zip(("equatorial", "galactic"), rows.values()):
         listed = tuple(tuple(re.findall(r"`([^`]+)`", cell)) for cell in (lon, lat))

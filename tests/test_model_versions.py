@@ -129,7 +129,8 @@ def test_a_new_parameter_without_default_is_refused_in_one_line(monkeypatch):
     assert "\n" not in text
     assert f"written by stargal 0.1.0 (model file format 1) and this is stargal {stargal.__version__}" in text
     assert "CutoutAugmenter.must_give" in text
-    assert "retrain the model with this version, or install the version that wrote it (pip install stargal==0.1.0)" in text
+    assert ("retrain the model with this version, or install the version that wrote it "
+            "(pip install stargal==0.1.0)") in text
 
 
 def test_a_removed_parameter_is_ignored_and_named(monkeypatch):

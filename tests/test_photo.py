@@ -292,7 +292,8 @@ def test_our_measurement_agrees_with_the_catalogs_on_a_training_field(mirror_cac
         d = fits.getdata(MIRROR_DIR / f"dr17/eboss/sweeps/dr13_final/301/calibObj-{run:06d}-{camcol}-{kind}.fits.gz", 1)
         d = d[d["FIELD"] == fnum]
         rows.append(pd.DataFrame({"ra": d["RA"].astype(float), "dec": d["DEC"].astype(float),
-                                  "psf_r": d["PSFFLUX"][:, 2].astype(float), "theirs": d["PSF_MINUS_CMODEL"].astype(float),
+                                  "psf_r": d["PSFFLUX"][:, 2].astype(float),
+                                  "theirs": d["PSF_MINUS_CMODEL"].astype(float),
                                   "galaxy": d["OBJC_TYPE"] == 3}))
     cat = pd.concat(rows, ignore_index=True)
     aligned = Aligner(fields=[fid], policy="flag", **kw).fit_transform(cat[["ra", "dec"]])

@@ -69,7 +69,8 @@ def test_population_rejects_out_of_range_at_construction(kw, match):
 
 
 def test_population_draws_measured_colours_and_ranges():
-    pop = SyntheticPopulation(measured_photometry_table(), mag_range=(18, 22), hlr_range=(0.2, 1.0), galaxy_fraction=0.3)
+    pop = SyntheticPopulation(measured_photometry_table(), mag_range=(18, 22), hlr_range=(0.2, 1.0),
+                              galaxy_fraction=0.3)
     src = pop.sample(400, np.random.default_rng(1))
     assert list(src.columns) == SOURCE_COLUMNS
     assert src["mag_r"].between(18, 22).all()
