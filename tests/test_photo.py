@@ -137,6 +137,32 @@ def test_neighbour_masks_from_the_kernel_and_from_numpy_agree(monkeypatch):
     assert 0.02 < mask.mean() < 0.8  # the maps hold neighbours, and not only neighbours
 
 
+def test_an_interpolated_saturated_core_is_recognised_and_nothing_else():
+    """SDSS interpolates a saturated core (and its bleed trail) along the row: the centre is flat or
+    sunken beside a ridge. Such a band is flagged; a bright star, a bright galaxy, a star beside a
+    brighter neighbour and a faint flat galaxy are not."""
+    from stargal.photo import _interpolated_core
+
+    size, h, nmgy = 31, 15, 0.005
+    yy, xx = np.mgrid[:size, :size] - h
+
+    def gauss(x0, y0, flux, sigma):
+        return flux * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * sigma ** 2)) / (2 * np.pi * sigma ** 2)
+
+    star = gauss(0, 0, 400.0, 1.5)  # nanomaggies: peak ~28 nmgy = 5,700 counts
+    sat = gauss(0, 0, 40000.0, 1.5)  # a hundred times brighter: its core saturates
+    cols = slice(h - 4, h + 5)  # saturated block and bleed trail: columns h-4..h+4, rows h-8..h+8
+    for r in range(h - 8, h + 9):  # interpolated along the row from the unsaturated pixels beside it
+        lo, hi = sat[r, h - 5], sat[r, h + 5]
+        sat[r, cols] = lo + (hi - lo) * (np.arange(9) + 1) / 10.0
+    sat[h - 3:h + 4, h + 5:h + 7] *= 3.0  # the block's edge holds more flux than the interpolation
+    galaxy = gauss(0, 0, 400.0, 4.0)
+    pair = gauss(0, 0, 100.0, 1.5) + gauss(4, 0, 400.0, 1.5)
+    faint_flat = gauss(0, 0, 5.0, 6.0)
+    d = np.stack([sat, star, galaxy, pair, faint_flat])
+    assert _interpolated_core(d, np.full(len(d), nmgy)).tolist() == [True, False, False, False, False]
+
+
 def test_fluxes_and_sizes_are_measured(field):
     res = field["result"]
     for b in "gri":
