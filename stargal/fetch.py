@@ -450,7 +450,7 @@ def _claim(directory: Path, base_url: str) -> str | None:
             json.dump({"sas_url": base_url, "note": "stargal cache: files here came from this source"}, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644 & ~_UMASK)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # like a plainly created file, as stargal._io does
         try:
             os.link(tmp, directory / CACHE_MANIFEST)
         except FileExistsError:
@@ -796,7 +796,7 @@ class Fetcher:
                 os.fsync(out.fileno())
             if target.name.lower().endswith((".fits", ".fit")):
                 _validate_path(tmp, target.name)
-            os.chmod(tmp, 0o644 & ~_UMASK)  # mkstemp makes 0600 files
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; a plainly created file, as in stargal._io
             os.replace(tmp, target)
             _fsync_dir(target.parent)
         except BaseException:

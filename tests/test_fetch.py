@@ -6,6 +6,7 @@ import bz2
 import gzip
 import io
 import os
+import stat
 import pickle
 import time
 from pathlib import Path
@@ -136,6 +137,9 @@ def test_fetch_success_identical_content_in_sas_layout(server, sas_dir, tmp_path
     assert f.is_cached(rel)
     assert _files(tmp_path) == [str(Path(rel))]  # no leftover temp files
     assert server.count(rel) == 1
+    from stargal._io import UMASK
+
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~UMASK  # the mode of a plainly created file, as _io
 
 
 def test_cache_hit_makes_no_request(server, tmp_path):
