@@ -208,22 +208,21 @@ def neighbour_mask(snr, peak_snr, foot_snr, centre_radius, out):  # pragma: no c
     c = (S - 1) // 2
     ptr = np.empty(S * S, np.int64)
     other = np.zeros((S, S), np.bool_)
+    pad = np.full((S + 2, S + 2), -np.inf)  # the map with a -inf border: no bounds checks below
     for i in range(n):
         for y in range(S):
             for x in range(S):
-                best = snr[i, y, x]
+                pad[y + 1, x + 1] = snr[i, y, x]
+        for y in range(S):
+            for x in range(S):
+                best = pad[y + 1, x + 1]
                 p = y * S + x
-                for dy in range(-1, 2):
-                    yy = y + dy
-                    if yy < 0 or yy >= S:
-                        continue
+                for dy in range(-1, 2):  # neighbours row by row; the first of equals wins
                     for dx in range(-1, 2):
-                        xx = x + dx
-                        if (dy == 0 and dx == 0) or xx < 0 or xx >= S:
-                            continue
-                        if snr[i, yy, xx] > best:
-                            best = snr[i, yy, xx]
-                            p = yy * S + xx
+                        v = pad[y + 1 + dy, x + 1 + dx]
+                        better = v > best  # the centre itself is never strictly above itself
+                        best = v if better else best
+                        p = (y + dy) * S + (x + dx) if better else p
                 ptr[y * S + x] = p
         for q in range(S * S):
             r = q
@@ -248,3 +247,20 @@ def neighbour_mask(snr, peak_snr, foot_snr, centre_radius, out):  # pragma: no c
                         if other[yy, xx]:
                             hit = True
                 out[i, y, x] = hit
+
+
+@_jit
+def ring_sums(d, usable, pix, ring_of, n_rings, sums, counts):  # pragma: no cover - compiled
+    """Per object, the sum and the number of usable pixels of each annulus: pixel ``pix[q]``
+    belongs to annulus ``ring_of[q]`` (``d``, ``usable``: ``(n, P)`` flattened stamps), into
+    ``sums`` (n, n_rings) and ``counts`` (n, n_rings)."""
+    n = d.shape[0]
+    for i in range(n):
+        for j in range(n_rings):
+            sums[i, j] = 0.0
+            counts[i, j] = 0
+        for q in range(pix.shape[0]):
+            p = pix[q]
+            if usable[i, p]:
+                sums[i, ring_of[q]] += d[i, p]
+                counts[i, ring_of[q]] += 1

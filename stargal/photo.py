@@ -363,6 +363,13 @@ def _psf_stamps(coef, basis, size):
     return out
 
 
+def _ordered_basis(basis, size, order) -> np.ndarray:
+    """The PSF basis images as ``(J, len(order))``: cropped or zero-padded to ``size`` like
+    :func:`_psf_stamps`, flattened and taken in the pixel ``order`` (the bank's radius order)."""
+    J = len(basis)
+    return _psf_stamps(np.eye(J), basis, size).reshape(J, -1)[:, order]
+
+
 def _recentre(image, x, y, bp, mask, sigma, size):
     """Per-object centre fitted with the PSF (Gauss-Newton) where the band's S/N >= 5.
 
@@ -417,35 +424,55 @@ def _fit_radius(d, sigma, usable, rr_img):
     """Radius class per object: annuli grow while their mean is above 2 sigma of that mean."""
     n = len(d)
     rad = np.full(n, _FIT_RADIUS_MIN)
+    rings = np.arange(int(_FIT_RADIUS_MIN), int(_RADIUS_CLASSES[-1]) + 1)
     rbin = np.floor(rr_img).astype(int).ravel()
-    d2, u2 = d.reshape(n, -1), usable.reshape(n, -1)
+    pix = np.flatnonzero((rbin >= rings[0]) & (rbin <= rings[-1]))
+    pix = pix[np.argsort(rbin[pix], kind="stable")]  # the annuli's pixels, annulus by annulus
+    if numba_available():
+        from ._photo_kernels import ring_sums
+
+        sums, counts = np.empty((n, rings.size)), np.empty((n, rings.size), np.int64)
+        ring_sums(np.ascontiguousarray(d.reshape(n, -1)), np.ascontiguousarray(usable.reshape(n, -1)),
+                  pix.astype(np.int64), (rbin[pix] - rings[0]).astype(np.int64), rings.size, sums, counts)
+    else:
+        starts = np.searchsorted(rbin[pix], rings)
+        u2 = usable.reshape(n, -1)[:, pix]
+        sums = np.add.reduceat(np.where(u2, d.reshape(n, -1)[:, pix], 0.0), starts, axis=1, dtype=np.float64)
+        counts = np.add.reduceat(u2, starts, axis=1, dtype=np.int64)
     grow = np.ones(n, bool)
-    for r in range(int(_FIT_RADIUS_MIN), int(_RADIUS_CLASSES[-1]) + 1):
-        ring = np.flatnonzero(rbin == r)
-        sel = u2[:, ring]
-        npx = sel.sum(axis=1)
-        mean = np.where(sel, d2[:, ring], 0.0).sum(axis=1) / np.maximum(npx, 1)
+    for j, r in enumerate(rings):
+        npx = counts[:, j]
+        mean = sums[:, j] / np.maximum(npx, 1)
         grow &= (npx > 0) & (mean > 2.0 * sigma / np.sqrt(np.maximum(npx, 1)))
         rad = np.where(grow, r + 1.0, rad)
     classes = np.asarray(_RADIUS_CLASSES)
     return np.minimum(np.searchsorted(classes, np.minimum(rad, classes[-1]) - 1e-9), len(classes) - 1)
 
 
-def _masked_correction(A, coef, Tp, masked, in_disc):
-    """Remove object i's masked pixels from its templates' normal-matrix entries ``A[i, k]`` (the
-    sum of template k squared over its disc), in place. Where most of the disc is masked, ``A[i]``
-    is summed over the unmasked pixels instead: less work, and no cancellation."""
+def _masked_pixels(masked, in_disc):
+    """Which pixels :func:`_masked_correction` sums, per object with masked pixels in its disc:
+    ``(obj, ptr, idx, direct)`` -- object ``obj[m]``'s pixels are ``idx[ptr[m]:ptr[m + 1]]``, its
+    masked ones, or, where ``direct[m]`` (most of the disc masked), its unmasked ones."""
     obj = np.flatnonzero(masked.any(axis=1))
+    direct = masked[obj].sum(1) > 0.5 * in_disc[obj].sum(1)
+    sel = np.where(direct[:, None], in_disc[obj] & ~masked[obj], masked[obj])
+    rows, idx = np.nonzero(sel)  # row-major: each object's pixels together, in order
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=obj.size))]).astype(np.int64)
+    return obj.astype(np.int64), ptr, idx.astype(np.int64), direct
+
+
+def _masked_correction(A, coef, Tp, pixels):
+    """Remove object i's masked pixels from its templates' normal-matrix entries ``A[i, k]`` (the
+    sum of template k squared over its disc), in place; ``pixels`` from :func:`_masked_pixels`.
+    Where most of the disc is masked, ``A[i]`` is summed over the unmasked pixels instead: less
+    work, and no cancellation."""
+    obj, ptr, idx, direct = pixels
     if obj.size == 0:
         return
-    direct = masked[obj].sum(1) > 0.5 * in_disc[obj].sum(1)
-    pix = [np.flatnonzero(in_disc[i] & ~masked[i]) if dr else np.flatnonzero(masked[i]) for i, dr in zip(obj, direct)]
-    ptr = np.concatenate([[0], np.cumsum([len(p) for p in pix])]).astype(np.int64)
-    idx = np.concatenate(pix).astype(np.int64)
     if numba_available():
         from ._photo_kernels import masked_gram_correction
 
-        masked_gram_correction(A, np.ascontiguousarray(coef, np.float64), Tp, obj.astype(np.int64), ptr, idx, direct)
+        masked_gram_correction(A, np.ascontiguousarray(coef, np.float64), Tp, obj, ptr, idx, direct)
         return
     for m, i in enumerate(obj):
         M = np.einsum("pjk,j->pk", Tp[idx[ptr[m]:ptr[m + 1]]], coef[i])  # (npix, K)
@@ -539,7 +566,7 @@ def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, 
     u2 = usable.reshape(n, -1)[:, order]
     in_disc = r1[None] <= radius[:, None]
     region = u2 & in_disc
-    P2 = _psf_stamps(coef, basis, size).astype(np.float32).reshape(n, -1)[:, order]
+    P2 = (coef @ _ordered_basis(basis, size, order)).astype(np.float32)  # the PSF stamps, radius order
     w2 = region.astype(np.float32)
     src = cal.nmgy_per_count(x) / cal.gain
     S = dict(zip(_SUMS, _band_sums(d2, P2, u2, r1, radius, sigma, src).T))
@@ -568,7 +595,7 @@ def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, 
     cap = 4.0 * msize + 3.0
     # --- exp / deV fits against the bank (pixels in the bank's radius order: discs are prefixes)
     dflat = d2 * w2
-    masked_in_disc = ~u2 & in_disc
+    pixels = _masked_pixels(~u2 & in_disc, in_disc)
     best = {}
     for kind in ("exp", "dev"):
         T = bank.T[kind]
@@ -583,7 +610,7 @@ def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, 
             B = (T2[:, :m] @ dflat[rows_c, :m].T).reshape(K, J, rows_c.size).astype(np.float64)
             b[rows_c] = np.matmul(B.transpose(2, 0, 1), coef[rows_c, :, None])[:, :, 0]
             A[rows_c] = cc[rows_c] @ bank.gram[kind][c].reshape(K, J * J).T
-        _masked_correction(A, coef, bank.Tp[kind], masked_in_disc, in_disc)
+        _masked_correction(A, coef, bank.Tp[kind], pixels)
         with np.errstate(invalid="ignore", divide="ignore"):
             amp = b / A
             chi = (dd[:, None] - b * amp) / sigma[:, None] ** 2
