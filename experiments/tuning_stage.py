@@ -43,7 +43,7 @@ from stargal.tuning import cv_results_frame, grid_search
 
 from .backends import (DASK_LABEL, DASK_TRIM_LABEL, SEQ1_LABEL, SEQ_LABEL,  # noqa: F401
                        backend_timing, backends_markdown)
-from .common import StageResult, fmt, markdown_table, write_csv, write_json
+from .common import StageResult, fmt, markdown_table, render_template, write_csv, write_json
 
 __all__ = [
     "run",
@@ -470,28 +470,12 @@ def _markdown(ctx, *, arch_text, n_params, n_params_tuned, class_weight, train_r
 
     L = []
     # ---- architecture and loss
-    L += ["### Architecture", "",
-          f"`StarGalaxyCNN` (default configuration: width {cfg.cnn['width']}, depth {cfg.cnn['depth']}, "
-          f"dropout {cfg.cnn['dropout']:g}): {cfg.cnn['depth']} blocks of 3x3 convolution -> batch norm "
-          "-> ReLU (max-pooling between blocks, channels doubling), global average pooling, dropout and a "
-          f"linear layer with one logit per class. **{n_params:,} trainable parameters**; layer table for a "
-          f"{cfg.cutout_size}x{cfg.cutout_size} cutout (`architecture.txt`):", "",
-          "```text", arch_text.rstrip(), "```", ""]
-    L += ["### Loss, model selection and early stopping", "",
-          "* **Loss: class-weighted cross-entropy** (`class_weight='balanced'`, weights "
-          "n / (2 n_class) computed from each fit's own labels). On these training rows the classes are "
-          f"close to even ({n_star} stars, {n_gal} galaxies: weights star {class_weight[0]:.3f}, "
-          f"galaxy {class_weight[1]:.3f}), but the test field is star-dominated ({t_star} stars, "
-          f"{t_gal} galaxies) and other fields can be either way, so the loss never lets the majority "
-          "class dominate training.",
-          "* **Model selection: Matthews correlation (MCC)**. It uses all four cells of the confusion "
-          "matrix and stays near 0 for a classifier that favours the majority class, unlike accuracy; "
-          "balanced accuracy and ROC AUC are reported beside it.",
-          f"* **Early stopping on a group-aware split**: each fit holds out whole {cfg.group_cell_arcmin:g}' "
-          f"sky cells (~{cfg.valid_fraction:.0%} of its rows, `SkyValidSplit`) and stops when the "
-          f"validation loss has not improved for {cfg.cnn['patience']} epochs, keeping the best epoch's "
-          "weights. The groups reach the split as `net__groups` (also inside every CV fold), so "
-          "neighbouring objects of one sky cell never sit on both sides.", ""]
+    L += [render_template(
+        "tuning_model.md.j2", width=cfg.cnn["width"], depth=cfg.cnn["depth"], dropout=f"{cfg.cnn['dropout']:g}",
+        n_params=f"{n_params:,}", size=cfg.cutout_size, arch_text=arch_text.rstrip(), n_star=n_star, n_gal=n_gal,
+        weight_star=f"{class_weight[0]:.3f}", weight_galaxy=f"{class_weight[1]:.3f}", test_star=t_star,
+        test_gal=t_gal, cell=f"{cfg.group_cell_arcmin:g}", valid_fraction=f"{cfg.valid_fraction:.0%}",
+        patience=cfg.cnn["patience"]), ""]
     # ---- before
     L += ["### Before tuning", "",
           f"The default configuration ({_params_text({p: defaults[p] for p in params})}, "
