@@ -83,7 +83,7 @@ from stargal.fetch import get_fetcher
 from stargal.frames import Field
 from stargal.sdss import BANDS, FieldID
 
-from .common import markdown_table
+from .common import StageResult, markdown_table, write_csv
 
 __all__ = ["run", "select_alignment_stars", "measure_alignment", "heldout_shifts", "resample_field_to_r", "STAGES"]
 
@@ -387,52 +387,49 @@ def _markdown(summary: pd.DataFrame, n_fields: int, per_field: pd.DataFrame | No
     def num(v):
         return "–" if v is None or not np.isfinite(v) else f"{v:.3f}"
 
+    def table(columns, rows):
+        return markdown_table(pd.DataFrame(rows, columns=columns))
+
+    recs = summary.to_dict("records")
+    stages = {"before": "before (raw pixels)", "wcs": "header WCS", "refined": "refined (held out, x-split)",
+              "refined_loo": "refined (leave-one-out)", "refined_const": "constant only (x-split)",
+              "refined_colour": "+ g-r term (x-split)"}
     lines = ["Median |centroid offset| from the cutout centre (95th percentile in brackets), pixels, "
              f"bright isolated catalog stars of {n_fields} field(s), aperture S/N > {MIN_SNR:g}. "
              "Our centroid = windowed centroid of the aligned cutout:", "",
-             "| band | n | before (raw pixels) | header WCS | refined (held out, x-split) | "
-             "refined (leave-one-out) | constant only (x-split) | + g-r term (x-split) |",
-             "|---|---|---|---|---|---|---|---|"]
-    recs = summary.to_dict("records")
-    for r in recs:
-        lines.append(f"| {r['band']} | {r['n_stars']} | {cell(r, 'before')} | {cell(r, 'wcs')} "
-                     f"| {cell(r, 'refined')} | "
-                     f"{cell(r, 'refined_loo')} | {cell(r, 'refined_const')} | {cell(r, 'refined_colour')} |")
+             table(["band", "n", *stages.values()], [[r["band"], r["n_stars"], *(cell(r, st) for st in stages)]
+                                                     for r in recs])]
     if "sdss_wcs_median_px" in summary:
+        sdss = {"sdss_wcs": "header WCS", "sdss_refined": "refined (held out, x-split)",
+                "sdss_refined_loo": "refined (leave-one-out)",
+                "sdss_scatter": "survey scatter (no per-field translation can remove)"}
         lines += ["", "The same stars measured with **SDSS photo's own per-band centroids** (calibObj `COLC`/`ROWC`, "
                   "PSF-based, independent of our cutouts) instead of our centroid, and the star-to-star scatter of "
                   "the survey's band-to-band astrometry itself:", "",
-                  "| band | header WCS | refined (held out, x-split) | refined (leave-one-out) | "
-                  "survey scatter (no per-field translation can remove) |", "|---|---|---|---|---|"]
-        for r in recs:
-            lines.append(f"| {r['band']} | {cell(r, 'sdss_wcs')} | {cell(r, 'sdss_refined')} | "
-                         f"{cell(r, 'sdss_refined_loo')} | {cell(r, 'sdss_scatter')} |")
+                  table(["band", *sdss.values()], [[r["band"], *(cell(r, st) for st in sdss)] for r in recs])]
     bias_stages = [st for st in SIGNED if f"{st}_bias_px" in summary]
     if bias_stages:
         names = {"wcs": "header WCS, our centroid", "refined": "refined (x-split), our centroid",
                  "sdss_wcs": "header WCS, SDSS centroid", "sdss_refined": "refined (x-split), SDSS centroid",
                  "sdss_refined_loo": "refined (leave-one-out), SDSS centroid"}
+        worst = _worst_field_bias(per_field)
+        rows = [[r["band"], *(f"{num(r.get(f'{st}_bias_px'))} ({num(worst.get(st, {}).get(r['band'], [np.nan])[0])})"
+                              for st in bias_stages)] for r in recs]
         lines += ["", "**Alignment bias**: |median signed offset| per band, pixels, all fields pooled "
                   "(worst single field in brackets): what the aligner gets wrong systematically, as opposed to "
                   "star-to-star scatter:", "",
-                  "| band | " + " | ".join(names[st] for st in bias_stages) + " |",
-                  "|---|" + "---|" * len(bias_stages)]
-        worst = _worst_field_bias(per_field)
-        for r in recs:
-            cells = [f"{num(r.get(f'{st}_bias_px'))} ({num(worst.get(st, {}).get(r['band'], [np.nan])[0])})"
-                     for st in bias_stages]
-            lines.append(f"| {r['band']} | " + " | ".join(cells) + " |")
+                  table(["band", *(names[st] for st in bias_stages)], rows)]
     if per_field is not None and "estimators_bias_px" in per_field:
+        rows = []
+        for fid, g in per_field.groupby("field", sort=False):
+            vals = {r["band"]: r for r in g.to_dict("records")}
+            rows.append([fid, *(f"{num(vals[b].get('estimators_bias_px'))} ({num(vals[b].get('estimators_median_px'))})"
+                                if b in vals else "–" for b in BANDS)])
         lines += ["", "**Do the two centroid estimators agree?** Our windowed centroid minus SDSS photo's centroid "
                   "of the same star in the same band: |median| (median per star), pixels, per field. Where they "
                   "disagree (an asymmetric PSF), 'the centre' of a star depends on the estimator by that much, and "
                   "so does any residual measured with one of them:", "",
-                  "| field | " + " | ".join(BANDS) + " |", "|---|" + "---|" * len(BANDS)]
-        for fid, g in per_field.groupby("field", sort=False):
-            vals = {r["band"]: r for r in g.to_dict("records")}
-            lines.append(f"| {fid} | " + " | ".join(
-                f"{num(vals[b].get('estimators_bias_px'))} ({num(vals[b].get('estimators_median_px'))})"
-                if b in vals else "–" for b in BANDS) + " |")
+                  table(["field", *BANDS], rows)]
     lines += ["", "Stages: " + "; ".join(f"**{k}**: {v}" for k, v in STAGES.items()) + "."]
     return "\n".join(lines)
 
@@ -788,7 +785,7 @@ def report_markdown(out: Path, res: dict, residuals: bool = True) -> str:
     return "\n".join(lines)
 
 
-def run(ctx) -> dict:
+def run(ctx) -> StageResult:
     """The study's stage 1: :func:`measure` on the study's fields, the report section and the
     seeing (each field's PSF model, and how it compares with SDSS's psField).
 
@@ -798,29 +795,28 @@ def run(ctx) -> dict:
 
     Returns
     -------
-    dict
-        :func:`measure`'s numbers plus ``psf``, ``psf_vs_psfield`` and ``markdown``.
+    StageResult
+        Numbers: :func:`measure`'s plus ``psf`` and ``psf_vs_psfield``; no artefacts.
     """
-    from .common import write_csv
     from .seeing import psf_markdown, psf_table, psfield_comparison, psfield_markdown
 
     config, out = ctx.config, Path(ctx.out_dir)
     fields = list(ctx.table.attrs.get("fields") or list(config.test_fields) + list(config.train_fields))
     res = measure(out, fields, ctx.fetcher, quick=ctx.quick)
-    own = res.get("markdown", "")
-    res["markdown"] = (own + "\n\n" + report_markdown(out, res, residuals=not own)).strip()
+    own = res.pop("markdown", "")
+    markdown = (own + "\n\n" + report_markdown(out, res, residuals=not own)).strip()
     psf = psf_table(fields, ctx.fetcher, config.psf_source)
     res["psf"] = psf.to_dict(orient="records")
     cmp = psfield_comparison(ctx.fetcher)
     res["psf_vs_psfield"] = cmp.to_dict(orient="records")
     write_csv(out / "psf_vs_psfield.csv", cmp)
-    res["markdown"] += (
+    markdown += (
         "\n\n### Seeing: each field's PSF\n\nThe PSF model of every field and band "
         f"(`stargal.psf.field_psf`, source `{config.psf_source}`: estimated from the frame's own bright, "
         "isolated, unsaturated point sources, found without catalog labels). SDSS's star/galaxy label is "
         "relative to this PSF, and the test field is sharper than every training field:\n\n"
         + psf_markdown(psf, config.test_fields) + "\n\n" + psfield_markdown(cmp))
-    return res
+    return StageResult(numbers=res, markdown=markdown)
 
 
 def _default_fields() -> list[str]:

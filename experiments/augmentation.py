@@ -48,10 +48,10 @@ import pandas as pd  # noqa: E402
 
 from stargal.augment import DEFAULT_STRENGTHS, CutoutAugmenter  # noqa: E402
 
-from .common import fmt, write_csv  # noqa: E402
+from .common import StageResult, fmt, markdown_table, write_csv  # noqa: E402
 
 __all__ = ["CONFIGS", "SAMPLER_CONFIGS", "PROXY_WIDTH", "FAINT_MAG", "make_augmenter", "proxy_params", "ablation",
-           "summarise", "choose", "final_recipes", "held_out_choice", "run", "main"]
+           "summarise", "choose", "final_recipes", "held_out_choice", "final_choice", "run", "main"]
 
 #: Ablation configurations: name -> the CutoutAugmenter parameters switched on (all others off).
 #: ``zoom_shear`` is one configuration (both are small affine distortions about the centre);
@@ -91,7 +91,7 @@ def _rule_injector(ctx, random_state):
     measurement of the injected frames, with the boundary the study's rule fitted (stage 5)."""
     from stargal.photo import MIRROR_TYPE_BOUNDARY
 
-    boundary = ctx.results.get("baselines", {}).get("rule_boundary", MIRROR_TYPE_BOUNDARY)
+    boundary = ctx.numbers("baselines").get("rule_boundary", MIRROR_TYPE_BOUNDARY)
     return _synthetic_injector(ctx, random_state).set_params(label="rule", rule_boundary=float(boundary))
 
 
@@ -319,29 +319,44 @@ def _signed(v) -> str:
     return "–" if not np.isfinite(v) else f"{v:+.3f}"
 
 
-def run(ctx, tuned_params=None, log=print) -> dict:
+def run(ctx) -> StageResult:
     """Ablation, choice and final comparison (see the module docstring). Writes into ``ctx.out_dir``.
+
+    The full-size models use the tuning stage's parameters (artefact ``tuned_params``:
+    ``{'net__lr': ..., 'net__module__width': ...}``; the study's defaults without it), with the epoch
+    budget ``ctx.epochs(...)``.
 
     Parameters
     ----------
     ctx : experiments.common.StudyContext
-    tuned_params : dict, optional
-        Pipeline parameters from the tuning stage (``{'net__lr': ..., 'net__module__width': ...}``) for
-        the full-size models; ``None``: the study's defaults. The epoch budget is ``ctx.epochs(...)``.
-    log : callable
-        Progress printer.
 
     Returns
     -------
-    dict
-        Numbers for the report, ``'markdown'`` (the report section body) and ``'_objects'``:
-        ``{'augmented': fitted pipeline with the chosen augmentation, 'chosen': [names], ...}``.
+    StageResult
+        Numbers for the report (the final recipe included) and artefacts: ``final_cnn`` (the final
+        recipe's CNN fitted on the train split), ``final_cnn_choice`` (:func:`final_choice`),
+        ``final_augmenter`` (the recipe's augmenter, None for no augmentation) and ``final_lofo`` (its
+        leave-one-training-field-out rows, reused by stage 7).
     """
     with torch_threads():
-        return _run(ctx, tuned_params, log)
+        return _run(ctx, ctx.artefact("tuned_params"), print)
 
 
-def _run(ctx, tuned_params, log) -> dict:
+def final_choice(held_out_mcc: dict, winner: str) -> str:
+    """How the final CNN was chosen, for the report and the model file: the winning recipe's mean
+    held-out-field MCC and the others'.
+
+    Examples
+    --------
+    >>> final_choice({"no augmentation": 0.8, "chosen augmentation": 0.85}, "chosen augmentation")
+    'tuned, chosen augmentation (held-out-field MCC 0.850; no augmentation 0.800)'
+    """
+    others = ", ".join(f"{k} {v:.3f}" for k, v in held_out_mcc.items() if k != winner)
+    return (f"tuned, {winner} (held-out-field MCC {held_out_mcc.get(winner, float('nan')):.3f}; "
+            f"{others})")
+
+
+def _run(ctx, tuned_params, log) -> StageResult:
     t_stage = time.perf_counter()
     out = Path(ctx.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -403,20 +418,18 @@ def _run(ctx, tuned_params, log) -> dict:
     winner = max(recipes, key=lambda label: (means[label], -list(recipes).index(label)))
     log("  held-out-field MCC: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()) + f" -> {winner}")
 
-    result = _result(ctx, summary, runs, chosen, fallback, final, mag_frame, params, tuned_params,
-                     ablation_s, final_s, len(train), len(valid), len(test))
-    result["markdown"] += "\n\n" + _held_out_markdown(held_out, recipes, winner, held_out_s)
-    result["final_recipe"] = winner
-    result["final_techniques"] = list(recipes[winner])
-    result["held_out_mcc"] = {k: float(v) for k, v in means.items()}
-    result["seconds"] = round(time.perf_counter() - t_stage, 1)
+    numbers, markdown = _result(ctx, summary, runs, chosen, fallback, final, mag_frame, params, tuned_params,
+                                ablation_s, final_s, len(train), len(valid), len(test))
+    markdown += "\n\n" + _held_out_markdown(held_out, recipes, winner, held_out_s)
+    numbers["final_recipe"] = winner
+    numbers["final_techniques"] = list(recipes[winner])
+    numbers["held_out_mcc"] = {k: float(v) for k, v in means.items()}
+    numbers["seconds"] = round(time.perf_counter() - t_stage, 1)
     winner_aug = make_augmenter(recipes[winner], random_state=ctx.seed) if recipes[winner] else None
-    result["_objects"] = {"augmented": fitted["chosen augmentation"], "chosen": chosen,
-                          "unaugmented": fitted["no augmentation"],
-                          "augmenter": make_augmenter(chosen, random_state=ctx.seed),
-                          "final": fitted[winner], "final_augmenter": winner_aug,
-                          "final_lofo": held_out[held_out["recipe"] == winner].drop(columns="recipe")}
-    return result
+    artefacts = {"final_cnn": fitted[winner], "final_cnn_choice": final_choice(numbers["held_out_mcc"], winner),
+                 "final_augmenter": winner_aug,
+                 "final_lofo": held_out[held_out["recipe"] == winner].drop(columns="recipe")}
+    return StageResult(numbers=numbers, markdown=markdown, artefacts=artefacts)
 
 
 def final_recipes(ctx, chosen) -> dict:
@@ -452,13 +465,13 @@ def held_out_choice(ctx, recipes, params) -> pd.DataFrame:
 
 def _held_out_markdown(frame, recipes, winner, seconds) -> str:
     fields = list(dict.fromkeys(frame["held_out"]))
-    lines = ["| recipe | techniques | " + " | ".join(fields) + " | mean MCC | std |",
-             "|---|---|" + "---|" * len(fields) + "---|---|"]
+    rows = []
     for label, names in recipes.items():
         g = frame[frame["recipe"] == label].set_index("held_out")["mcc"]
         name = f"**{label}**" if label == winner else label
-        lines.append(f"| {name} | {', '.join(names) or '–'} | " + " | ".join(fmt(g[f]) for f in fields)
-                     + f" | {fmt(g.mean())} | {fmt(g.std(ddof=1))} |")
+        rows.append([name, ", ".join(names) or "–", *(fmt(g[f]) for f in fields), fmt(g.mean()),
+                     fmt(g.std(ddof=1))])
+    table = markdown_table(pd.DataFrame(rows, columns=["recipe", "techniques", *fields, "mean MCC", "std"]))
     return "\n".join([
         "### Final recipe: chosen on held-out training fields",
         "",
@@ -470,7 +483,7 @@ def _held_out_markdown(frame, recipes, winner, seconds) -> str:
         "the held-out field; the recipe with the highest mean MCC wins (ties: the simpler one). The test field "
         f"takes no part. MCC per held-out field ({seconds / 60:.1f} min):",
         "",
-        "\n".join(lines),
+        table,
         "",
         f"**Final recipe: {winner}.** The shipped CNN is the one of this recipe fitted on the train split "
         "(rows above); section 7 reuses these held-out fits for the PSF-aware CNN.",
@@ -478,7 +491,8 @@ def _held_out_markdown(frame, recipes, winner, seconds) -> str:
 
 
 def _result(ctx, summary, runs, chosen, fallback, final, mag_frame, params, tuned_params, ablation_s,
-            final_s, n_train, n_valid, n_test) -> dict:
+            final_s, n_train, n_valid, n_test) -> tuple[dict, str]:
+    """The stage's numbers and its report section up to the final recipe."""
     mode = "quick" if ctx.quick else "full"
     n_seeds = int(summary["n_seeds"].max())
     s = summary.set_index("config")
@@ -486,22 +500,24 @@ def _result(ctx, summary, runs, chosen, fallback, final, mag_frame, params, tune
     models = list(dict.fromkeys(final["model"]))
 
     # ---- tables
-    abl = ["| configuration | what the copies get | valid MCC | Δ MCC | seeds better | Δ bal. acc. | Δ ROC AUC "
-           f"| Δ MCC r ≥ {FAINT_MAG:g} | Δ MCC r < {FAINT_MAG:g} |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    abl = []
     for name, r in s.iterrows():
         is_ctrl = name == "none"
         delta = lambda m: "–" if is_ctrl else _pm(r[f"delta_{m}_mean"], r[f"delta_{m}_std"])  # noqa: E731
-        abl.append(f"| {name} | {r['augmentation']} | {_pm(r['mcc_mean'], r['mcc_std'])} | {delta('mcc')} | "
-                   f"{'–' if is_ctrl else f'{int(r.wins)}/{int(r.n_seeds)}'} | {delta('balanced_accuracy')} | "
-                   f"{delta('roc_auc')} | {delta('mcc_faint')} | {delta('mcc_bright')} |")
-    fin = ["| model | split | accuracy | balanced accuracy | MCC | ROC AUC | epochs | fit s |",
-           "|---|---|---|---|---|---|---|---|"]
+        abl.append([name, r["augmentation"], _pm(r["mcc_mean"], r["mcc_std"]), delta("mcc"),
+                    "–" if is_ctrl else f"{int(r.wins)}/{int(r.n_seeds)}", delta("balanced_accuracy"),
+                    delta("roc_auc"), delta("mcc_faint"), delta("mcc_bright")])
+    abl = markdown_table(pd.DataFrame(abl, columns=[
+        "configuration", "what the copies get", "valid MCC", "Δ MCC", "seeds better", "Δ bal. acc.", "Δ ROC AUC",
+        f"Δ MCC r ≥ {FAINT_MAG:g}", f"Δ MCC r < {FAINT_MAG:g}"]))
+    fin = []
     for model in models:
         for split in ("train", "valid", "test"):
             r = f.loc[(model, split)]
-            fin.append(f"| {model} | {split} | {fmt(r['accuracy'])} | {fmt(r['balanced_accuracy'])} | "
-                       f"{fmt(r['mcc'])} | {fmt(r.get('roc_auc'))} | {int(r['epochs'])} | {fmt(r['fit_s'], 1)} |")
+            fin.append([model, split, fmt(r["accuracy"]), fmt(r["balanced_accuracy"]), fmt(r["mcc"]),
+                        fmt(r.get("roc_auc")), int(r["epochs"]), fmt(r["fit_s"], 1)])
+    fin = markdown_table(pd.DataFrame(fin, columns=["model", "split", "accuracy", "balanced accuracy", "MCC",
+                                                    "ROC AUC", "epochs", "fit s"]))
     faint_rows = mag_frame[(mag_frame["split"] == "test") & (mag_frame["mag_lo"] >= FAINT_MAG)]
     faint_acc = {m: faint_rows[faint_rows["model"] == m] for m in models}
 
@@ -600,7 +616,7 @@ def _result(ctx, summary, runs, chosen, fallback, final, mag_frame, params, tune
         "a few hundredths. Proxy models rank techniques cheaply; their ranking need not carry over exactly to "
         "the full-size, longer-trained CNN, which is why the choice is re-checked at full size below.",
         "",
-        "\n".join(abl),
+        abl,
         "",
         "![ablation](augmentation_ablation.png)",
         "",
@@ -619,7 +635,7 @@ def _result(ctx, summary, runs, chosen, fallback, final, mag_frame, params, tune
         + f", at most {params['net__max_epochs']} epochs, trained on the {n_train} training objects, seed "
         f"{ctx.seed}; test = field(s) {', '.join(ctx.config.test_fields)} ({n_test} objects).",
         "",
-        "\n".join(fin),
+        fin,
         "",
         final_text,
         "",
@@ -632,7 +648,7 @@ def _result(ctx, summary, runs, chosen, fallback, final, mag_frame, params, tune
         f"Mode: {mode}" + (f" ({n_seeds} seed(s), {proxy_epochs}-epoch proxies: the ablation is a smoke test, "
                            "not evidence)." if ctx.quick else "."),
     ]
-    return {
+    numbers = {
         "mode": mode,
         "proxy": {"width": PROXY_WIDTH, "max_epochs": proxy_epochs, "patience": PROXY_PATIENCE, "n_seeds": n_seeds},
         "seeds": sorted(int(x) for x in runs["seed"].unique()),
@@ -646,8 +662,8 @@ def _result(ctx, summary, runs, chosen, fallback, final, mag_frame, params, tune
                       for sp in ("train", "valid", "test")} for m in models},
         "timings": {"ablation_s": round(ablation_s, 1), "proxy_fit_s_mean": float(runs["fit_s"].mean()),
                     "final_fit_s": final_s},
-        "markdown": "\n".join(md),
     }
+    return numbers, "\n".join(md)
 
 
 def main(argv=None) -> int:
@@ -674,9 +690,9 @@ def main(argv=None) -> int:
     table = study_table(config, fetcher, fields=fields)
     ctx = StudyContext(config, fetcher, table, args.out, quick=args.quick)
     res = run(ctx)
-    write_json(args.out / "augmentation_summary.json", res)
-    (args.out / "augmentation.md").write_text(res["markdown"])
-    print(json.dumps({k: v for k, v in res.items() if k in ("chosen", "fallback", "timings", "seconds")},
+    write_json(args.out / "augmentation_summary.json", res.summary())
+    (args.out / "augmentation.md").write_text(res.markdown)
+    print(json.dumps({k: v for k, v in res.numbers.items() if k in ("chosen", "fallback", "timings", "seconds")},
                      indent=2, default=str))
     return 0
 

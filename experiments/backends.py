@@ -22,16 +22,10 @@ import torch
 
 from stargal.training import cnn_param_grid
 
+from .common import fmt, markdown_table
+
 __all__ = ["backend_timing", "backends_markdown", "preserved_environ", "SEQ_LABEL", "SEQ1_LABEL",
            "DASK_LABEL", "DASK_TRIM_LABEL"]
-
-
-def _fmt(value, digits=3) -> str:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    return f"{v:.{digits}f}" if np.isfinite(v) else "–"
 
 
 def _same_params(a: dict, b: dict) -> bool:
@@ -233,14 +227,10 @@ def _dask_timing(ctx, timed) -> float:
 
 def backends_markdown(frame: pd.DataFrame) -> str:
     """The timing table (:func:`backend_timing`'s frame) as Markdown."""
-    lines = ["| backend | concurrent fits | torch threads / worker | fits | wall s "
-             "| speedup vs n_jobs=1 "
-             "| speedup vs 1-thread sequential | load avg at start | best MCC | same best params |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in frame.itertuples(index=False):
-        lines.append(f"| {r.backend} | {r.workers} | {r.torch_threads_per_worker} | {r.n_fits} | "
-                     f"{_fmt(r.wall_time_s, 1)} | {_fmt(r.speedup_vs_sequential, 2)} | "
-                     f"{_fmt(r.speedup_vs_sequential_1thread, 2)} | "
-                     f"{_fmt(r.load_avg_1min_at_start, 1)} | "
-                     f"{_fmt(r.best_mcc)} | {'yes' if r.same_best_params else 'no'} |")
-    return "\n".join(lines)
+    rows = [[r.backend, r.workers, r.torch_threads_per_worker, r.n_fits, fmt(r.wall_time_s, 1),
+             fmt(r.speedup_vs_sequential, 2), fmt(r.speedup_vs_sequential_1thread, 2),
+             fmt(r.load_avg_1min_at_start, 1), fmt(r.best_mcc), "yes" if r.same_best_params else "no"]
+            for r in frame.itertuples(index=False)]
+    columns = ["backend", "concurrent fits", "torch threads / worker", "fits", "wall s", "speedup vs n_jobs=1",
+               "speedup vs 1-thread sequential", "load avg at start", "best MCC", "same best params"]
+    return markdown_table(pd.DataFrame(rows, columns=columns))

@@ -18,7 +18,10 @@ from sklearn.base import clone
 from stargal.calibration import adapt_to_field, calibrate_pipeline
 from stargal.tuning import cv_results_frame, grid_search
 
-from .common import fmt, write_csv
+from .common import StageResult, fmt, markdown_table, write_csv
+
+__all__ = ["run", "LABEL_NOTE", "RULE", "RULE_CAL", "CNN_CAL", "HYBRID_CAL", "FOREST_CAL", "SHIPPED", "CALIBRATION",
+           "MAG_BINS"]
 
 MAG_BINS = (-np.inf, 18.0, 19.0, 20.0, 21.0, 22.0, np.inf)
 #: How p_galaxy is calibrated on the validation groups (``stargal.calibration.calibrate_pipeline``).
@@ -136,12 +139,24 @@ CNN_CAL, HYBRID_CAL, FOREST_CAL = "CNN (calibrated)", "hybrid CNN (calibrated)",
 SHIPPED = {"rule": RULE_CAL, "cnn": CNN_CAL, "hybrid": HYBRID_CAL, "forest": FOREST_CAL}
 
 
-def run(ctx, cnn=None, hybrid_params=None, augmenter=None) -> dict:
-    """``cnn``: a fitted CNN pipeline (the tuned one); fitted here with defaults if None.
+def run(ctx) -> StageResult:
+    """Stage 5: every model on the same splits, calibrated on the validation groups, scored on the test field.
 
-    ``hybrid_params`` / ``augmenter``: the final CNN recipe (tuned parameters, chosen augmenter); the
-    hybrid CNN is fitted here with them, its measured features added.
+    The CNN is the study's final CNN (:meth:`~experiments.common.StudyContext.final_cnn`), fitted here
+    with the defaults when no earlier stage made one. The hybrid CNN is fitted here with the final
+    recipe (artefacts ``tuned_params`` and ``final_augmenter``), its measured features added.
+
+    Returns
+    -------
+    StageResult
+        Numbers: test metrics per model, the forest's search, recalls, reliability, ``headline`` (the
+        test-field table), ``rule_boundary``. Artefacts: ``baseline_models`` (``rule``, ``forest``,
+        ``cnn``, ``hybrid`` as fitted on the train split), ``calibrated_models`` (the same kinds
+        calibrated: what ``stargal train`` ships for each) and ``forest_params`` (the forest's best
+        parameters).
     """
+    cnn = ctx.final_cnn()[0]
+    hybrid_params, augmenter = ctx.artefact("tuned_params"), ctx.artefact("final_augmenter")
     train = ctx.rows("train")
     epochs = {"net__max_epochs": ctx.epochs(ctx.config.cnn["max_epochs"])}
     if cnn is None:
@@ -180,37 +195,19 @@ def run(ctx, cnn=None, hybrid_params=None, augmenter=None) -> dict:
     _plot_by_magnitude(by_mag, ctx.out_dir / "baselines_by_magnitude.png")
 
     t = metrics[metrics["split"] == "test"].set_index("model")
-    headline = ["| model (test field " + ", ".join(ctx.config.test_fields) + f", n={len(test)}) | accuracy | "
-                "balanced accuracy | MCC | ROC AUC | galaxy recall | star recall |",
-                "|---|---|---|---|---|---|---|"]
-    for name in models:
-        r = t.loc[name]
-        headline.append(f"| {name} | {fmt(r['accuracy'])} | {fmt(r['balanced_accuracy'])} | {fmt(r['mcc'])} | "
-                        f"{fmt(r.get('roc_auc'))} | {fmt(r['recall_galaxy'])} | {fmt(r['recall_star'])} |")
-    headline = "\n".join(headline)
+    headline = markdown_table(pd.DataFrame(
+        [[name, fmt(r["accuracy"]), fmt(r["balanced_accuracy"]), fmt(r["mcc"]), fmt(r.get("roc_auc")),
+          fmt(r["recall_galaxy"]), fmt(r["recall_star"])] for name, r in ((n, t.loc[n]) for n in models)],
+        columns=["model (test field " + ", ".join(ctx.config.test_fields) + f", n={len(test)})", "accuracy",
+                 "balanced accuracy", "MCC", "ROC AUC", "galaxy recall", "star recall"]))
 
     rel = _reliability({k: v for k, v in models.items() if k != "majority class"}, test, ctx.y(test),
                        ctx.out_dir / "baselines_reliability.png")
     write_csv(ctx.out_dir / "baselines_reliability.csv", rel)
-    rel_lines = ["| model | Brier score | ECE (10 bins) | mean p_galaxy | galaxy fraction |", "|---|---|---|---|---|"]
-    for r in rel.itertuples(index=False):
-        rel_lines.append(f"| {r.model} | {fmt(r.brier)} | {fmt(r.ece)} | {fmt(r.mean_p_galaxy)} | "
-                         f"{fmt(r.galaxy_fraction)} |")
-
-    mag_lines = ["| r bin | n (stars/galaxies) | " + " | ".join(f"{n} acc / MCC" for n in models) + " |",
-                 "|---|---|" + "---|" * len(models)]
-    first = by_mag[CNN_CAL]
-    for i in range(len(first)):
-        cells = [f"{fmt(by_mag[n]['accuracy'].iloc[i])} / {fmt(by_mag[n]['mcc'].iloc[i])}" for n in models]
-        mag_lines.append(f"| {first['bin'].iloc[i]} | {first['n'].iloc[i]} ({first['n_star'].iloc[i]}/"
-                         f"{first['n_galaxy'].iloc[i]}) | " + " | ".join(cells) + " |")
-    shown = [n for n in models if n != "majority class"]
-    recall_lines = ["| r bin | " + " | ".join(f"{n} star / galaxy recall" for n in shown) + " |",
-                    "|---|" + "---|" * len(shown)]
-    for i in range(len(first)):
-        cells = [f"{fmt(by_mag[n]['recall_star'].iloc[i])} / {fmt(by_mag[n]['recall_galaxy'].iloc[i])}"
-                 for n in shown]
-        recall_lines.append(f"| {first['bin'].iloc[i]} | " + " | ".join(cells) + " |")
+    rel_table = markdown_table(rel.rename(columns={"brier": "Brier score", "ece": "ECE (10 bins)",
+                                                   "mean_p_galaxy": "mean p_galaxy",
+                                                   "galaxy_fraction": "galaxy fraction"}))
+    mag_table, recall_table = _magnitude_tables(by_mag, list(models))
     # Predictions on the whole test field once, then subsets (a field prior is estimated on the whole field).
     test_pred = {name: model.predict(test) for name, model in models.items()}
     faint_stars = (test["psfmag_r"].to_numpy() > 22.0) & (ctx.y(test) == 0)
@@ -254,7 +251,7 @@ def run(ctx, cnn=None, hybrid_params=None, augmenter=None) -> dict:
         "",
         "### Are the probabilities reliable? (test field)",
         "",
-        "\n".join(rel_lines),
+        rel_table,
         "",
         "![reliability](baselines_reliability.png)",
         "",
@@ -277,11 +274,11 @@ def run(ctx, cnn=None, hybrid_params=None, augmenter=None) -> dict:
         "",
         "### Accuracy and MCC by r magnitude (test field)",
         "",
-        "\n".join(mag_lines),
+        mag_table,
         "",
         "Star and galaxy recall per bin (faint stars must not be sacrificed for galaxy recall):",
         "",
-        "\n".join(recall_lines),
+        recall_table,
         "",
         "Star recall at r > 22 on the test field (" + str(int((faint & (ctx.y(test) == 0)).sum())) + " stars): "
         + ", ".join(f"{n} {fmt(v)}" for n, v in faint_star.items()) + ".",
@@ -298,7 +295,7 @@ def run(ctx, cnn=None, hybrid_params=None, augmenter=None) -> dict:
         f"(galaxy fraction {fmt(y_test.mean())}) its balanced accuracy of 0.5 and MCC of 0 are the fair "
         "yardsticks.",
     ]
-    return {
+    numbers = {
         "test": {name: {k: float(t.loc[name][k]) for k in ("accuracy", "balanced_accuracy", "mcc", "roc_auc")
                         if k in t.columns} for name in models},
         "forest_best_params": search.best_params_,
@@ -310,10 +307,26 @@ def run(ctx, cnn=None, hybrid_params=None, augmenter=None) -> dict:
                          for name in models},
         "reliability": rel.to_dict(orient="records"),
         "headline": headline,
-        "markdown": "\n".join(md),
         "rule_boundary": boundary,
         "n_unmeasured_test": n_unmeasured,
-        "_objects": {"forest": forest_cal, "forest_raw": forest, "majority": majority, "cnn": cnn_cal,
-                     "cnn_raw": cnn, "rule": cal["rule"], "rule_raw": rule, "hybrid": cal["hybrid"],
-                     "hybrid_raw": hybrid, "shipped": {k: cal[k] for k in cal}},
     }
+    artefacts = {"baseline_models": {"rule": rule, "forest": forest, "cnn": cnn, "hybrid": hybrid},
+                 "calibrated_models": dict(cal), "forest_params": search.best_params_}
+    return StageResult(numbers=numbers, markdown="\n".join(md), artefacts=artefacts)
+
+
+def _magnitude_tables(by_mag: dict, models: list) -> tuple[str, str]:
+    """Per r bin of the test field: accuracy / MCC of every model (with the bin's counts), and star /
+    galaxy recall of every model but the majority class."""
+    first = by_mag[CNN_CAL]
+    shown = [n for n in models if n != "majority class"]
+    scores, recalls = [], []
+    for i in range(len(first)):
+        scores.append([first["bin"].iloc[i],
+                       f"{first['n'].iloc[i]} ({first['n_star'].iloc[i]}/{first['n_galaxy'].iloc[i]})",
+                       *(f"{fmt(by_mag[n]['accuracy'].iloc[i])} / {fmt(by_mag[n]['mcc'].iloc[i])}" for n in models)])
+        recalls.append([first["bin"].iloc[i], *(f"{fmt(by_mag[n]['recall_star'].iloc[i])} / "
+                                                f"{fmt(by_mag[n]['recall_galaxy'].iloc[i])}" for n in shown)])
+    scores = pd.DataFrame(scores, columns=["r bin", "n (stars/galaxies)", *(f"{n} acc / MCC" for n in models)])
+    recalls = pd.DataFrame(recalls, columns=["r bin", *(f"{n} star / galaxy recall" for n in shown)])
+    return markdown_table(scores), markdown_table(recalls)

@@ -56,6 +56,8 @@ from stargal.explain import (
 
 from experiments.explain_plots import plot_attributions
 
+from .common import StageResult
+
 __all__ = ["run", "explain", "select_examples"]
 
 GROUPS = ("star", "galaxy", "misclassified")
@@ -335,17 +337,24 @@ def explain(
     return result
 
 
-def run(ctx, model) -> dict:
-    """The study's stage 6: :func:`explain` on the final CNN and the test field's objects (SHAP
-    background: 50 training objects), with its report section (``markdown``)."""
+def run(ctx) -> StageResult:
+    """The study's stage 6: :func:`explain` on the final CNN (:meth:`~experiments.common.StudyContext.final_cnn`,
+    not calibrated) and the test field's objects (SHAP background: 50 training objects).
+
+    Returns
+    -------
+    StageResult
+        Numbers: :func:`explain`'s; no artefacts.
+    """
+    model = ctx.final_cnn()[0]
+    if model is None:
+        raise ValueError("stage 6 explains the final CNN: no earlier stage fitted one")
     test = ctx.rows("test")
     background = ctx.rows("train").sample(n=min(50, len(ctx.rows("train"))), random_state=ctx.seed)
     res = explain(ctx.out_dir, model, test, ctx.y(test), mags=test["psfmag_r"].to_numpy(),
                   n_examples=3 if ctx.quick else 4, random_state=ctx.seed, background=background,
                   ig_steps=16 if ctx.quick else 32, shap_nsamples=50 if ctx.quick else 200)
-    if "markdown" not in res:
-        res["markdown"] = _explain_markdown(res)
-    return res
+    return StageResult(numbers=res, markdown=_explain_markdown(res))
 
 
 def _explain_markdown(res: dict) -> str:

@@ -24,7 +24,7 @@ from stargal.align import Aligner
 from stargal.photo import MIRROR_TYPE_BOUNDARY, SDSSPhotometry
 from stargal.sdss import FieldID, calibobj_path
 
-from .common import fmt, markdown_table, write_csv
+from .common import StageResult, fmt, markdown_table, write_csv
 
 __all__ = ["MAG_BINS", "catalog_measurements", "compare", "run"]
 
@@ -83,8 +83,8 @@ def _plot(frame, path):
     plt.close(fig)
 
 
-def run(ctx) -> dict:
-    """Measure every catalog object of the training fields and compare with the catalogs."""
+def run(ctx) -> StageResult:
+    """Measure every catalog object of the training fields and compare with the catalogs (no artefacts)."""
     t0 = time.perf_counter()
     fields = sorted(ctx.rows("train", "valid")["field_id"].unique())
     kw = dict(sas_url=ctx.fetcher.base_url, cache_dir=str(ctx.fetcher.cache_dir))
@@ -97,7 +97,8 @@ def run(ctx) -> dict:
         phot = SDSSPhotometry(psf_source=ctx.config.psf_source, **kw).fit_transform(aligned)
         parts.append(cat.assign(stat=phot["type_stat"].to_numpy(), fit_flag=phot["fit_flag"].to_numpy()))
     if not parts:
-        return {"markdown": "The catalogs hold no reconstructed measurements to compare with (real SDSS sweeps)."}
+        return StageResult(markdown="The catalogs hold no reconstructed measurements to compare with "
+                                    "(real SDSS sweeps).")
     frame = pd.concat(parts, ignore_index=True)
     measured = frame[frame["fit_flag"] == ""]
     write_csv(ctx.out_dir / "measurement_check.csv", frame)
@@ -140,7 +141,7 @@ def run(ctx) -> dict:
         "",
         f"Stage time {time.perf_counter() - t0:.0f} s.",
     ]
-    return {"bins": bins.to_dict(orient="records"), "per_field": per_field.to_dict(orient="records"),
-            "n_measured": int(len(measured)), "n_objects": int(len(frame)), "flags": flags,
-            "offset_r_lt_21": float(bright["median_offset"]), "agreement_r_lt_21": float(bright["type_agreement"]),
-            "markdown": "\n".join(md)}
+    numbers = {"bins": bins.to_dict(orient="records"), "per_field": per_field.to_dict(orient="records"),
+               "n_measured": int(len(measured)), "n_objects": int(len(frame)), "flags": flags,
+               "offset_r_lt_21": float(bright["median_offset"]), "agreement_r_lt_21": float(bright["type_agreement"])}
+    return StageResult(numbers=numbers, markdown="\n".join(md))

@@ -1,7 +1,8 @@
 """The full stargal study: ``make experiments`` (``QUICK=1`` for a few-minute run).
 
-Stages, in the order of the exercise; each writes its files into the output directory and
-returns the numbers quoted in ``report.md``:
+Stages (:data:`STAGES`), in the order of the exercise; each is a module whose ``run(ctx)`` writes its
+files into the output directory and returns a :class:`~experiments.common.StageResult` (the numbers
+quoted in ``report.md``, its section, the models later stages use):
 
 1. data acquisition and alignment   (``experiments/alignment.py``)
 1b. measuring the way SDSS types    (``experiments/measurement.py``: our fits vs the catalogs', training fields)
@@ -13,9 +14,14 @@ returns the numbers quoted in ``report.md``:
 7. held-out fields                  (``experiments/seeing.py``: leave one field out; the shipped default)
 8. how hard, with exact truth       (``experiments/synthetic.py``: injected stars and galaxies)
 
+:func:`main` runs the selected stages in order (:func:`run_stage`), saves the shipped models
+(:func:`save_models`), writes ``report.md`` from ``experiments/templates/report.md.j2``
+(:func:`write_report`) and, after a full run into ``experiments/results``, the README's headline
+(:func:`update_readme`).
+
 Usage::
 
-    python -m experiments.run [--quick] [--out DIR] [--n-jobs 2] [--scheduler tcp://...]
+    python -m experiments.run [--quick] [--out DIR] [--n-jobs 2] [--scheduler tcp://...] [--stages a,b]
 
 Data come through :class:`stargal.fetch.Fetcher` (``STARGAL_SAS_URL``: the mirror here, the
 SAS elsewhere). Seeds are fixed by the study config; see the report for what remains
@@ -25,31 +31,75 @@ nondeterministic.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import platform
 import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "experiments" / "results"
 
-SECTIONS = [
-    ("alignment", "1. Data acquisition and alignment"),
-    ("measurement", "1b. Measuring the way SDSS types: our fits vs the catalogs' (training fields)"),
-    ("splits", "2. Data preparation: splits without leakage"),
-    ("tuning", "3. Modelling and tuning"),
-    ("augmentation", "4. Data augmentation"),
-    ("baselines", "5. Baselines"),
-    ("explanations", "6. Explanations"),
-    ("seeing", "7. Held-out fields: leave one field out, and the shipped default"),
-    ("synthetic", "8. How hard is it, with exact truth: synthetic objects injected into real frames"),
-]
+__all__ = ["Stage", "STAGES", "SECTIONS", "main", "run_stage", "save_models", "write_report", "targets_markdown",
+           "readme_headline", "reliability_headline", "alignment_headline", "update_readme"]
+
+
+def _has_final_cnn(ctx) -> bool:
+    """Stage 6 explains the final CNN: it runs when an earlier stage fitted one."""
+    return ctx.final_cnn()[0] is not None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the study.
+
+    Attributes
+    ----------
+    name : str
+        Its key: ``--stages``, ``ctx.results``, ``<name>_summary.json``.
+    title : str
+        Its section title in ``report.md``.
+    label : str
+        Its timer label (progress output and the report's per-stage wall times).
+    module : str
+        The module of ``experiments`` whose ``run(ctx) -> StageResult`` it is.
+    needs : callable, optional
+        ``needs(ctx) -> bool``: whether what the stage needs from earlier stages is there (else it is
+        skipped and its section says so).
+    """
+
+    name: str
+    title: str
+    label: str
+    module: str
+    needs: Callable | None = None
+
+
+#: The study's stages, in order.
+STAGES: tuple[Stage, ...] = (
+    Stage("alignment", "1. Data acquisition and alignment", "1 alignment", "alignment"),
+    Stage("measurement", "1b. Measuring the way SDSS types: our fits vs the catalogs' (training fields)",
+          "1b measurement", "measurement"),
+    Stage("splits", "2. Data preparation: splits without leakage", "2 splits", "splits"),
+    Stage("tuning", "3. Modelling and tuning", "3 tuning", "tuning_stage"),
+    Stage("augmentation", "4. Data augmentation", "4 augmentation", "augmentation"),
+    Stage("baselines", "5. Baselines", "5 baselines", "baselines"),
+    Stage("explanations", "6. Explanations", "6 explanations", "explanations", needs=_has_final_cnn),
+    Stage("seeing", "7. Held-out fields: leave one field out, and the shipped default", "7 held-out fields", "seeing"),
+    Stage("synthetic", "8. How hard is it, with exact truth: synthetic objects injected into real frames",
+          "8 synthetic", "synthetic"),
+)
+#: ``(name, section title)`` of every stage, in order.
+SECTIONS = [(stage.name, stage.title) for stage in STAGES]
 
 
 def _git_commit() -> str:
@@ -71,53 +121,50 @@ def _versions() -> str:
             f"skorch {skorch.__version__}, numpy {np.__version__}; {os.cpu_count()} CPU cores")
 
 
-def _choose_final(ctx):
-    """The final CNN: tuned, with the augmentation recipe that scored best on *held-out training fields*
-    (stage 4, never the test field)."""
-    tuned = ctx.results.get("tuning", {}).get("_objects", {}).get("tuned")
-    res = ctx.results.get("augmentation", {})
-    objs = res.get("_objects", {})
-    final = objs.get("final")
-    if final is None:
-        return tuned, "tuned"
-    means = res.get("held_out_mcc", {})
-    winner = res.get("final_recipe", "")
-    others = ", ".join(f"{k} {v:.3f}" for k, v in means.items() if k != winner)
-    return final, (f"tuned, {winner} (held-out-field MCC {means.get(winner, float('nan')):.3f}; "
-                   f"{others})")
+def run_stage(ctx, stage: Stage, timings: dict):
+    """Run one stage (timed), record its result in ``ctx`` and write ``<name>_summary.json``.
+
+    Returns the stage's :class:`~experiments.common.StageResult`, or None when ``stage.needs`` says
+    that what it needs is not there.
+    """
+    from .common import stage_timer, write_json
+
+    if stage.needs is not None and not stage.needs(ctx):
+        return None
+    module = importlib.import_module(f"{__package__ or 'experiments'}.{stage.module}")
+    with stage_timer(stage.label, timings):
+        result = module.run(ctx)
+    ctx.record(stage.name, result)
+    write_json(ctx.out_dir / f"{stage.name}_summary.json", result.summary())
+    return result
 
 
-def _psfield_note(cmp) -> str:
-    """Where the psField target is measured, and how both models compare with the stars themselves."""
-    from .common import fmt
-    from .seeing import CENTRE_RADIUS_PX
+def save_models(ctx, out: Path, quick: bool) -> None:
+    """Save the shipped CNN (``cnn.stargal``) and, when section 7 chose another kind as the default,
+    that kind's calibrated model (``<kind>.stargal``)."""
+    from stargal.persist import save_model
 
-    def ratios(num, den):
-        return ", ".join(f"{r['band']} {fmt(r[num] / r[den], 3)}" for r in cmp)
-
-    if not all("fwhm_star_stamps" in r for r in cmp):
-        return ""
-    note = ("at the frame centre; at the PSF stars themselves our model / their own stamps: "
-            + ratios("fwhm_stars_at_stars", "fwhm_star_stamps")
-            + ", psField / stamps: " + ratios("fwhm_psfield_at_stars", "fwhm_star_stamps"))
-    if all("fwhm_star_stamps_centre" in r for r in cmp):
-        note += (f"; stars within {CENTRE_RADIUS_PX:.0f} px of the centre, ours / stamps: "
-                 + ratios("fwhm_stars_centre", "fwhm_star_stamps_centre")
-                 + ", psField / stamps: " + ratios("fwhm_psfield_centre", "fwhm_star_stamps_centre"))
-    return note
+    cnn = ctx.shipped_cnn()
+    if cnn is not None:
+        save_model(cnn, out / "cnn.stargal", metadata={"study": "make experiments", "choice": ctx.final_cnn()[1],
+                                                       "quick": quick})
+    default = ctx.numbers("seeing").get("default_model")
+    calibrated = ctx.artefact("calibrated_models", {})
+    if default in calibrated and default != "cnn":  # the default kind's calibrated model, as shipped
+        save_model(calibrated[default], out / f"{default}.stargal",
+                   metadata={"study": "make experiments", "default_model": default, "quick": quick})
 
 
 def targets_markdown(ctx, meta: dict) -> str:
     """The measurement work's targets (issue #17), each with the number this run measured and met / missed."""
     from .baselines import RULE, SHIPPED
-    from .common import fmt
+    from .common import fmt, markdown_table
 
-    base, see, mea = (ctx.results.get(k, {}) for k in ("baselines", "seeing", "measurement"))
+    base, see, mea = (ctx.numbers(k) for k in ("baselines", "seeing", "measurement"))
     rows = []
 
     def add(target, value, ok, note=""):
-        verdict = "–" if ok is None else ("met" if ok else "**missed**")
-        rows.append(f"| {target} | {value} | {verdict} |" + (f" {note} |" if note else " |"))
+        rows.append([target, value, "–" if ok is None else ("met" if ok else "**missed**"), note])
 
     def by(value, goal):
         return f"by {fmt(goal - value)}" if value < goal else ""
@@ -153,65 +200,42 @@ def targets_markdown(ctx, meta: dict) -> str:
             meta["total_seconds"] <= 1200)
     if not rows:
         return ""
-    return "\n".join(["| target | measured (this run) | | how far |", "|---|---|---|---|"] + rows)
+    return markdown_table(pd.DataFrame(rows, columns=["target", "measured (this run)", "", "how far"]))
 
 
 def write_report(ctx, timings: dict, meta: dict) -> Path:
-    from .common import write_json
+    """``report.md`` from ``experiments/templates/report.md.j2``: the run's metadata, the headline and
+    targets, every stage's section in :data:`STAGES` order (``(stage not run)`` for those that did not
+    run) and the reproducibility note."""
+    from .baselines import LABEL_NOTE
+    from .common import _atomic_text, render_template
 
-    lines = [
-        "# stargal study report",
-        "",
-        "Generated by `make experiments`" + (" (QUICK mode: fewer fields, epochs and grid points)" if ctx.quick
-                                              else "") + f" on {meta['date']}. Nothing here is hand-edited.",
-        "",
-        f"- code: commit {meta['commit']}",
-        f"- data: {ctx.fetcher.base_url} (cache {ctx.fetcher.cache_dir})",
-        f"- fields: test {', '.join(ctx.config.test_fields)}; train/validation "
-        f"{', '.join(meta['train_fields'])}",
-        f"- environment: {meta['versions']}",
-        f"- final CNN: {meta.get('final_choice', '–')}",
-        f"- wall time: {meta['total_seconds']:.0f} s in all; per stage: "
-        + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()),
-        "",
-    ]
-    headline = ctx.results.get("baselines", {}).get("headline")
-    if headline:
-        lines += ["## Headline: test-field metrics", "", headline, ""]
-    targets = targets_markdown(ctx, meta)
-    if targets:
-        from .baselines import LABEL_NOTE
-
-        lines += ["## Targets", "",
-                  "Judged on the test field, which played no part in training, tuning, calibration or model "
-                  "choice, and on held-out training fields; the shipped default is the kind that won leave one "
-                  "field out (section 7), calibrated on the validation groups. Bench targets (throughput) are in "
-                  "`benchmarks/results.md`.", "", targets, "", LABEL_NOTE, ""]
-    for key, title in SECTIONS:
-        res = ctx.results.get(key)
-        lines += [f"## {title}", ""]
-        if res is None:
-            lines += ["(stage not run)", ""]
-            continue
-        lines += [res.get("markdown", "(no summary)"), ""]
-        write_json(ctx.out_dir / f"{key}_summary.json", res)
-    lines += [
-        "## Reproducibility",
-        "",
-        f"Seeds are fixed (study seed {ctx.seed}: splits, CV folds, network initialisation, augmentation "
-        "draws, forest). On CPU, rerunning gives the same splits and forest results; CNN fits run with one torch "
-        "thread per process and are repeatable on the same machine, but numbers can differ in the last "
-        "digits between machines or thread counts (floating-point reductions in PyTorch's CPU kernels are "
-        "not order-stable across thread counts; one fit's validation MCC moved by ~0.03 between 1 and 2 "
-        "threads in development), so treat differences of a few hundredths between single "
-        "fits as noise. Per-stage numbers: `*_summary.json`.",
-        "",
-    ]
+    text = render_template(
+        "report.md.j2", quick=ctx.quick, date=meta["date"], commit=meta["commit"], data_url=ctx.fetcher.base_url,
+        cache_dir=ctx.fetcher.cache_dir, test_fields=list(ctx.config.test_fields), train_fields=meta["train_fields"],
+        versions=meta["versions"], final_choice=meta.get("final_choice", "–"),
+        total_seconds=f"{meta['total_seconds']:.0f}", stage_seconds=[f"{k} {v:.0f} s" for k, v in timings.items()],
+        headline=ctx.numbers("baselines").get("headline"), targets=targets_markdown(ctx, meta), label_note=LABEL_NOTE,
+        sections=[{"title": stage.title, "markdown": ctx.results[stage.name].markdown
+                   if stage.name in ctx.results else None} for stage in STAGES],
+        seed=ctx.seed)
     path = ctx.out_dir / "report.md"
-    from .common import _atomic_text
-
-    _atomic_text(path, "\n".join(lines))
+    _atomic_text(path, text + "\n")
     return path
+
+
+def readme_headline(ctx, meta: dict) -> str:
+    """The README's headline block: the test-field table, the targets, reliability, alignment, run time."""
+    base = ctx.numbers("baselines")
+    targets = targets_markdown(ctx, meta)
+    parts = [base["headline"],
+             ("Targets (test field and held-out fields; section 'Targets' of the report):\n\n" + targets)
+             if targets else "",
+             reliability_headline(base),
+             alignment_headline(ctx.numbers("alignment")),
+             f"The run took {meta['total_seconds']:.0f} s on {os.cpu_count()} CPU core(s) ({meta['date']}, "
+             f"commit {meta['commit']}); per-stage times are in the report."]
+    return "\n\n".join(p for p in parts if p)
 
 
 def reliability_headline(res: dict) -> str:
@@ -226,6 +250,8 @@ def reliability_headline(res: dict) -> str:
 
 def alignment_headline(res: dict) -> str:
     """Per-band alignment accuracy from the alignment stage's summary (empty without SDSS centroids)."""
+    from .common import markdown_table
+
     bias = res.get("bias_px", {})
     if "sdss_refined" not in bias or "sdss_scatter_median_px" not in res:
         return ""
@@ -234,22 +260,19 @@ def alignment_headline(res: dict) -> str:
         return "–" if v is None else f"{v:.3f}"
 
     n = res.get("n_alignment_stars", {})
-    lines = ["Band-to-band alignment of the cutouts, bright isolated stars of the study's "
-             f"{len(res.get('fields', []))} fields (pixels of 0.396″; section 1 of the report): the systematic "
-             "offset left by the Aligner, and the star-to-star scatter of the cutout centre about the star's "
-             "SDSS-measured centroid in that band, next to the scatter of SDSS's own band-to-band astrometry:", "",
-             "| band | stars | before: raw pixel indices | systematic offset, held out: x-split | "
-             "systematic, leave-one-out | worst single field (leave-one-out) | per-star median, ours "
-             "(leave-one-out) | per-star median, SDSS's own astrometry |",
-             "|---|---|---|---|---|---|---|---|"]
     worst = res.get("bias_worst_field_px", {}).get("sdss_refined_loo", {})
-    for b in "ugiz":
-        lines.append(f"| {b} | {n.get(b, '–')} | {num(res.get('before_median_px', {}).get(b))} | "
-                     f"{num(bias['sdss_refined'].get(b))} | {num(bias.get('sdss_refined_loo', {}).get(b))} | "
-                     + (f"{num(worst[b][0])} ({worst[b][1]}) | " if b in worst else "– | ")
-                     + f"{num(res.get('sdss_refined_loo_median_px', {}).get(b))} | "
-                     f"{num(res['sdss_scatter_median_px'].get(b))} |")
-    return "\n".join(lines)
+    rows = [[b, str(n.get(b, "–")), num(res.get("before_median_px", {}).get(b)), num(bias["sdss_refined"].get(b)),
+             num(bias.get("sdss_refined_loo", {}).get(b)), f"{num(worst[b][0])} ({worst[b][1]})" if b in worst else "–",
+             num(res.get("sdss_refined_loo_median_px", {}).get(b)), num(res["sdss_scatter_median_px"].get(b))]
+            for b in "ugiz"]
+    columns = ["band", "stars", "before: raw pixel indices", "systematic offset, held out: x-split",
+               "systematic, leave-one-out", "worst single field (leave-one-out)",
+               "per-star median, ours (leave-one-out)", "per-star median, SDSS's own astrometry"]
+    return "\n".join(["Band-to-band alignment of the cutouts, bright isolated stars of the study's "
+                      f"{len(res.get('fields', []))} fields (pixels of 0.396″; section 1 of the report): the "
+                      "systematic offset left by the Aligner, and the star-to-star scatter of the cutout centre "
+                      "about the star's SDSS-measured centroid in that band, next to the scatter of SDSS's own "
+                      "band-to-band astrometry:", "", markdown_table(pd.DataFrame(rows, columns=columns))])
 
 
 def update_readme(headline: str, report_rel: str) -> None:
@@ -295,7 +318,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     config = load_config(args.config)
     fetcher = get_fetcher(None, quiet=False)
-    stages = set(args.stages.split(",")) if args.stages else {k for k, _ in SECTIONS}
+    selected = set(args.stages.split(",")) if args.stages else {stage.name for stage in STAGES}
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     print(f"stargal study -> {out}  (data: {fetcher.base_url}; quick={args.quick})", flush=True)
@@ -308,102 +331,21 @@ def main(argv=None) -> int:
         print(f"{len(table)} objects: {table['split'].value_counts().to_dict()}", flush=True)
     ctx = StudyContext(config, fetcher, table, out, quick=args.quick, n_jobs=args.n_jobs, scheduler=args.scheduler)
 
-    if "alignment" in stages:
-        from . import alignment
-
-        with stage_timer("1 alignment", timings):
-            ctx.results["alignment"] = alignment.run(ctx)
-    if "measurement" in stages:
-        from . import measurement
-
-        with stage_timer("1b measurement", timings):
-            ctx.results["measurement"] = measurement.run(ctx)
-    if "splits" in stages:
-        from . import splits
-
-        with stage_timer("2 splits", timings):
-            ctx.results["splits"] = splits.run(ctx)
-    if "tuning" in stages:
-        from . import tuning_stage
-
-        with stage_timer("3 tuning", timings):
-            ctx.results["tuning"] = tuning_stage.run(ctx)
-    if "augmentation" in stages:
-        from . import augmentation
-
-        tuned_params = ctx.results.get("tuning", {}).get("_objects", {}).get("best_params")
-        with stage_timer("4 augmentation", timings):
-            ctx.results["augmentation"] = augmentation.run(ctx, tuned_params=tuned_params)
-    final, choice = _choose_final(ctx)
-    if "baselines" in stages:
-        from . import baselines
-
-        aug = ctx.results.get("augmentation", {}).get("_objects", {})
-        with stage_timer("5 baselines", timings):
-            ctx.results["baselines"] = baselines.run(
-                ctx, cnn=final, hybrid_params=ctx.results.get("tuning", {}).get("_objects", {}).get("best_params"),
-                augmenter=aug.get("final_augmenter"))
-            final = final or ctx.results["baselines"]["_objects"]["cnn_raw"]
-    if "explanations" in stages and final is not None:
-        from . import explanations
-
-        with stage_timer("6 explanations", timings):
-            ctx.results["explanations"] = explanations.run(ctx, final)
-    if "seeing" in stages:
-        from . import seeing
-
-        base = ctx.results.get("baselines", {})
-        objs = base.get("_objects", {})
-        aug = ctx.results.get("augmentation", {}).get("_objects", {})
-
-        shown = {"SDSS rule (measured)": objs.get("rule_raw"), "forest": objs.get("forest_raw"),
-                 "CNN": objs.get("cnn_raw", final), "hybrid CNN": objs.get("hybrid_raw")}
-        with stage_timer("7 held-out fields", timings):
-            ctx.results["seeing"] = seeing.run(
-                ctx, models={k: v for k, v in shown.items() if v is not None},
-                cnn_params=ctx.results.get("tuning", {}).get("_objects", {}).get("best_params"),
-                forest_params=base.get("forest_best_params"),
-                augmenter=aug.get("final_augmenter"), aware_cnn=aug.get("final_lofo"))
-    if "baselines" in ctx.results:  # ship the calibrated CNN (calibrated on the validation groups)
-        final = ctx.results["baselines"]["_objects"].get("cnn", final)
-    if "synthetic" in stages:
-        from . import synthetic
-
-        objs = ctx.results.get("baselines", {}).get("_objects", {})
-        with stage_timer("8 synthetic", timings):
-            ctx.results["synthetic"] = synthetic.run(ctx, cnn=final, forest=objs.get("forest"))
-
-    if final is not None:
-        from stargal.persist import save_model
-
-        save_model(final, out / "cnn.stargal", metadata={"study": "make experiments", "choice": choice,
-                                                         "quick": args.quick})
-    default = ctx.results.get("seeing", {}).get("default_model")
-    shipped = ctx.results.get("baselines", {}).get("_objects", {}).get("shipped", {})
-    if default in shipped and default != "cnn":  # the default kind's calibrated model, as shipped
-        from stargal.persist import save_model
-
-        save_model(shipped[default], out / f"{default}.stargal",
-                   metadata={"study": "make experiments", "default_model": default, "quick": args.quick})
+    for stage in STAGES:
+        if stage.name in selected:
+            run_stage(ctx, stage, timings)
+    save_models(ctx, out, args.quick)
     meta = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": _git_commit(),
         "versions": _versions(),
         "train_fields": train_fields,
-        "final_choice": choice,
+        "final_choice": ctx.final_cnn()[1],
         "total_seconds": time.perf_counter() - t_start,
     }
     report = write_report(ctx, timings, meta)
     if not args.quick and out.resolve() == DEFAULT_OUT.resolve() and "baselines" in ctx.results:
-        targets = targets_markdown(ctx, meta)
-        parts = [ctx.results["baselines"]["headline"],
-                 ("Targets (test field and held-out fields; section 'Targets' of the report):\n\n" + targets)
-                 if targets else "",
-                 reliability_headline(ctx.results["baselines"]),
-                 alignment_headline(ctx.results.get("alignment", {})),
-                 f"The run took {meta['total_seconds']:.0f} s on {os.cpu_count()} CPU core(s) ({meta['date']}, "
-                 f"commit {meta['commit']}); per-stage times are in the report."]
-        update_readme("\n\n".join(p for p in parts if p), os.path.relpath(report, ROOT))
+        update_readme(readme_headline(ctx, meta), os.path.relpath(report, ROOT))
     print(f"\nreport: {report}  ({meta['total_seconds']:.0f} s)", flush=True)
     return 0
 

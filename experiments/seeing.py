@@ -33,7 +33,7 @@ from stargal.catalogs import labels_to_y
 from stargal.sdss import BANDS
 from stargal.training import build_pipeline, evaluate_predictions, fit_pipeline
 
-from .common import fmt, write_csv
+from .common import StageResult, fmt, markdown_table, write_csv
 
 __all__ = ["psf_table", "star_fwhms", "star_check", "psf_markdown", "psfield_comparison", "psfield_markdown",
            "lofo_tasks", "run_lofo", "lofo", "per_field", "choose_default", "N_SEEDS", "DEFAULT_CANDIDATES", "run"]
@@ -157,47 +157,46 @@ def psfield_markdown(cmp: pd.DataFrame, fid=PSFIELD_FIELD) -> str:
     """The comparison as a report paragraph with its tables."""
     if cmp.empty:
         return f"(No psField for {fid} at this data source: the star-based PSF is not checked against SDSS's.)"
-    lines = ["| band | FWHM ours (″) | FWHM psField (″) | ratio | stars used | Σ abs difference | "
-             "max difference / peak |", "|---|---|---|---|---|---|---|"]
-    for r in cmp.itertuples(index=False):
-        lines.append(f"| {r.band} | {fmt(r.fwhm_stars, 3)} | {fmt(r.fwhm_psfield, 3)} | {fmt(r.ratio, 3)} | "
-                     f"{r.n_stars} | {fmt(r.sum_abs_diff, 3)} | {fmt(r.max_diff_rel, 3)} |")
+    centre = markdown_table(pd.DataFrame(
+        [[r.band, fmt(r.fwhm_stars, 3), fmt(r.fwhm_psfield, 3), fmt(r.ratio, 3), str(r.n_stars),
+          fmt(r.sum_abs_diff, 3), fmt(r.max_diff_rel, 3)] for r in cmp.itertuples(index=False)],
+        columns=["band", "FWHM ours (″)", "FWHM psField (″)", "ratio", "stars used", "Σ abs difference",
+                 "max difference / peak"]))
+    columns = ["band", "stars", "FWHM of the stars' own stamps (″)", "our model there (″)", "psField there (″)",
+               "ours / stars", "psField / stars"]
     gri = cmp[cmp["band"].isin(["g", "r", "i"])]
     worst = gri.loc[(gri["ratio"] - 1).abs().idxmax()]
     met = bool(((gri["ratio"] - 1).abs() <= 0.05).all())
     text = (f"Our star-based PSF against SDSS's own PSF model (psField, rebuilt with pydl) for {fid} (globular "
             "cluster M2 in one corner: crowded), at the frame centre, unit-sum 25 × 25 stamps:\n\n"
-            + "\n".join(lines) + "\n\nTarget: FWHM within 5 % in g, r and i: "
+            + centre + "\n\nTarget: FWHM within 5 % in g, r and i: "
             + ("**met**" if met else f"**missed** in {worst['band']} (ratio {fmt(worst['ratio'], 3)})") + ".")
     if "fwhm_star_stamps" in cmp:
-        at = ["| band | stars | FWHM of the stars' own stamps (″) | our model there (″) | psField there (″) | "
-              "ours / stars | psField / stars |", "|---|---|---|---|---|---|---|"]
-        for r in cmp.itertuples(index=False):
-            at.append(f"| {r.band} | {r.n_star_stamps} | {fmt(r.fwhm_star_stamps, 3)} | "
-                      f"{fmt(r.fwhm_stars_at_stars, 3)} | {fmt(r.fwhm_psfield_at_stars, 3)} | "
-                      f"{fmt(r.fwhm_stars_at_stars / r.fwhm_star_stamps, 3)} | "
-                      f"{fmt(r.fwhm_psfield_at_stars / r.fwhm_star_stamps, 3)} |")
+        at = markdown_table(pd.DataFrame(
+            [[r.band, str(r.n_star_stamps), fmt(r.fwhm_star_stamps, 3), fmt(r.fwhm_stars_at_stars, 3),
+              fmt(r.fwhm_psfield_at_stars, 3), fmt(r.fwhm_stars_at_stars / r.fwhm_star_stamps, 3),
+              fmt(r.fwhm_psfield_at_stars / r.fwhm_star_stamps, 3)] for r in cmp.itertuples(index=False)],
+            columns=columns))
         dev_ours = float((cmp["fwhm_stars_at_stars"] / cmp["fwhm_star_stamps"] - 1).abs().max())
         dev_ps = (cmp["fwhm_psfield_at_stars"] / cmp["fwhm_star_stamps"] - 1).abs()
         wb = cmp.loc[dev_ps.idxmax(), "band"]
         text += ("\n\n**Which model matches the stars?** The same comparison at the positions of the PSF stars "
                  "themselves (median over the stars; every stamp and both models resampled to the star's "
-                 "sub-pixel centre alike, FWHM measured the same way):\n\n" + "\n".join(at)
+                 "sub-pixel centre alike, FWHM measured the same way):\n\n" + at
                  + f"\n\nOur model reproduces the stars' own FWHM to within {fmt(100 * dev_ours, 1)} % in every "
                  f"band; SDSS's psField differs from them by up to {fmt(100 * float(dev_ps.max()), 1)} % "
                  f"({wb} band). Where the target is missed, the disagreement is between the psField and this "
                  "frame's stars, not between our model and the stars.")
     if "n_centre" in cmp and (cmp["n_centre"] > 0).any():
-        cen = [f"| band | stars within {CENTRE_RADIUS_PX:.0f} px of the centre | their own stamps (″) | our model "
-               "there (″) | psField there (″) | ours / stars | psField / stars |", "|---|---|---|---|---|---|---|"]
-        for r in cmp.itertuples(index=False):
-            cen.append(f"| {r.band} | {r.n_centre} | {fmt(r.fwhm_star_stamps_centre, 3)} "
-                       f"| {fmt(r.fwhm_stars_centre, 3)} "
-                       f"| {fmt(r.fwhm_psfield_centre, 3)} | {fmt(r.fwhm_stars_centre / r.fwhm_star_stamps_centre, 3)} "
-                       f"| {fmt(r.fwhm_psfield_centre / r.fwhm_star_stamps_centre, 3)} |")
+        cen = markdown_table(pd.DataFrame(
+            [[r.band, str(r.n_centre), fmt(r.fwhm_star_stamps_centre, 3), fmt(r.fwhm_stars_centre, 3),
+              fmt(r.fwhm_psfield_centre, 3), fmt(r.fwhm_stars_centre / r.fwhm_star_stamps_centre, 3),
+              fmt(r.fwhm_psfield_centre / r.fwhm_star_stamps_centre, 3)] for r in cmp.itertuples(index=False)],
+            columns=["band", f"stars within {CENTRE_RADIUS_PX:.0f} px of the centre", "their own stamps (″)",
+                     *columns[3:]]))
         text += ("\n\n**At the frame centre itself**, where the target compares the two models: the same "
                  f"measurement restricted to the PSF stars within {CENTRE_RADIUS_PX:.0f} px of the centre (same "
-                 "resampling for stamps and models):\n\n" + "\n".join(cen))
+                 "resampling for stamps and models):\n\n" + cen)
     return text
 
 
@@ -363,17 +362,38 @@ def _plot(frame, fwhm, path, test_points=None):
     plt.close(fig)
 
 
-def run(ctx, models=None, cnn_params=None, forest_params=None, augmenter=None, aware_cnn=None) -> dict:
-    """``models``: the final models fitted on the train split by stage 5 (label -> pipeline; their
-    test-field scores join the table); ``cnn_params``/``forest_params``/``augmenter``: the final
-    recipes, reused for every fit here. ``aware_cnn``: the final CNN recipe's leave-one-field-out rows
-    if the augmentation stage already fitted them (its choice is made on them); they are reused."""
+def section5_models(ctx) -> dict:
+    """The models of stage 5 whose test-field scores join this stage's test table: label -> pipeline
+    fitted on the train split (not calibrated); the final CNN stands in for stage 5's when that has
+    not run. Models that no stage fitted are left out."""
+    fitted = ctx.artefact("baseline_models", {})
+    shown = {"SDSS rule (measured)": fitted.get("rule"), "forest": fitted.get("forest"),
+             "CNN": fitted.get("cnn", ctx.final_cnn()[0]), "hybrid CNN": fitted.get("hybrid")}
+    return {k: v for k, v in shown.items() if v is not None}
+
+
+def run(ctx) -> StageResult:
+    """Stage 7: leave one field out, the test field, and the kind ``stargal train`` ships by default.
+
+    Every fit here reuses the final recipes of earlier stages: the tuned CNN parameters (artefact
+    ``tuned_params``), the forest's (``forest_params``) and the CNN's augmenter (``final_augmenter``).
+    The final CNN recipe's leave-one-field-out rows, fitted by the augmentation stage for its choice
+    (``final_lofo``), are reused, and stage 5's models (:func:`section5_models`) join the test table.
+    The per-field PSF table comes from stage 1's numbers when it ran.
+
+    Returns
+    -------
+    StageResult
+        Numbers: every fit, per-field means, ``default_model`` and its mean and worst MCC, the test
+        table, the PSF table; no artefacts.
+    """
     t0 = time.perf_counter()
-    cnn_params = dict(cnn_params or {})
+    models, augmenter, aware_cnn = section5_models(ctx), ctx.artefact("final_augmenter"), ctx.artefact("final_lofo")
+    cnn_params = dict(ctx.artefact("tuned_params") or {})
     cnn_params.setdefault("net__max_epochs", ctx.epochs(ctx.config.cnn["max_epochs"]))
-    forest_params = dict(forest_params or {})
+    forest_params = dict(ctx.artefact("forest_params") or {})
     fields_all = list(ctx.config.test_fields) + sorted(ctx.rows("train", "valid")["field_id"].unique())
-    done = ctx.results.get("alignment", {}).get("psf")  # stage 1 measured the same table
+    done = ctx.numbers("alignment").get("psf")  # stage 1 measured the same table
     psf = pd.DataFrame(done) if done else pd.DataFrame()
     if psf.empty or not set(fields_all) <= set(psf["field"]):
         psf = psf_table(fields_all, ctx.fetcher, ctx.config.psf_source)
@@ -398,7 +418,7 @@ def run(ctx, models=None, cnn_params=None, forest_params=None, augmenter=None, a
                             train, test, aug) for _, kind, p, params, aug in jobs)
     trows = [{"variant": v, **metrics} for (v, *_), (metrics, _, _) in zip(jobs, extra)]
     y_test = labels_to_y(test["label"])
-    for variant, pipe in (models or {}).items():
+    for variant, pipe in models.items():
         m, _ = evaluate_predictions(y_test, pipe.predict_proba(test)[:, 1])
         trows.append({"variant": variant, **{k: float(m[k]) for k in _METRICS if k in m}})
     order = {v[0]: i for i, v in enumerate(_variants(ctx))}
@@ -412,32 +432,17 @@ def run(ctx, models=None, cnn_params=None, forest_params=None, augmenter=None, a
     seed_note = ", ".join(f"{v} {fmt(fields[fields['variant'] == v]['seed_std_mcc'].mean())}"
                           for v in spread.index if fields[fields["variant"] == v]["n_seeds"].max() > 1)
 
-    lines = ["| held-out field | r FWHM (″) | n | " + " | ".join(f"{v} MCC" for v in spread.index) + " |",
-             "|---|---|---|" + "---|" * len(spread)]
-    for fid, g in fields.groupby("held_out"):
-        g = g.set_index("variant")
-        lines.append(f"| {fid} | {fmt(fwhm[fid], 2)} | {int(g['n'].iloc[0])} | "
-                     + " | ".join(fmt(g.loc[v, "mcc"]) if v in g.index else "–" for v in spread.index) + " |")
-    lines.append("| **mean ± std (worst)** | | | " + " | ".join(
-        f"{fmt(r['mean'])} ± {fmt(r['std'])} ({fmt(r['min'])})" for _, r in spread.iterrows()) + " |")
-    recall_lines = ["| held-out field | " + " | ".join(f"{v} gal./star recall" for v in spread.index) + " |",
-                    "|---|" + "---|" * len(spread)]
-    for fid, g in fields.groupby("held_out"):
-        g = g.set_index("variant")
-        recall_lines.append(f"| {fid} | " + " | ".join(
-            f"{fmt(g.loc[v, 'recall_galaxy'])} / {fmt(g.loc[v, 'recall_star'])}" if v in g.index else "–"
-            for v in spread.index) + " |")
-    test_lines = ["| model (test field " + ", ".join(ctx.config.test_fields) + f", r FWHM {fmt(test_fwhm, 2)}″) | "
-                  "MCC | galaxy recall | star recall | balanced accuracy | ROC AUC |", "|---|---|---|---|---|---|"]
-    for r in tframe.itertuples(index=False):
-        test_lines.append(f"| {r.variant} | {fmt(r.mcc)} | {fmt(r.recall_galaxy)} | {fmt(r.recall_star)} | "
-                          f"{fmt(r.balanced_accuracy)} | {fmt(getattr(r, 'roc_auc', float('nan')))} |")
-    fp_lines = ["| model | mean MCC | mean MCC, field prior | held-out fields where the field prior helps |",
-                "|---|---|---|---|"]
-    for variant, g in fields.groupby("variant", sort=False):
-        if "mcc_field_prior" in g:
-            fp_lines.append(f"| {variant} | {fmt(g['mcc'].mean())} | {fmt(g['mcc_field_prior'].mean())} | "
-                            f"{int((g['mcc_field_prior'] > g['mcc']).sum())} of {len(g)} |")
+    lofo_table, recall_table = _lofo_tables(fields, spread, fwhm)
+    test_table = markdown_table(pd.DataFrame(
+        [[r.variant, fmt(r.mcc), fmt(r.recall_galaxy), fmt(r.recall_star), fmt(r.balanced_accuracy),
+          fmt(getattr(r, "roc_auc", float("nan")))] for r in tframe.itertuples(index=False)],
+        columns=["model (test field " + ", ".join(ctx.config.test_fields) + f", r FWHM {fmt(test_fwhm, 2)}″)",
+                 "MCC", "galaxy recall", "star recall", "balanced accuracy", "ROC AUC"]))
+    fp_rows = [[variant, fmt(g["mcc"].mean()), fmt(g["mcc_field_prior"].mean()),
+                f"{int((g['mcc_field_prior'] > g['mcc']).sum())} of {len(g)}"]
+               for variant, g in fields.groupby("variant", sort=False) if "mcc_field_prior" in g]
+    fp_table = markdown_table(pd.DataFrame(fp_rows, columns=[
+        "model", "mean MCC", "mean MCC, field prior", "held-out fields where the field prior helps"]))
     d = fields[fields["variant"] == DEFAULT_CANDIDATES[default]]
     default_mean, default_worst = float(d["mcc"].mean()), float(d["mcc"].min())
     worst_field = d.loc[d["mcc"].idxmin(), "held_out"]
@@ -453,9 +458,9 @@ def run(ctx, models=None, cnn_params=None, forest_params=None, augmenter=None, a
         "features (what the measurement adds); *CNN, PSF-blind* the CNN without the PSF channels (what the PSF "
         "adds); *hybrid CNN* the CNN with the measurements (what they add to the network).",
         "",
-        "\n".join(lines),
+        lofo_table,
         "",
-        "\n".join(recall_lines),
+        recall_table,
         "",
         "![leave one field out](seeing_lofo.png)",
         "",
@@ -471,17 +476,17 @@ def run(ctx, models=None, cnn_params=None, forest_params=None, augmenter=None, a
         "a 50 % mix; `stargal.calibration.adapt_to_field`), and the probabilities moved to it — what "
         "`stargal predict --field-prior` does:",
         "",
-        "\n".join(fp_lines),
+        fp_table,
         "",
         "### Test field (models fitted on the train split)",
         "",
-        "\n".join(test_lines),
+        test_table,
         "",
         "The measured models and the CNN are those of section 5; the PSF-blind CNN and the aperture-only forest "
         "are fitted here with the same recipe. Files: `seeing_lofo.csv` (every fit), `seeing_lofo_fields.csv` "
         "(seed means), `seeing_test.csv`, `seeing_psf.csv`.",
     ]
-    return {
+    numbers = {
         "lofo": frame.to_dict(orient="records"),
         "lofo_fields": fields.to_dict(orient="records"),
         "mcc_spread": spread.reset_index().to_dict(orient="records"),
@@ -493,27 +498,43 @@ def run(ctx, models=None, cnn_params=None, forest_params=None, augmenter=None, a
         "test": tframe.to_dict(orient="records"),
         "psf": psf.to_dict(orient="records"),
         "seconds": round(time.perf_counter() - t0, 1),
-        "markdown": "\n".join(md),
     }
+    return StageResult(numbers=numbers, markdown="\n".join(md))
+
+
+def _lofo_tables(fields: pd.DataFrame, spread: pd.DataFrame, fwhm: dict) -> tuple[str, str]:
+    """Per held-out field: its r FWHM, size and every variant's MCC (last row: mean ± std (worst)), and
+    every variant's galaxy / star recall; variants in the order of ``spread``'s index."""
+    scores, recalls = [], []
+    for fid, g in fields.groupby("held_out"):
+        g = g.set_index("variant")
+        scores.append([fid, fmt(fwhm[fid], 2), int(g["n"].iloc[0]),
+                       *(fmt(g.loc[v, "mcc"]) if v in g.index else "–" for v in spread.index)])
+        recalls.append([fid, *(f"{fmt(g.loc[v, 'recall_galaxy'])} / {fmt(g.loc[v, 'recall_star'])}"
+                               if v in g.index else "–" for v in spread.index)])
+    scores.append(["**mean ± std (worst)**", "", "",
+                   *(f"{fmt(r['mean'])} ± {fmt(r['std'])} ({fmt(r['min'])})" for _, r in spread.iterrows())])
+    scores = pd.DataFrame(scores, columns=["held-out field", "r FWHM (″)", "n", *(f"{v} MCC" for v in spread.index)])
+    recalls = pd.DataFrame(recalls, columns=["held-out field", *(f"{v} gal./star recall" for v in spread.index)])
+    return markdown_table(scores), markdown_table(recalls)
 
 
 def psf_markdown(psf: pd.DataFrame, test_fields=()) -> str:
     """The per-field PSF table for the data section of the report."""
-    lines = ["| field | role | " + " | ".join(f"{b} FWHM (″)" for b in BANDS) + " | PSF source (stars used, r) |",
-             "|---|---|" + "---|" * len(BANDS) + "---|"]
+    rows = []
     for r in psf.itertuples(index=False):
         d = r._asdict()
-        role = "test" if d["field"] in test_fields else "train/valid"
-        lines.append(f"| {d['field']} | {role} | " + " | ".join(fmt(d[f'fwhm_{b}'], 2) for b in BANDS)
-                     + f" | {d['source_r']} ({d['n_stars_r']}) |")
+        rows.append([d["field"], "test" if d["field"] in test_fields else "train/valid",
+                     *(fmt(d[f"fwhm_{b}"], 2) for b in BANDS), f"{d['source_r']} ({d['n_stars_r']})"])
+    lines = [markdown_table(pd.DataFrame(rows, columns=["field", "role", *(f"{b} FWHM (″)" for b in BANDS),
+                                                        "PSF source (stars used, r)"]))]
     if any(f"star_ratio_{b}" in psf for b in BANDS):
+        ratios = [[d["field"], *(fmt(d.get(f"star_ratio_{b}"), 3) for b in BANDS)]
+                  for d in (r._asdict() for r in psf.itertuples(index=False))]
         lines += ["", "**Does each model reproduce its own stars?** Median FWHM of the model drawn at its PSF "
                   "stars (found without labels) over that of the stars' own stamps, measured alike "
                   "(`experiments.seeing.star_check`; 1 = as broad as the stars):", "",
-                  "| field | " + " | ".join(BANDS) + " |", "|---|" + "---|" * len(BANDS)]
-        for r in psf.itertuples(index=False):
-            d = r._asdict()
-            lines.append(f"| {d['field']} | " + " | ".join(fmt(d.get(f'star_ratio_{b}'), 3) for b in BANDS) + " |")
+                  markdown_table(pd.DataFrame(ratios, columns=["field", *BANDS]))]
         worst = np.nanmax(np.abs(psf[[f"star_ratio_{b}" for b in BANDS]].to_numpy(float) - 1.0))
         lines += ["", f"Largest deviation from 1 over these fields and bands: {worst:.3f}."]
     return "\n".join(lines)

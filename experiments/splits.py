@@ -15,7 +15,7 @@ import pandas as pd
 from stargal.frames import Field, in_footprints, min_separation_arcsec
 from stargal.sdss import PIXEL_SCALE_ARCSEC
 
-from .common import fmt, write_csv
+from .common import StageResult, fmt, markdown_table, render_template, write_csv
 
 __all__ = ["run", "split_report", "magnitude_ks", "SPLIT_ORDER"]
 
@@ -71,7 +71,15 @@ def _plot_sky(table, ctx, path):
     plt.close(fig)
 
 
-def run(ctx) -> dict:
+def run(ctx) -> StageResult:
+    """Stage 2: the split's report, figures and leakage checks (section from ``templates/splits.md.j2``).
+
+    Returns
+    -------
+    StageResult
+        Numbers: ``counts`` per split, ``n_fit_in_test_footprint``, ``min_separation_arcsec``,
+        ``shared_groups_train_valid``; no artefacts.
+    """
     table, out = ctx.table, ctx.out_dir
     report = split_report(table)
     write_csv(out / "split_report.csv", report, index=True)
@@ -91,74 +99,40 @@ def run(ctx) -> dict:
     shared_groups = len(set(train["group"]) & set(valid["group"]))
     half_diag_arcsec = ctx.config.cutout_size / 2 * np.sqrt(2) * PIXEL_SCALE_ARCSEC
 
-    counts = table["split"].value_counts().to_dict()
-    rep = report
-    lines = [
-        f"Objects: {len(table)} labelled objects on the frames of {table['field_id'].nunique()} fields "
-        f"({table.attrs.get('n_dropped_edge', 0)} more were within a cutout's reach of a frame edge and "
-        "were left out). Test field(s): " + ", ".join(ctx.config.test_fields) + ".",
-        "",
-        "| split | objects | stars | galaxies | galaxy fraction | r median (10%–90%) | fields |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for split in ("train", "valid", "test", "excluded"):
-        if split not in rep.index:
-            continue
-        r = rep.loc[split]
-        lines.append(
-            f"| {split} | {int(r['n_objects'])} | {int(r['n_stars'])} | {int(r['n_galaxies'])} | "
-            f"{fmt(r['galaxy_fraction'])} | {fmt(r['psfmag_r_median'], 2)} ({fmt(r['psfmag_r_q10'], 1)}–"
-            f"{fmt(r['psfmag_r_q90'], 1)}) | {r['fields']} |"
-        )
-    lines += [
-        "",
-        "**How the split is made.** The test field's objects form the test set. Every other object whose "
-        f"sky position lies inside the test field's r-frame footprint expanded by {margin:g}\" is "
-        "excluded from train/validation (the study fields happen not to overlap, but a user's fields may). "
-        f"The remaining objects are grouped in {ctx.config.group_cell_arcmin:g}' sky cells; whole cells "
-        f"({ctx.config.valid_fraction:.0%} of them, stratified by label) form the validation set, and "
-        "cross-validation for tuning uses `StratifiedGroupKFold` on the same cells, as does the CNN's "
-        "early-stopping split.",
-        "",
-        "**Leakage checks (computed here).** "
-        f"Train/validation objects inside the test footprint + margin: **{n_fit_in_test_fp}**. "
-        f"Smallest separation between a train/validation object and a test object: **{min_sep:.0f}\"** "
-        f"(a {ctx.config.cutout_size}-px cutout reaches {half_diag_arcsec:.1f}\" from its centre, so no "
-        "training cutout shares a pixel with a test cutout). Sky cells shared by train and validation: "
-        f"**{shared_groups}**.",
-        "",
-        "![magnitudes per split](split_magnitudes.png)",
-        "",
-        "![objects by split](split_sky.png)",
-        "",
-        "**Are the splits alike?** Two-sample Kolmogorov–Smirnov tests of the r magnitudes "
-        "(`split_magnitude_ks.csv`):",
-        "",
-        _ks_table(ks),
-        "",
-        "Train and validation come from the same five high-latitude fields, so their label mix and "
-        "magnitude distributions agree closely (KS test above). The test field 8162-6-80 "
-        "lies at lower Galactic latitude "
-        "(b = -23.8°) and is star-rich (about three stars per galaxy): its galaxy fraction is lower than in "
-        "training and its stars reach brighter magnitudes, so the test distribution differs measurably from "
-        "training (a real-world shift, kept on purpose: the test field is fixed by the "
-        "study), which is why every model is judged by balanced accuracy and MCC as well as accuracy, and "
-        "per magnitude bin.",
-    ]
-    return {
-        "counts": counts,
+    markdown = render_template(
+        "splits.md.j2", n_objects=len(table), n_fields=table["field_id"].nunique(),
+        n_dropped_edge=table.attrs.get("n_dropped_edge", 0), test_fields=list(ctx.config.test_fields),
+        split_table=_split_table(report), margin=f"{margin:g}", group_cell=f"{ctx.config.group_cell_arcmin:g}",
+        valid_fraction=f"{ctx.config.valid_fraction:.0%}", n_fit_in_test_fp=n_fit_in_test_fp,
+        min_sep=f"{min_sep:.0f}", cutout_size=ctx.config.cutout_size, half_diag=f"{half_diag_arcsec:.1f}",
+        shared_groups=shared_groups, ks_table=_ks_table(ks))
+    numbers = {
+        "counts": table["split"].value_counts().to_dict(),
         "n_fit_in_test_footprint": n_fit_in_test_fp,
         "min_separation_arcsec": min_sep,
         "shared_groups_train_valid": shared_groups,
-        "markdown": "\n".join(lines),
     }
+    return StageResult(numbers=numbers, markdown=markdown)
+
+
+def _split_table(report) -> str:
+    """Per split: objects, stars, galaxies, galaxy fraction, r median (10 %–90 %), fields."""
+    rows = []
+    for split in SPLITS:
+        if split not in report.index:
+            continue
+        r = report.loc[split]
+        rows.append([split, int(r["n_objects"]), int(r["n_stars"]), int(r["n_galaxies"]), fmt(r["galaxy_fraction"]),
+                     f"{fmt(r['psfmag_r_median'], 2)} ({fmt(r['psfmag_r_q10'], 1)}–{fmt(r['psfmag_r_q90'], 1)})",
+                     r["fields"]])
+    columns = ["split", "objects", "stars", "galaxies", "galaxy fraction", "r median (10%–90%)", "fields"]
+    return markdown_table(pd.DataFrame(rows, columns=columns))
 
 
 def _ks_table(ks) -> str:
-    rows = ["| splits | n | KS statistic | p-value |", "|---|---|---|---|"]
-    for r in ks.itertuples(index=False):
-        rows.append(f"| {r.split_a} vs {r.split_b} | {r.n_a} / {r.n_b} | {r.ks_statistic:.3f} | {r.p_value:.2g} |")
-    return "\n".join(rows)
+    rows = [[f"{r.split_a} vs {r.split_b}", f"{r.n_a} / {r.n_b}", f"{r.ks_statistic:.3f}", f"{r.p_value:.2g}"]
+            for r in ks.itertuples(index=False)]
+    return markdown_table(pd.DataFrame(rows, columns=["splits", "n", "KS statistic", "p-value"]))
 
 
 # --------------------------------------------------------------------------- split reports

@@ -41,7 +41,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .common import fmt, write_csv  # noqa: E402
+from .common import StageResult, fmt, markdown_table, write_csv  # noqa: E402
 
 __all__ = ["MAP_FIELDS", "MAG_EDGES", "SIZE_EDGES", "BATCH", "measured_rule", "rule_boundary", "recall_maps",
            "data_limit", "run"]
@@ -70,7 +70,7 @@ def rule_boundary(ctx) -> float:
     """The boundary the study's rule fitted (stage 5), else the mirror catalogs' 0.19."""
     from stargal.photo import MIRROR_TYPE_BOUNDARY
 
-    return float(ctx.results.get("baselines", {}).get("rule_boundary", MIRROR_TYPE_BOUNDARY))
+    return float(ctx.numbers("baselines").get("rule_boundary", MIRROR_TYPE_BOUNDARY))
 
 
 def measured_rule(table, field, boundary, psf_source="stars") -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
@@ -273,18 +273,17 @@ def _plot(maps: pd.DataFrame, models, labels, fwhm, path: Path) -> None:
     plt.close(fig)
 
 
-def _md_table(header, rows) -> str:
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                     + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
-
-
-def run(ctx, cnn=None, forest=None, log=print) -> dict:
+def run(ctx) -> StageResult:
     """Renderer checks, recall maps and the ablation (see the module docstring). Writes into ``ctx.out_dir``.
 
-    ``cnn`` / ``forest``: fitted PSF-aware pipelines taking objects tables (the study's final models); either
-    may be None (its maps are then skipped).
+    The maps classify with the study's shipped models: the CNN (:meth:`~experiments.common.StudyContext.shipped_cnn`)
+    and the calibrated forest of stage 5 (artefact ``calibrated_models``); a model that no earlier stage
+    fitted is left out of the maps. No artefacts.
     """
     from .augmentation import _verdict, ablation, summarise, torch_threads
+
+    cnn, forest = ctx.shipped_cnn(), ctx.artefact("calibrated_models", {}).get("forest")
+    log = print
 
     t_stage = time.perf_counter()
     mode = "quick" if ctx.quick else "full"
@@ -419,7 +418,7 @@ def run(ctx, cnn=None, forest=None, log=print) -> dict:
         "rest is read noise, dark current and the sky model's error. The injected source's Poisson noise is the "
         "only noise added:",
         "",
-        _md_table(["field", "u", "g", "r", "i", "z"], noise_rows),
+        markdown_table(pd.DataFrame(noise_rows, columns=["field", "u", "g", "r", "i", "z"])),
         "",
         "**Renderer checks.** Injected stars at r < 21 typed as stars by SDSS's rule on our measurement "
         f"(boundary {fmt(boundary)} mag, fitted in section 5): "
@@ -428,8 +427,8 @@ def run(ctx, cnn=None, forest=None, log=print) -> dict:
         "pixels (second moments minus the PSF's, converted with the Sérsic profile's own moment ratio) is within "
         f"10 % of the requested one for {fmt(hlr_within)} of {len(hlr)} (target: within 10 %):",
         "",
-        _md_table(["requested hlr", "n", "median measured / requested", "within 10 %",
-                   "median flux injected / requested"], hlr_rows),
+        markdown_table(pd.DataFrame(hlr_rows, columns=["requested hlr", "n", "median measured / requested",
+                                                       "within 10 %", "median flux injected / requested"])),
         "",
         "**Recall maps** (`synthetic_recall_maps.png`, `synthetic_recall.csv`): "
         f"{n_map} objects per field (half stars), r uniform 17–23.5, hlr log-uniform 0.1–3″, classified by the "
@@ -438,7 +437,7 @@ def run(ctx, cnn=None, forest=None, log=print) -> dict:
         f"The test field's objects are used for evaluation only. Smallest hlr told apart (galaxy recall ≥ "
         f"{GALAXY_OK} in that size bin and all larger ones, with star recall ≥ {STAR_OK} in the r bin):",
         "",
-        _md_table(["field (r FWHM)", "r"] + [labels[n] for n in names], lim_rows),
+        markdown_table(pd.DataFrame(lim_rows, columns=["field (r FWHM)", "r"] + [labels[n] for n in names])),
         "",
         "![recall maps](synthetic_recall_maps.png)",
         "",
@@ -452,12 +451,13 @@ def run(ctx, cnn=None, forest=None, log=print) -> dict:
         f"section 5; injected objects the rule cannot measure are left out), {int(ctl['n_seeds'])} seed(s), "
         "validation MCC on the real validation objects (held-out sky groups of the training fields):",
         "",
-        _md_table(["training", "MCC", "MCC r ≥ 21", "Δ MCC vs control (paired)", "Δ MCC r ≥ 21", "wins"],
-                  [["control (copies)", pm(ctl, "mcc"), pm(ctl, "mcc_faint"), "", "", ""],
-                   ["+ injected objects, true type", pm(syn, "mcc"), pm(syn, "mcc_faint"), dpm("mcc"),
-                    dpm("mcc_faint"), f"{int(syn['wins'])}/{int(syn['n_seeds'])}"],
-                   ["+ injected objects, typed by the rule", pm(synr, "mcc"), pm(synr, "mcc_faint"),
-                    dpm("mcc", synr), dpm("mcc_faint", synr), f"{int(synr['wins'])}/{int(synr['n_seeds'])}"]]),
+        markdown_table(pd.DataFrame(
+            [["control (copies)", pm(ctl, "mcc"), pm(ctl, "mcc_faint"), "", "", ""],
+             ["+ injected objects, true type", pm(syn, "mcc"), pm(syn, "mcc_faint"), dpm("mcc"),
+              dpm("mcc_faint"), f"{int(syn['wins'])}/{int(syn['n_seeds'])}"],
+             ["+ injected objects, typed by the rule", pm(synr, "mcc"), pm(synr, "mcc_faint"),
+              dpm("mcc", synr), dpm("mcc_faint", synr), f"{int(synr['wins'])}/{int(synr['n_seeds'])}"]],
+            columns=["training", "MCC", "MCC r ≥ 21", "Δ MCC vs control (paired)", "Δ MCC r ≥ 21", "wins"])),
         "",
         f"Reading: true type, overall {_verdict(syn['delta_mcc_mean'], syn['delta_mcc_std'], int(syn['n_seeds']))}; "
         f"at r ≥ 21 {_verdict(syn['delta_mcc_faint_mean'], syn['delta_mcc_faint_std'], int(syn['n_seeds']))}. "
@@ -471,8 +471,7 @@ def run(ctx, cnn=None, forest=None, log=print) -> dict:
         f"Stage time {time.perf_counter() - t_stage:.0f} s (size check {timings['hlr_check_s']:.0f} s, maps "
         f"{timings['maps_s']:.0f} s, ablation {timings['ablation_s']:.0f} s).",
     ]
-    return {
-        "markdown": "\n".join(md),
+    numbers = {
         "star_pass_r_lt_21": star_pass,
         "star_pass_by_field": star_pass_by_field,
         "small_galaxies_called_stars_by_sdss_rule": small_called_stars,
@@ -485,3 +484,4 @@ def run(ctx, cnn=None, forest=None, log=print) -> dict:
         "ablation": summary.to_dict(orient="records"),
         "timings": timings,
     }
+    return StageResult(numbers=numbers, markdown="\n".join(md))

@@ -1,6 +1,6 @@
 """Stage -- modelling and tuning of the CNN.
 
-:func:`run` (``run(ctx) -> dict``, see :mod:`experiments.common`) does, in one process:
+:func:`run` (``run(ctx) -> StageResult``, see :mod:`experiments.common`) does, in one process:
 
 1. **Architecture**: a layer table of the default :class:`~stargal.nets.StarGalaxyCNN`
    (output shape of every layer for a ``cutout_size x cutout_size`` input, parameter counts)
@@ -43,7 +43,7 @@ from stargal.tuning import cv_results_frame, grid_search
 
 from .backends import (DASK_LABEL, DASK_TRIM_LABEL, SEQ1_LABEL, SEQ_LABEL,  # noqa: F401
                        backend_timing, backends_markdown)
-from .common import fmt, write_csv, write_json
+from .common import StageResult, fmt, markdown_table, render_template, write_csv, write_json
 
 __all__ = [
     "run",
@@ -315,27 +315,24 @@ def cnn_search(ctx, grid, *, epochs, cv, n_jobs=1, scheduler=None):
 
 # --------------------------------------------------------------------------- markdown helpers
 def _metrics_md(frame: pd.DataFrame) -> str:
-    lines = ["| model | split | n | accuracy | balanced accuracy | MCC | ROC AUC |",
-             "|---|---|---|---|---|---|---|"]
-    for r in frame.itertuples(index=False):
-        lines.append(f"| {r.model} | {r.split} | {r.n} | {fmt(r.accuracy)} | "
-                     f"{fmt(r.balanced_accuracy)} | {fmt(r.mcc)} | {fmt(r.roc_auc)} |")
-    return "\n".join(lines)
+    """:func:`metrics_frame` as a table (metrics with 3 decimals)."""
+    return markdown_table(frame.rename(columns={"balanced_accuracy": "balanced accuracy", "mcc": "MCC",
+                                                "roc_auc": "ROC AUC"}))
 
 
 def _cv_md(cv: pd.DataFrame, params: list[str], top: int) -> str:
-    head = "| rank | " + " | ".join(_config_name(p) for p in params) + \
-        " | mean MCC | std | mean fit s |"
-    lines = [head, "|" + "---|" * (len(params) + 4)]
+    """The ``top`` candidates of the search: rank, parameters (config names), mean and std CV MCC, fit time."""
+    rows = []
     for _, r in cv.head(top).iterrows():
-        vals = " | ".join(f"{r[p]:g}" if isinstance(r[p], float) else str(r[p]) for p in params)
-        lines.append(f"| {int(r['rank_test_score'])} | {vals} | {fmt(r['mean_test_score'])} | "
-                     f"{fmt(r['std_test_score'])} | {fmt(r['mean_fit_time'], 1)} |")
-    return "\n".join(lines)
+        rows.append([int(r["rank_test_score"]),
+                     *(f"{r[p]:g}" if isinstance(r[p], float) else str(r[p]) for p in params),
+                     fmt(r["mean_test_score"]), fmt(r["std_test_score"]), fmt(r["mean_fit_time"], 1)])
+    columns = ["rank", *(_config_name(p) for p in params), "mean MCC", "std", "mean fit s"]
+    return markdown_table(pd.DataFrame(rows, columns=columns))
 
 
 # --------------------------------------------------------------------------- the stage
-def run(ctx) -> dict:
+def run(ctx) -> StageResult:
     """Architecture, before/after tuning, group-aware grid search and backend timings.
 
     Parameters
@@ -344,11 +341,11 @@ def run(ctx) -> dict:
 
     Returns
     -------
-    dict
-        ``architecture`` (parameter count), ``before`` / ``after`` (metrics per split),
+    StageResult
+        Numbers: ``architecture`` (parameter count), ``before`` / ``after`` (metrics per split),
         ``best_params``, ``search`` (grid, folds, epochs, wall time), ``backends`` (rows of
-        ``tuning_backends.csv``), ``timings`` (seconds), ``markdown`` and ``_objects``
-        (``before`` and ``tuned`` fitted pipelines, ``best_params``; not written to disk).
+        ``tuning_backends.csv``), ``timings`` (seconds). Artefacts: ``tuned_params`` (the best
+        pipeline parameters) and ``tuned_cnn`` (the tuned CNN fitted on the train rows).
     """
     out = Path(ctx.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -426,7 +423,7 @@ def run(ctx) -> dict:
                    grid=grid, pruned=pruned, settings=settings, search=search, cv=cv,
                    best_params=best_params, backends=backends, binfo=binfo, timings=timings,
                    best_is_default=best_is_default)
-    return {
+    numbers = {
         "architecture": {"n_params": n_params, "n_params_tuned": n_params_tuned,
                          "layers": arch_table.to_dict("records")},
         "class_weight": class_weight,
@@ -445,9 +442,8 @@ def run(ctx) -> dict:
         "backends": backends.to_dict("records"),
         "backend_search": {k: v for k, v in binfo.items()},
         "timings": timings,
-        "markdown": md,
-        "_objects": {"before": before, "tuned": tuned, "best_params": best_params},
     }
+    return StageResult(numbers=numbers, markdown=md, artefacts={"tuned_params": best_params, "tuned_cnn": tuned})
 
 
 def _markdown(ctx, *, arch_text, n_params, n_params_tuned, class_weight, train_rows, full_epochs,
@@ -474,28 +470,12 @@ def _markdown(ctx, *, arch_text, n_params, n_params_tuned, class_weight, train_r
 
     L = []
     # ---- architecture and loss
-    L += ["### Architecture", "",
-          f"`StarGalaxyCNN` (default configuration: width {cfg.cnn['width']}, depth {cfg.cnn['depth']}, "
-          f"dropout {cfg.cnn['dropout']:g}): {cfg.cnn['depth']} blocks of 3x3 convolution -> batch norm "
-          "-> ReLU (max-pooling between blocks, channels doubling), global average pooling, dropout and a "
-          f"linear layer with one logit per class. **{n_params:,} trainable parameters**; layer table for a "
-          f"{cfg.cutout_size}x{cfg.cutout_size} cutout (`architecture.txt`):", "",
-          "```text", arch_text.rstrip(), "```", ""]
-    L += ["### Loss, model selection and early stopping", "",
-          "* **Loss: class-weighted cross-entropy** (`class_weight='balanced'`, weights "
-          "n / (2 n_class) computed from each fit's own labels). On these training rows the classes are "
-          f"close to even ({n_star} stars, {n_gal} galaxies: weights star {class_weight[0]:.3f}, "
-          f"galaxy {class_weight[1]:.3f}), but the test field is star-dominated ({t_star} stars, "
-          f"{t_gal} galaxies) and other fields can be either way, so the loss never lets the majority "
-          "class dominate training.",
-          "* **Model selection: Matthews correlation (MCC)**. It uses all four cells of the confusion "
-          "matrix and stays near 0 for a classifier that favours the majority class, unlike accuracy; "
-          "balanced accuracy and ROC AUC are reported beside it.",
-          f"* **Early stopping on a group-aware split**: each fit holds out whole {cfg.group_cell_arcmin:g}' "
-          f"sky cells (~{cfg.valid_fraction:.0%} of its rows, `SkyValidSplit`) and stops when the "
-          f"validation loss has not improved for {cfg.cnn['patience']} epochs, keeping the best epoch's "
-          "weights. The groups reach the split as `net__groups` (also inside every CV fold), so "
-          "neighbouring objects of one sky cell never sit on both sides.", ""]
+    L += [render_template(
+        "tuning_model.md.j2", width=cfg.cnn["width"], depth=cfg.cnn["depth"], dropout=f"{cfg.cnn['dropout']:g}",
+        n_params=f"{n_params:,}", size=cfg.cutout_size, arch_text=arch_text.rstrip(), n_star=n_star, n_gal=n_gal,
+        weight_star=f"{class_weight[0]:.3f}", weight_galaxy=f"{class_weight[1]:.3f}", test_star=t_star,
+        test_gal=t_gal, cell=f"{cfg.group_cell_arcmin:g}", valid_fraction=f"{cfg.valid_fraction:.0%}",
+        patience=cfg.cnn["patience"]), ""]
     # ---- before
     L += ["### Before tuning", "",
           f"The default configuration ({_params_text({p: defaults[p] for p in params})}, "
@@ -724,13 +704,14 @@ def main(argv=None) -> int:
     t1 = time.perf_counter()
     res = run(ctx)
     total = time.perf_counter() - t1
-    res["timings"]["stage_s"] = round(total, 1)
-    write_json(args.out / "tuning.json", res)
-    (args.out / "tuning.md").write_text(res["markdown"])
-    print(f"stage done in {total:.1f} s; timings {res['timings']}")
-    print(f"best params {res['best_params']}")
+    numbers = res.numbers
+    numbers["timings"]["stage_s"] = round(total, 1)
+    write_json(args.out / "tuning.json", res.summary())
+    (args.out / "tuning.md").write_text(res.markdown)
+    print(f"stage done in {total:.1f} s; timings {numbers['timings']}")
+    print(f"best params {numbers['best_params']}")
     for split in SPLITS:
-        b, a = res["before"][split], res["after"][split]
+        b, a = numbers["before"][split], numbers["after"][split]
         print(f"  {split}: MCC before {b['mcc']:.3f} after {a['mcc']:.3f}")
     return 0
 
