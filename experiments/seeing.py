@@ -33,7 +33,7 @@ from stargal.catalogs import labels_to_y
 from stargal.sdss import BANDS
 from stargal.training import build_pipeline, evaluate_predictions, fit_pipeline
 
-from .common import StageResult, fmt, markdown_table, write_csv
+from .common import StageResult, fmt, markdown_table, render_template, write_csv
 
 __all__ = ["psf_table", "star_fwhms", "star_check", "psf_markdown", "psfield_comparison", "psfield_markdown",
            "lofo_tasks", "run_lofo", "lofo", "per_field", "choose_default", "N_SEEDS", "DEFAULT_CANDIDATES", "run"]
@@ -373,7 +373,8 @@ def section5_models(ctx) -> dict:
 
 
 def run(ctx) -> StageResult:
-    """Stage 7: leave one field out, the test field, and the kind ``stargal train`` ships by default.
+    """Stage 7: leave one field out, the test field, and the kind ``stargal train`` ships by default (section
+    from ``templates/seeing.md.j2``).
 
     Every fit here reuses the final recipes of earlier stages: the tuned CNN parameters (artefact
     ``tuned_params``), the forest's (``forest_params``) and the CNN's augmenter (``final_augmenter``).
@@ -447,45 +448,11 @@ def run(ctx) -> StageResult:
     default_mean, default_worst = float(d["mcc"].mean()), float(d["mcc"].min())
     worst_field = d.loc[d["mcc"].idxmin(), "held_out"]
     n_seeds = N_SEEDS["quick" if ctx.quick else "full"]
-    md = [
-        "Each training field in turn is held out; every model is refitted on the other fields' train + "
-        "validation objects with the study's final recipe (tuned parameters; the CNN's chosen augmentation, "
-        "without the techniques that need PSF channels for the PSF-blind CNN; the rule fits its one boundary) "
-        "and scored on every object of the held-out field. The test field takes no part. The CNN and the "
-        f"hybrid CNN are fitted with {n_seeds} seed(s) each and their MCC averaged per field (single fits move by "
-        + (f"a few hundredths: the seeds' standard deviation per field, averaged: {seed_note}" if seed_note else
-           "a few hundredths") + "). *forest, aperture features only* is the forest without the measured "
-        "features (what the measurement adds); *CNN, PSF-blind* the CNN without the PSF channels (what the PSF "
-        "adds); *hybrid CNN* the CNN with the measurements (what they add to the network).",
-        "",
-        lofo_table,
-        "",
-        recall_table,
-        "",
-        "![leave one field out](seeing_lofo.png)",
-        "",
-        "**The shipped default.** `stargal train` without `--model-type` fits the kind with the highest mean "
-        "leave-one-field-out MCC here (the config's `default_model`; a test keeps it equal to this run's choice): "
-        + ", ".join(f"{k} {fmt(v)}" for k, v in sorted(default_means.items(), key=lambda kv: -kv[1]))
-        + f" → **{default}**. Its worst held-out field: {worst_field} ({fmt(default_worst)}).",
-        "",
-        "### The field's own star/galaxy mix",
-        "",
-        "Fields differ in their galaxy fraction (Galactic latitude, depth). Each held-out field's fraction "
-        "estimated from the models' own probabilities, without labels (EM on the uncalibrated outputs taken as "
-        "a 50 % mix; `stargal.calibration.adapt_to_field`), and the probabilities moved to it — what "
-        "`stargal predict --field-prior` does:",
-        "",
-        fp_table,
-        "",
-        "### Test field (models fitted on the train split)",
-        "",
-        test_table,
-        "",
-        "The measured models and the CNN are those of section 5; the PSF-blind CNN and the aperture-only forest "
-        "are fitted here with the same recipe. Files: `seeing_lofo.csv` (every fit), `seeing_lofo_fields.csv` "
-        "(seed means), `seeing_test.csv`, `seeing_psf.csv`.",
-    ]
+    md = render_template(
+        "seeing.md.j2", n_seeds=n_seeds, seed_note=seed_note, lofo_table=lofo_table, recall_table=recall_table,
+        default_means=", ".join(f"{k} {fmt(v)}" for k, v in sorted(default_means.items(), key=lambda kv: -kv[1])),
+        default=default, worst_field=worst_field, default_worst=fmt(default_worst), fp_table=fp_table,
+        test_table=test_table)
     numbers = {
         "lofo": frame.to_dict(orient="records"),
         "lofo_fields": fields.to_dict(orient="records"),
@@ -499,7 +466,7 @@ def run(ctx) -> StageResult:
         "psf": psf.to_dict(orient="records"),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    return StageResult(numbers=numbers, markdown="\n".join(md))
+    return StageResult(numbers=numbers, markdown=md)
 
 
 def _lofo_tables(fields: pd.DataFrame, spread: pd.DataFrame, fwhm: dict) -> tuple[str, str]:
