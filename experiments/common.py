@@ -10,7 +10,9 @@ through extra arguments. ``experiments/run.py`` runs the stages in order, record
 context (:meth:`StudyContext.record`) and writes ``report.md`` from the template
 ``experiments/templates/report.md.j2`` (:func:`render_template`).
 
-Tables of the report go through :func:`markdown_table` (pandas ``to_markdown``).
+Tables of the report go through :func:`markdown_table` (pandas ``to_markdown``); the fixed prose of every
+stage's section lives in its template ``experiments/templates/<stage>.md.j2`` (:func:`render_template`;
+stage 1's parts are macros, :func:`render_macro`).
 """
 
 from __future__ import annotations
