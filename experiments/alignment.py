@@ -83,7 +83,7 @@ from stargal.fetch import get_fetcher
 from stargal.frames import Field
 from stargal.sdss import BANDS, FieldID
 
-from .common import StageResult, markdown_table, write_csv
+from .common import StageResult, markdown_table, render_macro, write_csv
 
 __all__ = ["run", "select_alignment_stars", "measure_alignment", "heldout_shifts", "resample_field_to_r", "STAGES"]
 
@@ -380,6 +380,7 @@ def _residual_figure(path: Path, long: pd.DataFrame) -> None:
 
 
 def _markdown(summary: pd.DataFrame, n_fields: int, per_field: pd.DataFrame | None = None) -> str:
+    """The residual tables (``templates/alignment.md.j2``, macro ``residuals``)."""
     def cell(r, stage):
         med, p95 = r.get(f"{stage}_median_px", np.nan), r.get(f"{stage}_p95_px", np.nan)
         return "–" if not np.isfinite(med) else f"{med:.3f} ({p95:.3f})"
@@ -394,19 +395,15 @@ def _markdown(summary: pd.DataFrame, n_fields: int, per_field: pd.DataFrame | No
     stages = {"before": "before (raw pixels)", "wcs": "header WCS", "refined": "refined (held out, x-split)",
               "refined_loo": "refined (leave-one-out)", "refined_const": "constant only (x-split)",
               "refined_colour": "+ g-r term (x-split)"}
-    lines = ["Median |centroid offset| from the cutout centre (95th percentile in brackets), pixels, "
-             f"bright isolated catalog stars of {n_fields} field(s), aperture S/N > {MIN_SNR:g}. "
-             "Our centroid = windowed centroid of the aligned cutout:", "",
-             table(["band", "n", *stages.values()], [[r["band"], r["n_stars"], *(cell(r, st) for st in stages)]
-                                                     for r in recs])]
+    tables = {"sdss_table": None, "bias_table": None, "estimators_table": None}
+    tables["table"] = table(["band", "n", *stages.values()],
+                            [[r["band"], r["n_stars"], *(cell(r, st) for st in stages)] for r in recs])
     if "sdss_wcs_median_px" in summary:
         sdss = {"sdss_wcs": "header WCS", "sdss_refined": "refined (held out, x-split)",
                 "sdss_refined_loo": "refined (leave-one-out)",
                 "sdss_scatter": "survey scatter (no per-field translation can remove)"}
-        lines += ["", "The same stars measured with **SDSS photo's own per-band centroids** (calibObj `COLC`/`ROWC`, "
-                  "PSF-based, independent of our cutouts) instead of our centroid, and the star-to-star scatter of "
-                  "the survey's band-to-band astrometry itself:", "",
-                  table(["band", *sdss.values()], [[r["band"], *(cell(r, st) for st in sdss)] for r in recs])]
+        tables["sdss_table"] = table(["band", *sdss.values()],
+                                     [[r["band"], *(cell(r, st) for st in sdss)] for r in recs])
     bias_stages = [st for st in SIGNED if f"{st}_bias_px" in summary]
     if bias_stages:
         names = {"wcs": "header WCS, our centroid", "refined": "refined (x-split), our centroid",
@@ -415,23 +412,16 @@ def _markdown(summary: pd.DataFrame, n_fields: int, per_field: pd.DataFrame | No
         worst = _worst_field_bias(per_field)
         rows = [[r["band"], *(f"{num(r.get(f'{st}_bias_px'))} ({num(worst.get(st, {}).get(r['band'], [np.nan])[0])})"
                               for st in bias_stages)] for r in recs]
-        lines += ["", "**Alignment bias**: |median signed offset| per band, pixels, all fields pooled "
-                  "(worst single field in brackets): what the aligner gets wrong systematically, as opposed to "
-                  "star-to-star scatter:", "",
-                  table(["band", *(names[st] for st in bias_stages)], rows)]
+        tables["bias_table"] = table(["band", *(names[st] for st in bias_stages)], rows)
     if per_field is not None and "estimators_bias_px" in per_field:
         rows = []
         for fid, g in per_field.groupby("field", sort=False):
             vals = {r["band"]: r for r in g.to_dict("records")}
             rows.append([fid, *(f"{num(vals[b].get('estimators_bias_px'))} ({num(vals[b].get('estimators_median_px'))})"
                                 if b in vals else "–" for b in BANDS)])
-        lines += ["", "**Do the two centroid estimators agree?** Our windowed centroid minus SDSS photo's centroid "
-                  "of the same star in the same band: |median| (median per star), pixels, per field. Where they "
-                  "disagree (an asymmetric PSF), 'the centre' of a star depends on the estimator by that much, and "
-                  "so does any residual measured with one of them:", "",
-                  table(["field", *BANDS], rows)]
-    lines += ["", "Stages: " + "; ".join(f"**{k}**: {v}" for k, v in STAGES.items()) + "."]
-    return "\n".join(lines)
+        tables["estimators_table"] = table(["field", *BANDS], rows)
+    return render_macro("alignment.md.j2", "residuals", n_fields=n_fields, min_snr=f"{MIN_SNR:g}",
+                        stages="; ".join(f"**{k}**: {v}" for k, v in STAGES.items()), **tables)
 
 
 def resample_field_to_r(field: Field, tile: int = TILE, registration: Registration | None = None) -> np.ndarray:
@@ -741,32 +731,16 @@ def _worst_field_bias(per_field: pd.DataFrame | None) -> dict:
 
 
 def report_markdown(out: Path, res: dict, residuals: bool = True) -> str:
-    """Counts, alignment figures, sky noise and tensors (plus the residual table if ``residuals``)."""
-    lines = []
+    """Counts, alignment figures, sky noise and tensors (plus the residual table if ``residuals``), from
+    ``templates/alignment.md.j2`` (macro ``report``)."""
     counts = pd.read_csv(out / "object_counts.csv") if (out / "object_counts.csv").exists() else None
+    counts_table = residuals_table = noise_table = None
     if counts is not None:
         wide = counts.pivot_table(index="field", columns="label", values="n", aggfunc="sum").reset_index()
-        lines += ["Objects per field and label (catalog objects on all five frames):", "", markdown_table(wide), ""]
+        counts_table = markdown_table(wide)
     if residuals:
         resid = pd.read_csv(out / "alignment_residuals.csv")
-        allrows = resid[resid["field"] == "all"].drop(columns=["field"])
-        lines += ["**Alignment residuals** (pixels, bright isolated stars):", "", markdown_table(allrows), "",
-                  "Per-field rows: `alignment_residuals.csv`.", ""]
-    lines += [
-        "**Figures.** Cumulative distributions of the residual offsets per band (each stage above, and the "
-        "survey's own scatter); an i/r/g colour composite of the same region built from raw pixel indices (the bands "
-        "are offset by several pixels: coloured fringes) and from the aligned bands; example cutouts of stars "
-        "and galaxies in all five bands; r-band magnitude distributions per field and label.",
-        "",
-        "![alignment residuals per band](alignment_residuals.png)",
-        "",
-        "![aligned vs unaligned IRG composite](alignment_irg.png)",
-        "",
-        "![example cutouts](example_cutouts.png)",
-        "",
-        "![magnitudes](magnitude_hist.png)",
-        "",
-    ]
+        residuals_table = markdown_table(resid[resid["field"] == "all"].drop(columns=["field"]))
     if (out / "band_stats.csv").exists():
         bs = pd.read_csv(out / "band_stats.csv")
         keep = [c for c in bs.columns if c in ("field", "band", "mean", "std", "median", "sky_noise")]
@@ -774,15 +748,10 @@ def report_markdown(out: Path, res: dict, residuals: bool = True) -> str:
         if "sky_noise" in piv:
             noise = piv.pivot_table(index="field", columns="band", values="sky_noise").reset_index()
             noise = noise[["field"] + [b for b in "ugriz" if b in noise.columns]]
-            lines += ["Sky noise per band (robust σ of the sky-subtracted frame, nanomaggies); all pixel "
-                      "statistics in `band_stats.csv`:", "", markdown_table(noise, 4), ""]
-    if res.get("tensors_shape"):
-        lines += [f"The exercise's tensors are in `tensors.npz` (not committed: {res.get('tensors_mb')} MB; "
-                  "regenerated by `make experiments`): images `[N, C, H, W]` = "
-                  f"{res['tensors_shape']} (each field's five bands resampled onto its r-frame grid, binned "
-                  f"{res.get('binning')}×{res.get('binning')}), star and galaxy pixel coordinates `[N, S, 2]`, "
-                  "`[N, G, 2]` (NaN-padded) with counts `n_stars`, `n_galaxies`."]
-    return "\n".join(lines)
+            noise_table = markdown_table(noise, 4)
+    return render_macro("alignment.md.j2", "report", counts_table=counts_table, residuals_table=residuals_table,
+                        noise_table=noise_table, tensors_mb=res.get("tensors_mb"),
+                        tensors_shape=res.get("tensors_shape"), binning=res.get("binning"))
 
 
 def run(ctx) -> StageResult:
@@ -810,12 +779,9 @@ def run(ctx) -> StageResult:
     cmp = psfield_comparison(ctx.fetcher)
     res["psf_vs_psfield"] = cmp.to_dict(orient="records")
     write_csv(out / "psf_vs_psfield.csv", cmp)
-    markdown += (
-        "\n\n### Seeing: each field's PSF\n\nThe PSF model of every field and band "
-        f"(`stargal.psf.field_psf`, source `{config.psf_source}`: estimated from the frame's own bright, "
-        "isolated, unsaturated point sources, found without catalog labels). SDSS's star/galaxy label is "
-        "relative to this PSF, and the test field is sharper than every training field:\n\n"
-        + psf_markdown(psf, config.test_fields) + "\n\n" + psfield_markdown(cmp))
+    markdown += "\n\n" + render_macro("alignment.md.j2", "seeing", psf_source=config.psf_source,
+                                      psf_section=psf_markdown(psf, config.test_fields),
+                                      psfield_section=psfield_markdown(cmp))
     return StageResult(numbers=res, markdown=markdown)
 
 

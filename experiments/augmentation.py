@@ -48,7 +48,7 @@ import pandas as pd  # noqa: E402
 
 from stargal.augment import DEFAULT_STRENGTHS, CutoutAugmenter  # noqa: E402
 
-from .common import StageResult, fmt, markdown_table, write_csv  # noqa: E402
+from .common import StageResult, fmt, markdown_table, render_template, write_csv  # noqa: E402
 
 __all__ = ["CONFIGS", "SAMPLER_CONFIGS", "PROXY_WIDTH", "FAINT_MAG", "make_augmenter", "proxy_params", "ablation",
            "summarise", "choose", "final_recipes", "held_out_choice", "final_choice", "run", "main"]
@@ -418,9 +418,10 @@ def _run(ctx, tuned_params, log) -> StageResult:
     winner = max(recipes, key=lambda label: (means[label], -list(recipes).index(label)))
     log("  held-out-field MCC: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()) + f" -> {winner}")
 
-    numbers, markdown = _result(ctx, summary, runs, chosen, fallback, final, mag_frame, params, tuned_params,
-                                ablation_s, final_s, len(train), len(valid), len(test))
-    markdown += "\n\n" + _held_out_markdown(held_out, recipes, winner, held_out_s)
+    numbers, values = _result(ctx, summary, runs, chosen, fallback, final, mag_frame, params, tuned_params,
+                              ablation_s, final_s, len(train), len(valid), len(test))
+    markdown = render_template("augmentation.md.j2", **values, **_held_out_values(held_out, recipes, winner,
+                                                                                   held_out_s))
     numbers["final_recipe"] = winner
     numbers["final_techniques"] = list(recipes[winner])
     numbers["held_out_mcc"] = {k: float(v) for k, v in means.items()}
@@ -463,7 +464,8 @@ def held_out_choice(ctx, recipes, params) -> pd.DataFrame:
     return frame
 
 
-def _held_out_markdown(frame, recipes, winner, seconds) -> str:
+def _held_out_values(frame, recipes, winner, seconds) -> dict:
+    """The values of the section's last part (the final recipe) for ``templates/augmentation.md.j2``."""
     fields = list(dict.fromkeys(frame["held_out"]))
     rows = []
     for label, names in recipes.items():
@@ -472,27 +474,13 @@ def _held_out_markdown(frame, recipes, winner, seconds) -> str:
         rows.append([name, ", ".join(names) or "–", *(fmt(g[f]) for f in fields), fmt(g.mean()),
                      fmt(g.std(ddof=1))])
     table = markdown_table(pd.DataFrame(rows, columns=["recipe", "techniques", *fields, "mean MCC", "std"]))
-    return "\n".join([
-        "### Final recipe: chosen on held-out training fields",
-        "",
-        "The product must classify fields it was not trained on (the test field is sharper than every "
-        "training field). The validation groups lie in the training fields, so they share those fields' "
-        "seeing; a single full-size fit on them also moves by a few hundredths with the seed (above). The final "
-        "recipe is therefore chosen on *held-out training fields*: each training field in turn is held out, the "
-        "full-size CNN is fitted on the other fields' train + validation objects with the recipe and scored on "
-        "the held-out field; the recipe with the highest mean MCC wins (ties: the simpler one). The test field "
-        f"takes no part. MCC per held-out field ({seconds / 60:.1f} min):",
-        "",
-        table,
-        "",
-        f"**Final recipe: {winner}.** The shipped CNN is the one of this recipe fitted on the train split "
-        "(rows above); section 7 reuses these held-out fits for the PSF-aware CNN.",
-    ])
+    return {"held_out_min": f"{seconds / 60:.1f}", "held_out_table": table, "winner": winner}
 
 
 def _result(ctx, summary, runs, chosen, fallback, final, mag_frame, params, tuned_params, ablation_s,
-            final_s, n_train, n_valid, n_test) -> tuple[dict, str]:
-    """The stage's numbers and its report section up to the final recipe."""
+            final_s, n_train, n_valid, n_test) -> tuple[dict, dict]:
+    """The stage's numbers and the values of its report section (``templates/augmentation.md.j2``) up to
+    the final recipe."""
     mode = "quick" if ctx.quick else "full"
     n_seeds = int(summary["n_seeds"].max())
     s = summary.set_index("config")
@@ -525,10 +513,6 @@ def _result(ctx, summary, runs, chosen, fallback, final, mag_frame, params, tune
     def d(name, m="mcc"):
         return s.loc[name, f"delta_{m}_mean"], s.loc[name, f"delta_{m}_std"]
 
-    rule = ("A technique is chosen when its mean Δ MCC over the seeds is > 0 (validation split, proxy "
-            "models); all chosen techniques are switched on together in one augmenter (`n_copies=1`). If no "
-            "technique has a positive mean, the one with the highest mean Δ is taken as a *fallback*, so that "
-            "the full-size comparison below still tests one.")
     if fallback:
         choice = (f"**No technique beat the control on average.** Fallback: `{chosen[0]}` "
                   f"(Δ MCC {_signed(d(chosen[0])[0])}), kept only to test it at full size; the ablation gives no "
@@ -545,51 +529,14 @@ def _result(ctx, summary, runs, chosen, fallback, final, mag_frame, params, tune
     gain_test = t["chosen augmentation"] - t["no augmentation"]
     spread = summary.loc[summary["config"] != "none", "delta_mcc_std"].dropna()
     spread = float(spread.median()) if len(spread) else float("nan")
-    final_text = (
-        f"At full size, the chosen augmentation changes validation MCC by {_signed(gain_valid)} against no "
-        f"augmentation and by {_signed(gain_ctrl)} against the control with unperturbed copies (same rows and "
-        f"steps per epoch); test MCC changes by {_signed(gain_test)}. These are single fits (seed "
-        f"{ctx.seed}); "
-        + (f"the proxy ablation's seed-to-seed spread of Δ MCC (median std {fmt(spread)}) is a guide to how "
-           "much of such a difference one seed alone can produce. " if np.isfinite(spread) else
-           "with one seed there is no estimate of how much of such a difference is seed noise. ")
-        + "The final recipe is picked on held-out training fields (below), never on test.")
-
+    spread = fmt(spread) if np.isfinite(spread) else ""
     dn, dd, dz, db, dsh = d("noise"), d("dihedral"), d("zoom_shear"), d("blur"), d("shift")
     dn_f = d("noise", "mcc_faint")
     dn_b = d("noise", "mcc_bright")
     n_star, n_gal = int((ctx.y(ctx.rows("train")) == 0).sum()), int((ctx.y(ctx.rows("train")) == 1).sum())
     dbal = d("balance")
-    interp = [
-        f"- **dihedral** (Δ MCC {_pm(*dd)}: {_verdict(*dd, n_seeds)}). Rotations and flips preserve the label: "
-        "galaxies have random position angles and the SDSS PSF is close to round, so a rotated or flipped "
-        "cutout is a realistic image; what it changes is only the residual PSF anisotropy and anything tied to "
-        "the frame's fixed orientation (all cutouts share the r-frame's row/column axes). Since the training "
-        "set already holds objects at all orientations, the copies mostly add rows the network could have "
-        "learned from anyway, so a small effect either way is the expected outcome.",
-        f"- **shift** (Δ MCC {_pm(*dsh)}: {_verdict(*dsh, n_seeds)}) moves the object by up to "
-        f"{DEFAULT_STRENGTHS['shift']} px, imitating centring and band-alignment errors; it preserves the label "
-        "but also smooths the image slightly (cubic interpolation), blurring the sharpest point sources.",
-        f"- **zoom/shear** (Δ MCC {_pm(*dz)}: {_verdict(*dz, n_seeds)}) and **blur** (Δ MCC {_pm(*db)}: "
-        f"{_verdict(*db, n_seeds)}) change the apparent size and shape of a point source. Star vs galaxy is "
-        "precisely 'PSF-like vs broader than the PSF' (the catalog labels come from PSF − model magnitudes), "
-        "so a zoomed-in or blurred star can look like a compact galaxy: for this task these techniques can "
-        "corrupt labels near the boundary rather than add harmless variety.",
-        f"- **noise** (Δ MCC {_pm(*dn)} overall; {_pm(*dn_f)} for r ≥ {FAINT_MAG:g}, {_pm(*dn_b)} for brighter "
-        f"objects). Adding {DEFAULT_STRENGTHS['noise']:g}× the sky noise makes a copy look like the same object "
-        "observed about 0.4 mag shallower (noise × √2). That can teach robustness to noise, but a faint galaxy "
-        "whose extended wings drown in the extra noise keeps its *galaxy* label, so at the faint end it also "
-        "adds label noise. In this run the faint-object Δ is "
-        + (("positive" if dn_f[0] > 0 else "not positive") + f" ({_verdict(*dn_f, n_seeds)})"
-           if np.isfinite(dn_f[0]) else "undefined")
-        + ": " + ("noise augmentation helped faint objects on validation."
-                  if np.isfinite(dn_f[0]) and dn_f[0] > 0 else
-                  "noise augmentation did not help faint objects on validation."),
-        f"- **balance** (Δ MCC {_pm(*dbal)}: {_verdict(*dbal, n_seeds)}): the training split is nearly "
-        f"balanced ({n_star} stars, {n_gal} galaxies) and the CNN already weights its loss by inverse class "
-        "frequency, so over-sampling the minority class is expected to change little beyond repeating some "
-        "objects more often.",
-    ]
+    noise_faint_verdict = ((("positive" if dn_f[0] > 0 else "not positive") + f" ({_verdict(*dn_f, n_seeds)})")
+                           if np.isfinite(dn_f[0]) else "undefined")
     faint_line = ""
     if all(len(x) for x in faint_acc.values()):
         cells = "; ".join(
@@ -599,55 +546,22 @@ def _result(ctx, summary, runs, chosen, fallback, final, mag_frame, params, tune
                       "(`augmentation_final_by_magnitude.csv`).")
 
     proxy_epochs = PROXY_EPOCHS[mode]
-    md = [
-        "### Ablation with proxy models",
-        "",
-        f"Each configuration adds one perturbed copy of every training object (`n_copies=1`) and is fitted with "
-        f"a *proxy* CNN — width {PROXY_WIDTH} instead of {ctx.config.cnn['width']}, depth "
-        f"{ctx.config.cnn['depth']}, at most {proxy_epochs} epochs with early stopping (patience "
-        f"{PROXY_PATIENCE}) on the sky-group split — so that {len(CONFIGS)} configurations × {n_seeds} seed(s) "
-        f"= {len(runs)} fits take {ablation_s / 60:.1f} min. Fitted on the {n_train} training objects, scored on "
-        f"the {n_valid} validation objects (other sky regions; the test field is not used). Seeds "
-        f"{sorted(runs['seed'].unique().tolist())} set the network initialisation, batch order and augmentation "
-        "draws. The control `none` also adds copies, unperturbed, so every configuration has the same number of "
-        "rows and optimiser steps per epoch: a Δ measures the perturbation itself. Δ = technique − control with "
-        "the same seed; mean ± sample std over seeds. The std covers training randomness only: all "
-        f"configurations are scored on the same {n_valid} objects, whose own sampling error on MCC is "
-        "a few hundredths. Proxy models rank techniques cheaply; their ranking need not carry over exactly to "
-        "the full-size, longer-trained CNN, which is why the choice is re-checked at full size below.",
-        "",
-        abl,
-        "",
-        "![ablation](augmentation_ablation.png)",
-        "",
-        "Per-fit numbers: `augmentation_ablation_runs.csv`; summary: `augmentation_ablation.csv`.",
-        "",
-        "### Choice",
-        "",
-        rule,
-        "",
-        choice,
-        "",
-        "### Full-size model with and without the chosen augmentation",
-        "",
-        ("CNN with the tuning stage's parameters " + f"`{tuned_params}`" if tuned_params else
-         "CNN with the study's default parameters")
-        + f", at most {params['net__max_epochs']} epochs, trained on the {n_train} training objects, seed "
-        f"{ctx.seed}; test = field(s) {', '.join(ctx.config.test_fields)} ({n_test} objects).",
-        "",
-        fin,
-        "",
-        final_text,
-        "",
-        faint_line,
-        "",
-        "### Interpretation",
-        "",
-        "\n".join(interp),
-        "",
-        f"Mode: {mode}" + (f" ({n_seeds} seed(s), {proxy_epochs}-epoch proxies: the ablation is a smoke test, "
-                           "not evidence)." if ctx.quick else "."),
-    ]
+    values = dict(
+        proxy_width=PROXY_WIDTH, width=ctx.config.cnn["width"], depth=ctx.config.cnn["depth"],
+        proxy_epochs=proxy_epochs, proxy_patience=PROXY_PATIENCE, n_configs=len(CONFIGS), n_seeds=n_seeds,
+        n_runs=len(runs), ablation_min=f"{ablation_s / 60:.1f}", n_train=n_train, n_valid=n_valid,
+        seeds=f"{sorted(runs['seed'].unique().tolist())}", ablation_table=abl, choice=choice,
+        tuned_params=f"`{tuned_params}`" if tuned_params else "", max_epochs=params["net__max_epochs"],
+        seed=ctx.seed, test_fields=list(ctx.config.test_fields), n_test=n_test, final_table=fin,
+        gain_valid=_signed(gain_valid), gain_ctrl=_signed(gain_ctrl), gain_test=_signed(gain_test), spread=spread,
+        faint_line=faint_line,
+        d_dihedral=_pm(*dd), v_dihedral=_verdict(*dd, n_seeds), d_shift=_pm(*dsh), v_shift=_verdict(*dsh, n_seeds),
+        shift_px=f"{DEFAULT_STRENGTHS['shift']}", d_zoom=_pm(*dz), v_zoom=_verdict(*dz, n_seeds), d_blur=_pm(*db),
+        v_blur=_verdict(*db, n_seeds), d_noise=_pm(*dn), d_noise_faint=_pm(*dn_f), d_noise_bright=_pm(*dn_b),
+        faint_mag=f"{FAINT_MAG:g}", noise_sigma=f"{DEFAULT_STRENGTHS['noise']:g}",
+        noise_faint_verdict=noise_faint_verdict, noise_faint_helped=bool(np.isfinite(dn_f[0]) and dn_f[0] > 0),
+        d_balance=_pm(*dbal), v_balance=_verdict(*dbal, n_seeds), n_star=n_star, n_gal=n_gal, mode=mode,
+        quick=ctx.quick)
     numbers = {
         "mode": mode,
         "proxy": {"width": PROXY_WIDTH, "max_epochs": proxy_epochs, "patience": PROXY_PATIENCE, "n_seeds": n_seeds},
@@ -663,7 +577,7 @@ def _result(ctx, summary, runs, chosen, fallback, final, mag_frame, params, tune
         "timings": {"ablation_s": round(ablation_s, 1), "proxy_fit_s_mean": float(runs["fit_s"].mean()),
                     "final_fit_s": final_s},
     }
-    return numbers, "\n".join(md)
+    return numbers, values
 
 
 def main(argv=None) -> int:

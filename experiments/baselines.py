@@ -18,7 +18,7 @@ from sklearn.base import clone
 from stargal.calibration import adapt_to_field, calibrate_pipeline
 from stargal.tuning import cv_results_frame, grid_search
 
-from .common import StageResult, fmt, markdown_table, write_csv
+from .common import StageResult, fmt, markdown_table, render_template, write_csv
 
 __all__ = ["run", "LABEL_NOTE", "RULE", "RULE_CAL", "CNN_CAL", "HYBRID_CAL", "FOREST_CAL", "SHIPPED", "CALIBRATION",
            "MAG_BINS"]
@@ -140,7 +140,8 @@ SHIPPED = {"rule": RULE_CAL, "cnn": CNN_CAL, "hybrid": HYBRID_CAL, "forest": FOR
 
 
 def run(ctx) -> StageResult:
-    """Stage 5: every model on the same splits, calibrated on the validation groups, scored on the test field.
+    """Stage 5: every model on the same splits, calibrated on the validation groups, scored on the test field
+    (section from ``templates/baselines.md.j2``).
 
     The CNN is the study's final CNN (:meth:`~experiments.common.StudyContext.final_cnn`), fitted here
     with the defaults when no earlier stage made one. The hybrid CNN is fitted here with the final
@@ -230,71 +231,16 @@ def run(ctx) -> StageResult:
     gal_frac = float(ctx.y(ctx.rows("train")).mean())
     majority_label = "galaxy" if gal_frac > 0.5 else "star"
     n_unmeasured = int((rule[:-1].transform(test)["fit_flag"] != "").sum())
-    md = [
-        headline,
-        "",
-        LABEL_NOTE,
-        "",
-        f"**The models.** *{RULE}*: SDSS's own rule on our measurement of the pixels "
-        "(`stargal.photo.SDSSPhotometry`: PSF flux and PSF-convolved exponential/de Vaucouleurs fits, cModel, "
-        "psfMag − cModelMag on counts summed over the detected bands), with one number learned on the training "
-        f"split, its boundary: {fmt(boundary)} mag (SDSS's nominal 0.145; the mirror's catalogs 0.19). Its "
-        "probability is the measurement error's, Φ((stat − boundary)/σ); objects it cannot measure (not "
-        f"detected, saturated, masked centre: {n_unmeasured} of the test field's {len(test)}) get the training "
-        "galaxy fraction here and are flagged `unmeasured` by `stargal predict`. *CNN*: the final recipe of "
-        "sections 3–4 on the cutouts and the field's PSF. *Hybrid CNN*: the same network and recipe with the "
-        "measurements (`stargal.features.MeasuredFeatures`) as a second input of its head. *Random forest*: "
-        "aperture features of the cutouts (photutils) and the measured features together, tuned with the same "
-        f"group-aware CV as the CNN (best: `{search.best_params_}`, CV MCC {fmt(search.best_score_)}). Its "
-        f"most important features: {top} (`forest_importances.csv`). Catalog PSF/model fluxes are never used "
-        "(they define the labels). Metrics on every split are in `baselines_metrics.csv`.",
-        "",
-        "### Are the probabilities reliable? (test field)",
-        "",
-        rel_table,
-        "",
-        "![reliability](baselines_reliability.png)",
-        "",
-        "Expected calibration error (ECE) = mean |predicted − observed galaxy fraction| over 10 probability "
-        "bins, weighted by their counts. *Field prior* rows: the calibrated probabilities moved, field by "
-        "field, to the galaxy fraction the model itself estimates for that field from its probabilities, "
-        "without labels (EM, Saerens et al. 2002; `stargal.calibration.adapt_to_field`, "
-        "`stargal predict --field-prior`); estimated for the test field: "
-        + ", ".join(f"{n.split(' (')[0]} {fmt(m.priors_.get(ctx.config.test_fields[0], float('nan')))}"
-                    for n, m in models.items() if isinstance(m, _FieldPrior))
-        + f" (true {fmt(ctx.y(test).mean())}). *Calibrated* rows: the fitted model frozen and Platt-scaled "
-        f"(`CalibratedClassifierCV(FrozenEstimator(model), method='{CALIBRATION}')`, "
-        "`stargal.calibration.calibrate_pipeline`) on the validation sky groups; the test field plays no part. "
-        "The CNN is trained with a class-weighted loss, so its raw `p_galaxy` is a ranking score (see ROC AUC); "
-        "calibrated, it is the galaxy fraction among similar objects *at the training fields' star/galaxy mix* "
-        f"(validation: {fmt(ctx.y(valid).mean())} galaxies). The star-rich test field has another mix "
-        f"({fmt(ctx.y(test).mean())}); `stargal.calibration.adjust_prior` moves probabilities to a known mix by "
-        "Bayes' rule. The calibrated model of each kind is what `stargal train --model-type KIND` ships; "
-        "which kind `stargal train` ships by default is chosen in section 7, on held-out training fields.",
-        "",
-        "### Accuracy and MCC by r magnitude (test field)",
-        "",
-        mag_table,
-        "",
-        "Star and galaxy recall per bin (faint stars must not be sacrificed for galaxy recall):",
-        "",
-        recall_table,
-        "",
-        "Star recall at r > 22 on the test field (" + str(int((faint & (ctx.y(test) == 0)).sum())) + " stars): "
-        + ", ".join(f"{n} {fmt(v)}" for n, v in faint_star.items()) + ".",
-        "",
-        "![by magnitude](baselines_by_magnitude.png)",
-        "",
-        "**Where stars and galaxies become hard to tell apart.** Test accuracy by magnitude range — "
-        f"{range_text}. Faint objects (r ≳ 21) carry little extended light above the sky noise, and that "
-        "is where every model loses most; it is also where the catalog labels themselves are least reliable "
-        "(the mirror's validation: ~93% agreement with real SDSS types at r = 21–22), so part of the "
-        "faint-end error is label noise, not model error. Bins with one or two galaxies (bright end) give "
-        "MCC values of 0 or '–' that say little. The majority-class baseline predicts the training set's "
-        f"majority class, *{majority_label}* (train is {fmt(100 * gal_frac, 1)}% galaxies); on the test field "
-        f"(galaxy fraction {fmt(y_test.mean())}) its balanced accuracy of 0.5 and MCC of 0 are the fair "
-        "yardsticks.",
-    ]
+    field_priors = ", ".join(f"{n.split(' (')[0]} {fmt(m.priors_.get(ctx.config.test_fields[0], float('nan')))}"
+                             for n, m in models.items() if isinstance(m, _FieldPrior))
+    md = render_template(
+        "baselines.md.j2", headline=headline, label_note=LABEL_NOTE, rule=RULE, boundary=fmt(boundary),
+        n_unmeasured=n_unmeasured, n_test=len(test), forest_params=f"{search.best_params_}",
+        forest_cv_mcc=fmt(search.best_score_), top_features=top, rel_table=rel_table, field_priors=field_priors,
+        test_gal_frac=fmt(ctx.y(test).mean()), calibration=CALIBRATION, valid_gal_frac=fmt(ctx.y(valid).mean()),
+        mag_table=mag_table, recall_table=recall_table, n_faint_stars=int((faint & (ctx.y(test) == 0)).sum()),
+        faint_star_recall=", ".join(f"{n} {fmt(v)}" for n, v in faint_star.items()), range_text=range_text,
+        majority_label=majority_label, train_gal_pct=fmt(100 * gal_frac, 1))
     numbers = {
         "test": {name: {k: float(t.loc[name][k]) for k in ("accuracy", "balanced_accuracy", "mcc", "roc_auc")
                         if k in t.columns} for name in models},
@@ -312,7 +258,7 @@ def run(ctx) -> StageResult:
     }
     artefacts = {"baseline_models": {"rule": rule, "forest": forest, "cnn": cnn, "hybrid": hybrid},
                  "calibrated_models": dict(cal), "forest_params": search.best_params_}
-    return StageResult(numbers=numbers, markdown="\n".join(md), artefacts=artefacts)
+    return StageResult(numbers=numbers, markdown=md, artefacts=artefacts)
 
 
 def _magnitude_tables(by_mag: dict, models: list) -> tuple[str, str]:

@@ -10,7 +10,9 @@ through extra arguments. ``experiments/run.py`` runs the stages in order, record
 context (:meth:`StudyContext.record`) and writes ``report.md`` from the template
 ``experiments/templates/report.md.j2`` (:func:`render_template`).
 
-Tables of the report go through :func:`markdown_table` (pandas ``to_markdown``).
+Tables of the report go through :func:`markdown_table` (pandas ``to_markdown``); the fixed prose of every
+stage's section lives in its template ``experiments/templates/<stage>.md.j2`` (:func:`render_template`;
+stage 1's parts are macros, :func:`render_macro`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from stargal.fetch import Fetcher  # noqa: E402
 from stargal.training import build_pipeline, evaluate_predictions, fit_pipeline  # noqa: E402
 
 __all__ = ["StageResult", "StudyContext", "stage_timer", "write_json", "write_csv", "fmt", "markdown_table",
-           "render_template", "TEMPLATES", "LOCAL_MIRROR", "use_local_mirror"]
+           "render_template", "render_macro", "TEMPLATES", "LOCAL_MIRROR", "use_local_mirror"]
 
 
 @dataclass
@@ -280,6 +282,16 @@ def render_template(name: str, **values) -> str:
     are best formatted by the caller, the template holding the prose around them.
     """
     return _template_environment().get_template(name).render(**values)
+
+
+def render_macro(name: str, macro: str, **values) -> str:
+    """Call the macro ``macro`` of the template ``experiments/templates/<name>`` with ``values``.
+
+    For a section assembled from parts that are also used on their own (stage 1's): each part is a
+    macro of the stage's template, its text exactly what the macro body renders (same whitespace
+    rules as :func:`render_template`, without the trailing-newline rule).
+    """
+    return str(getattr(_template_environment().get_template(name).module, macro)(**values))
 
 
 #: The local SAS mirror beside the project (``../shared/sdss``), used when ``STARGAL_SAS_URL`` is unset.

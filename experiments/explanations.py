@@ -358,56 +358,29 @@ def run(ctx) -> StageResult:
 
 
 def _explain_markdown(res: dict) -> str:
-    from .common import fmt
+    """The stage's report section from ``templates/explanations.md.j2``."""
+    from .common import fmt, render_template
 
-    lines = [
-        "Attributions of the final CNN's galaxy log-odds for example test objects (correct stars, correct "
-        "galaxies, misclassified objects): SHAP (`shap.GradientExplainer`, expected gradients against 50 "
-        "training objects) and Integrated Gradients (zero baseline = empty sky after scaling). Red pixels "
-        "push towards *galaxy*, blue towards *star*.",
-        "",
-        "![SHAP](explain_shap.png)",
-        "",
-        "![Integrated gradients](explain_ig.png)",
-        "",
-        "![radial importance](radial_importance.png)",
-        "",
-    ]
+    methods = []
     for method in ("shap", "ig"):
         bi = res.get(f"band_importance_{method}")
-        if isinstance(bi, dict):
-            cells = " | ".join(f"{b}: {fmt(v)}" for b, v in bi.items())
-            lines.append(f"- **{method.upper()} band importance** (share of |attribution|): {cells}")
-        top = res.get(f"top_band_{method}")
-        within = res.get(f"frac_abs_within_2px_{method}")
-        if top is not None:
-            lines.append(f"  - most important band: **{top}**; share of |attribution| within 2 px of the centre: "
-                         f"{fmt(within)} (a uniform map would give {fmt(res.get('area_frac_within_2px'))})")
+        methods.append({"name": method.upper(),
+                        "bands": " | ".join(f"{b}: {fmt(v)}" for b, v in bi.items()) if isinstance(bi, dict) else None,
+                        "top": res.get(f"top_band_{method}"),
+                        "within": fmt(res.get(f"frac_abs_within_2px_{method}"))})
     gap = res.get("ig_median_relative_gap")
-    if gap is not None:
-        lines.append(f"- Integrated Gradients completeness (median relative gap between the attribution sum "
-                     f"and f(x) − f(baseline)): {fmt(gap)}")
     conc = [res.get(f"frac_abs_within_2px_{m}") for m in ("shap", "ig")]
     area = res.get("area_frac_within_2px")
-    reading = []
+    concentration = None
     if area and all(c is not None for c in conc):
         ratio = min(conc) / area
-        reading.append(
-            f"Both methods put {fmt(min(conc))}–{fmt(max(conc))} of the attribution within 2 px of the centre, "
-            f"{ratio:.1f}× more than a uniform map would: the decision leans on the object's core and how fast "
-            "its light falls off, as a star/galaxy separation should."
-            if ratio > 1.2 else
-            f"Only {fmt(min(conc))}–{fmt(max(conc))} of the attribution lies within 2 px of the centre "
-            f"(uniform: {fmt(area)}): the maps are diffuse for these examples.")
+        concentration = {"lo": fmt(min(conc)), "hi": fmt(max(conc)), "ratio": f"{ratio:.1f}",
+                         "concentrated": bool(ratio > 1.2), "area": fmt(area)}
     bi = [res.get(f"band_importance_{m}") for m in ("shap", "ig")]
+    band_spread = None
     if all(isinstance(b, dict) for b in bi):
         spread = max(max(b.values()) - min(b.values()) for b in bi)
-        reading.append(
-            "Band shares are close to even (largest spread between bands "
-            f"{fmt(spread)}), so no single band decides; noisy bands (u, z) also receive attribution, "
-            "much of it on sky pixels, which is what attributions of faint, noisy inputs look like."
-            if spread < 0.15 else
-            f"The bands differ in importance (largest spread {fmt(spread)}); see `band_importance.csv`.")
-    lines += ["", "Reading (from the numbers above, for these few examples only): " + " ".join(reading)
-              + " Numbers: `band_importance.csv`, `explain_summary.json`."]
-    return "\n".join(lines)
+        band_spread = {"spread": fmt(spread), "even": bool(spread < 0.15)}
+    return render_template("explanations.md.j2", methods=methods, uniform=fmt(res.get("area_frac_within_2px")),
+                           gap=None if gap is None else fmt(gap), concentration=concentration,
+                           band_spread=band_spread)

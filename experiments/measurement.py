@@ -24,7 +24,7 @@ from stargal.align import Aligner
 from stargal.photo import MIRROR_TYPE_BOUNDARY, SDSSPhotometry
 from stargal.sdss import FieldID, calibobj_path
 
-from .common import StageResult, fmt, markdown_table, write_csv
+from .common import StageResult, fmt, markdown_table, render_template, write_csv
 
 __all__ = ["MAG_BINS", "catalog_measurements", "compare", "run"]
 
@@ -84,7 +84,8 @@ def _plot(frame, path):
 
 
 def run(ctx) -> StageResult:
-    """Measure every catalog object of the training fields and compare with the catalogs (no artefacts)."""
+    """Measure every catalog object of the training fields and compare with the catalogs (no artefacts;
+    section from ``templates/measurement.md.j2``)."""
     t0 = time.perf_counter()
     fields = sorted(ctx.rows("train", "valid")["field_id"].unique())
     kw = dict(sas_url=ctx.fetcher.base_url, cache_dir=str(ctx.fetcher.cache_dir))
@@ -97,8 +98,7 @@ def run(ctx) -> StageResult:
         phot = SDSSPhotometry(psf_source=ctx.config.psf_source, **kw).fit_transform(aligned)
         parts.append(cat.assign(stat=phot["type_stat"].to_numpy(), fit_flag=phot["fit_flag"].to_numpy()))
     if not parts:
-        return StageResult(markdown="The catalogs hold no reconstructed measurements to compare with "
-                                    "(real SDSS sweeps).")
+        return StageResult(markdown=render_template("measurement.md.j2", empty=True))
     frame = pd.concat(parts, ignore_index=True)
     measured = frame[frame["fit_flag"] == ""]
     write_csv(ctx.out_dir / "measurement_check.csv", frame)
@@ -118,30 +118,13 @@ def run(ctx) -> StageResult:
     field_table = markdown_table(per_field.rename(columns={"median_offset": "median offset, r < 21",
                                                            "robust_scatter": "robust scatter, r < 21",
                                                            "type_agreement": "type agreement, r < 21"}))
-    md = [
-        "`stargal.photo.SDSSPhotometry` measures every object as SDSS's photometric pipeline types it: PSF "
-        "flux, exponential and de Vaucouleurs fits convolved with the field's PSF model, cModel, and the "
-        "type statistic psfMag − cModelMag on counts summed over the detected bands. The mirror's catalogs were "
-        "made by such a measurement, so on the **training fields** ours and theirs are compared here, object by "
-        f"object ({len(measured)} of {len(frame)} catalog objects measured; not measured: "
-        + (", ".join(f"{k} {v}" for k, v in flags.items()) or "none") + "). The catalogs' flux columns are read "
-        "only for this check, never as features.",
-        "",
-        table,
-        "",
-        field_table,
-        "",
-        "![ours vs catalog](measurement_check.png)",
-        "",
-        f"Targets at r < 21: |median offset| ≤ {TARGET_OFFSET} mag — {fmt(bright['median_offset'], 4)}, "
-        f"**{'met' if ok_offset else 'missed'}**; type agreement ≥ {TARGET_AGREEMENT:.0%} — "
-        f"{fmt(bright['type_agreement'])}, **{'met' if ok_agree else 'missed'}**. Fainter, both measurements "
-        "carry the noise of one frame, measured with different PSF models and fit details, and they part more "
-        "often: that is where the labels themselves are least certain, and where every model loses.",
-        "",
-        f"Stage time {time.perf_counter() - t0:.0f} s.",
-    ]
+    md = render_template(
+        "measurement.md.j2", empty=False, n_measured=len(measured), n_objects=len(frame),
+        flags=", ".join(f"{k} {v}" for k, v in flags.items()), table=table, field_table=field_table,
+        target_offset=TARGET_OFFSET, offset=fmt(bright["median_offset"], 4), ok_offset=ok_offset,
+        target_agreement=f"{TARGET_AGREEMENT:.0%}", agreement=fmt(bright["type_agreement"]), ok_agree=ok_agree,
+        stage_s=f"{time.perf_counter() - t0:.0f}")
     numbers = {"bins": bins.to_dict(orient="records"), "per_field": per_field.to_dict(orient="records"),
                "n_measured": int(len(measured)), "n_objects": int(len(frame)), "flags": flags,
                "offset_r_lt_21": float(bright["median_offset"]), "agreement_r_lt_21": float(bright["type_agreement"])}
-    return StageResult(numbers=numbers, markdown="\n".join(md))
+    return StageResult(numbers=numbers, markdown=md)

@@ -33,7 +33,7 @@ from stargal.catalogs import labels_to_y
 from stargal.sdss import BANDS
 from stargal.training import build_pipeline, evaluate_predictions, fit_pipeline
 
-from .common import StageResult, fmt, markdown_table, write_csv
+from .common import StageResult, fmt, markdown_table, render_macro, render_template, write_csv
 
 __all__ = ["psf_table", "star_fwhms", "star_check", "psf_markdown", "psfield_comparison", "psfield_markdown",
            "lofo_tasks", "run_lofo", "lofo", "per_field", "choose_default", "N_SEEDS", "DEFAULT_CANDIDATES", "run"]
@@ -154,10 +154,13 @@ def psfield_comparison(fetcher, fid=PSFIELD_FIELD) -> pd.DataFrame:
 
 
 def psfield_markdown(cmp: pd.DataFrame, fid=PSFIELD_FIELD) -> str:
-    """The comparison as a report paragraph with its tables."""
+    """The comparison as a report paragraph with its tables (``templates/alignment.md.j2``, macro ``psfield``)."""
+    values = {"fid": fid, "centre_table": None, "met": None, "worst_band": None, "worst_ratio": None,
+              "stars_table": None, "dev_ours": None, "dev_psfield": None, "dev_band": None,
+              "centre_stars_table": None, "centre_radius": f"{CENTRE_RADIUS_PX:.0f}"}
     if cmp.empty:
-        return f"(No psField for {fid} at this data source: the star-based PSF is not checked against SDSS's.)"
-    centre = markdown_table(pd.DataFrame(
+        return render_macro("alignment.md.j2", "psfield", **values)
+    values["centre_table"] = markdown_table(pd.DataFrame(
         [[r.band, fmt(r.fwhm_stars, 3), fmt(r.fwhm_psfield, 3), fmt(r.ratio, 3), str(r.n_stars),
           fmt(r.sum_abs_diff, 3), fmt(r.max_diff_rel, 3)] for r in cmp.itertuples(index=False)],
         columns=["band", "FWHM ours (″)", "FWHM psField (″)", "ratio", "stars used", "Σ abs difference",
@@ -166,38 +169,26 @@ def psfield_markdown(cmp: pd.DataFrame, fid=PSFIELD_FIELD) -> str:
                "ours / stars", "psField / stars"]
     gri = cmp[cmp["band"].isin(["g", "r", "i"])]
     worst = gri.loc[(gri["ratio"] - 1).abs().idxmax()]
-    met = bool(((gri["ratio"] - 1).abs() <= 0.05).all())
-    text = (f"Our star-based PSF against SDSS's own PSF model (psField, rebuilt with pydl) for {fid} (globular "
-            "cluster M2 in one corner: crowded), at the frame centre, unit-sum 25 × 25 stamps:\n\n"
-            + centre + "\n\nTarget: FWHM within 5 % in g, r and i: "
-            + ("**met**" if met else f"**missed** in {worst['band']} (ratio {fmt(worst['ratio'], 3)})") + ".")
+    values.update(met=bool(((gri["ratio"] - 1).abs() <= 0.05).all()), worst_band=worst["band"],
+                  worst_ratio=fmt(worst["ratio"], 3))
     if "fwhm_star_stamps" in cmp:
-        at = markdown_table(pd.DataFrame(
+        values["stars_table"] = markdown_table(pd.DataFrame(
             [[r.band, str(r.n_star_stamps), fmt(r.fwhm_star_stamps, 3), fmt(r.fwhm_stars_at_stars, 3),
               fmt(r.fwhm_psfield_at_stars, 3), fmt(r.fwhm_stars_at_stars / r.fwhm_star_stamps, 3),
               fmt(r.fwhm_psfield_at_stars / r.fwhm_star_stamps, 3)] for r in cmp.itertuples(index=False)],
             columns=columns))
         dev_ours = float((cmp["fwhm_stars_at_stars"] / cmp["fwhm_star_stamps"] - 1).abs().max())
         dev_ps = (cmp["fwhm_psfield_at_stars"] / cmp["fwhm_star_stamps"] - 1).abs()
-        wb = cmp.loc[dev_ps.idxmax(), "band"]
-        text += ("\n\n**Which model matches the stars?** The same comparison at the positions of the PSF stars "
-                 "themselves (median over the stars; every stamp and both models resampled to the star's "
-                 "sub-pixel centre alike, FWHM measured the same way):\n\n" + at
-                 + f"\n\nOur model reproduces the stars' own FWHM to within {fmt(100 * dev_ours, 1)} % in every "
-                 f"band; SDSS's psField differs from them by up to {fmt(100 * float(dev_ps.max()), 1)} % "
-                 f"({wb} band). Where the target is missed, the disagreement is between the psField and this "
-                 "frame's stars, not between our model and the stars.")
+        values.update(dev_ours=fmt(100 * dev_ours, 1), dev_psfield=fmt(100 * float(dev_ps.max()), 1),
+                      dev_band=cmp.loc[dev_ps.idxmax(), "band"])
     if "n_centre" in cmp and (cmp["n_centre"] > 0).any():
-        cen = markdown_table(pd.DataFrame(
+        values["centre_stars_table"] = markdown_table(pd.DataFrame(
             [[r.band, str(r.n_centre), fmt(r.fwhm_star_stamps_centre, 3), fmt(r.fwhm_stars_centre, 3),
               fmt(r.fwhm_psfield_centre, 3), fmt(r.fwhm_stars_centre / r.fwhm_star_stamps_centre, 3),
               fmt(r.fwhm_psfield_centre / r.fwhm_star_stamps_centre, 3)] for r in cmp.itertuples(index=False)],
             columns=["band", f"stars within {CENTRE_RADIUS_PX:.0f} px of the centre", "their own stamps (″)",
                      *columns[3:]]))
-        text += ("\n\n**At the frame centre itself**, where the target compares the two models: the same "
-                 f"measurement restricted to the PSF stars within {CENTRE_RADIUS_PX:.0f} px of the centre (same "
-                 "resampling for stamps and models):\n\n" + cen)
-    return text
+    return render_macro("alignment.md.j2", "psfield", **values)
 
 
 def _fit_score(kind, psf, config, sas_url, cache_dir, params, fit_rows, eval_rows, augmenter=None):
@@ -373,7 +364,8 @@ def section5_models(ctx) -> dict:
 
 
 def run(ctx) -> StageResult:
-    """Stage 7: leave one field out, the test field, and the kind ``stargal train`` ships by default.
+    """Stage 7: leave one field out, the test field, and the kind ``stargal train`` ships by default (section
+    from ``templates/seeing.md.j2``).
 
     Every fit here reuses the final recipes of earlier stages: the tuned CNN parameters (artefact
     ``tuned_params``), the forest's (``forest_params``) and the CNN's augmenter (``final_augmenter``).
@@ -447,45 +439,11 @@ def run(ctx) -> StageResult:
     default_mean, default_worst = float(d["mcc"].mean()), float(d["mcc"].min())
     worst_field = d.loc[d["mcc"].idxmin(), "held_out"]
     n_seeds = N_SEEDS["quick" if ctx.quick else "full"]
-    md = [
-        "Each training field in turn is held out; every model is refitted on the other fields' train + "
-        "validation objects with the study's final recipe (tuned parameters; the CNN's chosen augmentation, "
-        "without the techniques that need PSF channels for the PSF-blind CNN; the rule fits its one boundary) "
-        "and scored on every object of the held-out field. The test field takes no part. The CNN and the "
-        f"hybrid CNN are fitted with {n_seeds} seed(s) each and their MCC averaged per field (single fits move by "
-        + (f"a few hundredths: the seeds' standard deviation per field, averaged: {seed_note}" if seed_note else
-           "a few hundredths") + "). *forest, aperture features only* is the forest without the measured "
-        "features (what the measurement adds); *CNN, PSF-blind* the CNN without the PSF channels (what the PSF "
-        "adds); *hybrid CNN* the CNN with the measurements (what they add to the network).",
-        "",
-        lofo_table,
-        "",
-        recall_table,
-        "",
-        "![leave one field out](seeing_lofo.png)",
-        "",
-        "**The shipped default.** `stargal train` without `--model-type` fits the kind with the highest mean "
-        "leave-one-field-out MCC here (the config's `default_model`; a test keeps it equal to this run's choice): "
-        + ", ".join(f"{k} {fmt(v)}" for k, v in sorted(default_means.items(), key=lambda kv: -kv[1]))
-        + f" → **{default}**. Its worst held-out field: {worst_field} ({fmt(default_worst)}).",
-        "",
-        "### The field's own star/galaxy mix",
-        "",
-        "Fields differ in their galaxy fraction (Galactic latitude, depth). Each held-out field's fraction "
-        "estimated from the models' own probabilities, without labels (EM on the uncalibrated outputs taken as "
-        "a 50 % mix; `stargal.calibration.adapt_to_field`), and the probabilities moved to it — what "
-        "`stargal predict --field-prior` does:",
-        "",
-        fp_table,
-        "",
-        "### Test field (models fitted on the train split)",
-        "",
-        test_table,
-        "",
-        "The measured models and the CNN are those of section 5; the PSF-blind CNN and the aperture-only forest "
-        "are fitted here with the same recipe. Files: `seeing_lofo.csv` (every fit), `seeing_lofo_fields.csv` "
-        "(seed means), `seeing_test.csv`, `seeing_psf.csv`.",
-    ]
+    md = render_template(
+        "seeing.md.j2", n_seeds=n_seeds, seed_note=seed_note, lofo_table=lofo_table, recall_table=recall_table,
+        default_means=", ".join(f"{k} {fmt(v)}" for k, v in sorted(default_means.items(), key=lambda kv: -kv[1])),
+        default=default, worst_field=worst_field, default_worst=fmt(default_worst), fp_table=fp_table,
+        test_table=test_table)
     numbers = {
         "lofo": frame.to_dict(orient="records"),
         "lofo_fields": fields.to_dict(orient="records"),
@@ -499,7 +457,7 @@ def run(ctx) -> StageResult:
         "psf": psf.to_dict(orient="records"),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    return StageResult(numbers=numbers, markdown="\n".join(md))
+    return StageResult(numbers=numbers, markdown=md)
 
 
 def _lofo_tables(fields: pd.DataFrame, spread: pd.DataFrame, fwhm: dict) -> tuple[str, str]:
@@ -520,21 +478,19 @@ def _lofo_tables(fields: pd.DataFrame, spread: pd.DataFrame, fwhm: dict) -> tupl
 
 
 def psf_markdown(psf: pd.DataFrame, test_fields=()) -> str:
-    """The per-field PSF table for the data section of the report."""
+    """The per-field PSF table for the data section of the report (``templates/alignment.md.j2``, macro
+    ``psf``)."""
     rows = []
     for r in psf.itertuples(index=False):
         d = r._asdict()
         rows.append([d["field"], "test" if d["field"] in test_fields else "train/valid",
                      *(fmt(d[f"fwhm_{b}"], 2) for b in BANDS), f"{d['source_r']} ({d['n_stars_r']})"])
-    lines = [markdown_table(pd.DataFrame(rows, columns=["field", "role", *(f"{b} FWHM (″)" for b in BANDS),
-                                                        "PSF source (stars used, r)"]))]
+    table = markdown_table(pd.DataFrame(rows, columns=["field", "role", *(f"{b} FWHM (″)" for b in BANDS),
+                                                       "PSF source (stars used, r)"]))
+    ratios_table = worst = None
     if any(f"star_ratio_{b}" in psf for b in BANDS):
         ratios = [[d["field"], *(fmt(d.get(f"star_ratio_{b}"), 3) for b in BANDS)]
                   for d in (r._asdict() for r in psf.itertuples(index=False))]
-        lines += ["", "**Does each model reproduce its own stars?** Median FWHM of the model drawn at its PSF "
-                  "stars (found without labels) over that of the stars' own stamps, measured alike "
-                  "(`experiments.seeing.star_check`; 1 = as broad as the stars):", "",
-                  markdown_table(pd.DataFrame(ratios, columns=["field", *BANDS]))]
-        worst = np.nanmax(np.abs(psf[[f"star_ratio_{b}" for b in BANDS]].to_numpy(float) - 1.0))
-        lines += ["", f"Largest deviation from 1 over these fields and bands: {worst:.3f}."]
-    return "\n".join(lines)
+        ratios_table = markdown_table(pd.DataFrame(ratios, columns=["field", *BANDS]))
+        worst = f"{np.nanmax(np.abs(psf[[f'star_ratio_{b}' for b in BANDS]].to_numpy(float) - 1.0)):.3f}"
+    return render_macro("alignment.md.j2", "psf", table=table, ratios_table=ratios_table, worst=worst)

@@ -41,7 +41,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .common import StageResult, fmt, markdown_table, write_csv  # noqa: E402
+from .common import StageResult, fmt, markdown_table, render_template, write_csv  # noqa: E402
 
 __all__ = ["MAP_FIELDS", "MAG_EDGES", "SIZE_EDGES", "BATCH", "measured_rule", "rule_boundary", "recall_maps",
            "data_limit", "run"]
@@ -274,7 +274,8 @@ def _plot(maps: pd.DataFrame, models, labels, fwhm, path: Path) -> None:
 
 
 def run(ctx) -> StageResult:
-    """Renderer checks, recall maps and the ablation (see the module docstring). Writes into ``ctx.out_dir``.
+    """Renderer checks, recall maps and the ablation (see the module docstring). Writes into ``ctx.out_dir``;
+    the section comes from ``templates/synthetic.md.j2``.
 
     The maps classify with the study's shipped models: the CNN (:meth:`~experiments.common.StudyContext.shipped_cnn`)
     and the calibrated forest of stage 5 (artefact ``calibrated_models``); a model that no earlier stage
@@ -403,74 +404,32 @@ def run(ctx) -> StageResult:
                 "meets it at any size") if len(never) else ""
         sentences.append(f"{see}, the best of the three classifiers per r bin: {parts}{tail}")
     cnt_txt = "; ".join(f"{fid}: " + ", ".join(f"{k} {v}" for k, v in c.items()) for fid, c in counts.items())
-    md = [
-        "Synthetic stars and galaxies injected into real frames (`stargal.synth`, `stargal.inject`): the sky, "
-        "its noise, the neighbours, the PSF and the band-to-band astrometry are the field's own; the truth is exact. "
-        "Stars are the field's PSF model at the position; galaxies Sérsic profiles (n 0.5–4, hlr 0.1–3″, axis "
-        "ratio 0.3–1) convolved with it (GalSim), each band at its own WCS position, plus the source's own "
-        "Poisson noise (frame calibration HDU1, SDSS camera gains); the sky's noise is already in the frames. "
-        f"Positions at least 4″ from any detected pixel (r frame, 3σ) and from each other (40″ between the size "
-        f"check's galaxies); refused positions "
-        f"are counted, never moved ({cnt_txt}).",
-        "",
-        "What the frames' noise already holds, per band: the sky's own Poisson noise expected from HDU2's sky "
-        "level, the gain and the calibration, vs the frame's measured pixel noise (robust σ, nanomaggies); the "
-        "rest is read noise, dark current and the sky model's error. The injected source's Poisson noise is the "
-        "only noise added:",
-        "",
-        markdown_table(pd.DataFrame(noise_rows, columns=["field", "u", "g", "r", "i", "z"])),
-        "",
-        "**Renderer checks.** Injected stars at r < 21 typed as stars by SDSS's rule on our measurement "
-        f"(boundary {fmt(boundary)} mag, fitted in section 5): "
-        f"{fmt(star_pass)} (target ≥ 0.98; " + ", ".join(f"{k} {fmt(v)}" for k, v in star_pass_by_field.items())
-        + f"). Bright galaxies (r 15.5–16.5) in {MAP_FIELDS[1]}: the half-light radius measured on the injected "
-        "pixels (second moments minus the PSF's, converted with the Sérsic profile's own moment ratio) is within "
-        f"10 % of the requested one for {fmt(hlr_within)} of {len(hlr)} (target: within 10 %):",
-        "",
-        markdown_table(pd.DataFrame(hlr_rows, columns=["requested hlr", "n", "median measured / requested",
-                                                       "within 10 %", "median flux injected / requested"])),
-        "",
-        "**Recall maps** (`synthetic_recall_maps.png`, `synthetic_recall.csv`): "
-        f"{n_map} objects per field (half stars), r uniform 17–23.5, hlr log-uniform 0.1–3″, classified by the "
-        "final CNN, the forest and SDSS's rule on our measurement of the injected frames (PSF and cModel fits, "
-        f"the type statistic over the detected bands, galaxy above {fmt(boundary)} mag). "
-        f"The test field's objects are used for evaluation only. Smallest hlr told apart (galaxy recall ≥ "
-        f"{GALAXY_OK} in that size bin and all larger ones, with star recall ≥ {STAR_OK} in the r bin):",
-        "",
-        markdown_table(pd.DataFrame(lim_rows, columns=["field (r FWHM)", "r"] + [labels[n] for n in names])),
-        "",
-        "![recall maps](synthetic_recall_maps.png)",
-        "",
-        "**Where the limit of the data lies:** " + "; ".join(sentences) + ".",
-        "",
-        "**Does training with injected objects help on real objects?** Proxy CNNs (stage 4's), control "
-        "(unperturbed copies) vs `SyntheticInjector` (as many injected objects as training rows"
-        + (", at most 300 in quick mode" if ctx.quick else "")
-        + ", from the training fields' frames) labelled with their *true* type, and the same labelled *by SDSS's "
-        "rule on our measurement of the injected frames* (`SyntheticInjector(label='rule')`, the boundary of "
-        f"section 5; injected objects the rule cannot measure are left out), {int(ctl['n_seeds'])} seed(s), "
-        "validation MCC on the real validation objects (held-out sky groups of the training fields):",
-        "",
-        markdown_table(pd.DataFrame(
-            [["control (copies)", pm(ctl, "mcc"), pm(ctl, "mcc_faint"), "", "", ""],
-             ["+ injected objects, true type", pm(syn, "mcc"), pm(syn, "mcc_faint"), dpm("mcc"),
-              dpm("mcc_faint"), f"{int(syn['wins'])}/{int(syn['n_seeds'])}"],
-             ["+ injected objects, typed by the rule", pm(synr, "mcc"), pm(synr, "mcc_faint"),
-              dpm("mcc", synr), dpm("mcc_faint", synr), f"{int(synr['wins'])}/{int(synr['n_seeds'])}"]],
-            columns=["training", "MCC", "MCC r ≥ 21", "Δ MCC vs control (paired)", "Δ MCC r ≥ 21", "wins"])),
-        "",
-        f"Reading: true type, overall {_verdict(syn['delta_mcc_mean'], syn['delta_mcc_std'], int(syn['n_seeds']))}; "
-        f"at r ≥ 21 {_verdict(syn['delta_mcc_faint_mean'], syn['delta_mcc_faint_std'], int(syn['n_seeds']))}. "
-        f"Typed by the rule, overall {_verdict(synr['delta_mcc_mean'], synr['delta_mcc_std'], int(synr['n_seeds']))}; "
-        f"at r ≥ 21 {_verdict(synr['delta_mcc_faint_mean'], synr['delta_mcc_faint_std'], int(synr['n_seeds']))}. "
-        "The real labels are SDSS's morphological type, not the truth: of the injected galaxies with hlr < 0.3 PSF "
-        f"FWHM at r < 21 in the maps above, SDSS's rule calls {fmt(small_called_stars)} stars, and a model trained "
-        "on true types learns a boundary the real labels do not share; rule-typed injection trains on the labels' "
-        "own boundary.",
-        "",
-        f"Stage time {time.perf_counter() - t_stage:.0f} s (size check {timings['hlr_check_s']:.0f} s, maps "
-        f"{timings['maps_s']:.0f} s, ablation {timings['ablation_s']:.0f} s).",
-    ]
+    ablation_table = markdown_table(pd.DataFrame(
+        [["control (copies)", pm(ctl, "mcc"), pm(ctl, "mcc_faint"), "", "", ""],
+         ["+ injected objects, true type", pm(syn, "mcc"), pm(syn, "mcc_faint"), dpm("mcc"),
+          dpm("mcc_faint"), f"{int(syn['wins'])}/{int(syn['n_seeds'])}"],
+         ["+ injected objects, typed by the rule", pm(synr, "mcc"), pm(synr, "mcc_faint"),
+          dpm("mcc", synr), dpm("mcc_faint", synr), f"{int(synr['wins'])}/{int(synr['n_seeds'])}"]],
+        columns=["training", "MCC", "MCC r ≥ 21", "Δ MCC vs control (paired)", "Δ MCC r ≥ 21", "wins"]))
+    md = render_template(
+        "synthetic.md.j2", counts=cnt_txt,
+        noise_table=markdown_table(pd.DataFrame(noise_rows, columns=["field", "u", "g", "r", "i", "z"])),
+        boundary=fmt(boundary), star_pass=fmt(star_pass),
+        star_pass_by_field=", ".join(f"{k} {fmt(v)}" for k, v in star_pass_by_field.items()),
+        hlr_field=MAP_FIELDS[1], hlr_within=fmt(hlr_within), n_hlr=len(hlr),
+        hlr_table=markdown_table(pd.DataFrame(hlr_rows, columns=["requested hlr", "n", "median measured / requested",
+                                                                 "within 10 %", "median flux injected / requested"])),
+        n_map=n_map, galaxy_ok=GALAXY_OK, star_ok=STAR_OK,
+        limit_table=markdown_table(pd.DataFrame(lim_rows,
+                                                columns=["field (r FWHM)", "r"] + [labels[n] for n in names])),
+        limit_sentences=sentences, quick=ctx.quick, n_seeds=int(ctl["n_seeds"]), ablation_table=ablation_table,
+        verdict_true=_verdict(syn["delta_mcc_mean"], syn["delta_mcc_std"], int(syn["n_seeds"])),
+        verdict_true_faint=_verdict(syn["delta_mcc_faint_mean"], syn["delta_mcc_faint_std"], int(syn["n_seeds"])),
+        verdict_rule=_verdict(synr["delta_mcc_mean"], synr["delta_mcc_std"], int(synr["n_seeds"])),
+        verdict_rule_faint=_verdict(synr["delta_mcc_faint_mean"], synr["delta_mcc_faint_std"], int(synr["n_seeds"])),
+        small_called_stars=fmt(small_called_stars), stage_s=f"{time.perf_counter() - t_stage:.0f}",
+        hlr_check_s=f"{timings['hlr_check_s']:.0f}", maps_s=f"{timings['maps_s']:.0f}",
+        ablation_s=f"{timings['ablation_s']:.0f}")
     numbers = {
         "star_pass_r_lt_21": star_pass,
         "star_pass_by_field": star_pass_by_field,
@@ -484,4 +443,4 @@ def run(ctx) -> StageResult:
         "ablation": summary.to_dict(orient="records"),
         "timings": timings,
     }
-    return StageResult(numbers=numbers, markdown="\n".join(md))
+    return StageResult(numbers=numbers, markdown=md)

@@ -449,6 +449,8 @@ def run(ctx) -> StageResult:
 def _markdown(ctx, *, arch_text, n_params, n_params_tuned, class_weight, train_rows, full_epochs,
               curve_before, curve_after, mframe, grid, pruned, settings, search, cv, best_params,
               backends, binfo, timings, best_is_default) -> str:
+    """The stage's section: ``templates/tuning.md.j2`` with the model description (``tuning_model.md.j2``) and
+    the parallel backends (``backends.md.j2``) inserted."""
     cfg = ctx.config
     n_star = int((train_rows["label"] == "star").sum())
     n_gal = int((train_rows["label"] == "galaxy").sum())
@@ -468,46 +470,14 @@ def _markdown(ctx, *, arch_text, n_params, n_params_tuned, class_weight, train_r
             default_row = r
             break
 
-    L = []
-    # ---- architecture and loss
-    L += [render_template(
+    model = render_template(
         "tuning_model.md.j2", width=cfg.cnn["width"], depth=cfg.cnn["depth"], dropout=f"{cfg.cnn['dropout']:g}",
         n_params=f"{n_params:,}", size=cfg.cutout_size, arch_text=arch_text.rstrip(), n_star=n_star, n_gal=n_gal,
         weight_star=f"{class_weight[0]:.3f}", weight_galaxy=f"{class_weight[1]:.3f}", test_star=t_star,
         test_gal=t_gal, cell=f"{cfg.group_cell_arcmin:g}", valid_fraction=f"{cfg.valid_fraction:.0%}",
-        patience=cfg.cnn["patience"]), ""]
-    # ---- before
-    L += ["### Before tuning", "",
-          f"The default configuration ({_params_text({p: defaults[p] for p in params})}, "
-          f"batch {cfg.cnn['batch_size']}) fitted on the {len(train_rows)} train "
-          f"objects (at most {full_epochs} epochs) in {timings['fit_before_s']:.0f} s: it ran "
-          f"{cb['epochs_run']} epochs ({cb['seconds_per_epoch']:.1f} s each) and kept epoch "
-          f"{cb['best_epoch']} (validation loss {cb['best_valid_loss']:.3f}, balanced accuracy "
-          f"{fmt(cb['valid_bacc_at_best'])}, ROC AUC {fmt(cb['valid_auc_at_best'])} on the held-out "
-          "cells).", "",
-          "![learning curves](learning_curves.png)", "",
-          ("Solid: default model (also the tuned one, see below). " if best_is_default else
-           "Solid: default model; dashed: tuned model (refit below). ")
-          + "The validation curves come from the early-stopping split of the train rows, not from the "
-          "`valid` split reported in the tables.", ""]
-    # ---- tuning
-    grid_txt = "; ".join(f"`{_config_name(k)}` {list(v)}" for k, v in grid.items())
-    L += ["### Tuning", "",
-          "`GridSearchCV` over the whole pipeline (objects table -> align -> cut"
-          + (" (with the PSF stamps) -> PSF channels" if ctx.config.psf != "none" else "")
-          + f" -> scale -> CNN, so "
-          f"`cutout_size` can be tuned) on the {len(train_rows)} train objects: "
-          f"`StratifiedGroupKFold` with {t['n_splits']} folds on the {train_rows['group'].nunique()} "
-          f"sky cells, scored by MCC on the held-out fold, `net__groups` routed to each fit's "
-          f"early-stopping split. Grid: {grid_txt} = {n_cand} candidates x {t['n_splits']} folds = "
-          f"{n_cand * t['n_splits']} fits, at most {settings['search_epochs']} epochs each, on "
-          f"{t['backend']} with {t['n_jobs']} concurrent fit(s). Wall time **{t['wall_time_s']:.0f} s** "
-          f"(mean fit {cv['mean_fit_time'].mean():.1f} s, range {cv['mean_fit_time'].min():.1f}–"
-          f"{cv['mean_fit_time'].max():.1f} s; results in `tuning_cv_results.csv`).", ""]
-    if ctx.quick:
-        L += ["Quick mode: the configured quick grid with few epochs and 2 folds -- a smoke test of the "
-              "machinery, not a meaningful tuning result.", ""]
-    else:
+        patience=cfg.cnn["patience"])
+    why = None
+    if not ctx.quick:
         full_grid = cfg.param_grid("full")
         n_full = _n_candidates(full_grid)
         pruned_txt = "; ".join(
@@ -518,141 +488,75 @@ def _markdown(ctx, *, arch_text, n_params, n_params_tuned, class_weight, train_r
         est = n_full * n_sizes * t["n_splits"] * per_fit / max(1, t["n_jobs"])
         n_params_wide = architecture_summary(
             _module_for(cfg, {"net__module__width": FULL_MAX_WIDTH * 2}), cfg.cutout_size)[2]
-        L += [f"**Why this grid.** The configured full grid has {n_full} candidates "
-              f"({'; '.join(f'`{k}` {list(v)}' for k, v in full_grid.items())}); with `cutout_size` on "
-              f"top and {t['n_splits']} folds that is {n_full * n_sizes * t['n_splits']} fits, "
-              f"at least {est / 60:.0f} min at this run's mean fit time on {t['n_jobs']} worker(s) (more, "
-              "since width 64 is slower), against a budget of about 6 min for this search on a 2-core "
-              "machine. "
-              "Not searched: " + pruned_txt + ". Width "
-              f"{FULL_MAX_WIDTH * 2} has {n_params_wide:,} parameters against {n_params:,} at width "
-              f"{cfg.cnn['width']} (about four times the multiply-adds per cutout), too slow on a CPU "
-              f"for cutouts only {cfg.cutout_size} px across; dropout and weight decay were held at their "
-              "defaults because early stopping already regularises every fit (their effect was not "
-              "measured here), leaving the budget for learning rate, width and cutout size. Inside the "
-              f"search each fit is capped at {settings['search_epochs']} epochs (the final refit gets up "
-              f"to {full_epochs}); the cap favours faster learning rates, which is why the winner is "
-              "refitted with the full budget and judged on the untouched `valid` and `test` splits.", ""]
-    L += [f"Top candidates (of {n_cand}):", "", _cv_md(cv, params, top=min(6, len(cv))), ""]
-    if default_row is not None:
-        L += [f"The default configuration ranks {int(default_row['rank_test_score'])} of {n_cand} "
-              f"(CV MCC {fmt(default_row['mean_test_score'])} vs best {fmt(best_row['mean_test_score'])}, "
-              f"fold-to-fold std {fmt(best_row['std_test_score'])}).", ""]
-    L += [f"**Best:** {_params_text(best_params)} (CV MCC {fmt(search.best_score_)}).", ""]
-    # ---- after
-    if best_is_default:
-        L += ["### After tuning", "",
-              "The search picked the default configuration, so the tuned model *is* the default model "
-              "(same parameters, seed and data: a refit would reproduce it); the rows below are "
-              "identical by construction (`metrics_before_after.csv`):", "", _metrics_md(mframe), ""]
-    else:
-        L += ["### After tuning", "",
-              f"The best candidate refitted on all train objects (at most {full_epochs} epochs, "
-              f"{timings['fit_after_s']:.0f} s; ran {ca['epochs_run']} epochs, kept epoch "
-              f"{ca['best_epoch']}; {n_params_tuned:,} parameters) vs the default model "
-              "(`metrics_before_after.csv`):", "", _metrics_md(mframe), ""]
+        why = {"n_full": n_full, "full_grid": "; ".join(f"`{k}` {list(v)}" for k, v in full_grid.items()),
+               "n_full_fits": n_full * n_sizes * t["n_splits"], "est_min": f"{est / 60:.0f}", "pruned": pruned_txt,
+               "wide_width": FULL_MAX_WIDTH * 2, "n_params_wide": f"{n_params_wide:,}"}
     deltas = []
     for split in ("valid", "test"):
         d = m.loc[("after", split), "mcc"] - m.loc[("before", split), "mcc"]
         deltas.append(f"{split} MCC {'+' if d >= 0 else ''}{d:.3f}")
-    if not best_is_default:
-        L += ["Change from tuning: " + ", ".join(deltas) + ". The `valid` split (whole sky cells never "
-              "used by the search or the fits) and the separate test field are the honest estimates; for "
-              "scale, the best candidate's CV MCC varied by a standard deviation of "
-              f"{fmt(best_row['std_test_score'])} from fold to fold (a rough yardstick from "
-              f"{t['n_splits']} folds); in the backend comparison below, runs that differ only in "
-              "torch's thread count (floating-point summation order) moved a candidate's mean CV MCC "
-              f"by up to {backends['max_abs_score_diff'].max():.3f}.", ""]
-    # ---- backends
-    L += _backends_section(backends, binfo, cfg)
-    return "\n".join(L).rstrip() + "\n"
+    text = render_template(
+        "tuning.md.j2", model=model, default_params=_params_text({p: defaults[p] for p in params}),
+        batch_size=cfg.cnn["batch_size"], n_train=len(train_rows), full_epochs=full_epochs,
+        fit_before_s=f"{timings['fit_before_s']:.0f}", epochs_run=cb["epochs_run"],
+        seconds_per_epoch=f"{cb['seconds_per_epoch']:.1f}", best_epoch=cb["best_epoch"],
+        best_valid_loss=f"{cb['best_valid_loss']:.3f}", valid_bacc=fmt(cb["valid_bacc_at_best"]),
+        valid_auc=fmt(cb["valid_auc_at_best"]), best_is_default=best_is_default,
+        psf_channels=ctx.config.psf != "none", n_splits=t["n_splits"], n_groups=train_rows["group"].nunique(),
+        grid="; ".join(f"`{_config_name(k)}` {list(v)}" for k, v in grid.items()), n_cand=n_cand,
+        n_fits=n_cand * t["n_splits"], search_epochs=settings["search_epochs"], backend=t["backend"],
+        n_jobs=t["n_jobs"], wall_time_s=f"{t['wall_time_s']:.0f}", mean_fit_s=f"{cv['mean_fit_time'].mean():.1f}",
+        min_fit_s=f"{cv['mean_fit_time'].min():.1f}", max_fit_s=f"{cv['mean_fit_time'].max():.1f}", why=why,
+        n_params=f"{n_params:,}", width=cfg.cnn["width"], cutout_size=cfg.cutout_size,
+        cv_table=_cv_md(cv, params, top=min(6, len(cv))),
+        default_rank=None if default_row is None else int(default_row["rank_test_score"]),
+        default_mcc=None if default_row is None else fmt(default_row["mean_test_score"]),
+        best_mcc=fmt(best_row["mean_test_score"]), best_std=fmt(best_row["std_test_score"]),
+        best_params=_params_text(best_params), best_score=fmt(search.best_score_),
+        fit_after_s=f"{timings['fit_after_s']:.0f}", epochs_run_tuned=ca["epochs_run"],
+        best_epoch_tuned=ca["best_epoch"], n_params_tuned=f"{n_params_tuned:,}", metrics_table=_metrics_md(mframe),
+        deltas=", ".join(deltas), max_score_diff=f"{backends['max_abs_score_diff'].max():.3f}",
+        backends=_backends_section(backends, binfo, cfg))
+    return text.rstrip() + "\n"
 
 
-def _backends_section(b: pd.DataFrame, binfo: dict, cfg) -> list[str]:
+def _backends_section(b: pd.DataFrame, binfo: dict, cfg) -> str:
+    """The parallel-backends subsection (``templates/backends.md.j2``)."""
     by = b.set_index("backend")
     seq, seq1 = by.loc[SEQ_LABEL], by.loc[SEQ1_LABEL]
     par = b[~b["backend"].isin([SEQ_LABEL, SEQ1_LABEL])]
-    threads = binfo["default_torch_threads"]
-    cores = _cpu_count()
-    all_same = bool(b["same_best_params"].all())
-    bgrid = "; ".join(f"`{_config_name(k)}` {list(v)}" for k, v in binfo["grid"].items())
     startup = binfo.get("dask_startup_s")
-    L = ["### Parallel backends", "",
-         f"The same small search ({bgrid}; {binfo['cv']} group folds, at most {binfo['epochs']} epochs "
-         f"per fit, {int(seq['n_fits'])} fits, no refit) timed in this run on each backend, one after "
-         "the other (`tuning_backends.csv`; the 1-minute load average at the start of each run shows "
-         "how busy the shared machine was):", "", backends_markdown(b), ""]
-    if binfo.get("dask_error"):
-        L += [f"**The Dask run failed** in this run (`{binfo['dask_error']}`); its row is missing.", ""]
-    L += [("All runs chose **the same best parameters**" if all_same else
-           "The runs did **not** all choose the same best parameters")
-          + " (largest difference of a candidate's mean CV MCC from the first run: "
-          f"{b['max_abs_score_diff'].max():.2g}; seeds and folds are fixed, so differences can only come "
-          "from the floating-point order of multi- vs single-threaded torch kernels). Worker start-up is "
-          "not in the wall times: before its timed search every worker process was started and warmed "
-          "up by one tiny fit (importing torch, mapping the frames, initialising torch's kernels), so "
-          "that no backend pays for a cold first fit" + (
-              f"; starting and warming up the Dask cluster took {startup:.1f} s."
-              if startup is not None else "."), ""]
+
     def short(name):
         return name.split(" (")[0]
 
-    pure = ", ".join(f"{short(r.backend)} {r.speedup_vs_sequential_1thread:.2f}x"
-                     for r in par.itertuples(index=False))
-    vs_default = ", ".join(f"{short(r.backend)} {r.speedup_vs_sequential:.2f}x"
-                           for r in par.itertuples(index=False))
     slow = {short(r.backend): r.mean_fit_time_s / seq1["mean_fit_time_s"]
             for r in par.itertuples(index=False) if seq1["mean_fit_time_s"] > 0}
-    text = (f"**Reading the speedups ({cores} cores).** Two fits at a time can at best halve the time "
-            f"of one-thread sequential fits; measured against the sequential run with one torch thread "
-            f"({fmt(seq1['wall_time_s'], 1)} s) the parallel speedups are {pure}. ")
-    if (par["speedup_vs_sequential_1thread"] >= 2).any():
-        text += ("A ratio of 2 or more cannot come from two workers alone: the load of the shared "
-                 "machine changed between the runs (see the load column), so these single runs "
-                 "are only indicative. ")
-    else:
-        per_fit = ", ".join(f"{k} {v:.1f}x" for k, v in slow.items())
-        text += ("Below 2 because of the per-fit time: one fit inside a worker took, on average, "
-                 f"{per_fit} as long as the same fit alone in the main process "
-                 f"({fmt(seq1['mean_fit_time_s'], 2)} s). ")
-        if slow and max(slow.values()) > 1.3:
-            text += ("Where fits ran slower inside workers than alone, the likely causes are the "
-                     "shared machine (load column) and two convolution-heavy processes competing for "
-                     "memory bandwidth and caches. ")
-        text += ("On top come shipping the estimator and the objects table to the workers and "
-                 "waiting for the slower of two concurrent fits (Dask adds its scheduler's per-task "
-                 "overhead). ")
+    dask_trim = None
     if DASK_LABEL in by.index and DASK_TRIM_LABEL in by.index:
         d, dt = by.loc[DASK_LABEL], by.loc[DASK_TRIM_LABEL]
         ratio = dt["mean_fit_time_s"] / d["mean_fit_time_s"] if d["mean_fit_time_s"] > 0 else np.nan
-        text += ("**Dask's allocator setting.** Its nanny starts workers with "
-                 "`MALLOC_TRIM_THRESHOLD_=65536` by default, which switches off glibc's dynamic mmap "
-                 "threshold, so large buffers such as torch's per-batch tensors can be mapped, "
-                 "page-faulted and unmapped at every step. With that setting a fit took "
-                 f"{fmt(dt['mean_fit_time_s'], 2)} s on average and the search {fmt(dt['wall_time_s'], 1)} "
-                 f"s, against {fmt(d['mean_fit_time_s'], 2)} s and {fmt(d['wall_time_s'], 1)} s with the "
-                 "variable removed (`dask.config` key `distributed.nanny.pre-spawn-environ`, as this "
-                 "stage does for its main Dask row)" + (
-                     f": {ratio:.1f}x slower per fit. " if ratio > 1.3 else
-                     ": no clear difference at this size. "))
-    if seq["wall_time_s"] > seq1["wall_time_s"]:
-        text += (f"Against the plain `n_jobs=1` run ({fmt(seq['wall_time_s'], 1)} s, torch's default "
-                 f"{threads} intra-op threads) the ratios are {vs_default}: here the sequential fits were "
-                 f"{seq['wall_time_s'] / seq1['wall_time_s']:.1f}x faster with one torch thread than "
-                 f"with {threads} (process CPU time {fmt(seq['main_process_cpu_s'], 1)} s vs "
-                 f"{fmt(seq1['main_process_cpu_s'], 1)} s for the same work). Convolutions on "
-                 f"{cfg.cutout_size}x{cfg.cutout_size} cutouts in batches of {cfg.cnn['batch_size']} are "
-                 "too small to split across threads efficiently, and when another process holds a core "
-                 "the threads of one operation wait (spinning) for each other; one single-threaded fit "
-                 "per core avoids this, which is what the loky and Dask backends do "
-                 "(`stargal.tuning` caps each worker's threads).")
-    else:
-        text += (f"Against the plain `n_jobs=1` run ({fmt(seq['wall_time_s'], 1)} s) the ratios are "
-                 f"{vs_default}: there torch's {threads} intra-op threads already spread every fit "
-                 "over both cores, so fit-level parallelism has little left to gain.")
-    L += [text + " With more cores (or a Dask cluster of several machines) the same code runs one "
-          "fit per core.", ""]
-    return L
+        dask_trim = {"trim_fit_s": fmt(dt["mean_fit_time_s"], 2), "trim_wall_s": fmt(dt["wall_time_s"], 1),
+                     "fit_s": fmt(d["mean_fit_time_s"], 2), "wall_s": fmt(d["wall_time_s"], 1),
+                     "ratio": f"{ratio:.1f}", "slower": bool(ratio > 1.3)}
+    seq_slower = bool(seq["wall_time_s"] > seq1["wall_time_s"])
+    return render_template(
+        "backends.md.j2", grid="; ".join(f"`{_config_name(k)}` {list(v)}" for k, v in binfo["grid"].items()),
+        cv=binfo["cv"], epochs=binfo["epochs"], n_fits=int(seq["n_fits"]), table=backends_markdown(b),
+        dask_error=binfo.get("dask_error"), all_same=bool(b["same_best_params"].all()),
+        max_score_diff=f"{b['max_abs_score_diff'].max():.2g}",
+        dask_startup_s=None if startup is None else f"{startup:.1f}", cores=_cpu_count(),
+        seq1_wall_s=fmt(seq1["wall_time_s"], 1),
+        pure=", ".join(f"{short(r.backend)} {r.speedup_vs_sequential_1thread:.2f}x"
+                       for r in par.itertuples(index=False)),
+        superlinear=bool((par["speedup_vs_sequential_1thread"] >= 2).any()),
+        per_fit=", ".join(f"{k} {v:.1f}x" for k, v in slow.items()), seq1_fit_s=fmt(seq1["mean_fit_time_s"], 2),
+        workers_slower=bool(slow and max(slow.values()) > 1.3), dask_trim=dask_trim, seq_slower=seq_slower,
+        seq_wall_s=fmt(seq["wall_time_s"], 1), threads=binfo["default_torch_threads"],
+        vs_default=", ".join(f"{short(r.backend)} {r.speedup_vs_sequential:.2f}x" for r in par.itertuples(index=False)),
+        seq_ratio=f"{seq['wall_time_s'] / seq1['wall_time_s']:.1f}" if seq_slower else None,
+        seq_cpu_s=fmt(seq["main_process_cpu_s"], 1), seq1_cpu_s=fmt(seq1["main_process_cpu_s"], 1),
+        cutout_size=cfg.cutout_size, batch_size=cfg.cnn["batch_size"])
 
 
 def _cpu_count() -> int:
