@@ -37,7 +37,10 @@ What is measured (per object and band, nanomaggies)
    ``ln r_e``; ``r_e`` is capped at ``4 x`` the moment size + 3 px (the moment size: the root mean
    square radius of the positive flux within 15 px). Because the PSF model is linear
    in a few basis images, every template is precomputed per field and band for each basis image
-   (a *bank*), and all objects are scored against all templates with matrix products.
+   (a *bank*), and all objects are scored against all templates with matrix products. The stamps'
+   pixels are taken in order of radius and cut to the largest fit disc, so every fit disc is a
+   prefix; the detection map, neighbour masks, pixel sums and masked-template corrections are
+   numba kernels (:mod:`stargal._photo_kernels`, numpy fallbacks that measure the same).
 8. **cModel.** The best linear mix of the best exponential and de Vaucouleurs models:
    ``fracDeV`` clipped to [0, 1], ``cModel = fracDeV dev + (1 - fracDeV) exp``. Model fluxes are
    normalised so that the field's bright PSF stars have cModel = PSF flux (one factor per field,
