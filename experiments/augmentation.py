@@ -69,16 +69,18 @@ CONFIGS: dict[str, dict] = {
 
 
 
-def _synthetic_injector(ctx, random_state):
+def _synthetic_injector(ctx, random_state, train=None):
     """Injected synthetic stars and galaxies in the training fields' frames
     (:class:`~stargal.inject.SyntheticInjector`).
 
-    As many objects as training rows (the row count of the control's unperturbed copies); fewer in quick
-    mode. Magnitudes and colours from the training fields' measured photometry, r in 17-23, hlr 0.1-3″.
+    ``train``: the rows the proxy is fitted on (the study's train split by default); objects are injected
+    into the frames of their fields only, as many as these rows (the row count of the control's unperturbed
+    copies); fewer in quick mode. Magnitudes and colours from those fields' measured photometry, r in 17-23,
+    hlr 0.1-3″.
     """
     from stargal.inject import SyntheticInjector
 
-    train = ctx.rows("train")
+    train = ctx.rows("train") if train is None else train
     fields = sorted(train["field_id"].unique())
     n = min(len(train), 300) if ctx.quick else len(train)
     return SyntheticInjector(fields=fields, n_objects=int(n), mag_range=(17.0, 23.0), hlr_range=(0.1, 3.0),
@@ -86,18 +88,21 @@ def _synthetic_injector(ctx, random_state):
                              sas_url=ctx.fetcher.base_url, cache_dir=str(ctx.fetcher.cache_dir))
 
 
-def _rule_injector(ctx, random_state):
+def _rule_injector(ctx, random_state, train=None, boundary=None):
     """:func:`_synthetic_injector` with ``label='rule'``: injected objects typed by SDSS's rule on our
-    measurement of the injected frames, with the boundary the study's rule fitted (stage 5)."""
+    measurement of the injected frames, with ``boundary`` (default: the one the study's rule fitted in
+    stage 5)."""
     from stargal.photo import MIRROR_TYPE_BOUNDARY
 
-    boundary = ctx.numbers("baselines").get("rule_boundary", MIRROR_TYPE_BOUNDARY)
-    return _synthetic_injector(ctx, random_state).set_params(label="rule", rule_boundary=float(boundary))
+    if boundary is None:
+        boundary = ctx.numbers("baselines").get("rule_boundary", MIRROR_TYPE_BOUNDARY)
+    return _synthetic_injector(ctx, random_state, train).set_params(label="rule", rule_boundary=float(boundary))
 
 
 #: Ablation configurations that are samplers other than the CutoutAugmenter: name -> ``factory(ctx,
-#: random_state)``. They are not in the default ablation (rendering costs time): ``experiments/synthetic.py``
-#: runs them paired with the control, ``ablation(ctx, configs=['none', 'synthetic', 'synthetic_rule'])``.
+#: random_state, train)`` (``train``: the rows the proxy is fitted on). They are not in the default ablation
+#: (rendering costs time): ``experiments/synthetic.py`` runs them paired with the control on held-out fields
+#: (:func:`experiments.synthetic.held_out_ablation`).
 SAMPLER_CONFIGS: dict = {"synthetic": _synthetic_injector, "synthetic_rule": _rule_injector}
 
 #: Width of the proxy CNNs (the study's depth, dropout, lr, ... are kept).
@@ -194,8 +199,12 @@ def _scores(ctx, pipe, rows) -> dict:
     return out
 
 
-def ablation(ctx, configs=None, seeds=None, log=print) -> pd.DataFrame:
-    """One proxy fit per configuration and seed: fitted on train, scored on valid.
+def ablation(ctx, configs=None, seeds=None, log=print, train=None, valid=None, samplers=None) -> pd.DataFrame:
+    """One proxy fit per configuration and seed: fitted on ``train``, scored on ``valid`` (the study's
+    train and validation splits by default).
+
+    ``samplers``: factories that replace :data:`SAMPLER_CONFIGS`' for some configurations (name ->
+    ``factory(ctx, random_state, train)``).
 
     Returns one row per fit: ``config``, ``seed``, ``epochs`` (run before early stopping ended it),
     ``fit_s``, ``mcc``, ``balanced_accuracy``, ``roc_auc``, ``mcc_faint``, ``mcc_bright``.
@@ -203,14 +212,16 @@ def ablation(ctx, configs=None, seeds=None, log=print) -> pd.DataFrame:
     configs = list(CONFIGS) if configs is None else list(configs)
     if seeds is None:
         seeds = range(N_SEEDS["quick" if ctx.quick else "full"])
-    train, valid = ctx.rows("train"), ctx.rows("valid")
+    train = ctx.rows("train") if train is None else train
+    valid = ctx.rows("valid") if valid is None else valid
+    factories = {**SAMPLER_CONFIGS, **(samplers or {})}
     runs = []
     with torch_threads():
         for seed in seeds:
             for name in configs:
                 params = proxy_params(ctx, seed)
-                if name in SAMPLER_CONFIGS:
-                    aug = SAMPLER_CONFIGS[name](ctx, params["net__random_state"])
+                if name in factories:
+                    aug = factories[name](ctx, params["net__random_state"], train)
                 else:
                     aug = make_augmenter(name, random_state=params["net__random_state"])
                 pipe = ctx.pipeline("cnn", augmenter=aug, params=params)
@@ -300,15 +311,15 @@ def _final_params(ctx, tuned_params) -> dict:
     return params
 
 
-def _verdict(mean, std, n) -> str:
-    """A plain-words reading of a paired delta."""
+def _verdict(mean, std, n, spread="seed-to-seed") -> str:
+    """A plain-words reading of a paired delta (``spread``: what its standard deviation is over)."""
     if n < 2 or not np.isfinite(std):
-        return "one seed only: no noise estimate"
+        return "one seed only: no noise estimate" if spread == "seed-to-seed" else "one pair only: no noise estimate"
     if mean - std > 0:
-        return "gain larger than the seed-to-seed spread"
+        return f"gain larger than the {spread} spread"
     if mean + std < 0:
-        return "loss larger than the seed-to-seed spread"
-    return "within seed noise"
+        return f"loss larger than the {spread} spread"
+    return f"within the {spread} spread" if spread != "seed-to-seed" else "within seed noise"
 
 
 def _pm(mean, std) -> str:

@@ -12,10 +12,11 @@
    cut like real objects (Aligner positions, ``Cutter.cut_field``, PSF channels) and classified by the final
    CNN, the forest and SDSS's rule. Injected objects are used for evaluation only; no model is refitted.
    Galaxy recall per (r magnitude x hlr / PSF FWHM) cell, star recall per r bin.
-3. **Ablation with real labels as the judge**: proxy CNNs (as in stage 4) trained on the real training rows
-   with the control augmenter (unperturbed copies) or with :class:`stargal.inject.SyntheticInjector`
-   (injected objects in the training fields' frames), same seeds; validation MCC on the *real* validation
-   objects, overall and at r ≥ 21.
+3. **Ablation with real labels as the judge, on held-out fields** (:func:`held_out_ablation`): each training
+   field in turn is held out; proxy CNNs (as in stage 4) are fitted on the other fields' real rows with the
+   control augmenter (unperturbed copies) or with :class:`stargal.inject.SyntheticInjector` (injected objects
+   in those fields' frames), the same seed per fold; MCC on every *real* object of the held-out field,
+   overall and at r ≥ 21.
 
 SDSS's rule (``measured_rule``): the injected frames measured like real ones
 (:meth:`stargal.photo.SDSSPhotometry.measure_field`: PSF and cModel fits, the type statistic summed over the
@@ -43,8 +44,8 @@ import pandas as pd  # noqa: E402
 
 from .common import StageResult, fmt, markdown_table, render_template, write_csv  # noqa: E402
 
-__all__ = ["MAP_FIELDS", "MAG_EDGES", "SIZE_EDGES", "BATCH", "measured_rule", "rule_boundary", "recall_maps",
-           "data_limit", "run"]
+__all__ = ["MAP_FIELDS", "MAG_EDGES", "SIZE_EDGES", "BATCH", "HELD_OUT_CONFIGS", "measured_rule", "rule_boundary",
+           "recall_maps", "data_limit", "held_out_ablation", "run"]
 
 #: Fields whose frames receive the evaluation objects: the test field (sharp) and a broad-seeing training field.
 MAP_FIELDS = ("8162-6-80", "1035-6-17")
@@ -58,8 +59,11 @@ BATCH = 400
 N_MAP = {"full": 2000, "quick": 400}
 #: Bright galaxies for the size check: full / quick.
 N_HLR = {"full": 200, "quick": 60}
-#: Seeds of the ablation (offsets to the study seed): full / quick.
-N_SEEDS = {"full": 3, "quick": 1}
+#: Configurations of the held-out-field ablation: the control (unperturbed copies), injected objects with
+#: their true type, injected objects typed by the rule.
+HELD_OUT_CONFIGS = ("none", "synthetic", "synthetic_rule")
+#: Training fields held out in turn in quick mode (every training field in full mode).
+N_HELD_OUT_QUICK = 2
 #: Size check: galaxies per batch and their minimum mutual separation (arcsec; a 3″ galaxy's stamp is 46 px).
 HLR_BATCH, HLR_SEPARATION_ARCSEC = 50, 40.0
 #: Galaxy recall at least this (with star recall at least STAR_OK in the same r bin) counts as "told apart".
@@ -188,6 +192,78 @@ def _noise_table(ctx) -> list:
     return rows
 
 
+def _proxy_fit_score(config, sas_url, cache_dir, params, fit_rows, eval_rows, augmenter):
+    """Fit one proxy CNN and score it on ``eval_rows`` (runs in a worker; one torch thread)."""
+    import torch
+
+    from types import SimpleNamespace
+
+    from stargal.training import build_pipeline, fit_pipeline, labels_to_y
+
+    from .augmentation import _scores
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    pipe = build_pipeline("cnn", config, sas_url=sas_url, cache_dir=cache_dir, augmenter=augmenter, params=params)
+    fit_pipeline(pipe, fit_rows)
+    fit_s = time.perf_counter() - t0
+    labels = SimpleNamespace(y=lambda rows: labels_to_y(rows["label"]))  # what _scores needs of a study context
+    return {"epochs": len(pipe.named_steps["net"].history), "fit_s": round(fit_s, 1),
+            **_scores(labels, pipe, eval_rows)}
+
+
+def held_out_ablation(ctx, configs=HELD_OUT_CONFIGS, log=print) -> pd.DataFrame:
+    """Does training with injected objects help on a field the model has never seen?
+
+    Each training field in turn is held out (the first :data:`N_HELD_OUT_QUICK` in quick mode). Per fold,
+    proxy CNNs (stage 4's) are fitted on the other fields' train + validation rows with each configuration
+    of ``configs`` (``'none'``: unperturbed copies; ``'synthetic'``: :class:`~stargal.inject.SyntheticInjector`
+    objects with their true type; ``'synthetic_rule'``: typed by SDSS's rule on our measurement) and scored on
+    every object of the held-out field. Objects are injected into the fitting fields' frames only, and the
+    rule's boundary is refitted on the fold's fitting rows, so nothing of the held-out field enters. One seed
+    per fold (the study seed + the fold's index), shared by its configurations: the deltas are paired by
+    fold. The fits run in ``ctx.n_jobs`` workers.
+
+    Returns one row per fold and configuration: ``held_out_field``, ``rule_boundary``, ``config``, ``seed``,
+    ``epochs``, ``fit_s``, ``mcc``, ``balanced_accuracy``, ``roc_auc``, ``mcc_faint``, ``mcc_bright``.
+    """
+    from joblib import Parallel, delayed
+
+    from .augmentation import _rule_injector, _synthetic_injector, make_augmenter, proxy_params
+
+    rows = ctx.rows("train", "valid")
+    fields = sorted(rows["field_id"].unique())
+    if ctx.quick:
+        fields = fields[:N_HELD_OUT_QUICK]
+    tasks = []
+    for k, fid in enumerate(fields):
+        fit_rows, held = rows[rows["field_id"] != fid], rows[rows["field_id"] == fid]
+        boundary = None
+        if "synthetic_rule" in configs:
+            rule = ctx.fit(ctx.pipeline("rule"), fit_rows)
+            boundary = float(rule.named_steps["rule"].boundary_)
+        params = proxy_params(ctx, k)
+        seed = params["net__random_state"]
+        for name in configs:
+            if name == "synthetic":
+                aug = _synthetic_injector(ctx, seed, fit_rows)
+            elif name == "synthetic_rule":
+                aug = _rule_injector(ctx, seed, fit_rows, boundary=boundary)
+            else:
+                aug = make_augmenter(name, random_state=seed)
+            tasks.append(({"held_out_field": fid, "rule_boundary": boundary, "config": name, "seed": int(seed)},
+                          (ctx.config, ctx.fetcher.base_url, str(ctx.fetcher.cache_dir), params, fit_rows, held, aug)))
+    log(f"  {len(tasks)} proxy fits ({len(fields)} held-out fields x {len(configs)} configurations), "
+        f"{ctx.n_jobs} workers")
+    results = Parallel(n_jobs=ctx.n_jobs)(delayed(_proxy_fit_score)(*args) for _, args in tasks)
+    out = []
+    for (meta, _), res in zip(tasks, results):
+        out.append({**meta, **res})
+        log(f"  held out {meta['held_out_field']}, {meta['config']:<14s}: MCC {res['mcc']:.3f} "
+            f"({res['epochs']} epochs, {res['fit_s']:.1f} s)")
+    return pd.DataFrame(out)
+
+
 def recall_maps(objects: pd.DataFrame, models) -> pd.DataFrame:
     """Recall per (field, model, kind, r bin, size bin): ``n``, ``recall``."""
     rows = []
@@ -281,7 +357,7 @@ def run(ctx) -> StageResult:
     and the calibrated forest of stage 5 (artefact ``calibrated_models``); a model that no earlier stage
     fitted is left out of the maps. No artefacts.
     """
-    from .augmentation import _verdict, ablation, summarise, torch_threads
+    from .augmentation import _verdict, summarise, torch_threads
 
     cnn, forest = ctx.shipped_cnn(), ctx.artefact("calibrated_models", {}).get("forest")
     log = print
@@ -355,7 +431,7 @@ def run(ctx) -> StageResult:
 
     # 3. ablation ------------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    runs = ablation(ctx, configs=["none", "synthetic", "synthetic_rule"], seeds=range(N_SEEDS[mode]), log=log)
+    runs = held_out_ablation(ctx, log=log)
     write_csv(out / "synthetic_ablation_runs.csv", runs)
     summary = summarise(runs)
     timings["ablation_s"] = round(time.perf_counter() - t0, 1)
@@ -410,7 +486,16 @@ def run(ctx) -> StageResult:
           dpm("mcc_faint"), f"{int(syn['wins'])}/{int(syn['n_seeds'])}"],
          ["+ injected objects, typed by the rule", pm(synr, "mcc"), pm(synr, "mcc_faint"),
           dpm("mcc", synr), dpm("mcc_faint", synr), f"{int(synr['wins'])}/{int(synr['n_seeds'])}"]],
-        columns=["training", "MCC", "MCC r ≥ 21", "Δ MCC vs control (paired)", "Δ MCC r ≥ 21", "wins"]))
+        columns=["training", "MCC", "MCC r ≥ 21", "Δ MCC vs control (paired by field)", "Δ MCC r ≥ 21",
+                 "fields where it beats the control"]))
+    per_field = runs.pivot(index="held_out_field", columns="config", values="mcc")
+    per_field = per_field.assign(rule_boundary=runs.groupby("held_out_field")["rule_boundary"].first()).reset_index()
+    field_table = markdown_table(pd.DataFrame(
+        [[r["held_out_field"], fmt(r["rule_boundary"]), fmt(r["none"]), fmt(r["synthetic"]), fmt(r["synthetic_rule"])]
+         for _, r in per_field.iterrows()],
+        columns=["held-out field", "rule boundary (fitted without it)", "control MCC", "true type MCC",
+                 "typed by the rule MCC"]))
+    spread = "field-to-field"
     md = render_template(
         "synthetic.md.j2", counts=cnt_txt,
         noise_table=markdown_table(pd.DataFrame(noise_rows, columns=["field", "u", "g", "r", "i", "z"])),
@@ -422,11 +507,14 @@ def run(ctx) -> StageResult:
         n_map=n_map, galaxy_ok=GALAXY_OK, star_ok=STAR_OK,
         limit_table=markdown_table(pd.DataFrame(lim_rows,
                                                 columns=["field (r FWHM)", "r"] + [labels[n] for n in names])),
-        limit_sentences=sentences, quick=ctx.quick, n_seeds=int(ctl["n_seeds"]), ablation_table=ablation_table,
-        verdict_true=_verdict(syn["delta_mcc_mean"], syn["delta_mcc_std"], int(syn["n_seeds"])),
-        verdict_true_faint=_verdict(syn["delta_mcc_faint_mean"], syn["delta_mcc_faint_std"], int(syn["n_seeds"])),
-        verdict_rule=_verdict(synr["delta_mcc_mean"], synr["delta_mcc_std"], int(synr["n_seeds"])),
-        verdict_rule_faint=_verdict(synr["delta_mcc_faint_mean"], synr["delta_mcc_faint_std"], int(synr["n_seeds"])),
+        limit_sentences=sentences, quick=ctx.quick, n_folds=int(ctl["n_seeds"]), ablation_table=ablation_table,
+        field_table=field_table, n_jobs=ctx.n_jobs,
+        verdict_true=_verdict(syn["delta_mcc_mean"], syn["delta_mcc_std"], int(syn["n_seeds"]), spread),
+        verdict_true_faint=_verdict(syn["delta_mcc_faint_mean"], syn["delta_mcc_faint_std"], int(syn["n_seeds"]),
+                                    spread),
+        verdict_rule=_verdict(synr["delta_mcc_mean"], synr["delta_mcc_std"], int(synr["n_seeds"]), spread),
+        verdict_rule_faint=_verdict(synr["delta_mcc_faint_mean"], synr["delta_mcc_faint_std"], int(synr["n_seeds"]),
+                                    spread),
         small_called_stars=fmt(small_called_stars), stage_s=f"{time.perf_counter() - t_stage:.0f}",
         hlr_check_s=f"{timings['hlr_check_s']:.0f}", maps_s=f"{timings['maps_s']:.0f}",
         ablation_s=f"{timings['ablation_s']:.0f}")
@@ -441,6 +529,7 @@ def run(ctx) -> StageResult:
         "fwhm_r": fwhm,
         "limit": limit.to_dict(orient="records"),
         "ablation": summary.to_dict(orient="records"),
+        "ablation_held_out_fields": per_field.to_dict(orient="records"),
         "timings": timings,
     }
     return StageResult(numbers=numbers, markdown=md)

@@ -120,3 +120,21 @@ def mirror_fetcher(mirror_url, mirror_cache):
     from stargal.fetch import Fetcher
 
     return Fetcher(mirror_url, mirror_cache, quiet=True)
+
+
+# ------------------------------------------------------------------ CNN tests (test_classifier, test_pipelines)
+@pytest.fixture(scope="module")
+def cnn_cutouts():
+    """``(X, y, groups)``: 300 synthetic cutouts (:func:`cnn_testing.synthetic_cutouts`, seed 1)."""
+    from cnn_testing import synthetic_cutouts
+
+    return synthetic_cutouts(300, seed=1)
+
+
+@pytest.fixture
+def split_seen():
+    """``(seen, callback)``: a fresh record of the CNN's train/valid splits for each test, shared by every clone
+    of the callback (:func:`cnn_testing.split_recorder`)."""
+    from cnn_testing import split_recorder
+
+    return split_recorder()

@@ -9,26 +9,16 @@ import torch
 from sklearn.base import clone
 from sklearn.metrics import balanced_accuracy_score
 
-from cnn_testing import split_recorder, synthetic_cutouts, tiny
+from cnn_testing import synthetic_cutouts, tiny
 from stargal.classifier import LeakyValidationWarning, SkyValidSplit, make_cnn_net
 from stargal.pipelines import make_cnn_pipeline
 
 torch.set_num_threads(1)
 
-@pytest.fixture(scope="module")
-def data():
-    return synthetic_cutouts(300, seed=1)
-
-
-@pytest.fixture
-def recorder():
-    """``(seen, callback)``: a fresh record for each test, shared by every clone of the callback."""
-    return split_recorder()
-
 
 # --------------------------------------------------------------------------- ensembles
-def test_cnn_ensemble_trains_every_member_on_its_own_loss(data):
-    X, y, groups = data
+def test_cnn_ensemble_trains_every_member_on_its_own_loss(cnn_cutouts):
+    X, y, groups = cnn_cutouts
     net = make_cnn_net(**tiny(max_epochs=3, members=2)).fit(X, y, groups=groups)
     towers = net.module_.towers
     Xt = torch.as_tensor(X[:64])
@@ -49,10 +39,9 @@ def test_cnn_ensemble_trains_every_member_on_its_own_loss(data):
     assert np.isfinite(net.history[-1, "valid_loss"])
 
 
-
 # --------------------------------------------------------------------------- training
-def test_cnn_learns_synthetic_problem(data):
-    X, y, groups = data
+def test_cnn_learns_synthetic_problem(cnn_cutouts):
+    X, y, groups = cnn_cutouts
     pipe = make_cnn_pipeline(**tiny(max_epochs=5))
     pipe.fit(X, y, net__groups=groups)
     Xt, yt, _ = synthetic_cutouts(300, seed=2)
@@ -65,8 +54,8 @@ def test_cnn_learns_synthetic_problem(data):
         assert np.isfinite(hist[-1, key])
 
 
-def test_class_weights_balanced_and_in_criterion(data):
-    X, y, groups = data
+def test_class_weights_balanced_and_in_criterion(cnn_cutouts):
+    X, y, groups = cnn_cutouts
     net = make_cnn_net(**tiny(max_epochs=1)).fit(X, y, groups=groups)
     counts = np.bincount(y)
     expected = len(y) / (2 * counts)
@@ -81,8 +70,8 @@ def test_class_weights_balanced_and_in_criterion(data):
     np.testing.assert_allclose(fixed.criterion_.weight.numpy(), [1.0, 3.0])
 
 
-def test_class_weight_survives_clone_and_grid(data):
-    X, y, groups = data
+def test_class_weight_survives_clone_and_grid(cnn_cutouts):
+    X, y, groups = cnn_cutouts
     net = make_cnn_net(**tiny(max_epochs=1))
     cloned = clone(net)
     assert cloned.class_weight == "balanced" and not hasattr(cloned, "class_weight_")
@@ -90,8 +79,8 @@ def test_class_weight_survives_clone_and_grid(data):
     np.testing.assert_allclose(cloned.class_weight_, 100 / (2 * np.bincount(y[:100])))
 
 
-def test_seeded_training_is_reproducible_and_leaves_global_rng(data):
-    X, y, groups = data
+def test_seeded_training_is_reproducible_and_leaves_global_rng(cnn_cutouts):
+    X, y, groups = cnn_cutouts
     state = torch.get_rng_state()
     net1 = make_cnn_net(**tiny(max_epochs=2)).fit(X, y, groups=groups)
     net2 = make_cnn_net(**tiny(max_epochs=2)).fit(X, y, groups=groups)
@@ -113,8 +102,8 @@ def test_early_stopping_configured():
     assert "early_stopping" not in dict(no_valid.callbacks_)
 
 
-def test_input_validation(data):
-    X, y, groups = data
+def test_input_validation(cnn_cutouts):
+    X, y, groups = cnn_cutouts
     net = make_cnn_net(**tiny(max_epochs=1))
     with pytest.raises(ValueError, match="two classes"):
         net.fit(X[:20], np.zeros(20, dtype=int), groups=groups[:20])
@@ -142,12 +131,13 @@ def test_own_parameters_are_validated_the_sklearn_way():
     make_cnn_net(class_weight={0: 1.0, 1: 2.0}, patience=None, random_state=None, warm_start=True).initialize()
 
 
-def test_float64_and_list_inputs_are_cast(data):
-    X, y, groups = data
+def test_float64_and_list_inputs_are_cast(cnn_cutouts):
+    X, y, groups = cnn_cutouts
     net = make_cnn_net(**tiny(max_epochs=1)).fit(X.astype(np.float64), y.astype(float),
                                                  groups=groups)
     assert net.predict_proba(X[:5].astype(np.float64)).shape == (5, 2)
     assert net.predict(X[:5]).dtype.kind == "i"
+
 
 # --------------------------------------------------------------------------- sky split
 def test_sky_valid_split_disjoint_groups_and_fraction():
@@ -177,9 +167,9 @@ def test_sky_valid_split_errors_and_fallback():
     assert len(valid) == 10
 
 
-def test_net_internal_split_is_leak_free(data, recorder):
-    X, y, groups = data
-    seen, rec = recorder
+def test_net_internal_split_is_leak_free(cnn_cutouts, split_seen):
+    X, y, groups = cnn_cutouts
+    seen, rec = split_seen
     pipe = make_cnn_pipeline(**tiny(max_epochs=1), callbacks=[("rec", rec)])
     with warnings.catch_warnings():
         warnings.simplefilter("error", LeakyValidationWarning)
@@ -189,9 +179,8 @@ def test_net_internal_split_is_leak_free(data, recorder):
     assert set(groups[train]).isdisjoint(groups[valid])
 
 
-
-def test_no_groups_warns(data):
-    X, y, _ = data
+def test_no_groups_warns(cnn_cutouts):
+    X, y, _ = cnn_cutouts
     with pytest.warns(LeakyValidationWarning):
         make_cnn_net(**tiny(max_epochs=1)).fit(X[:100], y[:100])
 
@@ -269,11 +258,11 @@ def test_thread_candidates_halve_the_setting_capped_at_the_usable_cpus(monkeypat
             thread_candidates()
 
 
-def test_predict_proba_runs_every_batch_under_the_probe(data, monkeypatch):
+def test_predict_proba_runs_every_batch_under_the_probe(cnn_cutouts, monkeypatch):
     import stargal.classifier as classifier_module
     from stargal._threads import ThreadProbe
 
-    X, y, _ = data
+    X, y, _ = cnn_cutouts
     net = make_cnn_net(**tiny(width=4, depth=1, max_epochs=1), valid_fraction=None).fit(X, y)
     batches = []
 

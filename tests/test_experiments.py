@@ -70,6 +70,13 @@ def test_make_experiments_quick(mirror_url, mirror_cache, tmp_path):
     seeing = json.loads((out / "seeing_summary.json").read_text())
     assert {"SDSS rule (measured)", "forest", "CNN", "hybrid CNN"} <= set(lofo["variant"])
     assert seeing["default_model"] == max(seeing["default_means"], key=seeing["default_means"].get)
+    # injected training objects are judged on held-out training fields, paired by field (one seed per fold)
+    abl = pd.read_csv(out / "synthetic_ablation_runs.csv")
+    assert set(abl["config"]) == {"none", "synthetic", "synthetic_rule"}
+    assert abl["held_out_field"].nunique() >= 2 and "8162-6-80" not in set(abl["held_out_field"])
+    assert (abl.groupby("held_out_field")["seed"].nunique() == 1).all() and abl["seed"].nunique() == len(
+        abl["held_out_field"].unique())
+    assert abl["rule_boundary"].between(0.0, 1.0).all()
     # our measurement is checked against the catalogs on training fields only
     meas = json.loads((out / "measurement_summary.json").read_text())
     assert meas["n_measured"] > 100 and abs(meas["offset_r_lt_21"]) < 0.1

@@ -15,7 +15,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.preprocessing import FunctionTransformer
 
-from cnn_testing import FlipAugmenter, split_recorder, synthetic_cutouts, tiny
+from cnn_testing import FlipAugmenter, synthetic_cutouts, tiny
 from stargal.classifier import LeakyValidationWarning, StarGalaxyNet, make_cnn_net
 from stargal.pipelines import (
     Flatten,
@@ -28,22 +28,12 @@ from stargal.pipelines import (
 
 torch.set_num_threads(1)
 
-@pytest.fixture(scope="module")
-def data():
-    return synthetic_cutouts(300, seed=1)
-
-
-@pytest.fixture
-def recorder():
-    """``(seen, callback)``: a fresh record for each test, shared by every clone of the callback."""
-    return split_recorder()
-
 
 # --------------------------------------------------------------------------- SkyPipeline: groups follow added rows
-def test_augmented_rows_stay_in_their_group(data, recorder):
+def test_augmented_rows_stay_in_their_group(cnn_cutouts, split_seen):
     """A sampler adding rows must not put copies of validation objects in training."""
-    X, y, groups = data
-    seen, rec = recorder
+    X, y, groups = cnn_cutouts
+    seen, rec = split_seen
     pipe = make_cnn_pipeline(augmenter=FlipAugmenter(), **tiny(max_epochs=1),
                              callbacks=[("rec", rec)])
     with warnings.catch_warnings():
@@ -56,8 +46,8 @@ def test_augmented_rows_stay_in_their_group(data, recorder):
     assert set(groups[source[train]]).isdisjoint(groups[source[valid]])
 
 
-def test_sampler_without_indices_refuses_groups(data):
-    X, y, groups = data
+def test_sampler_without_indices_refuses_groups(cnn_cutouts):
+    X, y, groups = cnn_cutouts
     from imblearn import FunctionSampler
 
     def duplicate(X, y):
@@ -69,10 +59,9 @@ def test_sampler_without_indices_refuses_groups(data):
         pipe.fit(X, y, net__groups=groups)
 
 
-
 # --------------------------------------------------------------------------- sklearn API
-def test_clone_and_pickle(data):
-    X, y, groups = data
+def test_clone_and_pickle(cnn_cutouts):
+    X, y, groups = cnn_cutouts
     pipe = make_cnn_pipeline(**tiny(max_epochs=1), scaler=FunctionTransformer(np.arcsinh))
     cloned = clone(pipe)
     assert cloned.get_params()["net__module__width"] == 8
@@ -83,8 +72,8 @@ def test_clone_and_pickle(data):
     np.testing.assert_array_equal(restored.predict_proba(X[:30]), pipe.predict_proba(X[:30]))
 
 
-def test_grid_search_group_kfold(data):
-    X, y, groups = data
+def test_grid_search_group_kfold(cnn_cutouts):
+    X, y, groups = cnn_cutouts
     pipe = make_cnn_pipeline(**tiny(max_epochs=1))
     grid = {"net__module__width": [4, 8], "net__lr": [1e-3, 3e-3]}
     search = GridSearchCV(pipe, grid, cv=GroupKFold(n_splits=2), scoring="balanced_accuracy")
@@ -98,9 +87,9 @@ def test_grid_search_group_kfold(data):
         search.best_params_["net__module__width"]
 
 
-def test_grid_search_with_metadata_routing(data, recorder):
-    X, y, groups = data
-    seen, rec = recorder
+def test_grid_search_with_metadata_routing(cnn_cutouts, split_seen):
+    X, y, groups = cnn_cutouts
+    seen, rec = split_seen
     pipe = make_cnn_pipeline(**tiny(max_epochs=1), callbacks=[("rec", rec)])
     cv = GroupKFold(n_splits=2)
     with sklearn.config_context(enable_metadata_routing=True):
@@ -113,9 +102,10 @@ def test_grid_search_with_metadata_routing(data, recorder):
         fold_groups = groups[train_idx]
         assert set(fold_groups[tr]).isdisjoint(fold_groups[va])
 
+
 # --------------------------------------------------------------------------- baselines
-def test_forest_pipeline(data):
-    X, y, _ = data
+def test_forest_pipeline(cnn_cutouts):
+    X, y, _ = cnn_cutouts
     pipe = make_forest_pipeline(n_estimators=50)
     assert [n for n, _ in pipe.steps] == ["features", "forest"]
     assert pipe.named_steps["forest"].class_weight == "balanced"
@@ -126,16 +116,16 @@ def test_forest_pipeline(data):
     assert clone(pipe).get_params()["forest__n_estimators"] == 50
 
 
-def test_majority_pipeline(data):
-    X, y, _ = data
+def test_majority_pipeline(cnn_cutouts):
+    X, y, _ = cnn_cutouts
     pipe = make_majority_pipeline().fit(X, y)
     assert set(pipe.predict(X)) == {np.bincount(y).argmax()}
     with pytest.raises(ValueError):
         Flatten().fit(X).transform(X[:, :2])
 
 
-def test_front_steps(data):
-    X, y, _ = data
+def test_front_steps(cnn_cutouts):
+    X, y, _ = cnn_cutouts
     front = [("align", FunctionTransformer()), ("cut", FunctionTransformer())]
     pipe = make_forest_pipeline(front=front, n_estimators=5)
     assert [n for n, _ in pipe.steps] == ["align", "cut", "features", "forest"]
