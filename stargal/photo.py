@@ -24,8 +24,12 @@ What is measured (per object and band, nanomaggies)
 4. **Centre.** Where a band's PSF S/N is >= 5, its centre is fitted with the PSF (three
    Gauss-Newton steps on PSF + gradients, at most 1.5 px from the Aligner's position) and the
    stamp cut again there; elsewhere the Aligner's position (through the WCS) is kept.
-5. **Fit region.** Unmasked pixels within a radius that grows by annuli while the annulus mean is
-   above 2 sigma (at least 7.5 px, at most ``(stamp_size - 1) / 2``).
+5. **Fit region.** Unmasked pixels within a radius that grows by 1-px annuli while the annulus's
+   mean surface brightness is above 2 sigma of the sky's per-pixel noise (at least 7.5 px, at most
+   ``(stamp_size - 1) / 2``): faint objects are fitted over the 7.5 px disc, bright and large ones
+   over more. (Growing while the mean is above 2 sigma *of that mean* reaches larger radii for
+   faint objects, and agreed less with the training fields' catalog types: MCC 0.846 vs 0.849,
+   measured by hand.)
 6. **PSF flux.** The linear least-squares amplitude of the field's PSF model at the object's
    position (:meth:`stargal.psf.BandPSF.components`, including the resampling's sub-pixel blur),
    sky-noise weights; its error includes the object's own Poisson noise.
@@ -424,7 +428,7 @@ def _recentre(image, x, y, bp, mask, sigma, size):
 
 
 def _fit_radius(d, sigma, usable, rr_img):
-    """Radius class per object: annuli grow while their mean is above 2 sigma of that mean."""
+    """Radius class per object: annuli grow while their mean is above 2 sigma (the per-pixel sky noise)."""
     n = len(d)
     rad = np.full(n, _FIT_RADIUS_MIN)
     rings = np.arange(int(_FIT_RADIUS_MIN), int(_RADIUS_CLASSES[-1]) + 1)
@@ -446,7 +450,7 @@ def _fit_radius(d, sigma, usable, rr_img):
     for j, r in enumerate(rings):
         npx = counts[:, j]
         mean = sums[:, j] / np.maximum(npx, 1)
-        grow &= (npx > 0) & (mean > 2.0 * sigma / np.sqrt(np.maximum(npx, 1)))
+        grow &= (npx > 0) & (mean > 2.0 * sigma)
         rad = np.where(grow, r + 1.0, rad)
     classes = np.asarray(_RADIUS_CLASSES)
     return np.minimum(np.searchsorted(classes, np.minimum(rad, classes[-1]) - 1e-9), len(classes) - 1)
