@@ -198,18 +198,22 @@ def detection_snr(stamps, sigma, weights, comb_from, nfac, out):  # pragma: no c
 
 
 @_jit
-def neighbour_mask(snr, peak_snr, foot_snr, centre_radius, out):  # pragma: no cover - compiled
+def neighbour_mask(snr, peak_snr, foot_snr, centre_radius, prominence, ring_in, ring_out, out):  # pragma: no cover
     """Pixels of other sources' footprints in ``(n, S, S)`` S/N maps, into bool ``out``: a pixel
     whose steepest-ascent root (each pixel points at its highest 8-neighbour if
     that one is strictly higher, the first of equals row by row winning) is a peak >= ``peak_snr`` farther than
-    ``centre_radius`` from the stamp centre, with its own S/N >= ``foot_snr``; then dilated by
-    the 3 x 3 square (pixels beyond the stamp count as unmasked)."""
+    ``centre_radius`` from the stamp centre and rising >= ``prominence`` above the mean of its
+    ``ring_in``-``ring_out`` px surroundings (the ring's pixels within the stamp), with its own S/N >=
+    ``foot_snr``; then dilated by the 3 x 3 square (pixels beyond the stamp count as unmasked)."""
     n, S, _ = snr.shape
     c = (S - 1) // 2
     ptr = np.empty(S * S, np.int64)
     other = np.zeros((S, S), np.bool_)
+    peak_ok = np.empty(S * S, np.int8)  # per root: -1 not yet known, 0 no, 1 a neighbour's peak
     pad = np.full((S + 2, S + 2), -np.inf)  # the map with a -inf border: no bounds checks below
+    w = int(ring_out)
     for i in range(n):
+        peak_ok[:] = -1
         for y in range(S):
             for x in range(S):
                 pad[y + 1, x + 1] = snr[i, y, x]
@@ -237,8 +241,20 @@ def neighbour_mask(snr, peak_snr, foot_snr, centre_radius, out):  # pragma: no c
             rx = r - ry * S
             y = q // S
             x = q - y * S
-            other[y, x] = (snr[i, ry, rx] >= peak_snr) and \
-                (np.hypot(ry - c, rx - c) > centre_radius) and (snr[i, y, x] >= foot_snr)
+            if peak_ok[r] < 0:
+                ok = (snr[i, ry, rx] >= peak_snr) and (np.hypot(ry - c, rx - c) > centre_radius)
+                if ok:
+                    tot = 0.0
+                    cnt = 0
+                    for yy in range(max(ry - w, 0), min(ry + w + 1, S)):
+                        for xx in range(max(rx - w, 0), min(rx + w + 1, S)):
+                            dist = np.hypot(yy - ry, xx - rx)
+                            if dist >= ring_in and dist <= ring_out:
+                                tot += snr[i, yy, xx]
+                                cnt += 1
+                    ok = cnt > 0 and snr[i, ry, rx] - tot / cnt >= prominence
+                peak_ok[r] = 1 if ok else 0
+            other[y, x] = (peak_ok[r] == 1) and (snr[i, y, x] >= foot_snr)
         for y in range(S):
             for x in range(S):
                 hit = False

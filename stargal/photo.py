@@ -19,8 +19,11 @@ What is measured (per object and band, nanomaggies)
    sky level (HDU2) uses its own robust sky noise instead.
 3. **Neighbours.** A detection map (per band and inverse-variance g+r+i+z sum, smoothed with a
    Gaussian of 1 px, the pixel-wise maximum S/N) is cut into basins by steepest ascent (a
-   watershed): footprint pixels (smoothed S/N >= 2) that climb to another >= 5 sigma peak than the
-   object's own are masked in every band (dilated by one pixel).
+   watershed): footprint pixels (smoothed S/N >= 2) that climb to another peak than the object's
+   own, a peak of >= 5 sigma rising >= 3 sigma above the mean of its 3-6 px surroundings, are
+   masked in every band (dilated by one pixel). (Without the rise criterion, noise bumps on a
+   galaxy's wings count as neighbours: training-field catalog agreement MCC 0.849 vs 0.854,
+   measured by hand.)
 4. **Centre.** Where a band's PSF S/N is >= 5, its centre is fitted with the PSF (three
    Gauss-Newton steps on PSF + gradients, at most 1.5 px from the Aligner's position) and the
    stamp cut again there; elsewhere the Aligner's position (through the WCS) is kept.
@@ -132,7 +135,9 @@ BAND_COLUMNS = ("psf_flux", "psf_flux_err", "exp_flux", "dev_flux", "cmodel_flux
 #: Per-object output columns.
 OBJECT_COLUMNS = ("type_stat", "type_stat_err", "n_detected", "fit_flag")
 
-_PEAK_SNR = 5.0          # a neighbour is a >= 5 sigma peak of the smoothed detection map
+_PEAK_SNR = 5.0          # a neighbour is a >= 5 sigma peak of the smoothed detection map ...
+_PROMINENCE_SNR = 3.0    # ... rising >= 3 sigma above the mean of its surroundings ...
+_PROMINENCE_RING = (3.0, 6.0)  # ... 3-6 px from it (the ring's pixels within the stamp)
 _FOOTPRINT_SNR = 2.0     # ... and its pixels down to 2 sigma
 _SMOOTH_PX = 1.0         # Gaussian smoothing of the detection map (sigma, px)
 _CENTRE_RADIUS = 2.5     # the object's own peak lies within this of the stamp centre
@@ -324,13 +329,22 @@ def _neighbour_mask(snr: np.ndarray) -> np.ndarray:
         from ._photo_kernels import neighbour_mask
 
         out = np.empty((n, size, size), bool)
-        neighbour_mask(np.ascontiguousarray(snr, np.float64), _PEAK_SNR, _FOOTPRINT_SNR, _CENTRE_RADIUS, out)
+        neighbour_mask(np.ascontiguousarray(snr, np.float64), _PEAK_SNR, _FOOTPRINT_SNR, _CENTRE_RADIUS,
+                       _PROMINENCE_SNR, _PROMINENCE_RING[0], _PROMINENCE_RING[1], out)
         return out
     h = (size - 1) // 2
     roots = _basins(snr).reshape(n, -1)
+    w = int(_PROMINENCE_RING[1])
+    ky, kx = np.mgrid[-w:w + 1, -w:w + 1]
+    ring = ((np.hypot(ky, kx) >= _PROMINENCE_RING[0]) & (np.hypot(ky, kx) <= _PROMINENCE_RING[1])).astype(float)
+    ring_sum = ndimage.correlate(snr, ring[None], mode="constant", cval=0.0)
+    ring_cnt = ndimage.correlate(np.ones((1, size, size)), ring[None], mode="constant", cval=0.0)
+    prom = snr - ring_sum / ring_cnt  # rise above the mean of the ring's pixels within the stamp
     root_snr = np.take_along_axis(snr.reshape(n, -1), roots, 1).reshape(n, size, size)
+    root_prom = np.take_along_axis(prom.reshape(n, -1), roots, 1).reshape(n, size, size)
     ry, rx = np.divmod(roots.reshape(n, size, size), size)
-    other = (root_snr >= _PEAK_SNR) & (np.hypot(ry - h, rx - h) > _CENTRE_RADIUS) & (snr >= _FOOTPRINT_SNR)
+    other = (root_snr >= _PEAK_SNR) & (root_prom >= _PROMINENCE_SNR) & (np.hypot(ry - h, rx - h) > _CENTRE_RADIUS) & \
+        (snr >= _FOOTPRINT_SNR)
     return ndimage.binary_dilation(other, structure=np.ones((1, 3, 3), bool))
 
 

@@ -137,6 +137,32 @@ def test_neighbour_masks_from_the_kernel_and_from_numpy_agree(monkeypatch):
     assert 0.02 < mask.mean() < 0.8  # the maps hold neighbours, and not only neighbours
 
 
+@pytest.mark.parametrize("engine", ["numba", "numpy"])
+def test_a_neighbour_must_rise_above_its_surroundings(monkeypatch, engine):
+    """A compact source beside the object is masked; a bump of the same height on a broad, bright
+    wing (rising < 3 sigma above the mean of its 3-6 px surroundings) is the object's own light."""
+    import stargal.photo as photo
+
+    if engine == "numba" and not photo.numba_available():
+        pytest.skip("numba is not installed")
+    if engine == "numpy":
+        monkeypatch.setattr(photo, "numba_available", lambda: False)
+    yy, xx = np.mgrid[:31, :31]
+    snr = np.zeros((2, 31, 31))
+    snr[:] = 40.0 * np.exp(-((yy - 15) ** 2 + (xx - 15) ** 2) / (2 * 2.0 ** 2))  # the object itself
+    compact = 12.0 * np.exp(-((yy - 15) ** 2 + (xx - 25) ** 2) / (2 * 1.0 ** 2))  # a star 10 px away
+    snr[0] += compact
+    wing = 6.0 * np.exp(-((yy - 15) ** 2 + (xx - 15) ** 2) / (2 * 20.0 ** 2))  # a galaxy's broad wing ...
+    bump = 2.0 * np.exp(-((yy - 15) ** 2 + (xx - 25) ** 2) / (2 * 1.5 ** 2))  # ... with a 2 sigma bump
+    snr[1] += wing + bump
+    peak = np.unravel_index(np.argmax(np.where(xx > 20, snr[1], 0)), (31, 31))
+    around = snr[1][peak[0] - 1:peak[0] + 2, peak[1] - 1:peak[1] + 2]
+    assert snr[1][peak] > photo._PEAK_SNR and snr[1][peak] == around.max()  # a >= 5 sigma local maximum
+    mask = photo._neighbour_mask(snr)
+    assert mask[0, 15, 25] and mask[0, 15, 24] and not mask[0, 15, 15]
+    assert not mask[1].any()
+
+
 def test_an_interpolated_saturated_core_is_recognised_and_nothing_else():
     """SDSS interpolates a saturated core (and its bleed trail) along the row: the centre is flat or
     sunken beside a ridge. Such a band is flagged; a bright star, a bright galaxy, a star beside a
