@@ -204,11 +204,10 @@ def neighbour_mask(snr, peak_snr, foot_snr, centre_radius, prominence, ring_in, 
     that one is strictly higher, the first of equals row by row winning) is a peak >= ``peak_snr`` farther than
     ``centre_radius`` from the stamp centre and rising >= ``prominence`` above the mean of its
     ``ring_in``-``ring_out`` px surroundings (the ring's pixels within the stamp), with its own S/N >=
-    ``foot_snr``; then dilated by the 3 x 3 square (pixels beyond the stamp count as unmasked)."""
+    ``foot_snr`` (the footprint, not dilated)."""
     n, S, _ = snr.shape
     c = (S - 1) // 2
     ptr = np.empty(S * S, np.int64)
-    other = np.zeros((S, S), np.bool_)
     peak_ok = np.empty(S * S, np.int8)  # per root: -1 not yet known, 0 no, 1 a neighbour's peak
     pad = np.full((S + 2, S + 2), -np.inf)  # the map with a -inf border: no bounds checks below
     w = int(ring_out)
@@ -254,15 +253,7 @@ def neighbour_mask(snr, peak_snr, foot_snr, centre_radius, prominence, ring_in, 
                                 cnt += 1
                     ok = cnt > 0 and snr[i, ry, rx] - tot / cnt >= prominence
                 peak_ok[r] = 1 if ok else 0
-            other[y, x] = (peak_ok[r] == 1) and (snr[i, y, x] >= foot_snr)
-        for y in range(S):
-            for x in range(S):
-                hit = False
-                for yy in range(max(y - 1, 0), min(y + 2, S)):
-                    for xx in range(max(x - 1, 0), min(x + 2, S)):
-                        if other[yy, xx]:
-                            hit = True
-                out[i, y, x] = hit
+            out[i, y, x] = (peak_ok[r] == 1) and (snr[i, y, x] >= foot_snr)
 
 
 @_jit

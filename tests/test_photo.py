@@ -112,7 +112,7 @@ def test_numba_kernels_measure_what_the_numpy_path_measures(field, monkeypatch):
 
 
 def test_neighbour_masks_from_the_kernel_and_from_numpy_agree(monkeypatch):
-    """Basins, neighbour footprints and the dilation on realistic maps (peaks, plateaus, edges)."""
+    """Basins, prominence and neighbour footprints on realistic maps (peaks, plateaus, edges)."""
     import stargal.photo as photo
 
     if not photo.numba_available():
