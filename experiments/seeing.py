@@ -85,17 +85,18 @@ def star_fwhms(field, model, band):
 
 
 def star_check(field, model, band) -> float:
-    """Median FWHM of ``model`` at its PSF stars over that of the stars' own stamps (label-free).
+    """Median over the PSF stars of the model's FWHM at each star over the star's own (label-free).
 
-    See :func:`star_fwhms`. 1 means the model is as broad as the stars it stands for. NaN for a
-    model that is not star-based or a band without candidates.
+    See :func:`star_fwhms`. 1 means the model is as broad as the stars it stands for. Star by star, so
+    that a model that follows the PSF across the frame is compared with each star where it stands. NaN
+    for a model that is not star-based or a band without candidates.
     """
     if model.source[band] != "stars":
         return float("nan")
     _, _, own, there = star_fwhms(field, model, band)
-    if own.size == 0:
-        return float("nan")
-    return float(np.nanmedian(there) / np.nanmedian(own))
+    ratio = there / own if own.size else np.zeros(0)
+    ratio = ratio[np.isfinite(ratio)]
+    return float(np.median(ratio)) if ratio.size else float("nan")
 
 
 #: The mirror's field with SDSS's own PSF model (psField), to check our star-based estimate against.

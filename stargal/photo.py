@@ -630,8 +630,11 @@ def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, 
         for c in np.unique(cls):
             rows_c = np.flatnonzero(cls == c)
             m = bank.n_disc[c]
-            B = (T2[:, :m] @ dflat[rows_c, :m].T).reshape(K, J, rows_c.size).astype(np.float64)
-            b[rows_c] = np.matmul(B.transpose(2, 0, 1), coef[rows_c, :, None])[:, :, 0]
+            B = (T2[:, :m] @ dflat[rows_c, :m].T).reshape(K, J, rows_c.size)  # float32, one product per basis
+            acc = B[:, 0, :] * coef[rows_c, 0]  # sum over the basis in float64, (K, n_c)
+            for j in range(1, J):
+                acc += B[:, j, :] * coef[rows_c, j]
+            b[rows_c] = acc.T
             A[rows_c] = cc[rows_c] @ bank.gram[kind][c].reshape(K, J * J).T
         _masked_correction(A, coef, bank.Tp[kind], pixels)
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -43,7 +43,7 @@ from .fetch import FetchError
 from .frames import Field, MissingBandError, decompressed_paths
 from .psf_model import (PSF_STAMP, PSF_VERSION, SOURCES, BandPSF, FieldPSF, PSFWarning,
                         gaussian_band_psf)
-from .psf_stars import (DEFAULT_SEEING_ARCSEC, MIN_STARS, MIN_STARS_LINEAR, PSF_CRITERIA,
+from .psf_stars import (DEFAULT_SEEING_ARCSEC, MIN_STARS, MIN_STARS_LINEAR, MIN_STARS_QUADRATIC, PSF_CRITERIA,
                         InsufficientStarsError, estimate_psf, measured_seeing, psf_star_table)
 from .psfield import psfield_psf
 from .registration import REGISTRATION_VERSION
@@ -57,6 +57,7 @@ __all__ = [
     "PSF_VERSION",
     "MIN_STARS",
     "MIN_STARS_LINEAR",
+    "MIN_STARS_QUADRATIC",
     "DEFAULT_SEEING_ARCSEC",
     "PIXEL_SCALE_ARCSEC",
     "SDSS_FRAME_SHAPE",

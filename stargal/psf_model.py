@@ -54,7 +54,7 @@ __all__ = [
 #: Side (pixels) of the stored model stamps (odd).
 PSF_STAMP = 25
 #: Version of the PSF method and cache format (part of the cache file name).
-PSF_VERSION = 2
+PSF_VERSION = 3
 #: Values of ``FieldPSF.source[band]``.
 SOURCES = ("stars", "psfield", "gaussian")
 
