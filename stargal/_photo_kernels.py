@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["masked_gram_correction"]
+__all__ = ["masked_gram_correction", "band_sums", "detection_snr", "neighbour_mask", "ring_sums", "annulus_median"]
 
 
 def _jit(func):
@@ -271,3 +271,118 @@ def ring_sums(d, usable, pix, ring_of, n_rings, sums, counts):  # pragma: no cov
             if usable[i, p]:
                 sums[i, ring_of[q]] += d[i, p]
                 counts[i, ring_of[q]] += 1
+
+
+@_jit
+def _select(a, n, k):  # pragma: no cover - compiled
+    """The k-th smallest (0-based) of ``a[:n]``, in place (quickselect, median-of-three pivots):
+    afterwards ``a[:k]`` holds values <= it."""
+    lo, hi = 0, n - 1
+    while hi > lo:
+        mid = (lo + hi) // 2
+        if a[mid] < a[lo]:
+            a[mid], a[lo] = a[lo], a[mid]
+        if a[hi] < a[lo]:
+            a[hi], a[lo] = a[lo], a[hi]
+        if a[hi] < a[mid]:
+            a[hi], a[mid] = a[mid], a[hi]
+        pivot = a[mid]
+        i, j = lo, hi
+        while i <= j:
+            while a[i] < pivot:
+                i += 1
+            while a[j] > pivot:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            break
+    return a[k]
+
+
+@_jit
+def _median(a, n, work, counts):  # pragma: no cover - compiled
+    """The median of ``a[:n]`` (``n`` >= 1; ``a`` not modified): a 256-bin histogram between two
+    order statistics of a sample brackets the middle, and only the values of the middle's bin are
+    selected among (``work``: scratch of at least ``n``; ``counts``: 256 ints); plain quickselect
+    when the bracket misses."""
+    k_hi = n // 2
+    k_lo = k_hi if n % 2 else k_hi - 1
+    m = 33 if n > 200 else 0
+    if m:
+        step = n // m
+        for q in range(m):
+            work[q] = a[q * step]
+        lo = _select(work, m, 3)
+        hi = _select(work, m, m - 4)
+        if hi > lo:
+            scale = 256.0 / (hi - lo)
+            below = 0
+            counts[:] = 0
+            for q in range(n):
+                v = a[q]
+                if v < lo:
+                    below += 1
+                elif v < hi:
+                    counts[min(int((v - lo) * scale), 255)] += 1
+            c = below
+            if c <= k_lo:
+                for b in range(256):
+                    if c + counts[b] > k_lo:
+                        if c + counts[b] > k_hi:  # both middle values in this bin
+                            t = 0
+                            for q in range(n):
+                                v = a[q]
+                                if v >= lo and v < hi and min(int((v - lo) * scale), 255) == b:
+                                    work[t] = v
+                                    t += 1
+                            upper = _select(work, t, k_hi - c)
+                            if k_lo == k_hi:
+                                return upper
+                            lower = work[0]
+                            for q in range(1, k_hi - c):
+                                lower = max(lower, work[q])
+                            return 0.5 * (lower + upper)
+                        break
+                    c += counts[b]
+    for q in range(n):
+        work[q] = a[q]
+    upper = _select(work, n, k_hi)
+    if k_lo == k_hi:
+        return upper
+    lower = work[0]
+    for q in range(1, k_hi):
+        lower = max(lower, work[q])
+    return 0.5 * (lower + upper)
+
+
+@_jit_nan
+def annulus_median(image, sources, cx, cy, dy, dx, out):  # pragma: no cover - compiled
+    """Per object, the median of the frame's pixels at offsets ``(dy, dx)`` from the integer
+    pixel ``(cy, cx)`` that lie on the frame, are finite and are not in ``sources`` (bool, the
+    frame's shape), into ``out``; 0 where no pixel is left."""
+    ny, nx = image.shape
+    buf = np.empty(dy.shape[0])
+    work = np.empty(dy.shape[0])
+    counts = np.zeros(256, np.int64)
+    for i in range(cx.shape[0]):
+        k = 0
+        for q in range(dy.shape[0]):
+            y = cy[i] + dy[q]
+            x = cx[i] + dx[q]
+            if y < 0 or y >= ny or x < 0 or x >= nx:
+                continue
+            if sources[y, x]:
+                continue
+            v = image[y, x]
+            if np.isnan(v) or np.isinf(v):
+                continue
+            buf[k] = v
+            k += 1
+        out[i] = _median(buf, k, work, counts) if k > 0 else 0.0

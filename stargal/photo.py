@@ -9,11 +9,18 @@ statistic; the rule classifier (:class:`stargal.rule.SDSSTypeRule`), the forest'
 
 What is measured (per object and band, nanomaggies)
 ---------------------------------------------------
-1. **Stamps.** ``stamp_size`` (31) px cut through the Aligner's per-band positions with the
-   same Lanczos-3 resampling as :class:`~stargal.cutouts.Cutter`, so the object sits on the
-   central pixel of every band; no background is subtracted (SDSS frames are sky-subtracted, and
-   a local annulus median over faint undetected sources biases faint fluxes, measured on the
-   training fields).
+1. **Stamps and local background.** ``stamp_size`` (31) px cut through the Aligner's per-band
+   positions with the same Lanczos-3 resampling as :class:`~stargal.cutouts.Cutter`, so the
+   object sits on the central pixel of every band. A local background is subtracted: the median
+   of the frame's pixels 15-30 px from the object that lie outside every detected source's
+   footprint (the frame's smoothed S/N map, a Gaussian of 1 px over the noise model's sky sigma:
+   regions at >= 2 sigma that hold a >= 5 sigma pixel; one mask per frame, kept per process).
+   SDSS frames are sky-subtracted, but a faint object in a bright neighbour's halo sits on light
+   that an extended model would take as its own. (Measured by hand on the training fields'
+   catalogs: without it, type agreement MCC 0.858 over all objects but those at a frame edge;
+   with an annulus median over every pixel, which faint sources bias upwards, 0.81; with this
+   one, 0.904, and the robust scatter of our psf - cModel about theirs at r > 22 falls from 0.090
+   to 0.041 mag.)
 2. **Noise.** Per pixel, the sky's and the object's Poisson noise and the dark variance from the
    frame's calibration, sky level and camera tables (:mod:`stargal.noise`); a frame without a
    sky level (HDU2) uses its own robust sky noise instead.
@@ -156,6 +163,10 @@ _SAT_CORE_COUNTS = 1500.0  # interpolated core (:func:`_interpolated_core`): cen
 _SAT_RIDGE = 1.2         # ... a ridge on one side of the centre's row above this times the centre ...
 _SAT_FLAT = 0.9          # ... and the other side at least this times the centre (flat or sunken, no peak)
 _FFT = 64                # Fourier grid of the template convolution (pixels)
+_BG_ANNULUS = (15.0, 30.0)  # local background: median of the frame's pixels this far (px) from the object ...
+_BG_FOOTPRINT = (2.0, 5.0)  # ... outside detected sources (smoothed S/N >= 2 regions holding a >= 5 sigma pixel)
+_SOURCES: OrderedDict = OrderedDict()  # (cache dir, field, band) -> the frame's detected-source footprints
+_SOURCE_LIMIT = 10       # band masks kept per process (3 MB each)
 _BANKS: OrderedDict = OrderedDict()
 _BANK_LIMIT = 10         # band banks kept per process (about 6 MB each)
 _LOCK = threading.Lock()
@@ -734,10 +745,11 @@ def _model_norm(field: Field, psf_model, band: str, size: int) -> np.ndarray:
         cal = frame_calibration(field, band)
         x, y = xy[:, 0], xy[:, 1]
         sigma = _sky_sigma(cal, frame, x)
-        d = resample_stamps(frame.image, x, y, size).astype(np.float64)
+        bg = _local_background(frame.image, _source_mask(field, band, cal, frame), x, y)[:, None, None]
+        d = resample_stamps(frame.image, x, y, size).astype(np.float64) - bg
         mask = _neighbour_mask(_detection_snr(d[:, None], sigma[:, None]))
         x, y = _recentre(frame.image, x, y, bp, mask, sigma, size)
-        d = resample_stamps(frame.image, x, y, size).astype(np.float64)
+        d = resample_stamps(frame.image, x, y, size).astype(np.float64) - bg
         basis, coef = bp.components(x, y)
         bank = _bank(psf_model, band, size)
         for c in range(len(_RADIUS_CLASSES)):
@@ -751,18 +763,91 @@ def _model_norm(field: Field, psf_model, band: str, size: int) -> np.ndarray:
     return norm
 
 
+def _source_mask(field: Field, band: str, cal, frame) -> np.ndarray:
+    """The band frame's pixels in footprints of detected sources (bool, the frame's shape): regions of
+    the smoothed S/N map (a Gaussian of :data:`_SMOOTH_PX`, the noise model's per-column sky sigma)
+    at or above 2 that hold a pixel at or above 5 (hysteresis). Kept per process for real fields;
+    computed afresh for other frames (injected copies)."""
+    from scipy import ndimage
+
+    real = type(field) is Field
+    key = (str(field.fetcher.cache_dir), str(field.fid), band)
+    if real:
+        with _LOCK:
+            if key in _SOURCES:
+                _SOURCES.move_to_end(key)
+                return _SOURCES[key]
+    img = np.nan_to_num(np.asarray(frame.image, np.float32))
+    nfac = 1.0 / (2.0 * np.sqrt(np.pi) * _SMOOTH_PX)
+    sigma = _sky_sigma(cal, frame, np.arange(img.shape[1], dtype=np.float64)).astype(np.float32)
+    snr = ndimage.gaussian_filter(img, _SMOOTH_PX) / (sigma[None, :] * np.float32(nfac))
+    lo, hi = _BG_FOOTPRINT
+    labels, n_labels = ndimage.label(snr >= lo)
+    seeded = np.zeros(n_labels + 1, bool)
+    seeded[labels[snr >= hi]] = True
+    seeded[0] = False
+    mask = seeded[labels]
+    if real:
+        with _LOCK:
+            _SOURCES[key] = mask
+            while len(_SOURCES) > _SOURCE_LIMIT:
+                _SOURCES.popitem(last=False)
+    return mask
+
+
+@lru_cache(maxsize=1)
+def _annulus_offsets() -> tuple[np.ndarray, np.ndarray]:
+    """``(dy, dx)`` of the pixels in :data:`_BG_ANNULUS` around a pixel."""
+    r_in, r_out = _BG_ANNULUS
+    h = int(np.ceil(r_out))
+    dy, dx = np.mgrid[-h:h + 1, -h:h + 1]
+    ring = (np.hypot(dx, dy) >= r_in) & (np.hypot(dx, dy) <= r_out)
+    return dy[ring].astype(np.int64), dx[ring].astype(np.int64)
+
+
+def _local_background(image, sources, x, y) -> np.ndarray:
+    """Per object, the median of the frame's pixels in :data:`_BG_ANNULUS` around its pixel
+    (``floor(x + 0.5)``, ``floor(y + 0.5)``, 0-based) that are on the frame, finite and outside the
+    ``sources`` mask (:func:`_source_mask`); 0 where none is left. numba when available."""
+    dy, dx = _annulus_offsets()
+    cx = np.floor(np.asarray(x, np.float64) + 0.5).astype(np.int64)
+    cy = np.floor(np.asarray(y, np.float64) + 0.5).astype(np.int64)
+    out = np.zeros(len(cx))
+    if numba_available():
+        from ._photo_kernels import annulus_median
+
+        annulus_median(np.asarray(image), sources, cx, cy, dy, dx, out)
+        return out
+    ny, nx = sources.shape
+    for lo in range(0, len(cx), 256):
+        X, Y = cx[lo:lo + 256, None] + dx[None], cy[lo:lo + 256, None] + dy[None]
+        on = (X >= 0) & (X < nx) & (Y >= 0) & (Y < ny)
+        Xc, Yc = np.clip(X, 0, nx - 1), np.clip(Y, 0, ny - 1)
+        v = np.asarray(image[Yc, Xc], np.float64)
+        v = np.where(on & ~sources[Yc, Xc] & np.isfinite(v), v, np.nan)
+        k = np.isfinite(v).sum(1)
+        v = np.sort(v, axis=1)  # NaN last
+        rows = np.arange(len(v))
+        med = 0.5 * (v[rows, np.maximum(k - 1, 0) // 2] + v[rows, np.maximum(k, 1) // 2])
+        out[lo:lo + 256] = np.where(k > 0, med, 0.0)
+    return out
+
+
 def _measure_rows(table: pd.DataFrame, field: Field, psf_model, size: int, recentre: bool) -> dict:
     """Measurements of the rows of ``table`` (all on ``field``, unflagged): column -> array."""
     n = len(table)
     rr = _grid(size)
     pos, cals, sig, stamps = {}, {}, np.zeros((n, len(BANDS))), np.zeros((n, len(BANDS), size, size))
+    bgs = np.zeros((n, len(BANDS)))
     for bi, band in enumerate(BANDS):
         x = table[f"x_{band}"].to_numpy(np.float64).copy()
         y = table[f"y_{band}"].to_numpy(np.float64).copy()
         pos[band] = (x, y)
         cals[band] = frame_calibration(field, band)
-        sig[:, bi] = _sky_sigma(cals[band], field.frame(band), x)
-        stamps[:, bi] = resample_stamps(field.frame(band).image, x, y, size)
+        frame = field.frame(band)
+        sig[:, bi] = _sky_sigma(cals[band], frame, x)
+        bgs[:, bi] = _local_background(frame.image, _source_mask(field, band, cals[band], frame), x, y)
+        stamps[:, bi] = resample_stamps(frame.image, x, y, size) - bgs[:, bi, None, None]
     nmask = _neighbour_mask(_detection_snr(stamps, sig))
     h = (size - 1) // 2
 
@@ -777,7 +862,7 @@ def _measure_rows(table: pd.DataFrame, field: Field, psf_model, size: int, recen
             moved = np.flatnonzero((x1 != x) | (y1 != y))
             x, y, d = x1, y1, d.copy()
             if moved.size:
-                d[moved] = resample_stamps(frame.image, x[moved], y[moved], size)
+                d[moved] = resample_stamps(frame.image, x[moved], y[moved], size) - bgs[moved, bi, None, None]
         basis, coef = bp.components(x, y)
         nmgy = cals[band].nmgy_per_count(x)
         res = _measure_band(d, sig[:, bi], nmask | ~np.isfinite(d), coef, basis, _bank(psf_model, band, size),

@@ -163,6 +163,44 @@ def test_a_neighbour_must_rise_above_its_surroundings(monkeypatch, engine):
     assert not mask[1].any()
 
 
+@pytest.mark.parametrize("engine", ["numba", "numpy"])
+def test_local_background_is_the_annulus_median_outside_detected_sources(monkeypatch, engine):
+    """A constant background under noise, a bright source inside the annulus and a faint 3 sigma
+    bump (no 5 sigma pixel: not a detection): the source's footprint is left out of the median,
+    the bump is not; pixels off the frame and NaN pixels are skipped; no pixel left gives 0."""
+    import types
+
+    import stargal.photo as photo
+
+    if engine == "numba" and not photo.numba_available():
+        pytest.skip("numba is not installed")
+    if engine == "numpy":
+        monkeypatch.setattr(photo, "numba_available", lambda: False)
+    rng = np.random.default_rng(5)
+    ny, nx, sky = 300, 400, 0.02
+    img = (0.005 + sky * rng.normal(size=(ny, nx))).astype(np.float32)  # a 0.25 sigma offset: a halo
+    yy, xx = np.mgrid[:ny, :nx]
+    img += (40.0 * np.exp(-((yy - 150) ** 2 + (xx - 222) ** 2) / (2 * 2.0 ** 2))).astype(np.float32)  # 22 px away
+    img[10:14, 10:20] = np.nan
+    frame = types.SimpleNamespace(image=img, sky_noise=sky)
+    cal = types.SimpleNamespace(sky_sigma=lambda x: np.full(np.shape(x), sky))
+    field = types.SimpleNamespace(fetcher=types.SimpleNamespace(cache_dir="x"), fid="0-0-0")  # not a Field: not kept
+    sources = photo._source_mask(field, "r", cal, frame)
+    assert sources[150, 222] and sources[150, 218] and not sources[150, 200]
+    assert sources.mean() < 0.01  # noise alone is no detection
+    bg = photo._local_background(img, sources, np.array([200.0, 15.2, 1000.0]), np.array([150.0, 12.0, 5.0]))
+    dy, dx = photo._annulus_offsets()
+    ring = img[150 + dy, 200 + dx]
+    keep = ~sources[150 + dy, 200 + dx]
+    assert bg[0] == pytest.approx(float(np.median(ring[keep])), abs=1e-7)
+    assert abs(bg[0] - 0.005) < 0.002 < abs(float(np.mean(ring)) - 0.005)  # the source would have biased it
+    near = img[np.clip(12 + dy, 0, ny - 1), np.clip(15 + dx, 0, nx - 1)]
+    on = (12 + dy >= 0) & (15 + dx >= 0)
+    assert bg[1] == pytest.approx(float(np.nanmedian(near[on & ~sources[np.clip(12 + dy, 0, ny - 1),
+                                                                           np.clip(15 + dx, 0, nx - 1)]])), abs=1e-7)
+    assert bg[2] == 0.0  # no pixel of its annulus is on the frame
+
+
 def test_an_interpolated_saturated_core_is_recognised_and_nothing_else():
     """SDSS interpolates a saturated core (and its bleed trail) along the row: the centre is flat or
     sunken beside a ridge. Such a band is flagged; a bright star, a bright galaxy, a star beside a
