@@ -14,13 +14,15 @@ Each star's stamp is resampled (Lanczos-3, :func:`stargal._imaging.resample_stam
 windowed centroid (:func:`stargal._imaging.centroid_offsets`) lands on the central pixel, its local
 background (median of an annulus 13-16 px out) is subtracted and it is normalised to unit flux
 within 10 px. Per stamp pixel, the normalised value is fitted by weighted least squares (star weight
-``min(S/N, snr_cap)^2`` with ``PSF_CRITERIA['snr_cap']`` = 100) as a polynomial of degree 2 in the
-frame position (basis ``[1, x^, y^, x^2, x^ y^, y^2]``, ``x^, y^`` the 0-based position scaled to
-[-1, 1] over the band's frame; like the pixelised PSF of the mirror catalogs' reconstruction, whose
-polynomial order is 0-2), degree 1 when fewer than :data:`MIN_STARS_QUADRATIC` stars are usable and
-degree 0 when fewer than :data:`MIN_STARS_LINEAR`; beyond 6 px from the centre (faint wings) only
-the constant is fitted. (Degree 2 instead of 1 agreed better with the training fields' catalog
-types: MCC 0.855 -> 0.858 over all objects but those at a frame edge, measured by hand.) Two more
+``min(S/N, snr_cap)^2`` with ``PSF_CRITERIA['snr_cap']`` = 100) as a polynomial of degree 1 in the
+frame position (basis ``[1, x^, y^]``, ``x^, y^`` the 0-based position scaled to [-1, 1] over the
+band's frame; ``estimate_psf(degree=2)`` adds ``x^2, x^ y^, y^2`` where :data:`MIN_STARS_QUADRATIC`
+stars are usable, like the pixelised PSF of the mirror catalogs' reconstruction, whose polynomial
+order is 0-2), degree 0 when fewer than :data:`MIN_STARS_LINEAR` stars are usable; beyond 6 px from
+the centre (faint wings) only
+the constant is fitted. (Degree 2 agreed a little better with the training fields' catalog types,
+MCC 0.855 -> 0.858 measured by hand, but it changes the PSF channels that saved CNNs were trained on,
+so it is not the default.) Two more
 regressors, ``sin^2(pi fx)`` and ``sin^2(pi fy)`` of each star's sub-pixel phase ``f = x - floor(x + 0.5)``,
 absorb the blur that resampling adds to a sharp PSF (measured on 2583-2-136: bright stars on
 pixel corners look 4-5 % broader in r and i than stars on pixel centres); the model is the PSF at
@@ -309,7 +311,7 @@ def _fit_stack(stamps, x, y, shape, noise, nmgy, degree, phase=True):
     return images, powers, used, phase_images
 
 
-def estimate_psf(field, band: str, *, degree: int = 2, size: int = PSF_STAMP) -> BandPSF:
+def estimate_psf(field, band: str, *, degree: int = 1, size: int = PSF_STAMP) -> BandPSF:
     """Star-based PSF model of one band of a field (method: see the module docstring).
 
     Parameters
@@ -317,7 +319,7 @@ def estimate_psf(field, band: str, *, degree: int = 2, size: int = PSF_STAMP) ->
     field : Field or str
         The field (a string opens it with the default data source).
     band : str
-    degree : {0, 1, 2}, default=2
+    degree : {0, 1, 2}, default=1
         Highest degree of the spatial polynomial; at most 1 is used whenever fewer than
         :data:`MIN_STARS_QUADRATIC` stars are usable, 0 whenever fewer than :data:`MIN_STARS_LINEAR`.
     size : int, default=PSF_STAMP

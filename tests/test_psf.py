@@ -71,7 +71,7 @@ def test_constant_psf_recovered_in_every_band(constant):
     assert psf.fid == constant["fid"] and psf.bands == BANDS
     assert all(psf.source[b] == "stars" for b in BANDS)
     assert all(psf.n_stars[b] >= MIN_STARS_QUADRATIC for b in BANDS)
-    assert all(psf.degree[b] == 2 for b in BANDS)
+    assert all(psf.degree[b] == 1 for b in BANDS)  # the default degree; degree=2 below
     for b in BANDS:
         assert psf.fwhm(b) == pytest.approx(_fwhm_true(1.5), rel=0.02)
         xs, ys = np.array([30.0, nx - 30.0, nx / 2]), np.array([30.0, ny / 2, ny - 30.0])
@@ -131,7 +131,7 @@ def test_spatial_variation_recovered(varying):
     xs = np.array([25.0, (nx - 1) / 2, nx - 26.0])
     ys = np.full(3, (ny - 1) / 2)
     for b in ("g", "r", "i"):
-        assert psf.degree[b] == (2 if psf.n_stars[b] >= MIN_STARS_QUADRATIC else 1)
+        assert psf.degree[b] == 1
         # the true sigma at those positions of the band's frame
         truth = _fwhm_true(varying["sigma"](xs, ys))
         got = psf.fwhm(b, xs, ys)
@@ -297,7 +297,7 @@ def test_star_psf_agrees_with_sdss_psfield_on_2583_2_136(m2):
     (see test_star_psf_agrees_with_the_frames_own_stars), the median ratio over the stars' own
     positions is 0.958 in g."""
     st, ps = m2["stars"], m2["psfield"]
-    assert set(st.source.values()) == {"stars"} and all(st.degree[b] == 2 for b in BANDS)
+    assert set(st.source.values()) == {"stars"} and all(st.degree[b] == 1 for b in BANDS)
     for b in ("r", "i"):
         assert st.fwhm(b) / ps.fwhm(b) == pytest.approx(1.0, abs=0.05), b
     xy = st.models["g"].star_xy
