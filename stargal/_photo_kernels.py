@@ -306,83 +306,109 @@ def _select(a, n, k):  # pragma: no cover - compiled
     return a[k]
 
 
-@_jit
-def _median(a, n, work, counts):  # pragma: no cover - compiled
-    """The median of ``a[:n]`` (``n`` >= 1; ``a`` not modified): a 256-bin histogram between two
-    order statistics of a sample brackets the middle, and only the values of the middle's bin are
-    selected among (``work``: scratch of at least ``n``; ``counts``: 256 ints); plain quickselect
-    when the bracket misses."""
+@_jit_nan
+def _median(a, n_all, work, counts):  # pragma: no cover - compiled
+    """The median of the finite values of ``a[:n_all]`` (the rest are ``+inf``: masked), 0 when none
+    is left (``a`` not modified). A histogram of 256 bins between two order statistics of a sample
+    brackets the middle and only the middle's bins are selected among (``work``: scratch of at
+    least ``n_all``; ``counts``: 258 ints); plain quickselect when the bracket misses. Every pass
+    over the values is branch-free (the branches of a selection over noise are mispredicted)."""
+    n_inf = 0
+    for q in range(n_all):
+        n_inf += 1 if a[q] == np.inf else 0
+    n = n_all - n_inf
+    if n == 0:
+        return 0.0
     k_hi = n // 2
     k_lo = k_hi if n % 2 else k_hi - 1
-    m = 33 if n > 200 else 0
-    if m:
-        step = n // m
-        for q in range(m):
-            work[q] = a[q * step]
-        lo = _select(work, m, 3)
-        hi = _select(work, m, m - 4)
-        if hi > lo:
-            scale = 256.0 / (hi - lo)
-            below = 0
-            counts[:] = 0
-            for q in range(n):
-                v = a[q]
-                if v < lo:
-                    below += 1
-                elif v < hi:
-                    counts[min(int((v - lo) * scale), 255)] += 1
-            c = below
-            if c <= k_lo:
-                for b in range(256):
-                    if c + counts[b] > k_lo:
-                        if c + counts[b] > k_hi:  # both middle values in this bin
-                            t = 0
-                            for q in range(n):
-                                v = a[q]
-                                if v >= lo and v < hi and min(int((v - lo) * scale), 255) == b:
-                                    work[t] = v
-                                    t += 1
-                            upper = _select(work, t, k_hi - c)
-                            if k_lo == k_hi:
-                                return upper
-                            lower = work[0]
-                            for q in range(1, k_hi - c):
-                                lower = max(lower, work[q])
-                            return 0.5 * (lower + upper)
+    if n > 200:
+        m = 0
+        step = max(n_all // 40, 1)
+        for q in range(0, n_all, step):
+            if a[q] < np.inf:
+                work[m] = a[q]
+                m += 1
+        if m >= 20:
+            lo = _select(work, m, 2)
+            hi = _select(work, m, m - 3)
+            if hi > lo:
+                scale = 256.0 / (hi - lo)
+                for b in range(258):
+                    counts[b] = 0
+                for q in range(n_all):  # bin 0: below lo; 257: at or above hi (and every +inf)
+                    counts[int(min(max((a[q] - lo) * scale + 1.0, 0.0), 257.0))] += 1
+                c = 0
+                c_lo = 0
+                b_lo = -1
+                b_hi = 258
+                for b in range(258):
+                    nc = c + counts[b]
+                    if b_lo < 0 and nc > k_lo:
+                        b_lo = b
+                        c_lo = c
+                    if nc > k_hi:
+                        b_hi = b
                         break
-                    c += counts[b]
-    for q in range(n):
-        work[q] = a[q]
+                    c = nc
+                if b_lo >= 1 and b_hi <= 256:  # both middle values inside the bracket
+                    t = 0
+                    for q in range(n_all):
+                        v = a[q]
+                        bq = int(min(max((v - lo) * scale + 1.0, 0.0), 257.0))
+                        work[t] = v
+                        t += 1 if (bq >= b_lo and bq <= b_hi) else 0
+                    upper = _select(work, t, k_hi - c_lo)
+                    if k_lo == k_hi:
+                        return upper
+                    lower = work[0]
+                    for q in range(1, k_hi - c_lo):
+                        lower = max(lower, work[q])
+                    return 0.5 * (np.float64(lower) + np.float64(upper))  # in float64, like numpy
+    t = 0
+    for q in range(n_all):
+        v = a[q]
+        work[t] = v
+        t += 1 if v < np.inf else 0
     upper = _select(work, n, k_hi)
     if k_lo == k_hi:
         return upper
     lower = work[0]
     for q in range(1, k_hi):
         lower = max(lower, work[q])
-    return 0.5 * (lower + upper)
+    return 0.5 * (np.float64(lower) + np.float64(upper))  # in float64, like numpy
 
 
 @_jit_nan
-def annulus_median(image, sources, cx, cy, dy, dx, out):  # pragma: no cover - compiled
-    """Per object, the median of the frame's pixels at offsets ``(dy, dx)`` from the integer
-    pixel ``(cy, cx)`` that lie on the frame, are finite and are not in ``sources`` (bool, the
-    frame's shape), into ``out``; 0 where no pixel is left."""
-    ny, nx = image.shape
-    buf = np.empty(dy.shape[0])
-    work = np.empty(dy.shape[0])
-    counts = np.zeros(256, np.int64)
+def annulus_median(masked, cx, cy, rows, outer, inner, out):  # pragma: no cover - compiled
+    """Per object, the median of the finite pixels of ``masked`` (float32, ``+inf`` where a pixel
+    must not count) in an annulus around the integer pixel ``(cy[i], cx[i])``, into ``out``; 0 where
+    no pixel is left. The annulus is given by rows: on row ``cy + rows[r]`` it spans columns
+    ``|x - cx| <= outer[r]`` less ``|x - cx| <= inner[r]`` (``inner[r] < 0``: no hole). Pixels off
+    the frame are skipped. Each row's two runs are copied whole (contiguous memory)."""
+    ny, nx = masked.shape
+    n_max = 0
+    for r in range(rows.shape[0]):
+        n_max += 2 * outer[r] + 1
+    buf = np.empty(n_max, np.float32)
+    work = np.empty(n_max, np.float32)
+    counts = np.zeros(258, np.int64)
     for i in range(cx.shape[0]):
         k = 0
-        for q in range(dy.shape[0]):
-            y = cy[i] + dy[q]
-            x = cx[i] + dx[q]
-            if y < 0 or y >= ny or x < 0 or x >= nx:
+        x0 = cx[i]
+        for r in range(rows.shape[0]):
+            y = cy[i] + rows[r]
+            if y < 0 or y >= ny:
                 continue
-            if sources[y, x]:
-                continue
-            v = image[y, x]
-            if np.isnan(v) or np.isinf(v):
-                continue
-            buf[k] = v
-            k += 1
-        out[i] = _median(buf, k, work, counts) if k > 0 else 0.0
+            a = min(max(x0 - outer[r], 0), nx)
+            b = max(min(x0 + outer[r] + 1, nx), a)
+            if inner[r] < 0:
+                c0 = b
+                c1 = b
+            else:
+                c0 = min(max(x0 - inner[r], a), b)
+                c1 = max(min(x0 + inner[r] + 1, b), c0)
+            buf[k:k + c0 - a] = masked[y, a:c0]
+            k += c0 - a
+            buf[k:k + b - c1] = masked[y, c1:b]
+            k += b - c1
+        out[i] = _median(buf, k, work, counts)

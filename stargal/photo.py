@@ -165,8 +165,8 @@ _SAT_FLAT = 0.9          # ... and the other side at least this times the centre
 _FFT = 64                # Fourier grid of the template convolution (pixels)
 _BG_ANNULUS = (15.0, 30.0)  # local background: median of the frame's pixels this far (px) from the object ...
 _BG_FOOTPRINT = (2.0, 5.0)  # ... outside detected sources (smoothed S/N >= 2 regions holding a >= 5 sigma pixel)
-_SOURCES: OrderedDict = OrderedDict()  # (cache dir, field, band) -> the frame's detected-source footprints
-_SOURCE_LIMIT = 10       # band masks kept per process (3 MB each)
+_SOURCES: OrderedDict = OrderedDict()  # (cache dir, field, band) -> the frame less detected sources
+_SOURCE_LIMIT = 10       # bands kept per process (:func:`_background_pixels`, 12 MB each)
 _BANKS: OrderedDict = OrderedDict()
 _BANK_LIMIT = 10         # band banks kept per process (about 6 MB each)
 _LOCK = threading.Lock()
@@ -641,11 +641,15 @@ def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, 
         for c in np.unique(cls):
             rows_c = np.flatnonzero(cls == c)
             m = bank.n_disc[c]
-            B = (T2[:, :m] @ dflat[rows_c, :m].T).reshape(K, J, rows_c.size)  # float32, one product per basis
-            acc = B[:, 0, :] * coef[rows_c, 0]  # sum over the basis in float64, (K, n_c)
+            # templates broader than every cap of the group are never chosen (chi2 = inf below): skip them
+            top = float(np.max(cap[rows_c]))
+            k_max = int(np.searchsorted(bank.re, top, side="right")) if np.isfinite(top) else K
+            B = (T2[:k_max * J, :m] @ dflat[rows_c, :m].T).reshape(k_max, J, rows_c.size)  # float32, per basis
+            acc = B[:, 0, :] * coef[rows_c, 0]  # sum over the basis in float64, (k_max, n_c)
             for j in range(1, J):
                 acc += B[:, j, :] * coef[rows_c, j]
-            b[rows_c] = acc.T
+            b[rows_c, :k_max] = acc.T
+            b[rows_c, k_max:] = 0.0
             A[rows_c] = cc[rows_c] @ bank.gram[kind][c].reshape(K, J * J).T
         _masked_correction(A, coef, bank.Tp[kind], pixels)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -745,7 +749,7 @@ def _model_norm(field: Field, psf_model, band: str, size: int) -> np.ndarray:
         cal = frame_calibration(field, band)
         x, y = xy[:, 0], xy[:, 1]
         sigma = _sky_sigma(cal, frame, x)
-        bg = _local_background(frame.image, _source_mask(field, band, cal, frame), x, y)[:, None, None]
+        bg = _local_background(_background_pixels(field, band, cal, frame), x, y)[:, None, None]
         d = resample_stamps(frame.image, x, y, size).astype(np.float64) - bg
         mask = _neighbour_mask(_detection_snr(d[:, None], sigma[:, None]))
         x, y = _recentre(frame.image, x, y, bp, mask, sigma, size)
@@ -766,17 +770,9 @@ def _model_norm(field: Field, psf_model, band: str, size: int) -> np.ndarray:
 def _source_mask(field: Field, band: str, cal, frame) -> np.ndarray:
     """The band frame's pixels in footprints of detected sources (bool, the frame's shape): regions of
     the smoothed S/N map (a Gaussian of :data:`_SMOOTH_PX`, the noise model's per-column sky sigma)
-    at or above 2 that hold a pixel at or above 5 (hysteresis). Kept per process for real fields;
-    computed afresh for other frames (injected copies)."""
+    at or above 2 that hold a pixel at or above 5 (hysteresis)."""
     from scipy import ndimage
 
-    real = type(field) is Field
-    key = (str(field.fetcher.cache_dir), str(field.fid), band)
-    if real:
-        with _LOCK:
-            if key in _SOURCES:
-                _SOURCES.move_to_end(key)
-                return _SOURCES[key]
     img = np.nan_to_num(np.asarray(frame.image, np.float32))
     nfac = 1.0 / (2.0 * np.sqrt(np.pi) * _SMOOTH_PX)
     sigma = _sky_sigma(cal, frame, np.arange(img.shape[1], dtype=np.float64)).astype(np.float32)
@@ -786,13 +782,29 @@ def _source_mask(field: Field, band: str, cal, frame) -> np.ndarray:
     seeded = np.zeros(n_labels + 1, bool)
     seeded[labels[snr >= hi]] = True
     seeded[0] = False
-    mask = seeded[labels]
+    return seeded[labels]
+
+
+def _background_pixels(field: Field, band: str, cal, frame) -> np.ndarray:
+    """The band frame as float32 with ``+inf`` on every pixel that must not count in a local
+    background: detected sources' footprints (:func:`_source_mask`) and non-finite pixels. Kept per
+    process for real fields (:data:`_SOURCE_LIMIT` bands); computed afresh for other frames
+    (injected copies)."""
+    real = type(field) is Field
+    key = (str(field.fetcher.cache_dir), str(field.fid), band)
     if real:
         with _LOCK:
-            _SOURCES[key] = mask
+            if key in _SOURCES:
+                _SOURCES.move_to_end(key)
+                return _SOURCES[key]
+    img = np.asarray(frame.image, np.float32)
+    masked = np.where(_source_mask(field, band, cal, frame) | ~np.isfinite(img), np.float32(np.inf), img)
+    if real:
+        with _LOCK:
+            _SOURCES[key] = masked
             while len(_SOURCES) > _SOURCE_LIMIT:
                 _SOURCES.popitem(last=False)
-    return mask
+    return masked
 
 
 @lru_cache(maxsize=1)
@@ -805,26 +817,37 @@ def _annulus_offsets() -> tuple[np.ndarray, np.ndarray]:
     return dy[ring].astype(np.int64), dx[ring].astype(np.int64)
 
 
-def _local_background(image, sources, x, y) -> np.ndarray:
-    """Per object, the median of the frame's pixels in :data:`_BG_ANNULUS` around its pixel
-    (``floor(x + 0.5)``, ``floor(y + 0.5)``, 0-based) that are on the frame, finite and outside the
-    ``sources`` mask (:func:`_source_mask`); 0 where none is left. numba when available."""
+@lru_cache(maxsize=1)
+def _annulus_rows() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The annulus of :func:`_annulus_offsets` by rows: ``(dy, outer, inner)``; row ``dy`` holds the
+    offsets ``inner < |dx| <= outer`` (``inner = -1``: the whole run ``|dx| <= outer``)."""
     dy, dx = _annulus_offsets()
+    rows = np.unique(dy)
+    outer = np.array([np.abs(dx[dy == r]).max() for r in rows])
+    inner = np.array([np.abs(dx[dy == r]).min() - 1 if (dx[dy == r] == 0).sum() == 0 else -1 for r in rows])
+    return rows.astype(np.int64), outer.astype(np.int64), inner.astype(np.int64)
+
+
+def _local_background(masked, x, y) -> np.ndarray:
+    """Per object, the median of the pixels of ``masked`` (:func:`_background_pixels`: ``+inf`` where a
+    pixel must not count) in :data:`_BG_ANNULUS` around its pixel (``floor(x + 0.5)``,
+    ``floor(y + 0.5)``, 0-based) that are on the frame and finite; 0 where none is left. numba when
+    available."""
     cx = np.floor(np.asarray(x, np.float64) + 0.5).astype(np.int64)
     cy = np.floor(np.asarray(y, np.float64) + 0.5).astype(np.int64)
     out = np.zeros(len(cx))
     if numba_available():
         from ._photo_kernels import annulus_median
 
-        annulus_median(np.asarray(image), sources, cx, cy, dy, dx, out)
+        annulus_median(masked, cx, cy, *_annulus_rows(), out)
         return out
-    ny, nx = sources.shape
+    dy, dx = _annulus_offsets()
+    ny, nx = masked.shape
     for lo in range(0, len(cx), 256):
         X, Y = cx[lo:lo + 256, None] + dx[None], cy[lo:lo + 256, None] + dy[None]
         on = (X >= 0) & (X < nx) & (Y >= 0) & (Y < ny)
-        Xc, Yc = np.clip(X, 0, nx - 1), np.clip(Y, 0, ny - 1)
-        v = np.asarray(image[Yc, Xc], np.float64)
-        v = np.where(on & ~sources[Yc, Xc] & np.isfinite(v), v, np.nan)
+        v = np.asarray(masked[np.clip(Y, 0, ny - 1), np.clip(X, 0, nx - 1)], np.float64)
+        v = np.where(on & np.isfinite(v), v, np.nan)
         k = np.isfinite(v).sum(1)
         v = np.sort(v, axis=1)  # NaN last
         rows = np.arange(len(v))
@@ -846,7 +869,7 @@ def _measure_rows(table: pd.DataFrame, field: Field, psf_model, size: int, recen
         cals[band] = frame_calibration(field, band)
         frame = field.frame(band)
         sig[:, bi] = _sky_sigma(cals[band], frame, x)
-        bgs[:, bi] = _local_background(frame.image, _source_mask(field, band, cals[band], frame), x, y)
+        bgs[:, bi] = _local_background(_background_pixels(field, band, cals[band], frame), x, y)
         stamps[:, bi] = resample_stamps(frame.image, x, y, size) - bgs[:, bi, None, None]
     nmask = _neighbour_mask(_detection_snr(stamps, sig))
     h = (size - 1) // 2
@@ -1063,7 +1086,8 @@ class SDSSPhotometry(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None
             try:
                 base = (str(field.fetcher.cache_dir), str(getattr(field.fetcher, "base_url", "")), fid,
                         self.psf_source, size, bool(self.recentre)) if release else None
-                keys = [base + tuple(np.round(p, 6)) for p in table.iloc[idx][xy].to_numpy(float)] if release else []
+                keys = [base + tuple(p) for p in np.round(table.iloc[idx][xy].to_numpy(float), 6).tolist()] \
+                    if release else []
                 with _LOCK:
                     known = np.array([k in _ROWS for k in keys], bool) if release else np.zeros(len(idx), bool)
                 todo = idx[~known]
@@ -1074,8 +1098,8 @@ class SDSSPhotometry(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None
                         values[name][todo] = part[name]
                     if release:
                         with _LOCK:
-                            for j, k in enumerate([k for k, hit in zip(keys, known) if not hit]):
-                                _ROWS[k] = [part[name][j] for name in per_row]
+                            _ROWS.update(zip([k for k, hit in zip(keys, known) if not hit],
+                                             zip(*[part[name] for name in per_row])))
                             while len(_ROWS) > _ROW_LIMIT:
                                 _ROWS.popitem(last=False)
             finally:

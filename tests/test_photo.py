@@ -188,7 +188,10 @@ def test_local_background_is_the_annulus_median_outside_detected_sources(monkeyp
     sources = photo._source_mask(field, "r", cal, frame)
     assert sources[150, 222] and sources[150, 218] and not sources[150, 200]
     assert sources.mean() < 0.01  # noise alone is no detection
-    bg = photo._local_background(img, sources, np.array([200.0, 15.2, 1000.0]), np.array([150.0, 12.0, 5.0]))
+    masked = photo._background_pixels(field, "r", cal, frame)
+    assert np.isinf(masked[sources]).all() and np.isinf(masked[10:14, 10:20]).all()
+    assert (masked[~sources & np.isfinite(img)] == img[~sources & np.isfinite(img)]).all()
+    bg = photo._local_background(masked, np.array([200.0, 15.2, 1000.0]), np.array([150.0, 12.0, 5.0]))
     dy, dx = photo._annulus_offsets()
     ring = img[150 + dy, 200 + dx]
     keep = ~sources[150 + dy, 200 + dx]
@@ -199,6 +202,33 @@ def test_local_background_is_the_annulus_median_outside_detected_sources(monkeyp
     assert bg[1] == pytest.approx(float(np.nanmedian(near[on & ~sources[np.clip(12 + dy, 0, ny - 1),
                                                                            np.clip(15 + dx, 0, nx - 1)]])), abs=1e-7)
     assert bg[2] == 0.0  # no pixel of its annulus is on the frame
+
+
+def test_local_background_kernel_equals_the_numpy_median(monkeypatch):
+    """The numba kernel (row runs, histogram-bracketed selection) gives numpy's exact median on
+    quantised values with many ties, heavy tails (the bracket misses), masks from none to every
+    pixel (fewer than 200 left: plain selection; none left: 0) and objects off the frame's edges."""
+    import stargal.photo as photo
+
+    if not photo.numba_available():
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(11)
+    ny, nx = 200, 260
+    img = np.round(rng.normal(0.0, 3.0, (ny, nx))).astype(np.float32) * np.float32(0.01)  # ties
+    img[:, 150:] = rng.standard_cauchy((ny, nx - 150)).astype(np.float32)  # heavy tails
+    density = np.linspace(0.0, 1.0, ny)[:, None]  # masked fraction grows with the row
+    masked = np.where(rng.random((ny, nx)) < density, np.float32(np.inf), img)
+    masked[150:, 200:] = np.inf  # a corner with nothing left
+    x = np.concatenate([rng.uniform(-40, nx + 40, 300), [230.0, 5.0]])
+    y = np.concatenate([rng.uniform(-40, ny + 40, 300), [185.0, 100.0]])
+    fast = photo._local_background(masked, x, y)
+    monkeypatch.setattr(photo, "numba_available", lambda: False)
+    slow = photo._local_background(masked, x, y)
+    dy, dx = photo._annulus_offsets()
+    ring = masked[100 + dy, 5 + dx][(5 + dx >= 0)]
+    assert fast[-1] == np.float32(np.median(ring[np.isfinite(ring)]))
+    assert fast[-2] == 0.0
+    np.testing.assert_array_equal(fast, slow)
 
 
 def test_an_interpolated_saturated_core_is_recognised_and_nothing_else():
