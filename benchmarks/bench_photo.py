@@ -6,7 +6,8 @@
   built by a first call), the per-object memo cleared before every timed call, one BLAS/numba thread.
   Target: at least 2,000 objects/s.
 * **predict with the shipped default vs the CNN path**: :func:`stargal.predict.predict_coordinates` from
-  plain RA/Dec (fields named: no index lookup), warm cache, the machine's cores, with the model kind
+  plain RA/Dec (fields named: no index lookup), warm cache, ``n_jobs=-1`` (one field: its rows split over
+  the machine's cores as threads), and again with ``n_jobs=1``, with the model kind
   ``stargal train`` ships by default (``study.toml``'s ``default_model``; the study's saved model when it
   exists, else a small one fitted here) against the study's CNN (``experiments/results/cnn.stargal``) in the
   same run. Target: the default at least 3,000 objects/s.
@@ -85,17 +86,23 @@ def bench_photometry(ctx) -> list[Result]:
         predict_coordinates(default, coords, fields=field, progress=False, **kw)
         predict_coordinates(cnn, coords, fields=field, progress=False, **kw)
 
-        def run_default():
+        def run_default(n_jobs):
             photo._ROWS.clear()
-            predict_coordinates(default, coords, fields=field, progress=False, **kw)
+            predict_coordinates(default, coords, fields=field, progress=False, n_jobs=n_jobs, **kw)
 
-        t_default = best_time(run_default, ctx.repeat)
+        predict_coordinates(default, coords, fields=field, progress=False, n_jobs=-1, **kw)  # threads warmed
+        t_default = best_time(lambda: run_default(-1), ctx.repeat)
+        t_serial = best_time(lambda: run_default(1), ctx.repeat)
         t_cnn = best_time(lambda: predict_coordinates(cnn, coords, fields=field, progress=False, **kw), ctx.repeat)
         out += [
             Result(f"stargal predict, shipped default ({kind}) (target: 3,000 objects/s)", len(coords) / t_default,
                    3000.0, "objects/s", 1.0,
-                   f"predict_coordinates from {len(coords)} plain RA/Dec of {FIELD} (fields named), warm cache, "
-                   f"{os.cpu_count()} CPUs, per-object memo cleared; model: {how}"),
+                   f"predict_coordinates(n_jobs=-1) from {len(coords)} plain RA/Dec of {FIELD} (fields named), "
+                   f"warm cache, {os.cpu_count()} CPUs (one field: its rows split over {os.cpu_count()} threads), "
+                   f"per-object memo cleared; model: {how}"),
+            Result(f"stargal predict, shipped default ({kind}): n_jobs=-1 vs n_jobs=1", len(coords) / t_default,
+                   len(coords) / t_serial, "objects/s", None,
+                   "the same call on one thread (the measurement's BLAS at its default threads)"),
             Result(f"stargal predict, shipped default ({kind}) vs the CNN path", len(coords) / t_default,
                    len(coords) / t_cnn, "objects/s", None,
                    "the same call with the study's calibrated CNN (`cnn.stargal`), measured one after the other "

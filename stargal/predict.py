@@ -84,6 +84,63 @@ def _split_pipeline(model):
     return steps[0][1], model[1:]
 
 
+#: Rows per thread at least, when one field's rows are split over threads (:func:`_chunk_threads`).
+MIN_CHUNK_ROWS = 200
+
+
+def _n_rows(jobs) -> int:
+    return sum(len(idx) for _, idx in jobs)
+
+
+def _holds_net(obj, seen=None) -> bool:
+    """Whether a torch network is part of ``obj`` (a pipeline, its steps, wrappers and their items)."""
+    from skorch import NeuralNet
+
+    seen = set() if seen is None else seen
+    if id(obj) in seen or obj is None or isinstance(obj, (str, bytes, np.ndarray, int, float, type)):
+        return False
+    seen.add(id(obj))
+    if isinstance(obj, NeuralNet):
+        return True
+    if isinstance(obj, dict):
+        items = obj.values()
+    elif isinstance(obj, (list, tuple)):
+        items = obj
+    elif (isinstance(obj, BaseEstimator) or type(obj).__module__.startswith("sklearn")) and hasattr(obj, "__dict__"):
+        items = vars(obj).values()  # estimators and scikit-learn's wrappers (calibrated classifiers)
+    else:
+        return False
+    return any(_holds_net(v, seen) for v in items)
+
+
+def _chunk_threads(tail, jobs, n_jobs, scheduler) -> int:
+    """Threads to split the fields' rows over: ``n_jobs`` workers (joblib's count) when there are
+    fewer fields than that, at least :data:`MIN_CHUNK_ROWS` rows each and no torch network in the
+    model (a network already runs on torch's threads); else 1 (fields go to workers whole).
+
+    Threads share the per-process caches (frames, PSF models, template banks), which a process
+    per chunk would each rebuild; the measurement's kernels and numpy release the GIL."""
+    from joblib import effective_n_jobs
+
+    if scheduler is not None or n_jobs in (None, 1):
+        return 1
+    workers = int(effective_n_jobs(n_jobs))
+    if workers <= len(jobs) or _holds_net(tail):
+        return 1
+    return max(1, min(workers, _n_rows(jobs) // MIN_CHUNK_ROWS))
+
+
+def _one_native_thread(active: bool):
+    """One BLAS/OpenMP thread per Python thread while rows run on several threads (no oversubscription)."""
+    import contextlib
+
+    if not active:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1)
+
+
 def _predict_field(tail, rows: pd.DataFrame) -> np.ndarray:
     """Galaxy probability for the aligned rows of one field (runs in a worker)."""
     proba = tail.predict_proba(rows)
@@ -211,17 +268,28 @@ def _predict_table(aligner, tail, table: pd.DataFrame, *, strict, n_jobs, schedu
     if jobs:
         from .tuning import parallel_backend_for  # local: tuning imports dask lazily
 
-        with parallel_backend_for(scheduler=scheduler, n_jobs=n_jobs):
-            runner = Parallel(return_as="generator", n_jobs=None if scheduler is not None else n_jobs)
+        threads = _chunk_threads(tail, jobs, n_jobs, scheduler)
+        if threads > 1:  # fewer fields than workers: a field's rows split over threads, caches shared
+            jobs = [(fid, part) for fid, idx in jobs
+                    for part in np.array_split(idx, max(1, min(-(-threads * len(idx) // _n_rows(jobs)),
+                                                               len(idx) // MIN_CHUNK_ROWS)))]
+        with parallel_backend_for(scheduler=scheduler, n_jobs=1 if threads > 1 else n_jobs), \
+                _one_native_thread(threads > 1):
+            runner = Parallel(return_as="generator", n_jobs=threads, prefer="threads") if threads > 1 else \
+                Parallel(return_as="generator", n_jobs=None if scheduler is not None else n_jobs)
             results = runner(delayed(_predict_field)(tail, aligned.iloc[idx]) for _, idx in jobs)
             for (fid, idx), p in zip(jobs, results):
-                known = np.isfinite(p)  # a rule abstains (NaN) on objects it cannot measure
-                if field_prior is not None and known.any():  # the field's own mix, estimated without labels
-                    p = p.copy()
-                    p[known], priors[idx] = adapt_to_field(p[known], field_prior)
                 p_galaxy[idx] = p
                 if bar is not None:
                     bar.update(len(idx))
+        if field_prior is not None:  # each field's own mix, estimated without labels (whole fields)
+            for fid, idx in groups:
+                idx = idx.to_numpy()
+                p = p_galaxy[idx]
+                known = np.isfinite(p)  # a rule abstains (NaN) on objects it cannot measure
+                if known.any():
+                    p[known], priors[idx] = adapt_to_field(p[known], field_prior)
+                    p_galaxy[idx] = p
 
     flags = np.where((flags == "") & np.isnan(p_galaxy), "unmeasured", flags)
     added = OUTPUT_COLUMNS + (["field_prior"] if field_prior is not None else [])
@@ -261,7 +329,10 @@ def predict_coordinates(model, coords, *, fields=None, strict: bool = False, n_j
         Raise :class:`~stargal.catalogs.CoordinateError` on unusable coordinates (missing,
         unparseable, out of range) instead of flagging them ``'invalid_coord'``.
     n_jobs : int, default=1
-        Fields processed in parallel (joblib). Ignored when ``scheduler`` is given.
+        Workers (joblib; ``-1``: all cores). Fields go to worker processes whole; when there are
+        fewer fields than workers, the rows are split over that many threads instead (at least
+        :data:`MIN_CHUNK_ROWS` each; not for a model with a network, which runs on torch's own
+        threads). Ignored when ``scheduler`` is given.
     scheduler : str or distributed.Client, optional
         ``'tcp://host:port'`` of a Dask scheduler: fields are spread over its workers.
     sas_url, cache_dir : str, optional

@@ -202,6 +202,32 @@ def test_large_list_in_chunks_matches_in_memory_prediction(trained, mirror_url, 
     assert on["p_galaxy"].notna().mean() > 0.95
 
 
+def test_one_field_on_two_workers_splits_its_rows_over_threads(trained, mirror_url, mirror_cache, monkeypatch):
+    """A single field with n_jobs=2: a measured model's rows run on two threads (shared caches), and
+    the answers, the field prior included (estimated over the whole field, not per part), are the
+    serial ones. A model with a network keeps its field whole (torch has its own threads)."""
+    import stargal.predict as predict_mod
+
+    paths, _ = trained
+    forest, cnn = load_model(paths["forest"]), load_model(paths["cnn"])
+    test = read_calibobj("8162-6-80", sas_url=mirror_url, cache_dir=str(mirror_cache))
+    coords = test[["ra", "dec"]].iloc[:600]
+    kw = dict(sas_url=mirror_url, cache_dir=str(mirror_cache), fields=["8162-6-80"], progress=False,
+              field_prior=True)
+    used = []
+    original = predict_mod._chunk_threads
+    monkeypatch.setattr(predict_mod, "_chunk_threads", lambda *a: used.append(original(*a)) or used[-1])
+    serial = predict_coordinates(forest, coords, n_jobs=1, **kw)
+    threaded = predict_coordinates(forest, coords, n_jobs=2, **kw)
+    assert used == [1, 2]
+    assert threaded["field_prior"].dropna().nunique() == 1
+    np.testing.assert_allclose(threaded["p_galaxy"], serial["p_galaxy"], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(threaded["field_prior"], serial["field_prior"], rtol=0, atol=1e-9)
+    assert predict_mod._holds_net(cnn) and not predict_mod._holds_net(forest)
+    predict_coordinates(cnn, coords, n_jobs=2, **kw)
+    assert used[-1] == 1
+
+
 def test_field_prior_estimates_each_fields_galaxy_fraction(trained, mirror_url, mirror_cache):
     """--field-prior: the star-rich test field's galaxy fraction is found without labels."""
     from stargal.calibration import adjust_prior
