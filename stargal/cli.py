@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "from the listed objects without labels (for catalogs of whole fields)")
     p.add_argument("--chunksize", type=int, default=100_000,
                    help="rows read and classified at a time (memory: one chunk + one field's frames)")
-    p.add_argument("--n-jobs", type=int, default=1, help="fields processed in parallel")
+    p.add_argument("--n-jobs", type=int, default=1, help="workers: fields processed in parallel; with fewer "
+                   "fields than workers, a measured model (forest, rule) splits the rows over threads")
     p.add_argument("--scheduler", default=None, help="Dask scheduler address tcp://host:port")
     p.add_argument("--frame", default="icrs", choices=["icrs", "fk5", "fk4", "galactic"],
                    help="frame of the input coordinates (default icrs); galactic reads l/b columns")

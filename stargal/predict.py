@@ -13,7 +13,9 @@ answer per row, so objects that cannot be classified would have to crash it;
    coordinates get a ``flag`` and a short ``flag_detail``);
 2. group the good rows by field and run the rest of the pipeline field by field,
    so at most one field's frames are open per worker (bounded memory); fields can be
-   spread over joblib workers (``n_jobs``) or a Dask cluster (``scheduler``);
+   spread over joblib workers (``n_jobs``) or a Dask cluster (``scheduler``); with fewer
+   fields than workers, a measured model's rows of one field are split over threads
+   (:func:`_chunk_threads`);
 3. return one row per input row, in input order: the input's own columns with their
    values as given, then :data:`OUTPUT_COLUMNS` (``ra_deg, dec_deg, field, p_galaxy,
    label, flag, flag_detail``); flagged rows have ``p_galaxy = NaN`` and ``label = ''``.
