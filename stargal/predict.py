@@ -94,25 +94,23 @@ def _n_rows(jobs) -> int:
     return sum(len(idx) for _, idx in jobs)
 
 
-def _holds_net(obj, seen=None) -> bool:
-    """Whether a torch network is part of ``obj`` (a pipeline, its steps, wrappers and their items)."""
+def _holds_net(obj) -> bool:
+    """Whether a torch network is part of ``obj`` (its steps, wrappers and their items, walked as
+    :mod:`stargal.persist` walks a model)."""
     from skorch import NeuralNet
 
-    seen = set() if seen is None else seen
-    if id(obj) in seen or obj is None or isinstance(obj, (str, bytes, np.ndarray, int, float, type)):
-        return False
-    seen.add(id(obj))
-    if isinstance(obj, NeuralNet):
-        return True
-    if isinstance(obj, dict):
-        items = obj.values()
-    elif isinstance(obj, (list, tuple)):
-        items = obj
-    elif (isinstance(obj, BaseEstimator) or type(obj).__module__.startswith("sklearn")) and hasattr(obj, "__dict__"):
-        items = vars(obj).values()  # estimators and scikit-learn's wrappers (calibrated classifiers)
-    else:
-        return False
-    return any(_holds_net(v, seen) for v in items)
+    from .persist import _children
+
+    stack, seen = [obj], set()
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, NeuralNet):
+            return True
+        stack.extend(_children(item))
+    return False
 
 
 def _chunk_threads(tail, jobs, n_jobs, scheduler) -> int:
@@ -273,8 +271,7 @@ def _predict_table(aligner, tail, table: pd.DataFrame, *, strict, n_jobs, schedu
         threads = _chunk_threads(tail, jobs, n_jobs, scheduler)
         if threads > 1:  # fewer fields than workers: a field's rows split over threads, caches shared
             jobs = [(fid, part) for fid, idx in jobs
-                    for part in np.array_split(idx, max(1, min(-(-threads * len(idx) // _n_rows(jobs)),
-                                                               len(idx) // MIN_CHUNK_ROWS)))]
+                    for part in np.array_split(idx, max(1, min(threads, len(idx) // MIN_CHUNK_ROWS)))]
         with parallel_backend_for(scheduler=scheduler, n_jobs=1 if threads > 1 else n_jobs), \
                 _one_native_thread(threads > 1):
             runner = Parallel(return_as="generator", n_jobs=threads, prefer="threads") if threads > 1 else \
