@@ -767,7 +767,7 @@ def _model_norm(field: Field, psf_model, band: str, size: int) -> np.ndarray:
     return norm
 
 
-def _source_mask(field: Field, band: str, cal, frame) -> np.ndarray:
+def _source_mask(cal, frame) -> np.ndarray:
     """The band frame's pixels in footprints of detected sources (bool, the frame's shape): regions of
     the smoothed S/N map (a Gaussian of :data:`_SMOOTH_PX`, the noise model's per-column sky sigma)
     at or above 2 that hold a pixel at or above 5 (hysteresis)."""
@@ -798,7 +798,7 @@ def _background_pixels(field: Field, band: str, cal, frame) -> np.ndarray:
                 _SOURCES.move_to_end(key)
                 return _SOURCES[key]
     img = np.asarray(frame.image, np.float32)
-    masked = np.where(_source_mask(field, band, cal, frame) | ~np.isfinite(img), np.float32(np.inf), img)
+    masked = np.where(_source_mask(cal, frame) | ~np.isfinite(img), np.float32(np.inf), img)
     if real:
         with _LOCK:
             _SOURCES[key] = masked

@@ -185,7 +185,7 @@ def test_local_background_is_the_annulus_median_outside_detected_sources(monkeyp
     frame = types.SimpleNamespace(image=img, sky_noise=sky)
     cal = types.SimpleNamespace(sky_sigma=lambda x: np.full(np.shape(x), sky))
     field = types.SimpleNamespace(fetcher=types.SimpleNamespace(cache_dir="x"), fid="0-0-0")  # not a Field: not kept
-    sources = photo._source_mask(field, "r", cal, frame)
+    sources = photo._source_mask(cal, frame)
     assert sources[150, 222] and sources[150, 218] and not sources[150, 200]
     assert sources.mean() < 0.01  # noise alone is no detection
     masked = photo._background_pixels(field, "r", cal, frame)
