@@ -97,6 +97,7 @@ from ._validation import PATH_LIKE
 __all__ = [
     "save_model",
     "load_model",
+    "contains_net",
     "NetSlot",
     "NotAStargalModelError",
     "UntrustedModelError",
@@ -477,6 +478,29 @@ def _children(obj):
     if isinstance(obj, BaseEstimator) or _wrapper_attrs(obj):
         return list(vars(obj).values())
     return []
+
+
+def contains_net(model) -> bool:
+    """Whether a torch network (a skorch net) is part of ``model``: its steps, their parameters and
+    fitted attributes, and scikit-learn's wrappers (calibrated classifiers), walked as a model file is.
+
+    Examples
+    --------
+    >>> from sklearn.pipeline import Pipeline
+    >>> from sklearn.ensemble import RandomForestClassifier
+    >>> contains_net(Pipeline([("forest", RandomForestClassifier())]))
+    False
+    """
+    stack, seen = [model], set()
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, NeuralNet):
+            return True
+        stack.extend(_children(item))
+    return False
 
 
 def _walk_estimators(obj, seen=None, path="model"):

@@ -94,25 +94,6 @@ def _n_rows(jobs) -> int:
     return sum(len(idx) for _, idx in jobs)
 
 
-def _holds_net(obj) -> bool:
-    """Whether a torch network is part of ``obj`` (its steps, wrappers and their items, walked as
-    :mod:`stargal.persist` walks a model)."""
-    from skorch import NeuralNet
-
-    from .persist import _children
-
-    stack, seen = [obj], set()
-    while stack:
-        item = stack.pop()
-        if id(item) in seen:
-            continue
-        seen.add(id(item))
-        if isinstance(item, NeuralNet):
-            return True
-        stack.extend(_children(item))
-    return False
-
-
 def _chunk_threads(tail, jobs, n_jobs, scheduler) -> int:
     """Threads to split the fields' rows over: ``n_jobs`` workers (joblib's count) when there are
     fewer fields than that, at least :data:`MIN_CHUNK_ROWS` rows each and no torch network in the
@@ -122,10 +103,12 @@ def _chunk_threads(tail, jobs, n_jobs, scheduler) -> int:
     per chunk would each rebuild; the measurement's kernels and numpy release the GIL."""
     from joblib import effective_n_jobs
 
+    from .persist import contains_net
+
     if scheduler is not None or n_jobs in (None, 1):
         return 1
     workers = int(effective_n_jobs(n_jobs))
-    if workers <= len(jobs) or _holds_net(tail):
+    if workers <= len(jobs) or contains_net(tail):
         return 1
     return max(1, min(workers, _n_rows(jobs) // MIN_CHUNK_ROWS))
 

@@ -225,7 +225,9 @@ def test_one_field_on_two_workers_splits_its_rows_over_threads(trained, mirror_u
     assert threaded["field_prior"].dropna().nunique() == 1
     np.testing.assert_allclose(threaded["p_galaxy"], serial["p_galaxy"], rtol=0, atol=1e-9)
     np.testing.assert_allclose(threaded["field_prior"], serial["field_prior"], rtol=0, atol=1e-9)
-    assert predict_mod._holds_net(cnn) and not predict_mod._holds_net(forest)
+    from stargal.persist import contains_net
+
+    assert contains_net(cnn) and not contains_net(forest)
     predict_coordinates(cnn, coords, n_jobs=2, **kw)
     assert used[-1] == 1
 
