@@ -40,6 +40,7 @@ bounded by one chunk plus one field's frames whatever the length of the list.
 from __future__ import annotations
 
 import copy
+import numbers
 import os
 import sys
 import tempfile
@@ -105,8 +106,9 @@ def _chunk_threads(tail, jobs, n_jobs, scheduler) -> int:
 
     from .persist import contains_net
 
-    if scheduler is not None or n_jobs in (None, 1):
-        return 1
+    if scheduler is not None or isinstance(n_jobs, bool) or not isinstance(n_jobs, numbers.Integral) \
+            or n_jobs in (0, 1):
+        return 1  # one worker, or a value parallel_backend_for refuses with a clear error
     workers = int(effective_n_jobs(n_jobs))
     if workers <= len(jobs) or contains_net(tail):
         return 1

@@ -125,3 +125,29 @@ def test_predict_csv_bad_input_is_a_clear_error_and_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="chunksize"):
         predict_csv(_model(), bad, out, chunksize=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]
+
+
+@pytest.mark.parametrize("bad", [0, "abc", 2.5, True])
+def test_a_bad_n_jobs_is_left_to_the_backend_check_which_names_it(bad):
+    """_chunk_threads never decides on a bad n_jobs; parallel_backend_for refuses it in one line."""
+    from sklearn.linear_model import LogisticRegression
+
+    from stargal.tuning import parallel_backend_for
+
+    tail = Pipeline([("model", LogisticRegression())])
+    assert predict_module._chunk_threads(tail, [("f", np.arange(500))], bad, None) == 1
+    with pytest.raises(ValueError, match="n_jobs must be a non-zero integer"):
+        with parallel_backend_for(n_jobs=bad):
+            pass
+
+
+def test_rows_of_one_field_go_to_threads_only_when_they_fill_them():
+    from sklearn.linear_model import LogisticRegression
+
+    tail = Pipeline([("model", LogisticRegression())])
+    one = [("f", np.arange(500))]
+    assert predict_module._chunk_threads(tail, one, 2, None) == 2
+    assert predict_module._chunk_threads(tail, one, 1, None) == 1
+    assert predict_module._chunk_threads(tail, [("f", np.arange(300))], 2, None) == 1  # < 2 x 200 rows
+    assert predict_module._chunk_threads(tail, one + [("g", np.arange(500))], 2, None) == 1  # fields fill them
+    assert predict_module._chunk_threads(tail, one, 2, "tcp://127.0.0.1:1") == 1  # Dask spreads fields
