@@ -91,7 +91,6 @@ from here; the kernels and geometric transforms in :mod:`stargal._transforms`.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import type_of_target
@@ -100,8 +99,8 @@ from ._imaging import (FWHM_PER_SIGMA, N_IMAGE_BANDS, SDSS_TYPE_RATIO, border_me
                        moment_fwhm, point_source_ratio)
 from ._imaging import cutout_sky_noise as sky_noise
 from ._imaging import psf_channels_moment_fwhm as psf_fwhm
-from ._transforms import (affine, convolve_psf, convolve_zero, dihedral, discrete_gaussian,
-                          kernel_groups, noise_variance_factor)
+from ._transforms import (BLOCK, affine, convolve_batch, convolve_psf_batch, dihedral,
+                          gaussian_kernels, gaussian_matrices, kernel_matrices, noise_variance_factors)
 from ._validation import (HasMethods, Integral, InvalidParameterError, Interval, Real, StrOptions,
                           check_cutouts, join_inputs, split_inputs, validate_params)
 from .sdss import BANDS, PIXEL_SCALE_ARCSEC
@@ -662,16 +661,7 @@ class CutoutAugmenter(BaseEstimator):
         noise_level = np.ones(m)  # the copies' sky noise in units of sky_noise_ (for seeing)
         if self.blur > 0:
             sigmas = streams["blur"].uniform(0.0, self.blur, size=m)
-            for i in range(m):
-                kernel = discrete_gaussian(sigmas[i])
-                if kernel.size > 1:
-                    noise_level[i] = np.sum(kernel**2)  # interior white-noise sigma factor
-                    for axis in (1, 2):  # rows, columns of the (bands, H, W) stack
-                        out[i, :nb] = ndimage.convolve1d(
-                            out[i, :nb], kernel, axis=axis, mode="nearest"
-                        )
-                    if psf_aware:
-                        out[i, nb:] = convolve_psf(out[i, nb:], kernel)
+            self._blur(out, sigmas, noise_level, nb, psf_aware)
 
         if self.seeing > 0:
             check = self.seeing_labels == "consistent" and y is not None
@@ -722,19 +712,48 @@ class CutoutAugmenter(BaseEstimator):
         else:
             u, current = rng.uniform(0.0, 1.0, size=(m, 1)), moment_fwhm(out[:, _R_PSF])[:, None]
         target = current + u * np.maximum(top - current, 0.0)
-        # NaN where a band has no usable PSF stamp: that band keeps its seeing (kernel_groups)
+        # NaN where a band has no usable PSF stamp: that band keeps its seeing
         sigma_k = np.broadcast_to(np.sqrt(np.maximum(target**2 - current**2, 0.0)) / FWHM_PER_SIGMA, (m, nb))
-        for i in range(m):
-            eps = rng.standard_normal(size=(nb, h, w), dtype=np.float32)
-            for s_k, bands in kernel_groups(sigma_k[i]):
-                kernel = discrete_gaussian(s_k)
-                if kernel.size == 1:
-                    continue
-                img = out[i, bands].astype(np.float64)
-                b = border_median(img)[:, None, None]  # local sky level per band
-                img = convolve_zero(img - b, kernel) + b
-                restore = np.sqrt(np.clip(1.0 - noise_variance_factor(kernel, h, w), 0.0, 1.0))
-                img += eps[bands] * (noise_level[i] * sky[bands][:, None, None] * restore[None])
-                out[i, bands] = img
-                out[i, nb + bands] = convolve_psf(out[i, nb + bands], kernel)
+        # One noise stamp per copy, in copy order (one draw of them all is the same stream).
+        eps = rng.standard_normal(size=(m, nb, h, w), dtype=np.float32)
+        # Every (copy, band) with a kernel wider than a delta, all at once: each stamp is convolved
+        # with its own kernel by (H, H) and (W, W) matrix products (zero padding).
+        copy, band = np.nonzero(np.isfinite(sigma_k) & (np.square(sigma_k) >= 1e-12))
+        for lo in range(0, copy.size, BLOCK):
+            i, b = copy[lo:lo + BLOCK], band[lo:lo + BLOCK]
+            rows = gaussian_matrices(sigma_k[i, b], h)
+            cols = rows if w == h else gaussian_matrices(sigma_k[i, b], w)
+            img = out[i, b].astype(np.float64)
+            level = border_median(img)[:, None, None]  # local sky level per band
+            img = convolve_batch(img - level, rows, cols) + level
+            restore = np.sqrt(np.clip(1.0 - noise_variance_factors(rows, cols), 0.0, 1.0))
+            img += eps[i, b] * ((noise_level[i] * sky[b])[:, None, None] * restore)
+            out[i, b] = img
+            out[i, nb + b] = convolve_psf_batch(out[i, nb + b], rows, cols)
         return out
+
+    @staticmethod
+    def _blur(out, sigmas, noise_level, nb, psf_aware):
+        """Blur copy ``i`` of ``out`` (in place) with a discrete Gaussian of ``sigmas[i]`` pixels:
+        its image channels with the edge repeated, its PSF channels (if any) with zero padding and
+        their sums kept. Sets ``noise_level[i]`` to the white-noise sigma factor of the 2-D kernel
+        ``k k^T`` away from the edges: ``sqrt(sum (k_i k_j)^2) = sum k^2``."""
+        m, _, h, w = out.shape
+        copy = np.flatnonzero(np.square(sigmas) >= 1e-12)
+        for lo in range(0, copy.size, BLOCK):
+            i = copy[lo:lo + BLOCK]
+            s = sigmas[i]
+            kernels = gaussian_kernels(s)
+            noise_level[i] = np.square(kernels).sum(axis=1)
+            rows_n = kernel_matrices(kernels, h, mode="nearest")[:, None]
+            cols_n = rows_n if w == h else kernel_matrices(kernels, w, mode="nearest")[:, None]
+            out[i, :nb] = np.matmul(np.matmul(rows_n, out[i, :nb].astype(np.float64)),
+                                    np.swapaxes(cols_n, 2, 3))
+            if psf_aware:
+                rows_z = kernel_matrices(kernels, h)
+                cols_z = rows_z if w == h else kernel_matrices(kernels, w)
+                k = len(i)
+                psf = out[i, nb:].reshape(k * (out.shape[1] - nb), h, w)
+                rep = out.shape[1] - nb
+                out[i, nb:] = convolve_psf_batch(psf, np.repeat(rows_z, rep, axis=0),
+                                                 np.repeat(cols_z, rep, axis=0)).reshape(k, rep, h, w)

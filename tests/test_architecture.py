@@ -33,8 +33,8 @@ TREES = ("stargal", "experiments", "benchmarks")
 
 #: The pipeline order of the ``stargal`` modules, earliest step first.
 LAYERS: list[set[str]] = [
-    {"sdss", "_io", "_validation", "_cutout_kernels", "_photo_kernels", "_imaging", "_transforms",
-     "_threads"},                                                    # foundations
+    {"sdss", "_io", "_validation", "_cutout_kernels", "_photo_kernels", "_augment_kernels", "_imaging",
+     "_transforms", "_threads"},                                     # foundations
     {"fetch"},                                                       # data source
     {"window", "frames", "noise", "catalogs", "config", "split"},    # where things are; the study
     {"registration", "align"},                                       # per-band positions
@@ -49,8 +49,8 @@ LAYERS: list[set[str]] = [
     {"training", "persist", "predict", "explain", "cli"},            # workflows
 ]
 #: Private modules of ``stargal`` whose underscore names the other modules may use.
-SHARED_PRIVATE = {"_imaging", "_io", "_validation", "_cutout_kernels", "_photo_kernels", "_transforms",
-                  "_threads"}
+SHARED_PRIVATE = {"_imaging", "_io", "_validation", "_cutout_kernels", "_photo_kernels", "_augment_kernels",
+                  "_transforms", "_threads"}
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 #: Private imports across trees still to be removed: (module, imported name) -> why still here.
 KNOWN_PRIVATE: dict[tuple[str, str], str] = {}
