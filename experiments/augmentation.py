@@ -45,13 +45,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from joblib import Parallel, delayed  # noqa: E402
 
 from stargal.augment import DEFAULT_STRENGTHS, CutoutAugmenter  # noqa: E402
 
 from .common import StageResult, fmt, markdown_table, render_template, write_csv  # noqa: E402
 
-__all__ = ["CONFIGS", "SAMPLER_CONFIGS", "PROXY_WIDTH", "FAINT_MAG", "make_augmenter", "proxy_params", "ablation",
-           "summarise", "choose", "final_recipes", "held_out_choice", "final_choice", "run", "main"]
+__all__ = ["CONFIGS", "SAMPLER_CONFIGS", "PROXY_WIDTH", "FAINT_MAG", "make_augmenter", "proxy_params",
+           "proxy_fit_score", "ablation", "summarise", "choose", "final_recipes", "held_out_choice", "final_choice",
+           "run", "main"]
 
 #: Ablation configurations: name -> the CutoutAugmenter parameters switched on (all others off).
 #: ``zoom_shear`` is one configuration (both are small affine distortions about the centre);
@@ -185,11 +187,11 @@ def proxy_params(ctx, seed_offset: int) -> dict:
             "net__patience": PROXY_PATIENCE, "net__random_state": int(ctx.seed + seed_offset)}
 
 
-def _scores(ctx, pipe, rows) -> dict:
+def _scores(pipe, rows) -> dict:
     """MCC / balanced accuracy / ROC AUC on rows, overall and for faint and bright objects."""
-    from stargal.training import evaluate_predictions
+    from stargal.training import evaluate_predictions, labels_to_y
 
-    y = ctx.y(rows)
+    y = labels_to_y(rows["label"])
     proba = pipe.predict_proba(rows)[:, 1]
     out = {k: float(v) for k, v in evaluate_predictions(y, proba)[0].items() if k in _SCORES}
     faint = rows["psfmag_r"].to_numpy() >= FAINT_MAG
@@ -215,26 +217,50 @@ def ablation(ctx, configs=None, seeds=None, log=print, train=None, valid=None, s
     train = ctx.rows("train") if train is None else train
     valid = ctx.rows("valid") if valid is None else valid
     factories = {**SAMPLER_CONFIGS, **(samplers or {})}
+    tasks = []
+    for seed in seeds:
+        for name in configs:
+            params = proxy_params(ctx, seed)
+            if name in factories:
+                aug = factories[name](ctx, params["net__random_state"], train)
+            else:
+                aug = make_augmenter(name, random_state=params["net__random_state"])
+            tasks.append(({"config": name, "seed": int(params["net__random_state"])},
+                          (ctx.config, ctx.fetcher.base_url, str(ctx.fetcher.cache_dir), params, train, valid, aug)))
+    results = Parallel(n_jobs=ctx.n_jobs)(delayed(proxy_fit_score)(*args) for _, args in tasks)
     runs = []
-    with torch_threads():
-        for seed in seeds:
-            for name in configs:
-                params = proxy_params(ctx, seed)
-                if name in factories:
-                    aug = factories[name](ctx, params["net__random_state"], train)
-                else:
-                    aug = make_augmenter(name, random_state=params["net__random_state"])
-                pipe = ctx.pipeline("cnn", augmenter=aug, params=params)
-                t0 = time.perf_counter()
-                ctx.fit(pipe, train)
-                fit_s = time.perf_counter() - t0
-                row = {"config": name, "seed": int(params["net__random_state"]),
-                       "epochs": len(pipe.named_steps["net"].history), "fit_s": round(fit_s, 1)}
-                row.update(_scores(ctx, pipe, valid))
-                runs.append(row)
-                log(f"  {name:<11s} seed {row['seed']}: valid MCC {row['mcc']:.3f}  ({row['epochs']} epochs, "
-                    f"{fit_s:.1f} s)")
+    for (meta, _), res in zip(tasks, results):
+        runs.append({**meta, **res})
+        log(f"  {meta['config']:<11s} seed {meta['seed']}: valid MCC {res['mcc']:.3f}  ({res['epochs']} epochs, "
+            f"{res['fit_s']:.1f} s)")
     return pd.DataFrame(runs)
+
+
+def proxy_fit_score(config, sas_url, cache_dir, params, fit_rows, eval_rows, augmenter) -> dict:
+    """Fit one proxy CNN on ``fit_rows`` and score it on ``eval_rows`` (runs in a worker, one torch thread).
+
+    Returns ``epochs`` (run before early stopping ended it), ``fit_s`` and the scores of :func:`_scores`.
+    """
+    from stargal.training import build_pipeline, fit_pipeline
+
+    with torch_threads():
+        t0 = time.perf_counter()
+        pipe = build_pipeline("cnn", config, sas_url=sas_url, cache_dir=cache_dir, augmenter=augmenter,
+                              params=params)
+        fit_pipeline(pipe, fit_rows)
+        fit_s = time.perf_counter() - t0
+        return {"epochs": len(pipe.named_steps["net"].history), "fit_s": round(fit_s, 1),
+                **_scores(pipe, eval_rows)}
+
+
+def _fit_timed(pipe, rows):
+    """``(pipe fitted on rows, seconds)`` (runs in a worker, one torch thread)."""
+    from stargal.training import fit_pipeline
+
+    with torch_threads():
+        t0 = time.perf_counter()
+        fit_pipeline(pipe, rows)
+        return pipe, round(time.perf_counter() - t0, 1)
 
 
 def summarise(runs: pd.DataFrame, control: str = "none") -> pd.DataFrame:
@@ -399,11 +425,10 @@ def _run(ctx, tuned_params, log) -> StageResult:
         **{label: make_augmenter(names, random_state=ctx.seed) for label, names in recipes.items() if names},
     }
     final_rows, by_mag, fitted, final_s = [], [], {}, {}
-    for label, aug in variants.items():
-        pipe = ctx.pipeline("cnn", augmenter=aug, params=params)
-        t0 = time.perf_counter()
-        ctx.fit(pipe, train)
-        final_s[label] = round(time.perf_counter() - t0, 1)
+    done = Parallel(n_jobs=ctx.n_jobs)(delayed(_fit_timed)(ctx.pipeline("cnn", augmenter=aug, params=params), train)
+                                       for aug in variants.values())
+    for label, (pipe, seconds) in zip(variants, done):
+        final_s[label] = seconds
         fitted[label] = pipe
         for split, rows in (("train", train), ("valid", valid), ("test", test)):
             m, mag = ctx.evaluate(pipe, rows, by_magnitude=(split != "train"))
@@ -560,7 +585,8 @@ def _result(ctx, summary, runs, chosen, fallback, final, mag_frame, params, tune
     values = dict(
         proxy_width=PROXY_WIDTH, width=ctx.config.cnn["width"], depth=ctx.config.cnn["depth"],
         proxy_epochs=proxy_epochs, proxy_patience=PROXY_PATIENCE, n_configs=len(CONFIGS), n_seeds=n_seeds,
-        n_runs=len(runs), ablation_min=f"{ablation_s / 60:.1f}", n_train=n_train, n_valid=n_valid,
+        n_runs=len(runs), ablation_min=f"{ablation_s / 60:.1f}", n_jobs=ctx.n_jobs, n_train=n_train,
+        n_valid=n_valid,
         seeds=f"{sorted(runs['seed'].unique().tolist())}", ablation_table=abl, choice=choice,
         tuned_params=f"`{tuned_params}`" if tuned_params else "", max_epochs=params["net__max_epochs"],
         seed=ctx.seed, test_fields=list(ctx.config.test_fields), n_test=n_test, final_table=fin,

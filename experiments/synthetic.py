@@ -192,26 +192,6 @@ def _noise_table(ctx) -> list:
     return rows
 
 
-def _proxy_fit_score(config, sas_url, cache_dir, params, fit_rows, eval_rows, augmenter):
-    """Fit one proxy CNN and score it on ``eval_rows`` (runs in a worker; one torch thread)."""
-    import torch
-
-    from types import SimpleNamespace
-
-    from stargal.training import build_pipeline, fit_pipeline, labels_to_y
-
-    from .augmentation import _scores
-
-    torch.set_num_threads(1)
-    t0 = time.perf_counter()
-    pipe = build_pipeline("cnn", config, sas_url=sas_url, cache_dir=cache_dir, augmenter=augmenter, params=params)
-    fit_pipeline(pipe, fit_rows)
-    fit_s = time.perf_counter() - t0
-    labels = SimpleNamespace(y=lambda rows: labels_to_y(rows["label"]))  # what _scores needs of a study context
-    return {"epochs": len(pipe.named_steps["net"].history), "fit_s": round(fit_s, 1),
-            **_scores(labels, pipe, eval_rows)}
-
-
 def held_out_ablation(ctx, configs=HELD_OUT_CONFIGS, log=print) -> pd.DataFrame:
     """Does training with injected objects help on a field the model has never seen?
 
@@ -229,7 +209,7 @@ def held_out_ablation(ctx, configs=HELD_OUT_CONFIGS, log=print) -> pd.DataFrame:
     """
     from joblib import Parallel, delayed
 
-    from .augmentation import _rule_injector, _synthetic_injector, make_augmenter, proxy_params
+    from .augmentation import _rule_injector, _synthetic_injector, make_augmenter, proxy_fit_score, proxy_params
 
     rows = ctx.rows("train", "valid")
     fields = sorted(rows["field_id"].unique())
@@ -255,7 +235,7 @@ def held_out_ablation(ctx, configs=HELD_OUT_CONFIGS, log=print) -> pd.DataFrame:
                           (ctx.config, ctx.fetcher.base_url, str(ctx.fetcher.cache_dir), params, fit_rows, held, aug)))
     log(f"  {len(tasks)} proxy fits ({len(fields)} held-out fields x {len(configs)} configurations), "
         f"{ctx.n_jobs} workers")
-    results = Parallel(n_jobs=ctx.n_jobs)(delayed(_proxy_fit_score)(*args) for _, args in tasks)
+    results = Parallel(n_jobs=ctx.n_jobs)(delayed(proxy_fit_score)(*args) for _, args in tasks)
     out = []
     for (meta, _), res in zip(tasks, results):
         out.append({**meta, **res})
