@@ -192,6 +192,13 @@ def _noise_table(ctx) -> list:
     return rows
 
 
+def _fit_in_turn(task_args) -> list:
+    """:func:`~experiments.augmentation.proxy_fit_score` of each task, in order, in this worker."""
+    from .augmentation import proxy_fit_score
+
+    return [proxy_fit_score(*args) for args in task_args]
+
+
 def held_out_ablation(ctx, configs=HELD_OUT_CONFIGS, log=print) -> pd.DataFrame:
     """Does training with injected objects help on a field the model has never seen?
 
@@ -209,7 +216,7 @@ def held_out_ablation(ctx, configs=HELD_OUT_CONFIGS, log=print) -> pd.DataFrame:
     """
     from joblib import Parallel, delayed
 
-    from .augmentation import _rule_injector, _synthetic_injector, make_augmenter, proxy_fit_score, proxy_params
+    from .augmentation import _rule_injector, _synthetic_injector, make_augmenter, proxy_params
 
     rows = ctx.rows("train", "valid")
     fields = sorted(rows["field_id"].unique())
@@ -235,7 +242,19 @@ def held_out_ablation(ctx, configs=HELD_OUT_CONFIGS, log=print) -> pd.DataFrame:
                           (ctx.config, ctx.fetcher.base_url, str(ctx.fetcher.cache_dir), params, fit_rows, held, aug)))
     log(f"  {len(tasks)} proxy fits ({len(fields)} held-out fields x {len(configs)} configurations), "
         f"{ctx.n_jobs} workers")
-    results = Parallel(n_jobs=ctx.n_jobs)(delayed(proxy_fit_score)(*args) for _, args in tasks)
+    # A fold's injected fits run one after the other in one worker: the same seed injects the same objects,
+    # so the second reuses the first's rendered frames (SyntheticInjector keeps its last injection). Largest
+    # jobs first.
+    jobs = {}
+    for index, (meta, _) in enumerate(tasks):
+        injected = meta["config"] in ("synthetic", "synthetic_rule")
+        jobs.setdefault((not injected, meta["held_out_field"], -1 if injected else index), []).append(index)
+    order = sorted(jobs)
+    done = Parallel(n_jobs=ctx.n_jobs)(delayed(_fit_in_turn)([tasks[i][1] for i in jobs[k]]) for k in order)
+    results = [None] * len(tasks)
+    for k, res in zip(order, done):
+        for i, r in zip(jobs[k], res):
+            results[i] = r
     out = []
     for (meta, _), res in zip(tasks, results):
         out.append({**meta, **res})

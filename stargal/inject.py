@@ -96,6 +96,11 @@ _DETECT_SMOOTH_PX = 1.0
 _DETECT_MIN_PX = 4
 _MEMO: dict = {}
 _MEMO_LOCK = threading.Lock()
+#: The last injection set of a :class:`SyntheticInjector` with an integer ``random_state``, per process:
+#: ``key -> (fields' Injection results, generator state after them)``. Fitting the same injector again
+#: (e.g. ``label='truth'`` and then ``'rule'``, same seed) reuses the rendered frames instead of drawing
+#: and rendering them again; one entry (the injected copies of its fields' frames) is kept.
+_LAST_INJECTION: dict = {}
 
 
 def detection_distance(field: Field, band: str = "r") -> np.ndarray:
@@ -404,6 +409,10 @@ class SyntheticInjector(BaseEstimator):
     rule_boundary : float, default=0.145
         Boundary of ``label='rule'`` (SDSS's; the study passes the one its rule fitted).
     random_state : int, optional
+        With an integer seed the drawn and rendered objects are kept per process (the last injection
+        only, about 60 MB per field) and reused by the next fit with the same parameters, ``label`` and
+        ``rule_boundary`` aside: ``label='rule'`` after ``label='truth'`` types the same objects without
+        rendering them again.
     sas_url, cache_dir : str, optional
 
     Attributes
@@ -446,6 +455,39 @@ class SyntheticInjector(BaseEstimator):
         self.random_state = random_state
         self.sas_url = sas_url
         self.cache_dir = cache_dir
+
+    def _injections(self, fetcher, fields, per, pop, rng, h) -> list:
+        """The :func:`inject_random` result of each field with objects to receive, in order; ``rng``
+        ends in the state the injections leave it in.
+
+        With an integer ``random_state`` the results are kept per process (:data:`_LAST_INJECTION`):
+        the same injection (every parameter but ``label`` and ``rule_boundary``, same data source and
+        cutout size) reuses them, so a fit with ``label='rule'`` after one with ``label='truth'``
+        types the very objects the other was given.
+        """
+        key = None
+        if isinstance(self.random_state, Integral) and not isinstance(self.random_state, bool):
+            params = {k: v for k, v in self.get_params().items() if k not in ("label", "rule_boundary")}
+            key = (repr(sorted(params.items())), fetcher.base_url, str(fetcher.cache_dir), int(h))
+            with _MEMO_LOCK:
+                hit = _LAST_INJECTION.get(key)
+            if hit is not None:
+                results, state = hit
+                rng.bit_generator.state = state
+                return list(results)
+        results = []
+        for fid, k in zip(fields, per):
+            if k == 0:
+                continue
+            field = Field(fid, fetcher)
+            results.append(inject_random(field, pop, int(k), random_state=rng, psf_source=self.psf_source,
+                                         min_separation_arcsec=self.min_separation_arcsec, cutout_size=h))
+            field.release()
+        if key is not None:
+            with _MEMO_LOCK:
+                _LAST_INJECTION.clear()
+                _LAST_INJECTION[key] = (tuple(results), rng.bit_generator.state)
+        return results
 
     def __sklearn_tags__(self):
         from imblearn.utils._tags import InputTags, SamplerTags, Tags
@@ -549,12 +591,7 @@ class SyntheticInjector(BaseEstimator):
 
             photometry = SDSSPhotometry(psf_source=self.psf_source, sas_url=fetcher.base_url,
                                         cache_dir=str(fetcher.cache_dir))
-        for fid, k in zip(fields, per):
-            if k == 0:
-                continue
-            field = Field(fid, fetcher)
-            res = inject_random(field, pop, int(k), random_state=rng, psf_source=self.psf_source,
-                                min_separation_arcsec=self.min_separation_arcsec, cutout_size=h)
+        for res in self._injections(fetcher, fields, per, pop, rng, h):
             for key in ("injected",) + REFUSALS:
                 counts[key] += res.counts[key]
             table = res.table
@@ -570,7 +607,6 @@ class SyntheticInjector(BaseEstimator):
                 parts.append(cut[:, :c])
                 labels.append(table["label"].to_numpy())
                 truth.append(table)
-            field.release()
         X_new = np.concatenate(parts) if parts else np.zeros((0, c, h, h), np.float32)
         y_new = np.concatenate(labels).astype(y.dtype) if labels else np.zeros(0, y.dtype)
         src = np.empty(len(y_new), dtype=np.intp)

@@ -736,7 +736,11 @@ def _fwhm_at(psf_model, band: str, x, y) -> np.ndarray:
 def _model_norm(field: Field, psf_model, band: str, size: int) -> np.ndarray:
     """cModel/PSF normalisation of a band, per fit-radius class: the median PSF/cModel flux ratio of
     the PSF model's own bright stars fitted over that radius (a PSF model's small errors in its wings
-    change the ratio with the radius, so faint objects, fitted over small discs, get their own)."""
+    change the ratio with the radius, so faint objects, fitted over small discs, get their own).
+
+    The stars are measured on the real field's frame, also when ``field`` is an in-memory copy with
+    objects injected: the normalisation belongs to the PSF model (cached under its key), and must not
+    depend on which of the two a process happened to measure first."""
     bp = psf_model.models[band]
     key = (str(field.fetcher.cache_dir), psf_model.fid, band, bp.source, bp.n_stars, size)
     with _LOCK:
@@ -745,6 +749,8 @@ def _model_norm(field: Field, psf_model, band: str, size: int) -> np.ndarray:
     norm = np.ones(len(_RADIUS_CLASSES))
     xy = np.asarray(bp.star_xy, float).reshape(-1, 2)
     if len(xy) >= 5:
+        if type(field) is not Field:  # e.g. an InjectedField: its PSF model's stars are the real frame's
+            field = Field(field.fid, field.fetcher, bands=field.bands)
         frame = field.frame(band)
         cal = frame_calibration(field, band)
         x, y = xy[:, 0], xy[:, 1]

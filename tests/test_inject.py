@@ -300,3 +300,43 @@ def test_injector_labels_by_the_measured_rule(sas, monkeypatch):
     assert (truth["type_stat"][stars].abs() < 0.19).mean() >= 0.8  # the rule sees injected stars as stars
     with pytest.raises(ValueError, match="label"):
         SyntheticInjector(label="guess", **kw).fit(X, y)
+
+
+def test_same_injection_is_reused_and_gives_what_a_fresh_one_gives(sas, monkeypatch):
+    """An injector fitted again with the same parameters and integer seed (here: ``label='truth'`` then
+    ``'rule'``) reuses the rendered frames; its objects, cutouts and sky groups are a fresh run's."""
+    from stargal import inject
+
+    _fake_photometry(sas, monkeypatch)
+    rng = np.random.default_rng(4)
+    X = rng.normal(0, 0.01, (6, 10, 15, 15)).astype(np.float32)
+    y = np.arange(6) % 2
+    kw = dict(fields=["1100-2-40"], n_objects=6, galaxy_fraction=0.5, random_state=5, sas_url=sas["sas_url"],
+              cache_dir=str(sas["cache"]), min_separation_arcsec=2.0)
+    calls = []
+    real = inject.inject_random
+    monkeypatch.setattr(inject, "inject_random", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(inject, "_LAST_INJECTION", {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PSFWarning)
+        truth = SyntheticInjector(label="truth", **kw)
+        Xt, _ = truth.fit_resample(X, y)
+        assert len(calls) == 1
+        warm = SyntheticInjector(label="rule", rule_boundary=0.19, **kw)
+        Xw, yw = warm.fit_resample(X, y)
+        assert len(calls) == 1  # nothing drawn or rendered again
+        inject._LAST_INJECTION.clear()
+        cold = SyntheticInjector(label="rule", rule_boundary=0.19, **kw)
+        Xc, yc = cold.fit_resample(X, y)
+        assert len(calls) == 2
+    np.testing.assert_array_equal(Xw, Xc)
+    np.testing.assert_array_equal(yw, yc)
+    np.testing.assert_array_equal(warm.sample_indices_, cold.sample_indices_)
+    assert warm.counts_ == cold.counts_
+    # the truth run and the rule run got the same objects (the rule may leave unmeasured ones out)
+    assert set(np.round(warm.truth_["ra"], 9)) <= set(np.round(truth.truth_["ra"], 9))
+    # another seed is another injection
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PSFWarning)
+        SyntheticInjector(label="truth", **{**kw, "random_state": 6}).fit_resample(X, y)
+    assert len(calls) == 3

@@ -426,3 +426,26 @@ def test_our_measurement_agrees_with_the_catalogs_on_a_training_field(mirror_cac
     assert abs(np.median(diff)) <= 0.02
     agree = ((res["type_stat"].to_numpy()[bright] > 0.19) == cat["galaxy"].to_numpy()[bright]).mean()
     assert agree >= 0.96, agree
+
+
+@pytest.mark.skipif(not (MIRROR_DIR / "dr17").exists(), reason="needs the SDSS mirror ../shared/sdss")
+def test_model_normalisation_is_the_real_fields_whichever_frame_comes_first(mirror_fetcher, monkeypatch):
+    """The cModel/PSF normalisation belongs to the PSF model: an injected copy of the frames (here: more
+    noise everywhere) gets the real field's, measured first or not (it was whichever came first)."""
+    from stargal import photo
+    from stargal.frames import Field
+    from stargal.inject import InjectedField
+    from stargal.psf import field_psf
+
+    base = Field("1043-5-25", mirror_fetcher)
+    psf = field_psf(base, mirror_fetcher, source="stars")
+    rng = np.random.default_rng(0)
+    images = {b: np.asarray(base.frame(b).image) for b in BANDS}
+    images["r"] = images["r"] + rng.normal(0.0, 3 * base.frame("r").sky_noise, images["r"].shape).astype(np.float32)
+    injected = InjectedField(base, images)
+    monkeypatch.setattr(photo, "_NORMS", {})
+    from_injected = photo._model_norm(injected, psf, "r", photo.STAMP_SIZE)
+    monkeypatch.setattr(photo, "_NORMS", {})
+    from_real = photo._model_norm(base, psf, "r", photo.STAMP_SIZE)
+    np.testing.assert_array_equal(from_injected, from_real)
+    assert (from_real != 1.0).any()  # measured, not the no-star default
