@@ -5,10 +5,9 @@ Used by :class:`stargal.augment.CutoutAugmenter` (and its tests). Stacks are flo
 with the centre pixel ``((H - 1) / 2, (W - 1) / 2)``.
 
 * :func:`discrete_gaussian`: the 1-D discrete Gaussian kernel of exact variance;
-  :func:`kernel_groups` groups one copy's bands by kernel width;
 * :func:`convolve_zero`, :func:`convolve_psf`, :func:`noise_variance_factor`: separable
   convolution with zero padding, of images and of unit-sum PSF stamps, and what it does to white
-  noise;
+  noise, for one kernel (the reference the tests and ``make bench`` check the batched ones against);
 * :func:`gaussian_matrices`, :func:`convolve_batch`, :func:`noise_variance_factors`,
   :func:`convolve_psf_batch`: the same convolutions for many stamps at once, each with its own
   kernel, as products with ``(H, H)`` and ``(W, W)`` matrices (what the augmenter uses);
@@ -25,25 +24,12 @@ from scipy import ndimage, special
 
 from ._imaging import numba_available
 
-__all__ = ["kernel_groups", "discrete_gaussian", "convolve_zero", "noise_variance_factor",
+__all__ = ["discrete_gaussian", "convolve_zero", "noise_variance_factor",
            "convolve_psf", "gaussian_kernels", "gaussian_matrices", "kernel_matrices", "convolve_batch",
            "noise_variance_factors", "convolve_psf_batch", "dihedral", "affine"]
 
 #: Stamps per block of the batched operations (bounds their temporary memory).
 BLOCK = 4096
-
-
-def kernel_groups(sigmas):
-    """``(sigma, band indices)`` for each distinct finite kernel width of one copy.
-
-    Bands sharing a width are convolved together; a non-finite width (no usable PSF
-    in this copy, checked on the input rows) leaves those bands unchanged.
-    """
-    sigmas = np.asarray(sigmas, dtype=np.float64)
-    groups = []
-    for s in np.unique(sigmas[np.isfinite(sigmas)]):
-        groups.append((float(s), np.flatnonzero(sigmas == s)))
-    return groups
 
 
 def discrete_gaussian(sigma: float) -> np.ndarray:
