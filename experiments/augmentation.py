@@ -202,8 +202,8 @@ def _scores(pipe, rows) -> dict:
 
 
 def ablation(ctx, configs=None, seeds=None, log=print, train=None, valid=None, samplers=None) -> pd.DataFrame:
-    """One proxy fit per configuration and seed: fitted on ``train``, scored on ``valid`` (the study's
-    train and validation splits by default).
+    """One proxy fit per configuration and seed, on ``ctx.n_jobs`` workers: fitted on ``train``, scored on
+    ``valid`` (the study's train and validation splits by default).
 
     ``samplers``: factories that replace :data:`SAMPLER_CONFIGS`' for some configurations (name ->
     ``factory(ctx, random_state, train)``).
