@@ -280,14 +280,21 @@ def test_injected_stars_in_a_real_frame_are_typed_as_stars(mirror_fetcher):
     assert np.median(np.abs(stat)) < 0.05
 
 
-def test_injector_labels_by_the_measured_rule(sas, monkeypatch):
-    """label='rule': injected objects are measured like real ones and typed by the boundary."""
+def _six_rows_and_injector_params(sas, monkeypatch, seed, n_objects, random_state):
+    """``(X, y, params)``: six PSF-aware noise cutouts, alternating labels, and SyntheticInjector
+    parameters for the synthetic field (its measured photometry faked)."""
     _fake_photometry(sas, monkeypatch)
-    rng = np.random.default_rng(2)
+    rng = np.random.default_rng(seed)
     X = rng.normal(0, 0.01, (6, 10, 15, 15)).astype(np.float32)
     y = np.arange(6) % 2
-    kw = dict(fields=["1100-2-40"], n_objects=10, galaxy_fraction=0.5, random_state=3, sas_url=sas["sas_url"],
-              cache_dir=str(sas["cache"]), min_separation_arcsec=2.0)
+    kw = dict(fields=["1100-2-40"], n_objects=n_objects, galaxy_fraction=0.5, random_state=random_state,
+              sas_url=sas["sas_url"], cache_dir=str(sas["cache"]), min_separation_arcsec=2.0)
+    return X, y, kw
+
+
+def test_injector_labels_by_the_measured_rule(sas, monkeypatch):
+    """label='rule': injected objects are measured like real ones and typed by the boundary."""
+    X, y, kw = _six_rows_and_injector_params(sas, monkeypatch, seed=2, n_objects=10, random_state=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PSFWarning)
         inj = SyntheticInjector(label="rule", rule_boundary=0.19, **kw)
@@ -307,12 +314,7 @@ def test_same_injection_is_reused_and_gives_what_a_fresh_one_gives(sas, monkeypa
     ``'rule'``) reuses the rendered frames; its objects, cutouts and sky groups are a fresh run's."""
     from stargal import inject
 
-    _fake_photometry(sas, monkeypatch)
-    rng = np.random.default_rng(4)
-    X = rng.normal(0, 0.01, (6, 10, 15, 15)).astype(np.float32)
-    y = np.arange(6) % 2
-    kw = dict(fields=["1100-2-40"], n_objects=6, galaxy_fraction=0.5, random_state=5, sas_url=sas["sas_url"],
-              cache_dir=str(sas["cache"]), min_separation_arcsec=2.0)
+    X, y, kw = _six_rows_and_injector_params(sas, monkeypatch, seed=4, n_objects=6, random_state=5)
     calls = []
     real = inject.inject_random
     monkeypatch.setattr(inject, "inject_random", lambda *a, **k: calls.append(1) or real(*a, **k))
