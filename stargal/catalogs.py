@@ -165,6 +165,9 @@ def _parse_axis(values, role: str, sexagesimal_unit, lo: float, hi: float, close
     """Degrees and a reason ('' when fine) for every value of one coordinate column."""
     from astropy.coordinates import Angle
 
+    plain = np.asarray(values)
+    if plain.dtype.kind in "fiu":  # numbers only (the usual list): no per-value parsing
+        return _numeric_axis(plain, role, lo, hi, closed)
     raw = np.asarray(values, dtype=object)
     n = raw.size
     deg = np.array(pd.to_numeric(pd.Series(raw, dtype=object), errors="coerce")
@@ -200,6 +203,20 @@ def _parse_axis(values, role: str, sexagesimal_unit, lo: float, hi: float, close
     bad &= detail == ""
     for i in np.flatnonzero(bad):
         detail[i] = f"{role} {_value_text(raw[i])} out of range [{lo:g}, {hi:g}{']' if closed else ')'}"
+    deg[detail != ""] = np.nan
+    return deg, detail
+
+
+def _numeric_axis(values: np.ndarray, role: str, lo: float, hi: float, closed: bool):
+    """:func:`_parse_axis` for a numeric column: the same degrees and reasons, vectorised."""
+    deg = values.astype(float)  # a copy
+    detail = np.full(deg.size, "", dtype=object)
+    missing = np.isnan(deg)
+    detail[missing] = f"{role} missing"
+    with np.errstate(invalid="ignore"):
+        bad = ~missing & (~np.isfinite(deg) | (deg < lo) | ((deg > hi) if closed else (deg >= hi)))
+    for i in np.flatnonzero(bad):
+        detail[i] = f"{role} {_value_text(values[i].item())} out of range [{lo:g}, {hi:g}{']' if closed else ')'}"
     deg[detail != ""] = np.nan
     return deg, detail
 

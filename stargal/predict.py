@@ -44,6 +44,7 @@ import numbers
 import os
 import sys
 import tempfile
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -104,32 +105,84 @@ def _chunk_threads(tail, jobs, n_jobs, scheduler) -> int:
     per chunk would each rebuild; the measurement's kernels and numpy release the GIL."""
     from joblib import effective_n_jobs
 
-    from .persist import contains_net
-
     if scheduler is not None or isinstance(n_jobs, bool) or not isinstance(n_jobs, numbers.Integral) \
             or n_jobs in (0, 1):
         return 1  # one worker, or a value parallel_backend_for refuses with a clear error
     workers = int(effective_n_jobs(n_jobs))
-    if workers <= len(jobs) or contains_net(tail):
+    if workers <= len(jobs) or _contains_net(tail):
         return 1
     return max(1, min(workers, _n_rows(jobs) // MIN_CHUNK_ROWS))
 
 
+#: ``contains_net`` per pipeline step (walking a 200-tree forest costs ~10 ms a call; a step keeps
+#: its identity across calls, while the tail around it is a fresh slice each time).
+_HAS_NET = weakref.WeakKeyDictionary()
+
+
+def _contains_net(tail) -> bool:
+    from .persist import contains_net
+
+    found = False
+    for step in [est for _, est in tail.steps] if isinstance(tail, _SkPipeline) else [tail]:
+        try:
+            has = _HAS_NET[step]
+        except (KeyError, TypeError):
+            has = contains_net(step)
+            try:
+                _HAS_NET[step] = has
+            except TypeError:  # not weakly referable
+                pass
+        found = found or has
+    return found
+
+
+_CONTROLLER = []
+
+
 def _one_native_thread(active: bool):
-    """One BLAS/OpenMP thread per Python thread while rows run on several threads (no oversubscription)."""
+    """One BLAS/OpenMP thread per Python thread while rows run on several threads (no oversubscription).
+
+    threadpoolctl's controller is made once per process (finding the loaded libraries costs ~5 ms);
+    libraries loaded after that are not limited."""
     import contextlib
 
     if not active:
         return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import ThreadpoolController
 
-    return threadpool_limits(1)
+    if not _CONTROLLER:
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0].limit(limits=1)
 
 
 def _predict_field(tail, rows: pd.DataFrame) -> np.ndarray:
     """Galaxy probability for the aligned rows of one field (runs in a worker)."""
     proba = tail.predict_proba(rows)
     return np.asarray(proba, dtype=float)[:, 1]
+
+
+def _stack_rows(parts):
+    """The transformed row chunks of one field as one matrix (arrays, DataFrames or sparse)."""
+    if len(parts) == 1:
+        return parts[0]
+    if all(isinstance(p, pd.DataFrame) for p in parts):
+        return pd.concat(parts, axis=0)
+    import scipy.sparse as sp
+
+    if any(sp.issparse(p) for p in parts):
+        return sp.vstack(parts, format="csr")
+    return np.concatenate([np.asarray(p) for p in parts], axis=0)
+
+
+def _predict_split(tail, aligned: pd.DataFrame, parts, executor) -> np.ndarray:
+    """Galaxy probability for one field whose rows ``parts`` (positions in ``aligned``) are
+    transformed on ``executor``'s threads; the final estimator then runs once on all of them
+    (a forest's trees split over threads would contend for the GIL)."""
+    if len(tail.steps) == 1:
+        return _predict_field(tail, aligned.iloc[np.concatenate(parts)])
+    head, final = tail[:-1], tail.steps[-1][1]
+    X = _stack_rows(list(executor.map(lambda part: head.transform(aligned.iloc[part]), parts)))
+    return np.asarray(final.predict_proba(X), dtype=float)[:, 1]
 
 
 def _point_at(obj, source):
@@ -255,17 +308,23 @@ def _predict_table(aligner, tail, table: pd.DataFrame, *, strict, n_jobs, schedu
 
         threads = _chunk_threads(tail, jobs, n_jobs, scheduler)
         if threads > 1:  # fewer fields than workers: a field's rows split over threads, caches shared
-            jobs = [(fid, part) for fid, idx in jobs
-                    for part in np.array_split(idx, max(1, min(threads, len(idx) // MIN_CHUNK_ROWS)))]
-        with parallel_backend_for(scheduler=scheduler, n_jobs=1 if threads > 1 else n_jobs), \
-                _one_native_thread(threads > 1):
-            runner = Parallel(return_as="generator", n_jobs=threads, prefer="threads") if threads > 1 else \
-                Parallel(return_as="generator", n_jobs=None if scheduler is not None else n_jobs)
-            results = runner(delayed(_predict_field)(tail, aligned.iloc[idx]) for _, idx in jobs)
-            for (fid, idx), p in zip(jobs, results):
-                p_galaxy[idx] = p
-                if bar is not None:
-                    bar.update(len(idx))
+            from concurrent.futures import ThreadPoolExecutor
+
+            with parallel_backend_for(scheduler=None, n_jobs=1), _one_native_thread(True), \
+                    ThreadPoolExecutor(threads) as executor:
+                for fid, idx in jobs:
+                    parts = np.array_split(idx, max(1, min(threads, len(idx) // MIN_CHUNK_ROWS)))
+                    p_galaxy[idx] = _predict_split(tail, aligned, parts, executor)
+                    if bar is not None:
+                        bar.update(len(idx))
+        else:
+            with parallel_backend_for(scheduler=scheduler, n_jobs=n_jobs):
+                runner = Parallel(return_as="generator", n_jobs=None if scheduler is not None else n_jobs)
+                results = runner(delayed(_predict_field)(tail, aligned.iloc[idx]) for _, idx in jobs)
+                for (fid, idx), p in zip(jobs, results):
+                    p_galaxy[idx] = p
+                    if bar is not None:
+                        bar.update(len(idx))
         if field_prior is not None:  # each field's own mix, estimated without labels (whole fields)
             for fid, idx in groups:
                 idx = idx.to_numpy()
