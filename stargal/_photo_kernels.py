@@ -11,7 +11,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["masked_gram_correction", "band_sums", "detection_snr", "neighbour_mask", "ring_sums", "annulus_median"]
+__all__ = ["masked_gram_correction", "band_sums", "detection_snr", "neighbour_mask", "ring_sums", "annulus_median",
+           "ordered_pixels", "combine_basis", "best_template", "cmodel_sums"]
 
 
 def _jit(func):
@@ -423,3 +424,177 @@ def annulus_median(masked, cx, cy, rows, outer, inner, out):  # pragma: no cover
             buf[k:k + b - c1] = masked[y, c1:b]
             k += b - c1
         out[i] = _median(buf, k, work, counts)
+
+
+def _jit_exact(func):
+    """As :func:`_jit`, without fastmath: the kernel repeats numpy's arithmetic operation for
+    operation (the same values to the last bit)."""
+    try:
+        return numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")(func)
+    except RuntimeError:
+        return numba.njit(nogil=True, boundscheck=False, error_model="numpy")(func)
+
+
+@_jit_exact
+def ordered_pixels(d, usable, order, r, radius, d2, u2, dflat):  # pragma: no cover - compiled
+    """Flattened stamps in the bank's radius order: ``d2[i, q] = d[i, order[q]]`` (``d`` float32,
+    zero where not usable), ``u2`` the usable flags, ``dflat`` = ``d2`` on the object's fit region
+    (usable and ``r[q] <= radius[i]``), else 0 (``d2 * 0``, as numpy's product with the region's
+    float weights). Returns, for :func:`masked_gram_correction`, the objects with masked pixels in
+    their disc, their pixel lists' offsets, the pixels (radius order) and whether the list holds the
+    unmasked ones (most of the disc masked) instead of the masked ones."""
+    n = d.shape[0]
+    npx = order.shape[0]
+    n_masked = np.zeros(n, np.int64)
+    n_disc = np.zeros(n, np.int64)
+    for i in range(n):
+        for q in range(npx):
+            p = order[q]
+            u = usable[i, p]
+            v = d[i, p]
+            d2[i, q] = v
+            u2[i, q] = u
+            inside = r[q] <= radius[i]
+            dflat[i, q] = v * np.float32(1.0 if (u and inside) else 0.0)
+            if inside:
+                n_disc[i] += 1
+                if not u:
+                    n_masked[i] += 1
+    n_obj = 0
+    total = 0
+    for i in range(n):
+        if n_masked[i] > 0:
+            n_obj += 1
+            total += n_disc[i] - n_masked[i] if n_masked[i] > 0.5 * n_disc[i] else n_masked[i]
+    obj = np.empty(n_obj, np.int64)
+    ptr = np.zeros(n_obj + 1, np.int64)
+    idx = np.empty(total, np.int64)
+    direct = np.zeros(n_obj, np.bool_)
+    m = 0
+    t = 0
+    for i in range(n):
+        if n_masked[i] == 0:
+            continue
+        obj[m] = i
+        dr = n_masked[i] > 0.5 * n_disc[i]
+        direct[m] = dr
+        for q in range(npx):
+            if r[q] <= radius[i] and (u2[i, q] == dr):
+                idx[t] = q
+                t += 1
+        m += 1
+        ptr[m] = t
+    return obj, ptr, idx, direct
+
+
+@_jit_exact
+def combine_basis(B, coef, rows, b):  # pragma: no cover - compiled
+    """``b[rows[i], k] = sum_j B[k, j, i] coef[rows[i], j]`` in float64, the basis images in order
+    (``B``: float32 ``(k_max, J, len(rows))``); ``b[rows[i], k_max:] = 0``."""
+    k_max, J = B.shape[0], B.shape[1]
+    K = b.shape[1]
+    for i in range(rows.shape[0]):
+        o = rows[i]
+        for k in range(k_max):
+            acc = np.float64(B[k, 0, i]) * coef[o, 0]
+            for j in range(1, J):
+                acc += np.float64(B[k, j, i]) * coef[o, j]
+            b[o, k] = acc
+        for k in range(k_max, K):
+            b[o, k] = 0.0
+
+
+@_jit_exact
+def best_template(b, A, dd, sigma, cap, re, n_re, n_sh, log_re, log_step,
+                  flux, chi_ref, ln_re, shape, k_best):  # pragma: no cover - compiled
+    """Per object, the template of least chi^2 (``chi2 = (dd - b^2 / A) / sigma^2``, linear amplitude
+    ``b / A``; templates broader than ``cap`` or with ``A <= 0`` excluded; the first NaN or the first
+    least value, as ``numpy.argmin``), then a parabola through its neighbours in ln r_e (same shape)
+    where all three are finite and it is not at the grid's end: the refined amplitude, chi^2 and
+    ln r_e. The arithmetic of :func:`stargal.photo._best_template_numpy`, operation for operation."""
+    n, K = b.shape
+    for i in range(n):
+        s2 = sigma[i] * sigma[i]
+        best = 0
+        best_chi = np.inf
+        for k in range(K):
+            if re[k] > cap[i] or not (A[i, k] > 0):
+                c = np.inf
+            else:
+                c = (dd[i] - b[i, k] * (b[i, k] / A[i, k])) / s2
+            if c != c:  # NaN: numpy.argmin returns the first one
+                best = k
+                best_chi = c
+                break
+            if k == 0 or c < best_chi:
+                best = k
+                best_chi = c
+        k_best[i] = best
+        ire = best // n_sh
+        ish = best - ire * n_sh
+        shape[i] = ish
+        inner = ire >= 1 and ire <= n_re - 2
+        i0 = min(max(ire, 1), n_re - 2)
+        km, k0, kp = (i0 - 1) * n_sh + ish, i0 * n_sh + ish, (i0 + 1) * n_sh + ish
+        cm = _chi_at(b, A, dd, s2, cap, re, i, km)
+        c0 = _chi_at(b, A, dd, s2, cap, re, i, k0)
+        cp = _chi_at(b, A, dd, s2, cap, re, i, kp)
+        inner = inner and np.isfinite(cm) and np.isfinite(cp) and np.isfinite(c0)
+        if inner:
+            den = cm - 2.0 * c0 + cp
+            delta = 0.5 * (cm - cp) / den if den > 0 else 0.0
+            if delta != delta:
+                delta = 0.0
+            delta = min(max(delta, -1.0), 1.0)
+            am = b[i, km] / A[i, km]
+            a0 = b[i, k0] / A[i, k0]
+            ap = b[i, kp] / A[i, kp]
+            flux[i] = a0 + 0.5 * delta * (ap - am) + 0.5 * (delta * delta) * (ap - 2.0 * a0 + am)
+            chi_ref[i] = c0 - 0.25 * (cm - cp) * delta
+            ln_re[i] = log_re[ire] + delta * log_step
+        else:
+            flux[i] = b[i, best] / A[i, best]
+            chi_ref[i] = best_chi
+            ln_re[i] = log_re[ire] + 0.0 * log_step
+
+
+@_jit_exact
+def _chi_at(b, A, dd, s2, cap, re, i, k):  # pragma: no cover - compiled
+    if re[k] > cap[i] or not (A[i, k] > 0):
+        return np.inf
+    return (dd[i] - b[i, k] * (b[i, k] / A[i, k])) / s2
+
+
+@_jit_nan
+def cmodel_sums(coef, T_exp, T_dev, best_exp, best_dev, dflat, u2, r, radius, n_px, out):  # pragma: no cover
+    """Per object, the normal equations of the linear mix of its best exp and deV templates over its
+    fit region (``n_px[i]`` radius-ordered pixels, usable and within ``radius[i]``): ``out[i] =
+    (dev.dev, exp.exp, dev.exp, dev.data, exp.data)``, templates ``coef[i] @ T[best]`` in float64."""
+    n = coef.shape[0]
+    J = coef.shape[1]
+    for i in range(n):
+        a11 = 0.0
+        a22 = 0.0
+        a12 = 0.0
+        b1 = 0.0
+        b2 = 0.0
+        ke = best_exp[i]
+        kd = best_dev[i]
+        for p in range(n_px[i]):
+            me = coef[i, 0] * np.float64(T_exp[ke, 0, p])
+            md = coef[i, 0] * np.float64(T_dev[kd, 0, p])
+            for j in range(1, J):
+                me += coef[i, j] * np.float64(T_exp[ke, j, p])
+                md += coef[i, j] * np.float64(T_dev[kd, j, p])
+            v = np.float64(dflat[i, p])
+            b1 += md * v
+            b2 += me * v
+            if u2[i, p] and r[p] <= radius[i]:
+                a11 += md * md
+                a22 += me * me
+                a12 += md * me
+        out[i, 0] = a11
+        out[i, 1] = a22
+        out[i, 2] = a12
+        out[i, 3] = b1
+        out[i, 4] = b2

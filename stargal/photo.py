@@ -581,6 +581,109 @@ def _band_sums(d2, P2, u2, r1, radius, sigma, src) -> np.ndarray:
         wpos.sum(1, dtype=np.float64), (wpos * (r1 ** 2).astype(np.float32)).sum(1, dtype=np.float64)])
 
 
+def _ordered_pixels(d, usable, order, r1, radius):
+    """The stamps ``d`` (float32, 0 where not ``usable``) flattened in the bank's radius ``order``
+    (radii ``r1``): ``(d2, u2, dflat, pixels)`` -- the data, the usable flags, the data on each
+    object's fit region (usable, within its ``radius``; 0 elsewhere) and :func:`_masked_pixels`'s
+    lists. numba when available."""
+    n = len(d)
+    if numba_available():
+        from ._photo_kernels import ordered_pixels
+
+        d2, dflat = np.empty((n, order.size), np.float32), np.empty((n, order.size), np.float32)
+        u2 = np.empty((n, order.size), bool)
+        pixels = ordered_pixels(np.ascontiguousarray(d.reshape(n, -1)), np.ascontiguousarray(usable.reshape(n, -1)),
+                                order.astype(np.int64), r1, np.asarray(radius, np.float64), d2, u2, dflat)
+        return d2, u2, dflat, pixels
+    d2 = d.reshape(n, -1)[:, order]
+    u2 = usable.reshape(n, -1)[:, order]
+    in_disc = r1[None] <= radius[:, None]
+    return d2, u2, d2 * (u2 & in_disc).astype(np.float32), _masked_pixels(~u2 & in_disc, in_disc)
+
+
+def _combine_basis(B, coef, rows, b):
+    """``b[rows, k] = sum_j B[k, j, :] coef[rows, j]`` (float64, basis images in order; ``B``:
+    ``(k_max, J, len(rows))`` float32), 0 for ``k >= k_max``. numba when available."""
+    if numba_available():
+        from ._photo_kernels import combine_basis
+
+        combine_basis(B, np.ascontiguousarray(coef, np.float64), rows.astype(np.int64), b)
+        return
+    k_max = B.shape[0]
+    acc = B[:, 0, :] * coef[rows, 0]  # (k_max, n_rows)
+    for j in range(1, B.shape[1]):
+        acc += B[:, j, :] * coef[rows, j]
+    b[rows, :k_max] = acc.T
+    b[rows, k_max:] = 0.0
+
+
+def _best_template(b, A, dd, sigma, cap, bank: _Bank):
+    """The best template of one kind per object, refined in ln r_e: ``(flux, chi2, ln r_e (px), shape
+    index, template index)``. ``b``, ``A``: ``(n, K)`` projections and normal-matrix entries; the
+    chi^2 of template k is ``(dd - b^2 / A) / sigma^2`` with amplitude ``b / A``, infinite for
+    templates broader than ``cap`` or with ``A <= 0``. The parabola through the best one's
+    neighbours in ln r_e (same shape) refines it where all three are finite and it is not at the
+    grid's end. numba when available (the same arithmetic, operation for operation)."""
+    n = len(b)
+    log_re = np.log(RE_GRID_PX)
+    log_step = np.log(RE_GRID_PX[1] / RE_GRID_PX[0])
+    if numba_available():
+        from ._photo_kernels import best_template
+
+        flux, chi_ref, lnre = np.empty(n), np.empty(n), np.empty(n)
+        ish, k_best = np.empty(n, np.int64), np.empty(n, np.int64)
+        best_template(b, A, np.asarray(dd, np.float64), np.asarray(sigma, np.float64), np.asarray(cap, np.float64),
+                      bank.re, bank.n_re, bank.n_shapes, log_re, float(log_step), flux, chi_ref, lnre, ish, k_best)
+        return flux, chi_ref, lnre, ish, k_best
+    with np.errstate(invalid="ignore", divide="ignore"):
+        amp = b / A
+        chi = (dd[:, None] - b * amp) / sigma[:, None] ** 2
+    chi = np.where((bank.re[None] > cap[:, None]) | ~(A > 0), np.inf, chi)
+    chi3 = chi.reshape(n, bank.n_re, bank.n_shapes)
+    amp3 = amp.reshape(n, bank.n_re, bank.n_shapes)
+    k_best = np.argmin(chi, axis=1)
+    ire, ish = np.divmod(k_best, bank.n_shapes)
+    rows = np.arange(n)
+    inner_ok = (ire >= 1) & (ire <= bank.n_re - 2)
+    i0 = np.clip(ire, 1, bank.n_re - 2)
+    cm, c0, cp = chi3[rows, i0 - 1, ish], chi3[rows, i0, ish], chi3[rows, i0 + 1, ish]
+    inner_ok &= np.isfinite(cm) & np.isfinite(cp) & np.isfinite(c0)
+    cm, c0, cp = (np.where(inner_ok, v, 0.0) for v in (cm, c0, cp))
+    delta = np.where(inner_ok, _parabola(cm, c0, cp), 0.0)
+    am, a0, ap = amp3[rows, i0 - 1, ish], amp3[rows, i0, ish], amp3[rows, i0 + 1, ish]
+    with np.errstate(invalid="ignore"):  # rows without a usable template: their values are not taken
+        flux = np.where(inner_ok, a0 + 0.5 * delta * (ap - am) + 0.5 * delta ** 2 * (ap - 2 * a0 + am),
+                        amp3[rows, ire, ish])
+    chi_ref = np.where(inner_ok, c0 - 0.25 * (cm - cp) * delta, chi3[rows, ire, ish])
+    lnre = log_re[ire] + np.where(inner_ok, delta, 0.0) * log_step
+    return flux, chi_ref, lnre, ish, k_best
+
+
+def _cmodel_sums(coef, bank: _Bank, best, dflat, u2, r1, radius, cls):
+    """Per object, the normal equations of the mix of its best deV and exp templates over its fit
+    region: ``(dev.dev, exp.exp, dev.exp, dev.data, exp.data)``. numba when available."""
+    n = len(coef)
+    if numba_available():
+        from ._photo_kernels import cmodel_sums
+
+        out = np.empty((n, 5))
+        cmodel_sums(np.ascontiguousarray(coef, np.float64), bank.T["exp"], bank.T["dev"],
+                    best["exp"].astype(np.int64), best["dev"].astype(np.int64), dflat, u2, r1,
+                    np.asarray(radius, np.float64), np.asarray(bank.n_disc, np.int64)[cls], out)
+        return tuple(out.T)
+    a11, a22, a12, b1, b2 = (np.empty(n) for _ in range(5))
+    for c in np.unique(cls):
+        rows_c = np.flatnonzero(cls == c)
+        m = bank.n_disc[c]
+        Me = np.einsum("nj,njp->np", coef[rows_c], bank.T["exp"][best["exp"][rows_c], :, :m].astype(np.float64))
+        Md = np.einsum("nj,njp->np", coef[rows_c], bank.T["dev"][best["dev"][rows_c], :, :m].astype(np.float64))
+        reg = dflat[rows_c, :m].astype(np.float64)  # region-weighted data in radius order
+        wr = (u2[rows_c, :m] & (r1[None, :m] <= radius[rows_c, None])).astype(np.float32)
+        a11[rows_c], a22[rows_c], a12[rows_c] = (wr * Md * Md).sum(1), (wr * Me * Me).sum(1), (wr * Md * Me).sum(1)
+        b1[rows_c], b2[rows_c] = (Md * reg).sum(1), (Me * reg).sum(1)
+    return a11, a22, a12, b1, b2
+
+
 def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, y, pixel_scale, force_class=None):
     """All measurements of one band for ``n`` stamps (``d`` in nanomaggies, NaN allowed).
 
@@ -596,12 +699,8 @@ def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, 
     radius = np.asarray(_RADIUS_CLASSES)[cls]
     order = bank.order[:min(-(-bank.n_disc[-1] // 16) * 16, size * size)]  # a multiple of 16: aligned rows
     r1 = bank.rr[order]
-    d2 = d.reshape(n, -1)[:, order]
-    u2 = usable.reshape(n, -1)[:, order]
-    in_disc = r1[None] <= radius[:, None]
-    region = u2 & in_disc
+    d2, u2, dflat, pixels = _ordered_pixels(d, usable, order, r1, radius)
     P2 = (coef @ _ordered_basis(basis, size, order)).astype(np.float32)  # the PSF stamps, radius order
-    w2 = region.astype(np.float32)
     src = cal.nmgy_per_count(x) / cal.gain
     S = dict(zip(_SUMS, _band_sums(d2, P2, u2, r1, radius, sigma, src).T))
     out = {}
@@ -628,8 +727,6 @@ def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, 
     msize = np.sqrt(S["mom_r2"] / np.where(tot > 0, tot, 1.0))
     cap = 4.0 * msize + 3.0
     # --- exp / deV fits against the bank (pixels in the bank's radius order: discs are prefixes)
-    dflat = d2 * w2
-    pixels = _masked_pixels(~u2 & in_disc, in_disc)
     best = {}
     for kind in ("exp", "dev"):
         T = bank.T[kind]
@@ -645,34 +742,12 @@ def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, 
             top = float(np.max(cap[rows_c]))
             k_max = int(np.searchsorted(bank.re, top, side="right")) if np.isfinite(top) else K
             B = (T2[:k_max * J, :m] @ dflat[rows_c, :m].T).reshape(k_max, J, rows_c.size)  # float32, per basis
-            acc = B[:, 0, :] * coef[rows_c, 0]  # sum over the basis in float64, (k_max, n_c)
-            for j in range(1, J):
-                acc += B[:, j, :] * coef[rows_c, j]
-            b[rows_c, :k_max] = acc.T
-            b[rows_c, k_max:] = 0.0
+            _combine_basis(B, coef, rows_c, b)
             A[rows_c] = cc[rows_c] @ bank.gram[kind][c].reshape(K, J * J).T
         _masked_correction(A, coef, bank.Tp[kind], pixels)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            amp = b / A
-            chi = (dd[:, None] - b * amp) / sigma[:, None] ** 2
-        chi = np.where((bank.re[None] > cap[:, None]) | ~(A > 0), np.inf, chi)
-        chi3 = chi.reshape(n, bank.n_re, bank.n_shapes)
-        amp3 = amp.reshape(n, bank.n_re, bank.n_shapes)
-        k_best = np.argmin(chi, axis=1)
-        ire, ish = np.divmod(k_best, bank.n_shapes)
-        rows = np.arange(n)
-        inner_ok = (ire >= 1) & (ire <= bank.n_re - 2)
-        i0 = np.clip(ire, 1, bank.n_re - 2)
-        cm, c0, cp = chi3[rows, i0 - 1, ish], chi3[rows, i0, ish], chi3[rows, i0 + 1, ish]
-        inner_ok &= np.isfinite(cm) & np.isfinite(cp) & np.isfinite(c0)
-        cm, c0, cp = (np.where(inner_ok, v, 0.0) for v in (cm, c0, cp))
-        delta = np.where(inner_ok, _parabola(cm, c0, cp), 0.0)
-        am, a0, ap = amp3[rows, i0 - 1, ish], amp3[rows, i0, ish], amp3[rows, i0 + 1, ish]
-        f_ref = np.where(inner_ok, a0 + 0.5 * delta * (ap - am) + 0.5 * delta ** 2 * (ap - 2 * a0 + am),
-                         amp3[rows, ire, ish])
-        chi_ref = np.where(inner_ok, c0 - 0.25 * (cm - cp) * delta, chi3[rows, ire, ish])
-        lnre = np.log(RE_GRID_PX[ire]) + np.where(inner_ok, delta, 0.0) * np.log(RE_GRID_PX[1] / RE_GRID_PX[0])
+        f_ref, chi_ref, lnre, ish, k_best = _best_template(b, A, dd, sigma, cap, bank)
         q = np.array([s[0] for s in bank.shapes])[ish]
+        rows = np.arange(n)
         out[f"{kind}_flux"] = f_ref
         out[f"chi2_{kind}"] = chi_ref
         out[f"r_{kind}"] = np.exp(lnre) * pixel_scale
@@ -682,16 +757,7 @@ def _measure_band(d, sigma, mask, coef, basis, bank: _Bank, nmgy, cal, size, x, 
         best[kind] = k_best
     # --- cModel: the best linear mix of the two best models
     # (over each radius class's disc only: the region holds no pixel beyond it)
-    a11, a22, a12, b1, b2 = (np.empty(n) for _ in range(5))
-    for c in np.unique(cls):
-        rows_c = np.flatnonzero(cls == c)
-        m = bank.n_disc[c]
-        Me = np.einsum("nj,njp->np", coef[rows_c], bank.T["exp"][best["exp"][rows_c], :, :m].astype(np.float64))
-        Md = np.einsum("nj,njp->np", coef[rows_c], bank.T["dev"][best["dev"][rows_c], :, :m].astype(np.float64))
-        reg = dflat[rows_c, :m].astype(np.float64)  # region-weighted data in radius order
-        wr = w2[rows_c, :m]
-        a11[rows_c], a22[rows_c], a12[rows_c] = (wr * Md * Md).sum(1), (wr * Me * Me).sum(1), (wr * Md * Me).sum(1)
-        b1[rows_c], b2[rows_c] = (Md * reg).sum(1), (Me * reg).sum(1)
+    a11, a22, a12, b1, b2 = _cmodel_sums(coef, bank, best, dflat, u2, r1, radius, cls)
     with np.errstate(invalid="ignore", divide="ignore"):
         det = a11 * a22 - a12 ** 2
         fd, fe = (b1 * a22 - b2 * a12) / det, (b2 * a11 - b1 * a12) / det

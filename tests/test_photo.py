@@ -111,6 +111,52 @@ def test_numba_kernels_measure_what_the_numpy_path_measures(field, monkeypatch):
     assert np.isfinite(fast["type_stat"].to_numpy(float)).sum() >= 7
 
 
+def test_template_choice_kernels_repeat_numpys_arithmetic_to_the_last_bit(monkeypatch):
+    """The best template per object (least chi^2, its ln r_e parabola) and the radius-ordered pixels
+    with their masked-pixel lists: the numba kernels give numpy's values bit for bit, on the edge
+    cases too -- every template excluded, A <= 0, a NaN chi^2, the grid's ends, a masked disc."""
+    import stargal.photo as photo
+
+    if not photo.numba_available():
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(3)
+    bank = _Bank(np.ones((1, 3, 3)) / 9.0, 11)
+    n, K = 40, len(bank.re)
+    A = rng.uniform(0.5, 2.0, (n, K))
+    b = rng.normal(0.0, 3.0, (n, K))
+    dd, sigma = rng.uniform(5.0, 50.0, n), rng.uniform(0.5, 2.0, n)
+    cap = rng.uniform(0.01, 80.0, n)
+    A[0] = 0.0                                   # no template usable: chi^2 all inf
+    A[1, ::3] = -1.0                             # some excluded by A <= 0
+    b[2, 5] = np.nan                             # a NaN chi^2: numpy's argmin takes it
+    b[3] = -np.abs(b[3]) * np.arange(K)          # best at the broadest template (grid's end)
+    b[4] = np.abs(b[4]) * (np.arange(K) == 0)    # best at the smallest
+    fast = photo._best_template(b, A, dd, sigma, cap, bank)
+    monkeypatch.setattr(photo, "numba_available", lambda: False)
+    slow = photo._best_template(b, A, dd, sigma, cap, bank)
+    for f, s in zip(fast, slow):
+        np.testing.assert_array_equal(f, s)
+    monkeypatch.undo()
+
+    size = 11
+    order = bank.order[:96]
+    r1 = bank.rr[order]
+    d = rng.normal(0.0, 1.0, (n, size, size)).astype(np.float32)
+    usable = rng.random((n, size, size)) > 0.2
+    usable[:5] = True                            # nothing masked
+    usable[5:9] = rng.random((4, size, size)) > 0.9  # most of the disc masked: the unmasked ones are listed
+    d = np.where(usable, d, 0.0).astype(np.float32)
+    radius = np.asarray(photo._RADIUS_CLASSES)[rng.integers(0, 2, n)]
+    fast = photo._ordered_pixels(d, usable, order, r1, radius)
+    monkeypatch.setattr(photo, "numba_available", lambda: False)
+    slow = photo._ordered_pixels(d, usable, order, r1, radius)
+    for f, s in zip(fast[:3], slow[:3]):
+        np.testing.assert_array_equal(f, s)
+    for f, s in zip(fast[3], slow[3]):
+        np.testing.assert_array_equal(f, s)
+    assert fast[3][3].any() and not fast[3][3].all()
+
+
 def test_neighbour_masks_from_the_kernel_and_from_numpy_agree(monkeypatch):
     """Basins, prominence and neighbour footprints on realistic maps (peaks, plateaus, edges)."""
     import stargal.photo as photo
