@@ -1014,16 +1014,23 @@ def type_statistic(phot: pd.DataFrame, bands=BANDS) -> tuple[np.ndarray, np.ndar
     >>> np.round(stat, 3).tolist(), n.tolist()
     ([0.0, 0.753], [1, 1])
     """
-    n = len(phot)
+    return _type_statistic(lambda name: phot[name].to_numpy(dtype=bool if name.startswith("detected_") else float,
+                                                            na_value=False if name.startswith("detected_") else np.nan),
+                           len(phot), bands)
+
+
+def _type_statistic(column, n: int, bands=BANDS):
+    """:func:`type_statistic` on columns given by ``column(name)`` (numpy arrays; ``detected_<band>``
+    as bool)."""
     ps, cm, var = np.zeros(n), np.zeros(n), np.zeros(n)
     ndet = np.zeros(n, int)
     for band in bands:
-        det = phot[f"detected_{band}"].to_numpy(dtype=bool, na_value=False)
-        c = phot[f"nmgy_per_count_{band}"].to_numpy(float)
-        p = phot[f"psf_flux_{band}"].to_numpy(float) / c
-        m = phot[f"cmodel_flux_{band}"].to_numpy(float) / c
-        vp = (phot[f"psf_flux_err_{band}"].to_numpy(float) / c) ** 2
-        vm = (phot[f"cmodel_flux_err_{band}"].to_numpy(float) / c) ** 2
+        det = column(f"detected_{band}")
+        c = column(f"nmgy_per_count_{band}")
+        p = column(f"psf_flux_{band}") / c
+        m = column(f"cmodel_flux_{band}") / c
+        vp = (column(f"psf_flux_err_{band}") / c) ** 2
+        vm = (column(f"cmodel_flux_err_{band}") / c) ** 2
         use = det & np.isfinite(p) & np.isfinite(m)
         ps += np.where(use, p, 0.0)
         cm += np.where(use, m, 0.0)
@@ -1134,22 +1141,21 @@ class SDSSPhotometry(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None
         size = int(self.stamp_size)
         n = len(table)
         cols = measurement_columns()
-        res = pd.DataFrame(np.nan, index=table.index, columns=cols)
+        values = {c: np.full(n, np.nan) for c in cols}
         for band in BANDS:
-            res[f"psf_source_{band}"] = ""
-        res["fit_flag"] = ""
-        res["n_detected"] = 0
+            values[f"psf_source_{band}"] = np.full(n, "", dtype=object)
+        values["fit_flag"] = np.full(n, "", dtype=object)
+        values["n_detected"] = np.zeros(n, int)
         if n == 0:
-            return res
+            return pd.DataFrame(values, index=table.index, columns=cols)
         flag = table["flag"].fillna("").astype(str).to_numpy() if "flag" in table.columns else np.full(n, "")
         fids = table["field_id"].fillna("").astype(str).to_numpy()
-        res.loc[flag != "", "fit_flag"] = flag[flag != ""]
         ok = flag == ""
         orphans = ok & (fids == "")
         if orphans.any():
             raise ValueError(f"SDSSPhotometry: {int(orphans.sum())} unflagged row(s) have no field_id; the table "
                              "does not look like an Aligner output")
-        values = {c: res[c].to_numpy().copy() for c in cols}
+        values["fit_flag"][flag != ""] = flag[flag != ""]
         per_row = [c for c in cols if c not in OBJECT_COLUMNS] + ["fit_flag"]
         xy = [f"{c}_{b}" for b in BANDS for c in ("x", "y")]
         for fid in dict.fromkeys(fids[ok]):
@@ -1168,10 +1174,10 @@ class SDSSPhotometry(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None
                     part = _field_values(table.iloc[todo], field, model, size, bool(self.recentre))
                     for name in per_row:
                         values[name][todo] = part[name]
-                    if release:
+                    if release:  # rows as tuples of Python values (lists: no numpy scalar per value)
+                        new = zip(*[np.asarray(part[name]).tolist() for name in per_row])
                         with _LOCK:
-                            _ROWS.update(zip([k for k, hit in zip(keys, known) if not hit],
-                                             zip(*[part[name] for name in per_row])))
+                            _ROWS.update(zip([k for k, hit in zip(keys, known) if not hit], new))
                             while len(_ROWS) > _ROW_LIMIT:
                                 _ROWS.popitem(last=False)
             finally:
@@ -1182,16 +1188,16 @@ class SDSSPhotometry(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None
                     rows = [_ROWS[k] for k, hit in zip(keys, known) if hit]
                 for name, column in zip(per_row, zip(*rows)):
                     values[name][idx[known]] = column
-        res = pd.DataFrame(values, index=table.index)[cols]
         for band in BANDS:
             for c in ("detected", "saturated"):
-                res[f"{c}_{band}"] = res[f"{c}_{band}"].astype(float)
-        stat, err, ndet = type_statistic(res.assign(**{f"detected_{b}": res[f"detected_{b}"] == 1.0 for b in BANDS}))
-        measured = res["fit_flag"].to_numpy() == ""
+                values[f"{c}_{band}"] = values[f"{c}_{band}"].astype(float)
+        stat, err, ndet = _type_statistic(
+            lambda name: values[name] == 1.0 if name.startswith("detected_") else values[name], n)
+        measured = values["fit_flag"] == ""
         failed = measured & ~np.isfinite(stat)
-        res.loc[failed, "fit_flag"] = "fit_failed"
+        values["fit_flag"][failed] = "fit_failed"
         measured &= ~failed
-        res["type_stat"] = np.where(measured, stat, np.nan)
-        res["type_stat_err"] = np.where(measured, err, np.nan)
-        res["n_detected"] = ndet
-        return res
+        values["type_stat"] = np.where(measured, stat, np.nan)
+        values["type_stat_err"] = np.where(measured, err, np.nan)
+        values["n_detected"] = ndet
+        return pd.DataFrame(values, index=table.index, columns=cols)
