@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 __all__ = ["masked_gram_correction", "band_sums", "detection_snr", "neighbour_mask", "ring_sums", "annulus_median",
-           "ordered_pixels", "combine_basis", "best_template", "cmodel_sums"]
+           "ordered_pixels", "combine_basis", "best_template", "cmodel_sums", "centre_normal_equations"]
 
 
 def _jit(func):
@@ -598,3 +598,44 @@ def cmodel_sums(coef, T_exp, T_dev, best_exp, best_dev, dflat, u2, r, radius, n_
         out[i, 2] = a12
         out[i, 3] = b1
         out[i, 4] = b2
+
+
+@_jit_nan
+def centre_normal_equations(d, region, P, M, b):  # pragma: no cover - compiled
+    """The normal equations of one Gauss-Newton centring step per object: the PSF ``P[i]`` (its
+    centre ``(h, w)`` pixels of a ``(h + 2, w + 2)`` stamp) and its central differences along x and
+    y, fitted to the stamp ``d[i]`` (``(h, w)``) over ``region[i]`` and its finite pixels:
+    ``M[i]`` (3 x 3) and ``b[i]`` (3) in float64."""
+    n, h, w = d.shape
+    for i in range(n):
+        m00 = m01 = m02 = m11 = m12 = m22 = 0.0
+        b0 = b1 = b2 = 0.0
+        for y in range(h):
+            for x in range(w):
+                v = np.float64(d[i, y, x])
+                if not region[i, y, x] or not np.isfinite(v):
+                    continue
+                c0 = P[i, y + 1, x + 1]
+                c1 = 0.5 * (P[i, y + 1, x + 2] - P[i, y + 1, x])
+                c2 = 0.5 * (P[i, y + 2, x + 1] - P[i, y, x + 1])
+                m00 += c0 * c0
+                m01 += c0 * c1
+                m02 += c0 * c2
+                m11 += c1 * c1
+                m12 += c1 * c2
+                m22 += c2 * c2
+                b0 += c0 * v
+                b1 += c1 * v
+                b2 += c2 * v
+        M[i, 0, 0] = m00
+        M[i, 0, 1] = m01
+        M[i, 0, 2] = m02
+        M[i, 1, 0] = m01
+        M[i, 1, 1] = m11
+        M[i, 1, 2] = m12
+        M[i, 2, 0] = m02
+        M[i, 2, 1] = m12
+        M[i, 2, 2] = m22
+        b[i, 0] = b0
+        b[i, 1] = b1
+        b[i, 2] = b2

@@ -420,19 +420,9 @@ def _recentre(image, x, y, bp, mask, sigma, size):
     rows = np.arange(len(x))  # the first step fits every object; later ones only the detected
     for it in range(_CENTRE_ITER):
         xs, ys = x[rows], y[rows]
-        d = resample_stamps(image, xs, ys, small).astype(np.float64)
-        reg = region[rows] & np.isfinite(d)
-        d = np.where(reg, d, 0.0)
         basis, coef = bp.components(xs, ys)
-        P = _psf_stamps(coef, basis, small + 2)
-        # the PSF and its central differences (np.gradient's interior) on the small stamp
-        gx = 0.5 * (P[:, 1:-1, 2:] - P[:, 1:-1, :-2])
-        gy = 0.5 * (P[:, 2:, 1:-1] - P[:, :-2, 1:-1])
-        comp = np.stack([P[:, 1:-1, 1:-1], gx, gy], 1).reshape(len(rows), 3, -1)
-        rw = reg.reshape(len(rows), -1)
-        cw = comp * rw[:, None]
-        M = np.matmul(cw, comp.transpose(0, 2, 1))
-        b = np.matmul(cw, d.reshape(len(rows), -1, 1))[:, :, 0]
+        M, b = _centre_equations(resample_stamps(image, xs, ys, small), region[rows],
+                                 _psf_stamps(coef, basis, small + 2))
         if it == 0:
             with np.errstate(invalid="ignore", divide="ignore"):
                 active = b[:, 0] / np.sqrt(M[:, 0, 0]) / sigma >= DETECTION_SNR
@@ -452,6 +442,28 @@ def _recentre(image, x, y, bp, mask, sigma, size):
         far = rows[np.hypot(x[rows] - x0[rows], y[rows] - y0[rows]) > _MAX_SHIFT_PX]
         x[far], y[far] = x0[far], y0[far]
     return x, y
+
+
+def _centre_equations(d, region, P):
+    """Normal equations ``(M, b)`` of a Gauss-Newton centring step: the PSF stamps ``P`` (``(n, h + 2,
+    w + 2)``) and their central differences (np.gradient's interior) on the stamps ``d`` (``(n, h,
+    w)``), over ``region`` and the finite pixels. numba when available."""
+    n = len(d)
+    if numba_available():
+        from ._photo_kernels import centre_normal_equations
+
+        M, b = np.empty((n, 3, 3)), np.empty((n, 3))
+        centre_normal_equations(np.ascontiguousarray(d), np.ascontiguousarray(region),
+                                np.ascontiguousarray(P, np.float64), M, b)
+        return M, b
+    d = d.astype(np.float64)
+    reg = region & np.isfinite(d)
+    d = np.where(reg, d, 0.0)
+    gx = 0.5 * (P[:, 1:-1, 2:] - P[:, 1:-1, :-2])
+    gy = 0.5 * (P[:, 2:, 1:-1] - P[:, :-2, 1:-1])
+    comp = np.stack([P[:, 1:-1, 1:-1], gx, gy], 1).reshape(n, 3, -1)
+    cw = comp * reg.reshape(n, -1)[:, None]
+    return np.matmul(cw, comp.transpose(0, 2, 1)), np.matmul(cw, d.reshape(n, -1, 1))[:, :, 0]
 
 
 def _fit_radius(d, sigma, usable, rr_img):
