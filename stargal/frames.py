@@ -18,7 +18,9 @@ frame writes a decompressed cache next to the fetcher's cache::
 
 Both are written to a temporary file and renamed atomically; later loads memory-map
 the ``.npy`` (no decompression, no copy), which is what makes the second load of a
-field cheap (``make bench`` reports the ratio).
+field cheap (``make bench`` reports the ratio). A process keeps the last
+:data:`_FRAME_LIMIT` loaded frames (memory maps: page cache, not copies) and hands
+them out again while their cache files are unchanged (same inode, size and mtime).
 
 Pixel convention: **0-based** (``origin=0``): pixel ``(x, y)`` is ``image[y, x]`` and
 the centre of the first pixel is ``(0, 0)``; a frame covers ``-0.5 <= x < nx - 0.5``.
@@ -67,6 +69,9 @@ _CACHE_VERSION = 1
 _WCS_MEMO: OrderedDict = OrderedDict()  # (thread, sha1 of the header text) -> WCS
 _WCS_MEMO_LIMIT = 256
 _WCS_LOCK = threading.Lock()
+_FRAMES: OrderedDict = OrderedDict()  # (cache files' paths and stat) -> Frame
+_FRAME_LIMIT = 10  # two fields' bands
+_FRAME_LOCK = threading.Lock()
 
 
 class MissingBandError(FileNotFoundError):
@@ -367,6 +372,12 @@ def load_frame(fid: FieldID | str, band: str, fetcher=None, *, sas_url=None, cac
     fetcher = get_fetcher(fetcher, sas_url=sas_url, cache_dir=cache_dir)
     rel = frame_path(fid, band)
     npy, meta_path = decompressed_paths(fetcher.cache_dir, rel)
+    key = _frame_key(npy, meta_path)
+    if key is not None:
+        with _FRAME_LOCK:
+            if key in _FRAMES:
+                _FRAMES.move_to_end(key)
+                return _FRAMES[key]
     meta = None
     if npy.exists() and meta_path.exists():
         try:
@@ -400,7 +411,24 @@ def load_frame(fid: FieldID | str, band: str, fetcher=None, *, sas_url=None, cac
         _atomic_write_bytes(meta_path, lambda fh: fh.write(json.dumps(meta).encode()))
         image = np.load(npy, mmap_mode="r")
     # header parsing and WCS construction are deferred to first use (Frame.header / Frame.wcs)
-    return Frame(band, image, None, float(meta["sky_median"]), float(meta["sky_noise"]), meta["header"])
+    frame = Frame(band, image, None, float(meta["sky_median"]), float(meta["sky_noise"]), meta["header"])
+    key = _frame_key(npy, meta_path)
+    if key is not None:
+        with _FRAME_LOCK:
+            _FRAMES[key] = frame
+            while len(_FRAMES) > _FRAME_LIMIT:
+                _FRAMES.popitem(last=False)
+    return frame
+
+
+def _frame_key(npy: Path, meta_path: Path):
+    """What identifies a decompressed frame's cache files as they are now (paths, inodes, sizes,
+    mtimes), or None when one is missing: a rewritten or damaged file is a new key."""
+    try:
+        a, b = npy.stat(), meta_path.stat()
+    except OSError:
+        return None
+    return (str(npy), a.st_ino, a.st_size, a.st_mtime_ns, str(meta_path), b.st_ino, b.st_size, b.st_mtime_ns)
 
 
 class Field:

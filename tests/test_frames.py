@@ -92,3 +92,27 @@ def test_a_frame_read_again_reuses_its_wcs_within_a_thread_only():
     moved = w.deepcopy()
     moved.wcs.crval = [150.1, 2.0]
     assert Frame("r", image, header=moved.to_header().tostring()).wcs is not a.wcs
+
+
+def test_a_process_reuses_loaded_frames_while_their_cache_files_are_unchanged(mirror_url, tmp_path):
+    """load_frame hands out the frame it loaded before (no JSON header parsed, no new memory map)
+    until a cache file changes: a file rewritten or damaged in between is read again."""
+    import os
+
+    from stargal.fetch import Fetcher
+    from stargal.frames import decompressed_paths, load_frame
+    from stargal.sdss import frame_path
+
+    fetcher = Fetcher(mirror_url, tmp_path / "cache", quiet=True)
+    first = load_frame("1043-5-25", "g", fetcher)
+    pixels = np.array(first.image)
+    assert load_frame("1043-5-25", "g", fetcher) is first
+    npy, meta = decompressed_paths(fetcher.cache_dir, frame_path("1043-5-25", "g"))
+    os.utime(meta, ns=(meta.stat().st_atime_ns, meta.stat().st_mtime_ns + 10**9))
+    again = load_frame("1043-5-25", "g", fetcher)
+    assert again is not first and np.array_equal(again.image, pixels)
+    del first, again  # their memory maps would fault once the file is cut short in place
+    npy.write_bytes(b"garbage")  # damaged: rebuilt from the frame file, not handed out from memory
+    healed = load_frame("1043-5-25", "g", fetcher)
+    assert np.load(npy, mmap_mode="r").shape == (1489, 2048)
+    assert np.array_equal(healed.image, pixels)
