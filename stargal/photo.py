@@ -957,6 +957,7 @@ def _measure_rows(table: pd.DataFrame, field: Field, psf_model, size: int, recen
         stamps[:, bi] = resample_stamps(frame.image, x, y, size) - bgs[:, bi, None, None]
     nmask = _neighbour_mask(_detection_snr(stamps, sig))
     h = (size - 1) // 2
+    near_masked = (nmask & (rr[None] <= 2.0)).sum((1, 2)) > 0.5 * (rr <= 2.0).sum()  # the same in every band
 
     def one_band(bi, band):
         frame = field.frame(band)
@@ -967,12 +968,14 @@ def _measure_rows(table: pd.DataFrame, field: Field, psf_model, size: int, recen
         if recentre:
             x1, y1 = _recentre(frame.image, x, y, bp, nmask | ~np.isfinite(d), sig[:, bi], size)
             moved = np.flatnonzero((x1 != x) | (y1 != y))
-            x, y, d = x1, y1, d.copy()
+            x, y = x1, y1
             if moved.size:
+                d = d.copy()
                 d[moved] = resample_stamps(frame.image, x[moved], y[moved], size) - bgs[moved, bi, None, None]
         basis, coef = bp.components(x, y)
         nmgy = cals[band].nmgy_per_count(x)
-        res = _measure_band(d, sig[:, bi], nmask | ~np.isfinite(d), coef, basis, _bank(psf_model, band, size),
+        bad = nmask | ~np.isfinite(d)
+        res = _measure_band(d, sig[:, bi], bad, coef, basis, _bank(psf_model, band, size),
                             nmgy, cals[band], size, x, y, bp.pixel_scale)
         norm = _model_norm(field, psf_model, band, size)[res.pop("_class")]
         for key in ("exp_flux", "dev_flux", "cmodel_flux", "cmodel_flux_err"):
@@ -981,8 +984,8 @@ def _measure_rows(table: pd.DataFrame, field: Field, psf_model, size: int, recen
         res["nmgy_per_count"] = nmgy
         res["saturated"] = res["saturated"] | saddle
         res["detected"] = (res["snr"] >= DETECTION_SNR) & ~res["saturated"]
-        res["_centre_bad"] = ~np.isfinite(d[:, h, h]) | nmask[:, h, h]
-        res["_near_masked"] = (nmask & (rr[None] <= 2.0)).sum((1, 2)) > 0.5 * (rr <= 2.0).sum()
+        res["_centre_bad"] = bad[:, h, h]
+        res["_near_masked"] = near_masked
         res["psf_source"] = np.full(n, bp.source, dtype=object)
         return res
 
