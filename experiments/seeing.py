@@ -227,6 +227,7 @@ def _variants(ctx):
     return [("SDSS rule (measured)", "rule", "aware", {"rule__unmeasured": "prior"}, seeds[:1]),
             ("forest", "forest", "aware", {}, seeds[:1]),
             ("forest, aperture features only", "forest", "aware", {"features__measured": "drop"}, seeds[:1]),
+            ("forest, measured features only", "forest", "aware", {"features__pixels": "drop"}, seeds[:1]),
             ("CNN, PSF-blind", "cnn", "none", {}, seeds[:1]),
             ("CNN", "cnn", "aware", {}, seeds),
             ("hybrid CNN", "hybrid", "aware", {}, seeds)]
@@ -331,7 +332,8 @@ def choose_default(fields: pd.DataFrame) -> tuple[str, dict]:
 def _plot(frame, fwhm, path, test_points=None):
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
     styles = {"SDSS rule (measured)": ("k", "D", "-"), "forest": ("tab:orange", "s", "-"),
-              "forest, aperture features only": ("tab:orange", "s", ":"), "CNN, PSF-blind": ("tab:blue", "o", "--"),
+              "forest, aperture features only": ("tab:orange", "s", ":"),
+              "forest, measured features only": ("tab:red", "v", "--"), "CNN, PSF-blind": ("tab:blue", "o", "--"),
               "CNN": ("tab:blue", "o", "-"), "hybrid CNN": ("tab:green", "^", "-")}
     for ax, (col, title) in zip(axes, (("mcc", "MCC"), ("recall_galaxy", "galaxy recall"),
                                        ("recall_star", "star recall"))):
@@ -400,12 +402,13 @@ def run(ctx) -> StageResult:
     write_csv(ctx.out_dir / "seeing_lofo_fields.csv", fields)
     default, default_means = choose_default(fields)
 
-    # Test field: the PSF-blind CNN and the aperture-only forest fitted like the final models; the others
+    # Test field: the PSF-blind CNN and the one-branch forests fitted like the final models; the others
     # are stage 5's (fitted on the same train split).
     test, train = ctx.rows("test"), ctx.rows("train")
     aware = ctx.config.psf if ctx.config.psf != "none" else "scaled"
     jobs = [("CNN, PSF-blind", "cnn", "none", cnn_params, _blind_augmenter(augmenter)),
-            ("forest, aperture features only", "forest", aware, {**forest_params, "features__measured": "drop"}, None)]
+            ("forest, aperture features only", "forest", aware, {**forest_params, "features__measured": "drop"}, None),
+            ("forest, measured features only", "forest", aware, {**forest_params, "features__pixels": "drop"}, None)]
     extra = Parallel(n_jobs=ctx.n_jobs)(
         delayed(_fit_score)(kind, p, ctx.config, ctx.fetcher.base_url, str(ctx.fetcher.cache_dir), params,
                             train, test, aug) for _, kind, p, params, aug in jobs)
