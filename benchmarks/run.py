@@ -312,7 +312,10 @@ def bench_frame_cache(ctx: Context) -> list[Result]:
     # Bring the compressed files into the fresh cache first (not timed: that is the download).
     fetcher.fetch_many([frame_path(BENCH_FIELD, b) for b in BANDS])
 
+    from stargal import frames as frames_module
+
     def load():
+        frames_module._FRAMES.clear()  # the process's loaded frames: the second load maps the .npy again
         field_ = Field(BENCH_FIELD, fetcher)
         frames = field_.frames()
         total = sum(float(f.image[::64, ::64].sum()) for f in frames.values())  # touch the data
