@@ -139,15 +139,11 @@ def _contains_net(tail) -> bool:
 _CONTROLLER = []
 
 
-def _one_native_thread(active: bool):
+def _one_native_thread():
     """One BLAS/OpenMP thread per Python thread while rows run on several threads (no oversubscription).
 
     threadpoolctl's controller is made once per process (finding the loaded libraries costs ~5 ms);
     libraries loaded after that are not limited."""
-    import contextlib
-
-    if not active:
-        return contextlib.nullcontext()
     from threadpoolctl import ThreadpoolController
 
     if not _CONTROLLER:
@@ -310,7 +306,7 @@ def _predict_table(aligner, tail, table: pd.DataFrame, *, strict, n_jobs, schedu
         if threads > 1:  # fewer fields than workers: a field's rows split over threads, caches shared
             from concurrent.futures import ThreadPoolExecutor
 
-            with parallel_backend_for(scheduler=None, n_jobs=1), _one_native_thread(True), \
+            with parallel_backend_for(scheduler=None, n_jobs=1), _one_native_thread(), \
                     ThreadPoolExecutor(threads) as executor:
                 for fid, idx in jobs:
                     parts = np.array_split(idx, max(1, min(threads, len(idx) // MIN_CHUNK_ROWS)))
