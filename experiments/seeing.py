@@ -14,6 +14,11 @@ on the seeing it was trained at:
   CNN (PSF-aware, 3 seeds; PSF-blind, 1) and the hybrid CNN (3 seeds). MCC, galaxy recall and star
   recall are plotted against the held-out field's r FWHM. The test field stays out of all of it.
   The kind with the best mean MCC is what ``stargal train`` ships by default.
+* **Star-richer mixes** (:func:`mix_scores`): the training fields all hold about half galaxies, so
+  leaving one out cannot show what estimating a field's own mix (``stargal predict --field-prior``)
+  does where the mix differs. Each held-out field's predictions are also scored on random subsets
+  with fewer galaxies (:data:`SHIFT_MIXES`), with and without the field prior estimated from
+  that subset alone.
 * **Test field**: the same models fitted on the train split, scored on the test field.
 
 Writes ``seeing_psf.csv``, ``seeing_lofo.csv``, ``seeing_lofo.png`` and ``seeing_test.csv``.
@@ -36,9 +41,14 @@ from stargal.training import build_pipeline, evaluate_predictions, fit_pipeline
 from .common import StageResult, fmt, markdown_table, render_macro, render_template, write_csv
 
 __all__ = ["psf_table", "star_fwhms", "star_check", "psf_markdown", "psfield_comparison", "psfield_markdown",
-           "lofo_tasks", "run_lofo", "lofo", "per_field", "choose_default", "N_SEEDS", "DEFAULT_CANDIDATES", "run"]
+           "lofo_tasks", "run_lofo", "lofo", "per_field", "choose_default", "mix_scores", "N_SEEDS",
+           "DEFAULT_CANDIDATES", "SHIFT_MIXES", "SHIFT_DRAWS", "run"]
 
 _METRICS = ("mcc", "recall_galaxy", "recall_star", "balanced_accuracy", "roc_auc")
+#: Galaxy fractions a held-out field is resampled to (star-richer than the training fields' ~0.5, as
+#: fields towards the Galactic plane are), and the random subsets drawn per fraction.
+SHIFT_MIXES = (0.1, 0.2, 0.3)
+SHIFT_DRAWS = 20
 
 
 def psf_table(fields, fetcher, source="stars") -> pd.DataFrame:
@@ -192,8 +202,60 @@ def psfield_markdown(cmp: pd.DataFrame, fid=PSFIELD_FIELD) -> str:
     return render_macro("alignment.md.j2", "psfield", **values)
 
 
-def _fit_score(kind, psf, config, sas_url, cache_dir, params, fit_rows, eval_rows, augmenter=None):
-    """Fit one model and score it (runs in a worker; one torch thread)."""
+def mix_scores(y, proba, mixes=SHIFT_MIXES, draws=SHIFT_DRAWS, seed=0) -> dict:
+    """MCC of one field's predictions on random subsets at other galaxy fractions, with and without
+    the field prior.
+
+    For each fraction in ``mixes``, ``draws`` subsets keep as many objects as the field allows at
+    that fraction (without replacement); each is scored at ``p >= 0.5`` as it is and after
+    :func:`stargal.calibration.adapt_to_field` estimated the subset's galaxy fraction from its
+    probabilities alone (taken as calibrated at a 50 % mix, like the leave-one-field-out rows).
+    Objects without a probability are left out, as in the other metrics.
+
+    Returns ``{'mcc_mix0.3': mean MCC, 'mcc_mix0.3_field_prior': ..., 'prior_mix0.3': mean estimated
+    fraction, ...}`` (NaN for a fraction the field cannot be resampled to).
+
+    Examples
+    --------
+    >>> y = np.r_[np.zeros(300), np.ones(300)]
+    >>> p = np.r_[np.linspace(0.0, 0.6, 300), np.linspace(0.4, 1.0, 300)]
+    >>> out = mix_scores(y, p, mixes=(0.2,), draws=2)
+    >>> sorted(out)
+    ['mcc_mix0.2', 'mcc_mix0.2_field_prior', 'prior_mix0.2']
+    """
+    from sklearn.metrics import matthews_corrcoef
+
+    y = np.asarray(y).astype(int)
+    proba = np.asarray(proba, float)
+    known = np.isfinite(proba)
+    y, proba = y[known], proba[known]
+    gal, star = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    out = {}
+    for mix in mixes:
+        key = f"mix{mix:g}"
+        n_gal = min(len(gal), int(len(star) * mix / (1.0 - mix)))
+        n_star = min(len(star), int(n_gal * (1.0 - mix) / mix)) if n_gal else 0
+        if n_gal < 1 or n_star < 1:
+            out.update({f"mcc_{key}": float("nan"), f"mcc_{key}_field_prior": float("nan"),
+                        f"prior_{key}": float("nan")})
+            continue
+        rng = np.random.default_rng([seed, int(round(mix * 1000))])
+        plain, adapted, priors = [], [], []
+        for _ in range(draws):
+            idx = np.concatenate([rng.choice(gal, n_gal, replace=False), rng.choice(star, n_star, replace=False)])
+            p, t = proba[idx], y[idx]
+            moved, prior = adapt_to_field(p, 0.5)
+            plain.append(matthews_corrcoef(t, (p >= 0.5).astype(int)))
+            adapted.append(matthews_corrcoef(t, (moved >= 0.5).astype(int)))
+            priors.append(prior)
+        out.update({f"mcc_{key}": float(np.mean(plain)), f"mcc_{key}_field_prior": float(np.mean(adapted)),
+                    f"prior_{key}": float(np.mean(priors))})
+    return out
+
+
+def _fit_score(kind, psf, config, sas_url, cache_dir, params, fit_rows, eval_rows, augmenter=None, mixes=()):
+    """Fit one model and score it (runs in a worker; one torch thread); with ``mixes``, also
+    :func:`mix_scores` on ``eval_rows`` (held-out training fields only, never the test field)."""
     import torch
 
     torch.set_num_threads(1)
@@ -211,6 +273,8 @@ def _fit_score(kind, psf, config, sas_url, cache_dir, params, fit_rows, eval_row
     fp, _ = evaluate_predictions(y, adapted)
     out.update({f"{k}_field_prior": float(fp[k]) for k in ("mcc", "recall_galaxy", "recall_star")})
     out["prior_estimate"] = prior
+    if mixes:
+        out.update(mix_scores(y, proba, mixes))
     return out, by_mag, round(fit_s, 1)
 
 
@@ -267,7 +331,7 @@ def lofo_tasks(ctx, model, kind, psf, params, augmenter=None, fields=None, varia
         fit_rows, eval_rows = pool[pool["field_id"] != fid], pool[pool["field_id"] == fid]
         tasks.append((fid, variant or _label(model, psf), seed if seed is not None else ctx.seed,
                       (kind, psf, ctx.config, ctx.fetcher.base_url, str(ctx.fetcher.cache_dir),
-                       params, fit_rows, eval_rows, augmenter)))
+                       params, fit_rows, eval_rows, augmenter, SHIFT_MIXES)))
     return tasks
 
 
@@ -313,6 +377,7 @@ def lofo(ctx, cnn_params, forest_params, augmenter=None, fields=None, aware_cnn=
 def per_field(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean over seeds per variant and held-out field (and the seeds' spread)."""
     metrics = [c for c in ("mcc", "recall_galaxy", "recall_star", "mcc_field_prior") if c in frame]
+    metrics += [c for c in frame if c.startswith(("mcc_mix", "prior_mix"))]
     g = frame.groupby(["variant", "held_out"], sort=False)
     out = g[metrics].mean()
     out["seed_std_mcc"] = g["mcc"].std(ddof=1)
@@ -439,6 +504,7 @@ def run(ctx) -> StageResult:
                for variant, g in fields.groupby("variant", sort=False) if "mcc_field_prior" in g]
     fp_table = markdown_table(pd.DataFrame(fp_rows, columns=[
         "model", "mean MCC", "mean MCC, field prior", "held-out fields where the field prior helps"]))
+    shift_table, shift_note, shift = _shift_table(fields, DEFAULT_CANDIDATES[default])
     d = fields[fields["variant"] == DEFAULT_CANDIDATES[default]]
     default_mean, default_worst = float(d["mcc"].mean()), float(d["mcc"].min())
     worst_field = d.loc[d["mcc"].idxmin(), "held_out"]
@@ -447,7 +513,8 @@ def run(ctx) -> StageResult:
         "seeing.md.j2", n_seeds=n_seeds, seed_note=seed_note, lofo_table=lofo_table, recall_table=recall_table,
         default_means=", ".join(f"{k} {fmt(v)}" for k, v in sorted(default_means.items(), key=lambda kv: -kv[1])),
         default=default, worst_field=worst_field, default_worst=fmt(default_worst), fp_table=fp_table,
-        test_table=test_table)
+        test_table=test_table, shift_table=shift_table, shift_note=shift_note, shift_draws=SHIFT_DRAWS,
+        held_out_fractions=f"{fmt(fields['galaxy_fraction'].min(), 2)}–{fmt(fields['galaxy_fraction'].max(), 2)}")
     numbers = {
         "lofo": frame.to_dict(orient="records"),
         "lofo_fields": fields.to_dict(orient="records"),
@@ -457,11 +524,45 @@ def run(ctx) -> StageResult:
         "default_mean_mcc": default_mean,
         "default_worst_mcc": default_worst,
         "default_worst_field": worst_field,
+        "mix_shift": shift,
         "test": tframe.to_dict(orient="records"),
         "psf": psf.to_dict(orient="records"),
         "seconds": round(time.perf_counter() - t0, 1),
     }
     return StageResult(numbers=numbers, markdown=md)
+
+
+def _shift_table(fields: pd.DataFrame, default_variant: str) -> tuple[str, str, list]:
+    """The star-richer mixes (:func:`mix_scores`, seed means per held-out field): per candidate kind
+    and galaxy fraction, mean MCC without and with the field prior, the fields where the prior
+    helps and its mean estimate. Returns the table, one sentence on the shipped default and the
+    rows."""
+    rows = []
+    for variant in DEFAULT_CANDIDATES.values():
+        g = fields[fields["variant"] == variant]
+        for mix in SHIFT_MIXES:
+            key = f"mix{mix:g}"
+            if g.empty or f"mcc_{key}" not in g or not g[f"mcc_{key}"].notna().any():
+                continue
+            plain, moved = g[f"mcc_{key}"], g[f"mcc_{key}_field_prior"]
+            rows.append({"variant": variant, "galaxy_fraction": mix, "mcc": float(plain.mean()),
+                         "mcc_field_prior": float(moved.mean()), "helps": int((moved > plain).sum()),
+                         "fields": int(plain.notna().sum()), "prior_estimate": float(g[f"prior_{key}"].mean())})
+    if not rows:
+        return "(no held-out field could be resampled)", "", rows
+    table = markdown_table(pd.DataFrame(
+        [[r["variant"], fmt(r["galaxy_fraction"], 1), fmt(r["mcc"]), fmt(r["mcc_field_prior"]),
+          f"{r['helps']} of {r['fields']}", fmt(r["prior_estimate"])] for r in rows],
+        columns=["model", "galaxy fraction", "mean MCC", "mean MCC, field prior",
+                 "held-out fields where the field prior helps", "estimated fraction (mean)"]))
+    mine = [r for r in rows if r["variant"] == default_variant]
+    parts = [f"{fmt(r['galaxy_fraction'], 1)}: {fmt(r['mcc'])} → {fmt(r['mcc_field_prior'])}" for r in mine]
+    better = sum(r["mcc_field_prior"] > r["mcc"] for r in mine)
+    estimates = ", ".join(f"{fmt(r['prior_estimate'])} for {fmt(r['galaxy_fraction'], 1)}" for r in mine)
+    note = (f"For the shipped default ({default_variant}), mean MCC without → with the field prior at each "
+            f"galaxy fraction: {'; '.join(parts)}; the prior is higher in {better} of {len(mine)}. Its estimates "
+            f"of the fraction: {estimates}.") if mine else ""
+    return table, note, rows
 
 
 def _lofo_tables(fields: pd.DataFrame, spread: pd.DataFrame, fwhm: dict) -> tuple[str, str]:

@@ -70,6 +70,12 @@ def test_make_experiments_quick(mirror_url, mirror_cache, tmp_path):
     seeing = json.loads((out / "seeing_summary.json").read_text())
     assert {"SDSS rule (measured)", "forest", "CNN", "hybrid CNN"} <= set(lofo["variant"])
     assert seeing["default_model"] == max(seeing["default_means"], key=seeing["default_means"].get)
+    # ... and rescored on star-richer subsets of each held-out field, with and without the field prior
+    from experiments.seeing import SHIFT_MIXES
+
+    assert {f"mcc_mix{m:g}" for m in SHIFT_MIXES} <= set(lofo.columns)
+    assert seeing["mix_shift"] and all(0.0 <= r["prior_estimate"] <= 1.0 for r in seeing["mix_shift"])
+    assert "**Star-richer fields.**" in report and "For the shipped default" in report
     # injected training objects are judged on held-out training fields, paired by field (one seed per fold)
     abl = pd.read_csv(out / "synthetic_ablation_runs.csv")
     assert set(abl["config"]) == {"none", "synthetic", "synthetic_rule"}
