@@ -14,8 +14,10 @@ import numpy as np
 import pandas as pd
 
 from sklearn.base import clone
+from sklearn.metrics import matthews_corrcoef
 
 from stargal.calibration import adapt_to_field, calibrate_pipeline
+from stargal.metrics import mcc_interval
 from stargal.tuning import cv_results_frame, grid_search
 
 from .common import StageResult, fmt, markdown_table, render_template, write_csv
@@ -139,6 +141,40 @@ CNN_CAL, HYBRID_CAL, FOREST_CAL = "CNN (calibrated)", "hybrid CNN (calibrated)",
 SHIPPED = {"rule": RULE_CAL, "cnn": CNN_CAL, "hybrid": HYBRID_CAL, "forest": FOREST_CAL}
 
 
+#: Bootstrap resamples of the test field's objects behind each MCC interval (:func:`stargal.metrics.mcc_interval`).
+N_BOOT = 2000
+#: Paired test-field MCC differences the report gives an interval for: (model, against).
+DIFFERENCES = ((FOREST_CAL, RULE), (FOREST_CAL, CNN_CAL), (HYBRID_CAL, CNN_CAL), (FOREST_CAL, HYBRID_CAL))
+
+
+def _span(interval) -> str:
+    return "–" if interval is None else f"{fmt(interval[0])}–{fmt(interval[1])}"
+
+
+def _test_intervals(models: dict, test: pd.DataFrame, y: np.ndarray, seed: int):
+    """95 % bootstrap intervals of each model's test MCC (objects resampled; abstentions left out, as in
+    the metrics) and of the paired differences :data:`DIFFERENCES`: ``({name: (low, high)},
+    {"a − b": (difference, low, high)})``. The majority class (MCC 0 in every resample) gets none."""
+    pred = {}
+    for name, model in models.items():
+        if name == "majority class":
+            continue
+        p = model.predict_proba(test)[:, 1]
+        pred[name] = np.where(np.isfinite(p), (p >= 0.5).astype(float), np.nan)
+    intervals = {}
+    for name, p in pred.items():
+        known = np.isfinite(p)
+        intervals[name] = mcc_interval(y[known], p[known].astype(int), n_resamples=N_BOOT, random_state=seed)
+    differences = {}
+    for a, b in DIFFERENCES:
+        if a in pred and b in pred:
+            known = np.isfinite(pred[a]) & np.isfinite(pred[b])
+            ya, pa, pb = y[known], pred[a][known].astype(int), pred[b][known].astype(int)
+            d = float(matthews_corrcoef(ya, pa) - matthews_corrcoef(ya, pb))
+            differences[f"{a} − {b}"] = (d, *mcc_interval(ya, pa, pb, n_resamples=N_BOOT, random_state=seed))
+    return intervals, differences
+
+
 def run(ctx) -> StageResult:
     """Stage 5: every model on the same splits, calibrated on the validation groups, scored on the test field
     (section from ``templates/baselines.md.j2``).
@@ -196,11 +232,13 @@ def run(ctx) -> StageResult:
     _plot_by_magnitude(by_mag, ctx.out_dir / "baselines_by_magnitude.png")
 
     t = metrics[metrics["split"] == "test"].set_index("model")
+    intervals, differences = _test_intervals(models, test, ctx.y(test), ctx.seed)
     headline = markdown_table(pd.DataFrame(
-        [[name, fmt(r["accuracy"]), fmt(r["balanced_accuracy"]), fmt(r["mcc"]), fmt(r.get("roc_auc")),
-          fmt(r["recall_galaxy"]), fmt(r["recall_star"])] for name, r in ((n, t.loc[n]) for n in models)],
+        [[name, fmt(r["accuracy"]), fmt(r["balanced_accuracy"]), fmt(r["mcc"]), _span(intervals.get(name)),
+          fmt(r.get("roc_auc")), fmt(r["recall_galaxy"]), fmt(r["recall_star"])]
+         for name, r in ((n, t.loc[n]) for n in models)],
         columns=["model (test field " + ", ".join(ctx.config.test_fields) + f", n={len(test)})", "accuracy",
-                 "balanced accuracy", "MCC", "ROC AUC", "galaxy recall", "star recall"]))
+                 "balanced accuracy", "MCC", "MCC 95 % interval", "ROC AUC", "galaxy recall", "star recall"]))
 
     rel = _reliability({k: v for k, v in models.items() if k != "majority class"}, test, ctx.y(test),
                        ctx.out_dir / "baselines_reliability.png")
@@ -240,7 +278,9 @@ def run(ctx) -> StageResult:
         test_gal_frac=fmt(ctx.y(test).mean()), calibration=CALIBRATION, valid_gal_frac=fmt(ctx.y(valid).mean()),
         mag_table=mag_table, recall_table=recall_table, n_faint_stars=int((faint & (ctx.y(test) == 0)).sum()),
         faint_star_recall=", ".join(f"{n} {fmt(v)}" for n, v in faint_star.items()), range_text=range_text,
-        majority_label=majority_label, train_gal_pct=fmt(100 * gal_frac, 1))
+        majority_label=majority_label, train_gal_pct=fmt(100 * gal_frac, 1), n_boot=N_BOOT,
+        differences=[f"{k}: {d:+.3f} (95 % interval {lo:+.3f} to {hi:+.3f})"
+                     for k, (d, lo, hi) in differences.items()])
     numbers = {
         "test": {name: {k: float(t.loc[name][k]) for k in ("accuracy", "balanced_accuracy", "mcc", "roc_auc")
                         if k in t.columns} for name in models},
@@ -253,6 +293,8 @@ def run(ctx) -> StageResult:
                          for name in models},
         "reliability": rel.to_dict(orient="records"),
         "headline": headline,
+        "test_mcc_interval": intervals,
+        "test_mcc_difference": differences,
         "rule_boundary": boundary,
         "n_unmeasured_test": n_unmeasured,
     }

@@ -20,7 +20,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-__all__ = ["classification_metrics", "metrics_table", "metrics_by_magnitude", "DEFAULT_MAG_BINS"]
+__all__ = ["classification_metrics", "metrics_table", "metrics_by_magnitude", "mcc_interval", "DEFAULT_MAG_BINS"]
 
 #: default magnitude bin edges for :func:`metrics_by_magnitude`; bins are ``[lo, hi)``
 DEFAULT_MAG_BINS = (-np.inf, 18.0, 19.0, 20.0, 21.0, 22.0, np.inf)
@@ -198,3 +198,79 @@ def metrics_by_magnitude(y_true, y_pred, mag, bins=DEFAULT_MAG_BINS):
             "recall_galaxy": float(np.mean(p[t == 1] == 1)) if (t == 1).any() else float("nan"),
         })
     return pd.DataFrame(rows)
+
+
+def _mcc(t, p, axis=-1):
+    """Matthews correlation along ``axis`` of 0/1 arrays (0 where a margin is empty, as scikit-learn)."""
+    t, p = np.asarray(t, bool), np.asarray(p, bool)
+    tp = np.sum(t & p, axis=axis, dtype=np.float64)
+    tn = np.sum(~t & ~p, axis=axis, dtype=np.float64)
+    fp = np.sum(~t & p, axis=axis, dtype=np.float64)
+    fn = np.sum(t & ~p, axis=axis, dtype=np.float64)
+    den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (tp * tn - fp * fn) / np.where(den > 0, den, 1.0), 0.0)
+
+
+def mcc_interval(y_true, y_pred, y_pred_ref=None, *, confidence=0.95, n_resamples=2000, random_state=0):
+    """Bootstrap confidence interval of the Matthews correlation (or of a difference of two).
+
+    The objects are resampled with replacement (:func:`scipy.stats.bootstrap`, percentile
+    method, paired: every resample keeps each object's true and predicted labels together).
+    This is the interval a metric on one field carries from *which* objects that field happens
+    to hold; it says nothing of other fields or of training randomness.
+
+    Parameters
+    ----------
+    y_true, y_pred : array_like of shape (n,)
+        Labels, ``0 = star``, ``1 = galaxy``.
+    y_pred_ref : array_like of shape (n,), optional
+        A second model's predictions of the same objects: the interval is then that of
+        ``MCC(y_pred) - MCC(y_pred_ref)``, resampled together (paired): narrower than the two
+        models' own intervals combined as if independent, most of all for models that differ
+        on few objects.
+    confidence : float, default=0.95
+        Confidence level, in (0, 1).
+    n_resamples : int, default=2000
+        Number of bootstrap resamples.
+    random_state : int, numpy.random.Generator or None, default=0
+        Seed of the resampling.
+
+    Returns
+    -------
+    tuple of float
+        ``(low, high)``.
+
+    Examples
+    --------
+    >>> y = np.r_[np.zeros(60, int), np.ones(40, int)]
+    >>> pred = y.copy(); pred[:6] = 1                     # 6 stars called galaxies
+    >>> low, high = mcc_interval(y, pred)
+    >>> bool(low < matthews_corrcoef(y, pred) < high), bool(high <= 1.0)
+    (True, True)
+    >>> low, high = mcc_interval(y, pred, y)              # against a perfect model: negative
+    >>> bool(high < 0)
+    True
+    """
+    from scipy.stats import bootstrap
+
+    yt = _check_labels(y_true, "y_true")
+    yp = _check_labels(y_pred, "y_pred")
+    data = [yt, yp]
+    if y_pred_ref is not None:
+        data.append(_check_labels(y_pred_ref, "y_pred_ref"))
+    if any(d.shape != yt.shape for d in data):
+        raise ValueError(f"y_true, y_pred (and y_pred_ref) must have the same length, got {[d.size for d in data]}")
+    if yt.size < 2:
+        raise ValueError(f"mcc_interval needs at least 2 objects, got {yt.size}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+    if y_pred_ref is None:
+        def statistic(t, p, axis=-1):
+            return _mcc(t, p, axis)
+    else:
+        def statistic(t, p, q, axis=-1):
+            return _mcc(t, p, axis) - _mcc(t, q, axis)
+    res = bootstrap(tuple(data), statistic, paired=True, vectorized=True, method="percentile",
+                    confidence_level=confidence, n_resamples=int(n_resamples), random_state=random_state)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)

@@ -43,6 +43,15 @@ def test_make_experiments_quick(mirror_url, mirror_cache, tmp_path):
     for model, metrics in summary["test"].items():
         assert 0.0 <= metrics["accuracy"] <= 1.0 and -1.0 <= metrics["mcc"] <= 1.0, model
     assert summary["test"]["majority class"]["mcc"] == 0.0
+    # each test MCC carries its bootstrap interval, which holds it; paired differences are consistent
+    for model, (low, high) in summary["test_mcc_interval"].items():
+        assert -1.0 <= low <= summary["test"][model]["mcc"] <= high <= 1.0, model
+    assert "majority class" not in summary["test_mcc_interval"]
+    for pair, (diff, low, high) in summary["test_mcc_difference"].items():
+        a, b = pair.split(" − ")
+        assert diff == pytest.approx(summary["test"][a]["mcc"] - summary["test"][b]["mcc"], abs=1e-9), pair
+        assert low <= diff <= high, pair
+    assert "| MCC 95 % interval |" in report and "**How sure are these numbers?**" in report
     # the rule is the reference line: it is in the headline, with its one fitted number
     assert "SDSS rule (measured)" in summary["test"] and 0.0 < summary["rule_boundary"] < 1.0
     assert "hybrid CNN (calibrated)" in summary["test"]

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import matthews_corrcoef, roc_auc_score
 
-from stargal.metrics import classification_metrics, metrics_by_magnitude, metrics_table
+from stargal.metrics import classification_metrics, mcc_interval, metrics_by_magnitude, metrics_table
 
 # 6 stars, 4 galaxies; 1 star called galaxy, 2 galaxies called stars
 Y_TRUE = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
@@ -98,3 +98,59 @@ def test_metrics_by_magnitude_custom_bins_and_errors():
         metrics_by_magnitude([0, 1], [0, 1], [15.0, 25.0], bins=[20, 10])
     with pytest.raises(ValueError, match="same length"):
         metrics_by_magnitude([0, 1], [0, 1], [15.0])
+
+
+def _noisy(n, accuracy, seed):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.35).astype(int)
+    return y, np.where(rng.random(n) < accuracy, y, 1 - y)
+
+
+def test_mcc_interval_matches_a_plain_bootstrap():
+    """The interval is the percentile interval of MCC over resampled objects: a hand-written
+    bootstrap (sklearn's MCC on each resample) gives the same ends to well within the resampling noise."""
+    y, p = _noisy(400, 0.93, 0)
+    low, high = mcc_interval(y, p, n_resamples=3000, random_state=1)
+    rng = np.random.default_rng(2)
+    boot = [matthews_corrcoef(y[i], p[i]) for i in rng.integers(0, len(y), (3000, len(y)))]
+    ref_low, ref_high = np.percentile(boot, [2.5, 97.5])
+    assert abs(low - ref_low) < 0.01 and abs(high - ref_high) < 0.01
+    assert low < matthews_corrcoef(y, p) < high
+    # four times the objects: about half the width
+    y4, p4 = _noisy(1600, 0.93, 0)
+    low4, high4 = mcc_interval(y4, p4)
+    assert 0.35 < (high4 - low4) / (high - low) < 0.65
+
+
+def test_mcc_interval_paired_difference():
+    y, p = _noisy(500, 0.92, 3)
+    assert mcc_interval(y, p, p) == (0.0, 0.0)  # the same predictions: no difference in any resample
+    better = p.copy()
+    wrong = np.flatnonzero(p != y)
+    better[wrong[:len(wrong) // 2]] = y[wrong[:len(wrong) // 2]]  # half of p's errors fixed
+    low, high = mcc_interval(y, better, p)
+    assert 0.0 < low < matthews_corrcoef(y, better) - matthews_corrcoef(y, p) < high
+    # paired: narrower than the two models' own intervals combined as if independent
+    (a, b), (c, d) = mcc_interval(y, better), mcc_interval(y, p)
+    assert high - low < 0.8 * np.hypot(b - a, d - c)
+    # two models that differ on a few objects only: the difference is known far better than either MCC
+    close = p.copy()
+    close[wrong[:3]] = y[wrong[:3]]
+    low, high = mcc_interval(y, close, p)
+    assert 0.0 <= low and high - low < 0.3 * (d - c)
+    # reproducible with a seed
+    assert mcc_interval(y, better, p, random_state=5) == mcc_interval(y, better, p, random_state=5)
+
+
+def test_mcc_interval_bad_input():
+    y, p = _noisy(50, 0.9, 4)
+    with pytest.raises(ValueError, match="same length"):
+        mcc_interval(y, p[:-1])
+    with pytest.raises(ValueError, match="same length"):
+        mcc_interval(y, p, p[:-2])
+    with pytest.raises(ValueError, match="0 \\(star\\) / 1 \\(galaxy\\)"):
+        mcc_interval(y, p + 1)
+    with pytest.raises(ValueError, match="confidence"):
+        mcc_interval(y, p, confidence=95)
+    with pytest.raises(ValueError, match="at least 2"):
+        mcc_interval(y[:1], p[:1])
