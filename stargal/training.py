@@ -250,30 +250,57 @@ def _labelled_objects(catalog, fetcher) -> pd.DataFrame:
 def evaluate_model(models, catalog, *, sas_url=None, cache_dir=None, by_magnitude=False) -> str:
     """Metrics table (text) of one or more saved models on labelled objects (``stargal evaluate``).
 
-    Objects the model cannot see (edge, outside) are counted and left out of the metrics.
+    Objects the model cannot see (edge, outside) are counted and left out of the metrics, and so
+    are objects it abstains on (the rule without a measurement). Each MCC comes with its 95 %
+    bootstrap interval over the objects (``mcc_low``, ``mcc_high``;
+    :func:`stargal.metrics.mcc_interval`); with several models, each one after the first is
+    compared with the first on the objects both answered, the objects resampled together (paired).
     """
-    from .metrics import metrics_table
+    from sklearn.metrics import matthews_corrcoef
+
+    from .metrics import mcc_interval, metrics_table
     from .persist import load_model
     from .predict import predict_coordinates
 
     fetcher = get_fetcher(None, sas_url=sas_url, cache_dir=cache_dir)
     table = _labelled_objects(catalog, fetcher)
     models = [models] if isinstance(models, (str, Path)) else list(models)
-    rows, lines, by_mag = {}, [], {}
+    y_all = labels_to_y(table["label"])
+    rows, lines, by_mag, answers = {}, [], {}, {}
     for path in models:
         model = load_model(path)
         out = predict_coordinates(model, table, sas_url=sas_url, cache_dir=cache_dir, progress=False)
         ok = (out["flag"] == "").to_numpy()
-        y = labels_to_y(table["label"][ok])
+        y = y_all[ok]
         mags = table["psfmag_r"][ok] if "psfmag_r" in table else None
-        overall, mag_table = evaluate_predictions(y, out["p_galaxy"][ok], mags)
+        proba = out["p_galaxy"].to_numpy(float)
+        overall, mag_table = evaluate_predictions(y, proba[ok], mags)
         name = Path(path).stem
+        while name in rows:  # two files of one name from different folders
+            name += "'"
+        known = ok & np.isfinite(proba)
+        answers[name] = np.where(known, (proba >= 0.5).astype(float), np.nan)
+        if known.sum() >= 2:
+            overall["mcc_low"], overall["mcc_high"] = mcc_interval(y_all[known], (proba[known] >= 0.5).astype(int))
         rows[name] = overall
         lines.append(f"{name}: {int(ok.sum())} objects evaluated, {int((~ok).sum())} flagged (no data)")
         if mag_table is not None:
             by_mag[name] = mag_table
     text = metrics_table(rows).to_string(float_format=lambda v: f"{v:.3f}")
     parts = lines + ["", text]
+    names = list(answers)
+    if len(names) > 1:
+        parts += ["", "MCC differences on the objects both models answered (95 % bootstrap interval, paired):"]
+        first = answers[names[0]]
+        for name in names[1:]:
+            both = np.isfinite(first) & np.isfinite(answers[name])
+            if both.sum() < 2:
+                parts.append(f"  {name} - {names[0]}: fewer than 2 objects in common")
+                continue
+            y, a, b = y_all[both], answers[name][both].astype(int), first[both].astype(int)
+            low, high = mcc_interval(y, a, b)
+            diff = matthews_corrcoef(y, a) - matthews_corrcoef(y, b)
+            parts.append(f"  {name} - {names[0]}: {diff:+.3f} ({low:+.3f} to {high:+.3f}), {int(both.sum())} objects")
     if by_magnitude:
         for name, mag_table in by_mag.items():
             parts += ["", f"{name} by r magnitude:", mag_table.to_string(float_format=lambda v: f"{v:.3f}")]

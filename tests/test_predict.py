@@ -1,6 +1,7 @@
 """End to end on the mirror: train -> save -> predict in a fresh process -> evaluate."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -138,9 +139,19 @@ def test_cli_evaluate_compares_models(trained, mirror_url, mirror_cache):
                          capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr
     text = run.stdout
-    for word in ("cnn", "forest", "mcc", "balanced_accuracy", "roc_auc", "by r magnitude"):
+    for word in ("cnn", "forest", "mcc", "mcc_low", "mcc_high", "balanced_accuracy", "roc_auc", "by r magnitude"):
         assert word in text
     assert "flagged (no data)" in text
+    # each MCC has its bootstrap interval, which holds it; the second model is compared with the first, paired
+    header = text.split("\n\n")[1].splitlines()[0].split()
+    for name in ("cnn", "forest"):
+        row = next(line.split() for line in text.splitlines() if line.startswith(name + " "))
+        low, mcc, high = (float(row[1 + header.index(k)]) for k in ("mcc_low", "mcc", "mcc_high"))
+        assert -1.0 <= low <= mcc <= high <= 1.0, row
+    diff = re.search(r"forest - cnn: ([+-][0-9.]+) \(([+-][0-9.]+) to ([+-][0-9.]+)\), ([0-9]+) objects", text)
+    assert diff, text
+    d, low, high = (float(v) for v in diff.groups()[:3])
+    assert low <= d <= high and int(diff.group(4)) > 1000
 
 
 def test_loading_a_non_model_is_a_clear_cli_error(tmp_path):
