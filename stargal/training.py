@@ -280,8 +280,12 @@ def evaluate_model(models, catalog, *, sas_url=None, cache_dir=None, by_magnitud
             name += "'"
         known = ok & np.isfinite(proba)
         answers[name] = np.where(known, (proba >= 0.5).astype(float), np.nan)
-        if known.sum() >= 2:
-            overall["mcc_low"], overall["mcc_high"] = mcc_interval(y_all[known], (proba[known] >= 0.5).astype(int))
+        if known.sum() >= 2:  # the interval beside the MCC
+            low, high = mcc_interval(y_all[known], (proba[known] >= 0.5).astype(int))
+            keys = list(overall)
+            at = keys.index("mcc") + 1
+            overall = {**{k: overall[k] for k in keys[:at]}, "mcc_low": low, "mcc_high": high,
+                       **{k: overall[k] for k in keys[at:]}}
         rows[name] = overall
         lines.append(f"{name}: {int(ok.sum())} objects evaluated, {int((~ok).sum())} flagged (no data)")
         if mag_table is not None:
