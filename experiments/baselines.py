@@ -14,10 +14,9 @@ import numpy as np
 import pandas as pd
 
 from sklearn.base import clone
-from sklearn.metrics import matthews_corrcoef
 
 from stargal.calibration import adapt_to_field, calibrate_pipeline
-from stargal.metrics import mcc_interval
+from stargal.metrics import mcc_difference, mcc_interval
 from stargal.tuning import cv_results_frame, grid_search
 
 from .common import StageResult, fmt, markdown_table, render_template, write_csv
@@ -169,9 +168,8 @@ def _test_intervals(models: dict, test: pd.DataFrame, y: np.ndarray, seed: int):
     for a, b in DIFFERENCES:
         if a in pred and b in pred:
             known = np.isfinite(pred[a]) & np.isfinite(pred[b])
-            ya, pa, pb = y[known], pred[a][known].astype(int), pred[b][known].astype(int)
-            d = float(matthews_corrcoef(ya, pa) - matthews_corrcoef(ya, pb))
-            differences[f"{a} − {b}"] = (d, *mcc_interval(ya, pa, pb, n_resamples=N_BOOT, random_state=seed))
+            differences[f"{a} − {b}"] = mcc_difference(y[known], pred[a][known].astype(int), pred[b][known].astype(int),
+                                                      n_resamples=N_BOOT, random_state=seed)
     return intervals, differences
 
 

@@ -20,7 +20,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-__all__ = ["classification_metrics", "metrics_table", "metrics_by_magnitude", "mcc_interval", "DEFAULT_MAG_BINS"]
+__all__ = ["classification_metrics", "metrics_table", "metrics_by_magnitude", "mcc_interval", "mcc_difference",
+           "DEFAULT_MAG_BINS"]
 
 #: default magnitude bin edges for :func:`metrics_by_magnitude`; bins are ``[lo, hi)``
 DEFAULT_MAG_BINS = (-np.inf, 18.0, 19.0, 20.0, 21.0, 22.0, np.inf)
@@ -274,3 +275,19 @@ def mcc_interval(y_true, y_pred, y_pred_ref=None, *, confidence=0.95, n_resample
     res = bootstrap(tuple(data), statistic, paired=True, vectorized=True, method="percentile",
                     confidence_level=confidence, n_resamples=int(n_resamples), random_state=random_state)
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def mcc_difference(y_true, y_pred, y_pred_ref, **kwargs):
+    """``MCC(y_pred) - MCC(y_pred_ref)`` on the same objects with its paired bootstrap interval:
+    ``(difference, low, high)``. Keyword arguments go to :func:`mcc_interval`.
+
+    Examples
+    --------
+    >>> y = np.r_[np.zeros(60, int), np.ones(40, int)]
+    >>> worse = y.copy(); worse[:6] = 1
+    >>> d, low, high = mcc_difference(y, y, worse)
+    >>> round(d, 3), bool(0 < low <= d <= high)
+    (0.115, True)
+    """
+    low, high = mcc_interval(y_true, y_pred, y_pred_ref, **kwargs)
+    return float(_mcc(y_true, y_pred) - _mcc(y_true, y_pred_ref)), low, high

@@ -256,9 +256,7 @@ def evaluate_model(models, catalog, *, sas_url=None, cache_dir=None, by_magnitud
     :func:`stargal.metrics.mcc_interval`); with several models, each one after the first is
     compared with the first on the objects both answered, the objects resampled together (paired).
     """
-    from sklearn.metrics import matthews_corrcoef
-
-    from .metrics import mcc_interval, metrics_table
+    from .metrics import mcc_difference, mcc_interval, metrics_table
     from .persist import load_model
     from .predict import predict_coordinates
 
@@ -301,9 +299,7 @@ def evaluate_model(models, catalog, *, sas_url=None, cache_dir=None, by_magnitud
             if both.sum() < 2:
                 parts.append(f"  {name} - {names[0]}: fewer than 2 objects in common")
                 continue
-            y, a, b = y_all[both], answers[name][both].astype(int), first[both].astype(int)
-            low, high = mcc_interval(y, a, b)
-            diff = matthews_corrcoef(y, a) - matthews_corrcoef(y, b)
+            diff, low, high = mcc_difference(y_all[both], answers[name][both].astype(int), first[both].astype(int))
             parts.append(f"  {name} - {names[0]}: {diff:+.3f} ({low:+.3f} to {high:+.3f}), {int(both.sum())} objects")
     if by_magnitude:
         for name, mag_table in by_mag.items():

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import matthews_corrcoef, roc_auc_score
 
-from stargal.metrics import classification_metrics, mcc_interval, metrics_by_magnitude, metrics_table
+from stargal.metrics import classification_metrics, mcc_difference, mcc_interval, metrics_by_magnitude, metrics_table
 
 # 6 stars, 4 galaxies; 1 star called galaxy, 2 galaxies called stars
 Y_TRUE = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
@@ -130,6 +130,9 @@ def test_mcc_interval_paired_difference():
     better[wrong[:len(wrong) // 2]] = y[wrong[:len(wrong) // 2]]  # half of p's errors fixed
     low, high = mcc_interval(y, better, p)
     assert 0.0 < low < matthews_corrcoef(y, better) - matthews_corrcoef(y, p) < high
+    d, *ends = mcc_difference(y, better, p)
+    assert d == pytest.approx(matthews_corrcoef(y, better) - matthews_corrcoef(y, p), abs=1e-12)
+    assert tuple(ends) == (low, high)
     # paired: narrower than the two models' own intervals combined as if independent
     (a, b), (c, d) = mcc_interval(y, better), mcc_interval(y, p)
     assert high - low < 0.8 * np.hypot(b - a, d - c)
